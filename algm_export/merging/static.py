@@ -1,0 +1,183 @@
+"""Static-shape CLAP and GBM (spec section 2): fixed capacities, real tokens first, zero-size padding.
+
+These are the reference the ONNX function bodies (`algm_export/export/functions.py`) and the
+CUDA kernels (`plugins/`) follow step by step; `docs/static-ops.md` writes the arithmetic out.
+Orderings are ranks by counting (descending, ties by lower index), argmax is the first index
+equal to the max, outputs are written by scatters with unique indices, and all similarity and
+merge math is float32 whatever the token dtype.
+
+Shapes: B batch, P prefix tokens, N = Gh*Gw patches, k = window size, W = N/k windows.
+Outputs of both ops: y [B, P+C, D] (dtype of x), size [B, P+C] float32, assign [B, N] int32,
+stats [B, 2] int32 (merges done, forced merges).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from algm_export.merging.dynamic import to_windows, window_patch_index, window_scores
+
+
+def rank_desc(values: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Rank of every entry in descending order, ties by lower index, counting only `valid` entries.
+
+    values: [B, n] float; valid: [B, n] bool or None -> [B, n] int64 (rank 0 = largest).
+    """
+    vi = values.unsqueeze(2)   # [B, i, 1]
+    vj = values.unsqueeze(1)   # [B, 1, j]
+    n = values.shape[1]
+    ar = torch.arange(n, device=values.device)
+    lower = ar.unsqueeze(0) < ar.unsqueeze(1)          # [i, j]: j < i
+    before = (vj > vi) | ((vj == vi) & lower)
+    if valid is not None:
+        before = before & valid.unsqueeze(1)
+    return before.sum(dim=2)
+
+
+def first_argmax(s: torch.Tensor, vmax: torch.Tensor) -> torch.Tensor:
+    """Smallest index j with s[..., j] == vmax[...]: [B, n, m], [B, n] -> [B, n] int64."""
+    m = s.shape[-1]
+    ar = torch.arange(m, device=s.device)
+    return torch.where(s == vmax.unsqueeze(-1), ar, m).amin(dim=-1).clamp_max(m - 1)
+
+
+def clap_static(x: torch.Tensor, grid_h: int, grid_w: int, window_h: int, window_w: int,
+                num_prefix: int, capacity: int, threshold: float):
+    """Static CLAP. x [B, P+N, D] -> (y [B,P+C1,D], size [B,P+C1], assign [B,N] i32, stats [B,2] i32)."""
+    B, T, D = x.shape
+    P, C1 = num_prefix, capacity
+    grid, window = (grid_h, grid_w), (window_h, window_w)
+    N = T - P
+    k = window_h * window_w
+    W = N // k
+    dev = x.device
+    patches = x[:, P:].float()
+    score = window_scores(patches, grid, window)                               # [B, W]
+    m = (score >= threshold).sum(dim=1)                                        # [B]
+    need = max(0, math.ceil((N - C1) / (k - 1)))
+    r = m.clamp(min=need).clamp(max=W)
+    forced = (r - m).clamp(min=0)
+    rank = rank_desc(score)                                                    # [B, W]
+    merged_w = rank < r.unsqueeze(1)
+    widx = window_patch_index(grid, window, dev)                               # [W, k]
+    win_of_patch = torch.empty(N, dtype=torch.long, device=dev)
+    win_of_patch[widx.reshape(-1)] = torch.arange(W, device=dev).repeat_interleave(k)
+    merged_p = merged_w[:, win_of_patch]                                       # [B, N]
+    unm_p = ~merged_p
+    pos_p = torch.where(merged_p, rank[:, win_of_patch], r.unsqueeze(1) + unm_p.long().cumsum(1) - 1)
+
+    wmean = to_windows(patches, grid, window).sum(dim=2) / k                   # [B, W, D]
+    ar_w = torch.arange(W, device=dev)
+    ar_n = torch.arange(N, device=dev)
+    # every candidate goes to a distinct slot: kept ones to their position (< N), dropped ones to
+    # a private dump slot past N; the buffer is then cut to the capacity.
+    dest = torch.cat([torch.where(merged_w, rank, N + ar_w), torch.where(unm_p, pos_p, N + W + ar_n)], dim=1)
+    vals = torch.cat([wmean, patches], dim=1)                                  # [B, W+N, D]
+    svals = torch.cat([torch.full((B, W), float(k), device=dev), torch.ones(B, N, device=dev)], dim=1)
+    L = 2 * N + W
+    buf = torch.zeros(B, L, D, device=dev).scatter(1, dest.unsqueeze(-1).expand(-1, -1, D), vals)
+    sbuf = torch.zeros(B, L, device=dev).scatter(1, dest, svals)
+    y = torch.cat([x[:, :P].float(), buf[:, :C1]], dim=1).to(x.dtype)
+    size = torch.cat([torch.ones(B, P, device=dev), sbuf[:, :C1]], dim=1)
+    stats = torch.stack([r, forced], dim=1).to(torch.int32)
+    return y, size, pos_p.to(torch.int32), stats
+
+
+def gbm_static(x: torch.Tensor, size: torch.Tensor, assign: torch.Tensor, num_prefix: int,
+               capacity: int, divisor: float):
+    """Static GBM. x [B, P+C1, D], size [B, P+C1], assign [B, N] -> outputs with C2 = capacity."""
+    B, T, D = x.shape
+    P, C2 = num_prefix, capacity
+    dev = x.device
+    xf = x.float()
+    size = size.float()
+    n_real = (size > 0).sum(dim=1)                                             # [B]
+    valid = torch.arange(T, device=dev).unsqueeze(0) < n_real.unsqueeze(1)     # [B, T]
+    nA, nB = (T + 1) // 2, T // 2
+    va, vb = valid[:, ::2], valid[:, 1::2]
+    row_ok = va.clone()
+    row_ok[:, 0] = False                                                       # class token
+    col_ok = vb.clone()
+    if P == 2:
+        col_ok[:, 0] = False                                                   # distillation token
+    metric = xf / xf.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    s = metric[:, ::2] @ metric[:, 1::2].transpose(1, 2)                       # [B, nA, nB]
+    s = torch.where(row_ok.unsqueeze(2) & col_ok.unsqueeze(1), s, -math.inf)
+    node_max = s.amax(dim=-1)
+    node_idx = first_argmax(s, node_max)
+
+    c = row_ok.sum(dim=1)
+    cf = c.float()
+    mu = torch.where(row_ok, node_max, 0.0).sum(dim=1) / cf
+    var = torch.where(row_ok, node_max - mu.unsqueeze(1), 0.0).square().sum(dim=1) / (cf - 1)
+    tau = mu + var.sqrt() / divisor
+    m = (row_ok & (node_max >= tau.unsqueeze(1))).sum(dim=1)
+    need = (n_real - P - C2).clamp(min=0)
+    r = torch.minimum(torch.maximum(m, need), c)
+    noop = (n_real - P) < 2
+    r = torch.where(noop, 0, r)
+    m_eff = torch.where(noop, 0, m)
+    forced = (r - m_eff).clamp(min=0)
+
+    rank = rank_desc(node_max, row_ok)
+    is_src = row_ok & (rank < r.unsqueeze(1))                                  # [B, nA]
+
+    xs = xf * size.unsqueeze(-1)
+    xa, xb = xs[:, ::2], xs[:, 1::2]
+    sa, sb = size[:, ::2], size[:, 1::2]
+    onehot = (node_idx.unsqueeze(2) == torch.arange(nB, device=dev)) & is_src.unsqueeze(2)   # [B, nA, nB]
+    mt = onehot.float().transpose(1, 2)                                        # [B, nB, nA]
+    num_b = xb + mt @ xa
+    size_b = sb + (mt @ sa.unsqueeze(-1)).squeeze(-1)
+    xb_new = torch.where(size_b.unsqueeze(-1) > 0, num_b / size_b.clamp_min(1e-30).unsqueeze(-1), 0.0)
+
+    unm_a = va & ~is_src
+    U = unm_a.sum(dim=1, keepdim=True)
+    cum = unm_a.long().cumsum(1)
+    ar_a = torch.arange(nA, device=dev)
+    ar_b = torch.arange(nB, device=dev)
+    if P == 2:
+        pos_a = torch.where(ar_a == 0, 0, cum)
+        pos_b = torch.where(ar_b == 0, 1, U + ar_b)
+    else:
+        pos_a = cum - 1
+        pos_b = U + ar_b
+    dest = torch.cat([torch.where(unm_a, pos_a, T + ar_a), torch.where(vb, pos_b, T + nA + ar_b)], dim=1)
+    vals = torch.cat([xf[:, ::2], xb_new], dim=1)
+    svals = torch.cat([sa, size_b], dim=1)
+    L = T + nA + nB
+    buf = torch.zeros(B, L, D, device=dev).scatter(1, dest.unsqueeze(-1).expand(-1, -1, D), vals)
+    sbuf = torch.zeros(B, L, device=dev).scatter(1, dest, svals)
+
+    q = assign.long() + P
+    even = (q % 2) == 0
+    a_idx = (q // 2).clamp(max=nA - 1)
+    b_idx = ((q - 1) // 2).clamp(min=0, max=nB - 1)
+    to_b = torch.gather(pos_b, 1, torch.gather(node_idx, 1, a_idx))
+    new_pos = torch.where(even, torch.where(torch.gather(is_src, 1, a_idx), to_b, torch.gather(pos_a, 1, a_idx)),
+                          torch.gather(pos_b, 1, b_idx)) - P
+
+    # no-op (fewer than 2 tokens besides the protected ones): copy through
+    keep = P + C2
+    y = torch.where(noop.view(B, 1, 1), xf[:, :keep], buf[:, :keep]).to(x.dtype)
+    osize = torch.where(noop.view(B, 1), size[:, :keep], sbuf[:, :keep])
+    new_assign = torch.where(noop.view(B, 1), assign.long(), new_pos).to(torch.int32)
+    stats = torch.stack([r, forced], dim=1).to(torch.int32)
+    return y, osize, new_assign, stats
+
+
+# ----------------------------------------------------------------------------- capacity rules
+
+def clap_capacity_bounds(n_patches: int, window: tuple[int, int]) -> tuple[int, int]:
+    """(smallest, largest) valid C1: all windows merged .. nothing merged."""
+    k = window[0] * window[1]
+    return n_patches // k, n_patches
+
+
+def gbm_capacity_min(c_in: int, num_prefix: int) -> int:
+    """Smallest valid C2 after a step with capacity c_in: only candidate A tokens can be sources."""
+    n_real = num_prefix + c_in
+    candidates = (n_real + 1) // 2 - 1
+    return max(1, c_in - candidates)
