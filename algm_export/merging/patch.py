@@ -61,7 +61,8 @@ class AlgmSegmenter(nn.Module):
         return self.capacities is not None
 
     def forward(self, im: torch.Tensor) -> torch.Tensor:
-        check_finite(im)
+        if not torch.compiler.is_compiling():
+            check_finite(im)
         if not self.static and self.setting.policy == "per_image" and im.shape[0] > 1:
             # token counts differ per image: run images one by one (batch of 1 = per_image)
             outs, stats, assigns = [], [], []
@@ -114,6 +115,7 @@ class AlgmSegmenter(nn.Module):
         logits = m.decoder.forward_tokens(x[:, P:], bias)                      # [B, T', n_cls]
         idx = state["assign"].long().unsqueeze(-1).expand(-1, -1, logits.shape[-1])
         logits = torch.gather(logits, 1, idx)                                  # unmerge: [B, N, n_cls]
+        self.stats_tensor = torch.stack([torch.stack(merges, 1), torch.stack(forced, 1)], dim=-1).to(torch.int32)
         self.merge_stats = {
             "tokens": torch.stack(tokens, 1).long(),
             "merges": torch.stack(merges, 1).long(),

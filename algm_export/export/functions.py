@@ -1,0 +1,215 @@
+"""ONNX function bodies of `algm::AlgmClap` and `algm::AlgmGbm`, written with onnxscript.
+
+They follow `algm_export/merging/static.py` op for op (see docs/static-ops.md): ranks by
+counting, first-index argmax, scatters with unique indices, float32 math. Every attribute is
+read through attribute references, so one FunctionProto serves every node of the op. Only
+standard ops that TensorRT's ONNX parser supports are used (no TopK, no sort, no loops).
+"""
+
+from __future__ import annotations
+
+import onnx
+import onnxscript
+from onnxscript import FLOAT, INT32, INT64
+from onnxscript import opset20 as op
+
+DOMAIN = "algm"
+OPSET_VERSION = 20  # default-domain opset of the exported models and of these functions
+ALGM = onnxscript.values.Opset(DOMAIN, 1)
+
+
+@onnxscript.script(ALGM, default_opset=op)
+def AlgmClap(x, grid_h: int, grid_w: int, window_h: int, window_w: int, num_prefix: int, capacity: int,
+             threshold: float, plugin_version: str, plugin_namespace: str):
+    zero = op.Constant(value_int=0)
+    one = op.Constant(value_int=1)
+    gh = op.Constant(value_int=grid_h)
+    gw = op.Constant(value_int=grid_w)
+    wh = op.Constant(value_int=window_h)
+    ww = op.Constant(value_int=window_w)
+    P = op.Constant(value_int=num_prefix)
+    C = op.Constant(value_int=capacity)
+    thr = op.Constant(value_float=threshold)
+    k = wh * ww
+    N = gh * gw
+    nwh = gh / wh
+    nww = gw / ww
+    W = nwh * nww
+    vec = op.Constant(value_ints=[1])
+    B = op.Shape(x, start=0, end=1)
+    D = op.Shape(x, start=2, end=3)
+
+    xf = op.Cast(x, to=1)
+    prefix = op.Slice(xf, op.Constant(value_ints=[0]), op.Reshape(P, vec), vec)
+    patches = op.Slice(xf, op.Reshape(P, vec), op.Constant(value_ints=[9223372036854775807]), vec)
+    # windows [B, W, k, D], tokens row-major inside, windows row-major over the window grid
+    s6 = op.Concat(B, op.Reshape(nwh, vec), op.Reshape(wh, vec), op.Reshape(nww, vec), op.Reshape(ww, vec), D, axis=0)
+    xw = op.Transpose(op.Reshape(patches, s6), perm=[0, 1, 3, 2, 4, 5])
+    xw = op.Reshape(xw, op.Concat(B, op.Reshape(W, vec), op.Reshape(k, vec), D, axis=0))
+    # window score: cosine matrix, diagonal zeroed by (1 - I), summed, / (k (k-1))
+    nrm = op.Sqrt(op.ReduceSum(xw * xw, op.Constant(value_ints=[-1]), keepdims=1))
+    xn = xw / op.Max(nrm, op.Constant(value_float=1e-8))
+    cos = op.ReduceSum(op.Unsqueeze(xn, op.Constant(value_ints=[3])) * op.Unsqueeze(xn, op.Constant(value_ints=[2])),
+                       op.Constant(value_ints=[-1]), keepdims=0)                       # [B, W, k, k]
+    ark = op.Range(zero, k, one)
+    offdiag = op.Cast(op.Not(op.Equal(op.Unsqueeze(ark, one), op.Unsqueeze(ark, zero))), to=1)
+    kf = op.Cast(k, to=1)
+    score = op.ReduceSum(op.ReduceSum(cos * offdiag, op.Constant(value_ints=[-1]), keepdims=0),
+                         op.Constant(value_ints=[-1]), keepdims=0) / (kf * (kf - op.Constant(value_float=1.0)))
+    # how many windows merge
+    m = op.ReduceSum(op.Cast(op.GreaterOrEqual(score, thr), to=7), vec, keepdims=0)   # [B]
+    need = op.Max(zero, (N - C + k - op.Constant(value_int=2)) / (k - one))
+    r = op.Min(op.Max(m, need), W)
+    forced = op.Max(r - m, zero)
+    # rank by counting: descending, ties by lower index
+    arw = op.Range(zero, W, one)
+    vi = op.Unsqueeze(score, op.Constant(value_ints=[2]))
+    vj = op.Unsqueeze(score, vec)
+    lower = op.Less(op.Unsqueeze(arw, zero), op.Unsqueeze(arw, one))
+    before = op.Or(op.Greater(vj, vi), op.And(op.Equal(vj, vi), lower))
+    rank = op.ReduceSum(op.Cast(before, to=7), op.Constant(value_ints=[2]), keepdims=0)   # [B, W]
+    r1 = op.Unsqueeze(r, vec)
+    merged_w = op.Less(rank, r1)
+    # per patch: its window, merged or not, output position
+    arn = op.Range(zero, N, one)
+    wop = (arn / gw / wh) * nww + op.Mod(arn, gw) / ww
+    merged_p = op.Gather(merged_w, wop, axis=1)
+    rank_p = op.Gather(rank, wop, axis=1)
+    unm_p = op.Not(merged_p)
+    cum = op.CumSum(op.Cast(unm_p, to=7), one)
+    pos_p = op.Where(merged_p, rank_p, r1 + cum - one)
+    # values: window means and the patches, scattered to unique slots, cut to the capacity
+    wmean = op.ReduceSum(xw, op.Constant(value_ints=[2]), keepdims=0) / kf
+    dest = op.Concat(op.Where(merged_w, rank, N + arw), op.Where(unm_p, pos_p, N + W + arn), axis=1)
+    vals = op.Concat(wmean, patches, axis=1)
+    L = N + N + W
+    buf = op.ConstantOfShape(op.Concat(B, op.Reshape(L, vec), D, axis=0), value=onnx.helper.make_tensor("z", 1, [1], [0.0]))
+    idx3 = op.Expand(op.Unsqueeze(dest, op.Constant(value_ints=[2])), op.Shape(vals))
+    buf = op.ScatterElements(buf, idx3, vals, axis=1)
+    svals = op.Concat(op.Expand(kf, op.Concat(B, op.Reshape(W, vec), axis=0)),
+                      op.Expand(op.Constant(value_float=1.0), op.Concat(B, op.Reshape(N, vec), axis=0)), axis=1)
+    sbuf = op.ConstantOfShape(op.Concat(B, op.Reshape(L, vec), axis=0), value=onnx.helper.make_tensor("z", 1, [1], [0.0]))
+    sbuf = op.ScatterElements(sbuf, dest, svals, axis=1)
+    Cv = op.Reshape(C, vec)
+    y = op.Concat(prefix, op.Slice(buf, op.Constant(value_ints=[0]), Cv, vec), axis=1)
+    ones_p = op.Expand(op.Constant(value_float=1.0), op.Concat(B, op.Reshape(P, vec), axis=0))
+    size = op.Concat(ones_p, op.Slice(sbuf, op.Constant(value_ints=[0]), Cv, vec), axis=1)
+    assign = op.Cast(pos_p, to=6)
+    stats = op.Cast(op.Concat(r1, op.Unsqueeze(forced, vec), axis=1), to=6)
+    return op.CastLike(y, x), size, assign, stats
+
+
+@onnxscript.script(ALGM, default_opset=op)
+def AlgmGbm(x, size, assign, num_prefix: int, capacity: int, divisor: float, plugin_version: str,
+            plugin_namespace: str):
+    zero = op.Constant(value_int=0)
+    one = op.Constant(value_int=1)
+    two = op.Constant(value_int=2)
+    vec = op.Constant(value_ints=[1])
+    P = op.Constant(value_int=num_prefix)
+    C = op.Constant(value_int=capacity)
+    L_div = op.Constant(value_float=divisor)
+    B = op.Shape(x, start=0, end=1)
+    T = op.Squeeze(op.Shape(x, start=1, end=2))
+    D = op.Shape(x, start=2, end=3)
+    xf = op.Cast(x, to=1)
+    sz = op.Cast(size, to=1)
+    n_real = op.ReduceSum(op.Cast(op.Greater(sz, op.Constant(value_float=0.0)), to=7), vec, keepdims=0)   # [B]
+    nr1 = op.Unsqueeze(n_real, vec)
+    art = op.Range(zero, T, one)
+    valid = op.Less(op.Unsqueeze(art, zero), nr1)                                 # [B, T]
+    a_pos = op.Range(zero, T, two)
+    b_pos = op.Range(one, T, two)
+    nA = op.Shape(a_pos)
+    nB = op.Shape(b_pos)
+    va = op.Gather(valid, a_pos, axis=1)
+    vb = op.Gather(valid, b_pos, axis=1)
+    ara = op.Range(zero, op.Squeeze(nA), one)
+    arb = op.Range(zero, op.Squeeze(nB), one)
+    row_ok = op.And(va, op.Unsqueeze(op.Greater(ara, zero), zero))              # class token never merges
+    col_ok = op.And(vb, op.Unsqueeze(op.Or(op.Greater(arb, zero), op.Less(P, two)), zero))   # nor receives the dist token
+    nrm = op.Sqrt(op.ReduceSum(xf * xf, op.Constant(value_ints=[-1]), keepdims=1))
+    xn = xf / op.Max(nrm, op.Constant(value_float=1e-12))
+    an = op.Gather(xn, a_pos, axis=1)
+    bn = op.Gather(xn, b_pos, axis=1)
+    s = op.MatMul(an, op.Transpose(bn, perm=[0, 2, 1]))                          # [B, nA, nB]
+    ninf = op.Constant(value_float=float("-inf"))
+    s = op.Where(op.And(op.Unsqueeze(row_ok, op.Constant(value_ints=[2])), op.Unsqueeze(col_ok, vec)), s, ninf)
+    node_max = op.ReduceMax(s, op.Constant(value_ints=[-1]), keepdims=0)        # [B, nA]
+    big = op.Cast(nB, to=7)
+    cand_idx = op.Where(op.Equal(s, op.Unsqueeze(node_max, op.Constant(value_ints=[-1]))), arb, big)
+    node_idx = op.Min(op.ReduceMin(cand_idx, op.Constant(value_ints=[-1]), keepdims=0), big - one)
+    # threshold statistics over the candidate rows
+    c = op.ReduceSum(op.Cast(row_ok, to=7), vec, keepdims=0)
+    cf = op.Cast(c, to=1)
+    fzero = op.Constant(value_float=0.0)
+    mu = op.ReduceSum(op.Where(row_ok, node_max, fzero), vec, keepdims=0) / cf
+    dev = op.Where(row_ok, node_max - op.Unsqueeze(mu, vec), fzero)
+    var = op.ReduceSum(dev * dev, vec, keepdims=0) / (cf - op.Constant(value_float=1.0))
+    tau = mu + op.Sqrt(var) / L_div
+    m = op.ReduceSum(op.Cast(op.And(row_ok, op.GreaterOrEqual(node_max, op.Unsqueeze(tau, vec))), to=7), vec, keepdims=0)
+    need = op.Max(n_real - P - C, zero)
+    r = op.Min(op.Max(m, need), c)
+    noop = op.Less(n_real - P, two)
+    r = op.Where(noop, zero, r)
+    m_eff = op.Where(noop, zero, m)
+    forced = op.Max(r - m_eff, zero)
+    # sources: the r best candidates (rank by counting among candidates)
+    vi = op.Unsqueeze(node_max, op.Constant(value_ints=[2]))
+    vj = op.Unsqueeze(node_max, vec)
+    lower = op.Less(op.Unsqueeze(ara, zero), op.Unsqueeze(ara, one))
+    before = op.And(op.Or(op.Greater(vj, vi), op.And(op.Equal(vj, vi), lower)), op.Unsqueeze(row_ok, vec))
+    rank = op.ReduceSum(op.Cast(before, to=7), op.Constant(value_ints=[2]), keepdims=0)
+    r1 = op.Unsqueeze(r, vec)
+    is_src = op.And(row_ok, op.Less(rank, r1))
+    # size-weighted merge into B through a one-hot matrix
+    xs = xf * op.Unsqueeze(sz, op.Constant(value_ints=[-1]))
+    xa = op.Gather(xs, a_pos, axis=1)
+    xb = op.Gather(xs, b_pos, axis=1)
+    sa = op.Gather(sz, a_pos, axis=1)
+    sb = op.Gather(sz, b_pos, axis=1)
+    onehot = op.And(op.Equal(op.Unsqueeze(node_idx, op.Constant(value_ints=[2])), arb),
+                    op.Unsqueeze(is_src, op.Constant(value_ints=[2])))
+    mt = op.Transpose(op.Cast(onehot, to=1), perm=[0, 2, 1])                     # [B, nB, nA]
+    num_b = xb + op.MatMul(mt, xa)
+    size_b = sb + op.Squeeze(op.MatMul(mt, op.Unsqueeze(sa, op.Constant(value_ints=[-1]))), op.Constant(value_ints=[-1]))
+    sb3 = op.Unsqueeze(size_b, op.Constant(value_ints=[-1]))
+    xb_new = op.Where(op.Greater(sb3, fzero), num_b / op.Max(sb3, op.Constant(value_float=1e-30)), fzero)
+    # output positions
+    unm_a = op.And(va, op.Not(is_src))
+    U = op.ReduceSum(op.Cast(unm_a, to=7), vec, keepdims=1)
+    cum = op.CumSum(op.Cast(unm_a, to=7), one)
+    is_p2 = op.Equal(P, two)
+    pos_a = op.Where(is_p2, op.Where(op.Equal(ara, zero), zero, cum), cum - one)
+    pos_b = op.Where(op.And(is_p2, op.Equal(arb, zero)), one, U + arb)
+    dest = op.Concat(op.Where(unm_a, pos_a, T + ara), op.Where(vb, pos_b, T + op.Cast(nA, to=7) + arb), axis=1)
+    vals = op.Concat(op.Gather(xf, a_pos, axis=1), xb_new, axis=1)
+    svals = op.Concat(sa, size_b, axis=1)
+    Lb = op.Reshape(T + T, vec)
+    buf = op.ConstantOfShape(op.Concat(B, Lb, D, axis=0), value=onnx.helper.make_tensor("z", 1, [1], [0.0]))
+    buf = op.ScatterElements(buf, op.Expand(op.Unsqueeze(dest, op.Constant(value_ints=[2])), op.Shape(vals)), vals, axis=1)
+    sbuf = op.ConstantOfShape(op.Concat(B, Lb, axis=0), value=onnx.helper.make_tensor("z", 1, [1], [0.0]))
+    sbuf = op.ScatterElements(sbuf, dest, svals, axis=1)
+    # new assignment map
+    q = op.Cast(assign, to=7) + P
+    even = op.Equal(op.Mod(q, two), zero)
+    a_idx = op.Min(q / two, op.Cast(nA, to=7) - one)
+    b_idx = op.Min(op.Max((q - one) / two, zero), op.Cast(nB, to=7) - one)
+    to_b = op.GatherElements(pos_b, op.GatherElements(node_idx, a_idx, axis=1), axis=1)
+    src_q = op.GatherElements(is_src, a_idx, axis=1)
+    new_pos = op.Where(even, op.Where(src_q, to_b, op.GatherElements(pos_a, a_idx, axis=1)),
+                       op.GatherElements(pos_b, b_idx, axis=1)) - P
+    keep = op.Reshape(P + C, vec)
+    start = op.Constant(value_ints=[0])
+    noop2 = op.Unsqueeze(noop, vec)
+    noop3 = op.Unsqueeze(noop, op.Constant(value_ints=[1, 2]))
+    y = op.Where(noop3, op.Slice(xf, start, keep, vec), op.Slice(buf, start, keep, vec))
+    osize = op.Where(noop2, op.Slice(sz, start, keep, vec), op.Slice(sbuf, start, keep, vec))
+    new_assign = op.Cast(op.Where(noop2, op.Cast(assign, to=7), new_pos), to=6)
+    stats = op.Cast(op.Concat(r1, op.Unsqueeze(forced, vec), axis=1), to=6)
+    return op.CastLike(y, x), osize, new_assign, stats
+
+
+def function_protos() -> list[onnx.FunctionProto]:
+    """The FunctionProtos to attach to an exported model (domain `algm`)."""
+    return [AlgmClap.to_function_proto(), AlgmGbm.to_function_proto()]
