@@ -78,6 +78,7 @@ class AlgmSegmenter(nn.Module):
     def _forward(self, im: torch.Tensor) -> torch.Tensor:
         m = self.model
         H, W = im.shape[-2:]
+        im = im.to(m.encoder.patch_embed.proj.weight.dtype)
         im_p = m.pad(im)
         x, grid = m.embed(im_p)
         self.setting.check_model(m.cfg.n_layers, grid)
@@ -112,7 +113,7 @@ class AlgmSegmenter(nn.Module):
                 x = block_forward(blk, x, bias)
         x = m.encoder.norm(x)
         bias = key_bias_from_size(state["size"][:, P:], x.dtype) if padded else None
-        logits = m.decoder.forward_tokens(x[:, P:], bias)                      # [B, T', n_cls]
+        logits = m.decoder.forward_tokens(x[:, P:], bias).float()              # [B, T', n_cls]
         idx = state["assign"].long().unsqueeze(-1).expand(-1, -1, logits.shape[-1])
         logits = torch.gather(logits, 1, idx)                                  # unmerge: [B, N, n_cls]
         self.stats_tensor = torch.stack([torch.stack(merges, 1), torch.stack(forced, 1)], dim=-1).to(torch.int32)

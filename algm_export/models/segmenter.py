@@ -46,7 +46,7 @@ def attention_forward(attn: nn.Module, x: torch.Tensor, key_bias: Optional[torch
     a = (q @ k.transpose(-2, -1)) * attn.scale
     if key_bias is not None:
         a = a + key_bias
-    a = a.softmax(dim=-1)
+    a = a.float().softmax(dim=-1).to(v.dtype) if a.dtype == torch.float16 else a.softmax(dim=-1)
     out = (a @ v).transpose(1, 2).reshape(B, T, C)
     out = attn.norm(out)
     return attn.proj(out)
@@ -224,12 +224,13 @@ class Segmenter(nn.Module):
 
     def finish(self, masks: torch.Tensor, padded_hw, out_hw) -> torch.Tensor:
         """Upsample grid logits to the padded image size, crop the padding off."""
-        masks = F.interpolate(masks, size=tuple(padded_hw), mode="bilinear", align_corners=False)
+        masks = F.interpolate(masks.float(), size=tuple(padded_hw), mode="bilinear", align_corners=False)
         return masks[..., : out_hw[0], : out_hw[1]]
 
     # -- baseline forward
     def forward(self, im: torch.Tensor) -> torch.Tensor:
         H, W = im.shape[-2:]
+        im = im.to(self.encoder.patch_embed.proj.weight.dtype)
         im_p = self.pad(im)
         x, grid = self.embed(im_p)
         for blk in self.encoder.blocks:

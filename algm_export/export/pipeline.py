@@ -1,0 +1,135 @@
+"""`algm-export export`: baseline + one ONNX per threshold setting, calibrated, with a manifest."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import onnx
+import torch
+
+from algm_export.calibrate import calibrate
+from algm_export.errors import ArtifactError, ConfigError
+from algm_export.export.exporter import export_onnx
+from algm_export.export.readiness import check_readiness
+from algm_export.manifest import MANIFEST, save_manifest, sha256_file, tool_versions
+from algm_export.merging.patch import apply_algm
+from algm_export.merging.setting import AlgmSetting
+from algm_export.progress import progress_bar, status
+
+
+def model_info(model, source: str) -> dict:
+    cfg = model.cfg
+    info = {
+        "source": source,
+        "checkpoint_sha256": None,
+        "backbone": cfg.backbone,
+        "decoder": cfg.decoder.name,
+        "n_cls": cfg.n_cls,
+        "image_size": list(cfg.image_size),
+        "patch_size": cfg.patch_size,
+        "grid": list(cfg.grid),
+        "num_prefix": cfg.num_prefix,
+        "n_layers": cfg.n_layers,
+        "normalization": cfg.normalization,
+        "config": cfg.to_dict(),
+    }
+    p = Path(source)
+    if not source.startswith("builtin:") and p.exists():
+        ck = p / "checkpoint.pth" if p.is_dir() else p
+        info["checkpoint_sha256"] = sha256_file(ck)
+    return info
+
+
+def calibration_tensors(model, calib_images=None, limit: Optional[int] = None):
+    """(names, [1,3,H,W] normalised tensors at the model's size) from a folder or the built-in photos."""
+    from algm_export.images import load_images, sample_images, to_model_input
+
+    cfg = model.cfg
+    if calib_images is None:
+        pairs = sample_images()
+    else:
+        pairs = load_images(calib_images)
+    pairs = [(str(getattr(n, "name", n)), img) for n, img in pairs]
+    if limit:
+        pairs = pairs[:limit]
+    return [n for n, _ in pairs], [to_model_input(img, cfg.image_size, cfg.normalization) for _, img in pairs]
+
+
+def settings_for(model, thresholds: Optional[Sequence[float]], layers=None, window=None) -> list[AlgmSetting]:
+    cfg = model.cfg
+    own = cfg.algm or {}
+    base_layers = tuple(layers or own.get("selected_layers") or ((1, 7) if cfg.n_layers >= 24 else (1, 5)))
+    win = own.get("merging_window_size", (2, 2))
+    win = tuple(window or ((win, win) if isinstance(win, int) else win))
+    if not thresholds:
+        thresholds = [float(own.get("threshold", 0.88))]
+    out = [AlgmSetting(t, win, base_layers) for t in thresholds]
+    for s in out:
+        s.check_model(cfg.n_layers, cfg.grid)
+    names = [s.name for s in out]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"duplicate threshold settings {names}; give each threshold once")
+    return out
+
+
+def export_folder(model, source: str, out_dir, thresholds=None, calib_images=None, quantile: float = 1.0,
+                  inline: bool = False, force: bool = False, layers=None, window=None, fp16: bool = False,
+                  calib_limit: Optional[int] = None, capacities=None) -> dict:
+    """Export baseline + settings into out_dir and write out_dir/manifest.json (last, atomically)."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ArtifactError(f"{out} is not empty; pass --force to re-export into it (the old manifest stays "
+                            "valid until the new export is complete)")
+    out.mkdir(parents=True, exist_ok=True)
+    settings = settings_for(model, thresholds, layers, window)
+    manifest = {
+        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "model": model_info(model, source),
+        "baseline": None,
+        "settings": [],
+        "engines": [],
+        "versions": tool_versions(),
+    }
+
+    names, images = calibration_tensors(model, calib_images, calib_limit)
+    total = 1 + len(settings)
+    with progress_bar(total=total, desc="export", unit="model") as bar:
+        entry = _export_entry(model, out / "baseline.onnx", inline, fp16)
+        manifest["baseline"] = {"name": "baseline", **entry}
+        bar.update(1)
+        for s in settings:
+            status(f"calibrating {s.name} on {len(images)} images")
+            if capacities is not None:
+                cal = {"capacities": list(capacities), "counts": None, "quantile": None, "images": [],
+                       "images_over_capacity": None, "n_patches": model.cfg.grid[0] * model.cfg.grid[1],
+                       "note": "capacities given by the user"}
+            else:
+                cal = calibrate(model, s, images, names, quantile)
+            static = apply_algm(model, s, cal["capacities"])
+            entry = _export_entry(static, out / f"{s.name}.onnx", inline, fp16)
+            manifest["settings"].append({"name": s.name, **s.to_dict(), "capacities": cal["capacities"],
+                                         "calibration": cal, **entry})
+            bar.update(1)
+    save_manifest(out, manifest)
+    return manifest
+
+
+def _export_entry(model, path: Path, inline: bool, fp16: bool) -> dict:
+    export_onnx(model, path)
+    ready = check_readiness(onnx.load(str(path), load_external_data=False))
+    entry = {"onnx": path.name, "sha256": sha256_file(path), "precision": "fp32", "tensorrt_ready": ready["ready"],
+             "tensorrt_problems": ready["problems"], "algm_nodes": ready["algm_nodes"]}
+    if inline:
+        p = path.with_name(path.stem + ".inlined.onnx")
+        export_onnx(model, p, inline=True)
+        entry.update(onnx_inlined=p.name, sha256_inlined=sha256_file(p))
+    if fp16:
+        from algm_export.export.fp16 import export_fp16
+
+        p = path.with_name(path.stem + ".fp16.onnx")
+        export_fp16(model, p)
+        entry.update(onnx_fp16=p.name, sha256_fp16=sha256_file(p))
+    return entry

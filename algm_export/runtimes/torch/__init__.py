@@ -1,0 +1,1 @@
+from algm_export.runtimes.torch.runner import TorchRunner  # noqa: F401

@@ -1,0 +1,29 @@
+"""Run the PyTorch reference (baseline, dynamic or static ALGM) with the same interface as the engines."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from algm_export.merging.patch import AlgmSegmenter
+
+
+class TorchRunner:
+    backend = "torch"
+
+    def __init__(self, model, name="torch", device="cpu"):
+        self.model = model.eval().to(device)
+        self.device = device
+        self.name = name
+
+    def infer(self, image) -> dict:
+        if isinstance(image, np.ndarray):
+            image = torch.from_numpy(image)
+        with torch.no_grad():
+            logits = self.model(image.to(self.device).float())
+        out = {"logits": logits.float().cpu().numpy()}
+        if isinstance(self.model, AlgmSegmenter):
+            st = torch.stack([self.model.merge_stats["merges"], self.model.merge_stats["forced"]], -1)
+            out["merge_stats"] = st.to(torch.int32).cpu().numpy()
+            out["tokens"] = self.model.merge_stats["tokens"].cpu().numpy()
+        return out

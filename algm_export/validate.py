@@ -1,0 +1,272 @@
+"""`algm-export validate`: parity of a backend (ONNX Runtime or TensorRT) against PyTorch.
+
+For the baseline and every threshold setting of an export folder, on every image:
+backend vs PyTorch static (same capacities): max/mean |logit difference|, argmax agreement,
+merge decisions (merges and forced merges per step, compared); PyTorch dynamic `per_image` vs
+static (the reference parity). Over all images: the parity mIoU (backend predictions scored
+against PyTorch's). With `labels`, the real mIoU of PyTorch and of the backend with the
+published sliding-window inference.
+
+Parity is statistical (spec 2.1): near-ties may flip a few merge decisions; the report counts
+them. Limits (fp32 defaults): mean argmax agreement >= 99.9 %, every image >= 99 %, parity
+mIoU >= 99.5. Outputs are saved as polygraphy RunResults (`polygraphy run --load-outputs`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from algm_export.errors import ArtifactError, BackendUnavailable, ConfigError
+from algm_export.manifest import load_manifest, write_json_atomic
+from algm_export.progress import progress_bar
+
+
+@dataclass
+class Limits:
+    mean_agreement: float = 99.9     # percent of pixels, averaged over images
+    min_agreement: float = 99.0      # percent of pixels, every image
+    parity_miou: float = 99.5        # percent
+
+    @classmethod
+    def for_precision(cls, precision: str) -> "Limits":
+        # float16 activations move logits by ~1e-3: argmax flips on near-equal classes are expected
+        return cls() if precision == "fp32" else cls(99.0, 95.0, 97.0)
+
+
+def confusion(pred: np.ndarray, gt: np.ndarray, n: int, ignore: Optional[int] = None) -> np.ndarray:
+    p, g = pred.reshape(-1).astype(np.int64), gt.reshape(-1).astype(np.int64)
+    if ignore is not None:
+        keep = g != ignore
+        p, g = p[keep], g[keep]
+    return np.bincount(g * n + p, minlength=n * n).reshape(n, n)
+
+
+def miou(conf: np.ndarray) -> float:
+    """Mean IoU (%) over the classes present in prediction or ground truth."""
+    inter = np.diag(conf).astype(np.float64)
+    union = conf.sum(0) + conf.sum(1) - np.diag(conf)
+    present = union > 0
+    return float(100.0 * (inter[present] / union[present]).mean()) if present.any() else 100.0
+
+
+def make_backend_runner(backend: str, export_dir: Path, entry: dict, precision: str = "fp32", manifest=None):
+    if backend == "ort":
+        from algm_export.runtimes.onnxruntime import OrtRunner
+
+        key = "onnx" if precision == "fp32" else "onnx_fp16"
+        if not entry.get(key):
+            raise ConfigError(f"{entry['name']} has no {precision} ONNX; re-export with --fp16")
+        return OrtRunner(export_dir / entry[key], name=f"onnxrt:{entry['name']}")
+    if backend in ("trt", "tensorrt", "tensorrt-rtx"):
+        from algm_export.runtimes.tensorrt.runner import runner_for_entry
+
+        return runner_for_entry(export_dir, manifest, entry["name"], precision)
+    raise ConfigError(f"unknown backend {backend!r}; use ort or trt")
+
+
+def _image_metrics(b: dict, t: dict) -> dict:
+    lb, lt = b["logits"], t["logits"]
+    diff = np.abs(lb.astype(np.float64) - lt.astype(np.float64))
+    agree = float(100.0 * (lb.argmax(1) == lt.argmax(1)).mean())
+    out = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()), "agreement": agree}
+    if "merge_stats" in t:
+        sb, st = b["merge_stats"].astype(np.int64), t["merge_stats"].astype(np.int64)
+        out["merges_backend"] = sb[0, :, 0].tolist()
+        out["merges_torch"] = st[0, :, 0].tolist()
+        out["forced"] = int(sb[0, :, 1].sum())
+        out["decision_diff"] = int(np.abs(sb[0, :, 0] - st[0, :, 0]).sum())
+        out["tokens"] = t["tokens"][0].tolist()
+    return out
+
+
+def validate(export_dir, images=None, backend: str = "ort", labels=None, precision: str = "fp32",
+             limits: Optional[Limits] = None, save_outputs: bool = True, limit_images: Optional[int] = None,
+             model=None) -> dict:
+    """Run the parity check; returns the report (also written to DIR/validation/report.<backend>.json)."""
+    import torch
+    from polygraphy.comparator import RunResults
+    from polygraphy.comparator.struct import IterationResult
+
+    from algm_export.images import load_images, sample_images, to_model_input
+    from algm_export.merging.patch import apply_algm
+    from algm_export.merging.setting import AlgmSetting
+    from algm_export.runtimes.torch import TorchRunner
+
+    export_dir = Path(export_dir)
+    man = load_manifest(export_dir, verify=True)
+    limits = limits or Limits.for_precision(precision)
+    if model is None:
+        model = model_from_manifest(man)
+    cfg = model.cfg
+    pairs = sample_images() if images is None else load_images(images)
+    pairs = [(str(getattr(n, "name", n)), img) for n, img in pairs][: limit_images or None]
+    xs = [to_model_input(img, cfg.image_size, cfg.normalization) for _, img in pairs]
+    entries = [man["baseline"]] + list(man["settings"])
+    out_dir = export_dir / "validation"
+    report = {"backend": backend, "precision": precision, "images": [n for n, _ in pairs],
+              "limits": asdict(limits), "entries": []}
+    with progress_bar(total=len(entries) * len(xs), desc=f"validate ({backend})", unit="img") as bar:
+        for e in entries:
+            is_base = e["name"] == "baseline"
+            if is_base:
+                ref = TorchRunner(model, name="torch")
+                dyn = None
+            else:
+                s = AlgmSetting(e["threshold"], tuple(e["window"]), tuple(e["layers"]), "per_image")
+                ref = TorchRunner(apply_algm(model, s, e["capacities"]), name="torch-static")
+                dyn = TorchRunner(apply_algm(model, s), name="torch-dynamic")
+            runner = make_backend_runner(backend, export_dir, e, precision, man)
+            per_image, conf = [], np.zeros((cfg.n_cls, cfg.n_cls), dtype=np.int64)
+            res_b, res_t = [], []
+            for (name, _), x in zip(pairs, xs):
+                b, t = runner.infer(x), ref.infer(x)
+                m = {"image": name, **_image_metrics(b, t)}
+                if dyn is not None:
+                    d = dyn.infer(x)
+                    dd = np.abs(d["logits"] - t["logits"])
+                    m["dynamic_vs_static_max_abs"] = float(dd.max())
+                    m["dynamic_vs_static_agreement"] = float(100 * (d["logits"].argmax(1) == t["logits"].argmax(1)).mean())
+                conf += confusion(b["logits"].argmax(1), t["logits"].argmax(1), cfg.n_cls)
+                per_image.append(m)
+                if save_outputs:
+                    res_b.append(IterationResult({k: v for k, v in b.items()}, runner_name=runner.name))
+                    res_t.append(IterationResult({k: v for k, v in t.items() if k != "tokens"}, runner_name=ref.name))
+                bar.update(1)
+            summ = summarize(per_image, miou(conf), limits)
+            if labels is not None:
+                summ.update(label_miou(labels, model if is_base else ref.model, runner, cfg))
+            entry_report = {"name": e["name"], "threshold": e.get("threshold"), "capacities": e.get("capacities"),
+                            "summary": summ, "per_image": per_image}
+            if save_outputs:
+                rr = RunResults()
+                rr.append((runner.name, res_b))
+                rr.append((ref.name, res_t))
+                p = out_dir / f"{e['name']}.{backend}.{precision}.outputs.json"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                rr.save(str(p))
+                entry_report["outputs"] = str(p.relative_to(export_dir))
+            report["entries"].append(entry_report)
+            if hasattr(runner, "close"):
+                runner.close()
+    report["pass"] = all(e["summary"]["pass"] for e in report["entries"])
+    write_json_atomic(out_dir / f"report.{backend}.{precision}.json", report)
+    return report
+
+
+def summarize(per_image: list, parity_miou: float, limits: Limits) -> dict:
+    ag = [m["agreement"] for m in per_image]
+    s = {
+        "images": len(per_image),
+        "max_abs": max(m["max_abs"] for m in per_image),
+        "mean_abs": float(np.mean([m["mean_abs"] for m in per_image])),
+        "agreement_mean": float(np.mean(ag)),
+        "agreement_min": float(np.min(ag)),
+        "parity_miou": parity_miou,
+        "images_within_1e-3": sum(m["max_abs"] <= 1e-3 for m in per_image),
+        "images_within_1e-4": sum(m["max_abs"] <= 1e-4 for m in per_image),
+    }
+    if "forced" in per_image[0]:
+        s["forced_merges"] = sum(m["forced"] for m in per_image)
+        s["decision_diff_images"] = sum(m["decision_diff"] > 0 for m in per_image)
+        s["tokens_mean"] = np.mean([m["tokens"] for m in per_image], axis=0).round(1).tolist()
+        s["dynamic_vs_static_agreement_min"] = min(m["dynamic_vs_static_agreement"] for m in per_image)
+    fails = []
+    if s["agreement_mean"] < limits.mean_agreement:
+        fails.append(f"mean argmax agreement {s['agreement_mean']:.3f}% < {limits.mean_agreement}%")
+    if s["agreement_min"] < limits.min_agreement:
+        fails.append(f"an image has argmax agreement {s['agreement_min']:.3f}% < {limits.min_agreement}%")
+    if parity_miou < limits.parity_miou:
+        fails.append(f"parity mIoU {parity_miou:.3f} < {limits.parity_miou}")
+    s["failures"] = fails
+    s["pass"] = not fails
+    return s
+
+
+def label_miou(labels_dir, torch_model, runner, cfg) -> dict:
+    """Real mIoU of PyTorch and of the backend on an ADE20K-layout folder (label 0 ignored)."""
+    import torch
+    from PIL import Image
+
+    from algm_export.images import load_image, to_model_input
+    from algm_export.models.inference import sliding_window_logits
+
+    root = Path(labels_dir)
+    img_dir, ann_dir = root / "images", root / "annotations"
+    if not img_dir.is_dir() or not ann_dir.is_dir():
+        raise ConfigError(f"--labels {root}: expected ADE20K layout with images/ and annotations/ folders")
+    n = cfg.n_cls
+    conf_t = np.zeros((n, n), dtype=np.int64)
+    conf_b = np.zeros((n, n), dtype=np.int64)
+    ws = cfg.image_size[0]
+    count = 0
+    for ip in sorted(img_dir.iterdir()):
+        ap = ann_dir / (ip.stem + ".png")
+        if not ap.exists():
+            continue
+        img = load_image(ip)
+        gt = np.asarray(Image.open(ap)).astype(np.int64) - 1          # reduce_zero_label: 0 -> ignored
+        gt[gt < 0] = 255
+        x = to_model_input(img, img.shape[:2], cfg.normalization)
+
+        def torch_fn(b):
+            with torch.no_grad():
+                return torch_model(b)
+
+        def backend_fn(b):
+            return torch.from_numpy(runner.infer(b)["logits"])
+
+        lt = sliding_window_logits(torch_fn, x, ws, ws * 2 // 3, im_size=ws)
+        lb = sliding_window_logits(backend_fn, x, ws, ws * 2 // 3, im_size=ws)
+        conf_t += confusion(lt.argmax(1).numpy(), gt, n, ignore=255)
+        conf_b += confusion(lb.argmax(1).numpy(), gt, n, ignore=255)
+        count += 1
+    if not count:
+        raise ConfigError(f"--labels {root}: no image in images/ has a matching annotations/<name>.png")
+    mt, mb = miou(conf_t), miou(conf_b)
+    return {"label_images": count, "miou_torch": mt, "miou_backend": mb, "miou_delta": mb - mt}
+
+
+def model_from_manifest(man: dict):
+    from algm_export.manifest import sha256_file
+    from algm_export.models.checkpoint import resolve_model
+
+    src = man["model"]["source"]
+    model = resolve_model(src)
+    want = man["model"].get("checkpoint_sha256")
+    if want and not src.startswith("builtin:"):
+        p = Path(src)
+        ck = p / "checkpoint.pth" if p.is_dir() else p
+        if sha256_file(ck) != want:
+            raise ArtifactError(f"checkpoint {ck} changed since the export (sha256 differs); re-export")
+    return model
+
+
+def format_report(report: dict) -> str:
+    from algm_export.tables import format_table
+
+    rows = []
+    for e in report["entries"]:
+        s = e["summary"]
+        rows.append([
+            e["name"], "-" if e["threshold"] is None else f"{e['threshold']:.3f}",
+            "-" if not e.get("capacities") else ",".join(map(str, e["capacities"])),
+            f"{s['max_abs']:.2e}", f"{s['mean_abs']:.2e}", f"{s['agreement_mean']:.3f}", f"{s['agreement_min']:.3f}",
+            f"{s['parity_miou']:.2f}", str(s.get("forced_merges", "-")), str(s.get("decision_diff_images", "-")),
+            "-" if "tokens_mean" not in s else "/".join(f"{t:.0f}" for t in s["tokens_mean"]),
+            "PASS" if s["pass"] else "FAIL",
+        ])
+    head = ["setting", "tau", "capacities", "max|d|", "mean|d|", "agree%", "min%", "pmIoU", "forced",
+            "flips", "tokens", ""]
+    txt = format_table(head, rows)
+    for e in report["entries"]:
+        for f in e["summary"]["failures"]:
+            txt += f"\n  {e['name']}: {f}"
+        if "miou_torch" in e["summary"]:
+            s = e["summary"]
+            txt += f"\n  {e['name']}: mIoU torch {s['miou_torch']:.2f}  backend {s['miou_backend']:.2f}  delta {s['miou_delta']:+.3f}"
+    return txt

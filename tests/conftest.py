@@ -1,0 +1,70 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+os.environ.setdefault("ALGM_QUIET", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "hubble_deep_field"]
+
+
+def photo(name: str) -> np.ndarray:
+    """A real photograph bundled with scikit-image (read from its data folder, offline)."""
+    import glob
+
+    import skimage.data
+    from PIL import Image
+
+    path = glob.glob(os.path.join(os.path.dirname(skimage.data.__file__), name + ".*"))[0]
+    img = np.asarray(Image.open(path).convert("RGB"))
+    if img.ndim == 2:
+        img = np.stack([img] * 3, -1)
+    return img[..., :3]
+
+
+def prep(img: np.ndarray, size, norm="vit") -> torch.Tensor:
+    h, w = (size, size) if isinstance(size, int) else size
+    t = torch.from_numpy(np.array(img)).permute(2, 0, 1).float()[None] / 255
+    t = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
+    mean, std = (0.5, 0.5) if norm == "vit" else (0.45, 0.225)
+    return (t - mean) / std
+
+
+def smooth_image(size: int, seed: int = 0) -> torch.Tensor:
+    """Large flat regions with a few edges: merges must happen."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(1, 3, size, size)
+    k = size // 4
+    for i in range(4):
+        for j in range(4):
+            x[..., i * k:(i + 1) * k, j * k:(j + 1) * k] = torch.rand(3, 1, 1, generator=g) * 2 - 1
+    return x
+
+
+@pytest.fixture(scope="session")
+def photos_128():
+    return [prep(photo(n), 128) for n in PHOTOS]
+
+
+@pytest.fixture(scope="session")
+def tiny_linear():
+    from algm_export import create_segmenter
+
+    return create_segmenter("vit_tiny", "linear", 128, n_cls=21, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_mask():
+    from algm_export import create_segmenter
+
+    return create_segmenter("vit_tiny", "mask_transformer", 128, n_cls=21, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_deit():
+    from algm_export import create_segmenter
+
+    return create_segmenter("deit_tiny", "linear", 128, n_cls=21, seed=2)
