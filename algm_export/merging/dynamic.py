@@ -31,11 +31,17 @@ def window_scores(patches: torch.Tensor, grid: tuple[int, int], window: tuple[in
 
     patches: [B, N, D] -> [B, W] (windows row-major over the window grid).
     """
-    xw = to_windows(patches, grid, window).float()
-    k = xw.shape[-2]
-    sims = F.cosine_similarity(xw.unsqueeze(-2), xw.unsqueeze(-3), dim=-1)  # [B, W, k, k]
+    B, N, D = patches.shape
+    gh, gw = grid
+    wh, ww = window
+    k = wh * ww
+    # The published layout [B, gh/wh, gw/ww, D, k] with the cosine over the channel axis: the
+    # summation order decides near-equal windows (spec 2.1), so it is kept exactly.
+    f = (patches.float().transpose(1, 2).reshape(B, D, gh // wh, wh, gw // ww, ww)
+         .permute(0, 2, 4, 1, 3, 5).reshape(B, gh // wh, gw // ww, D, k))
+    sims = F.cosine_similarity(f.unsqueeze(-1), f.unsqueeze(-2), dim=3)      # [B, gh/wh, gw/ww, k, k]
     sims = sims * (1 - torch.eye(k, device=sims.device, dtype=sims.dtype))
-    return sims.sum(-1).sum(-1) / (k * (k - 1))
+    return (sims.sum(-1).sum(-1) / (k * (k - 1))).reshape(B, -1)
 
 
 def to_windows(patches: torch.Tensor, grid: tuple[int, int], window: tuple[int, int]) -> torch.Tensor:

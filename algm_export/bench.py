@@ -1,0 +1,199 @@
+"""`algm-export bench`: latency and throughput of the baseline and every threshold setting,
+on every backend present, measured side by side in one run.
+
+Method: one runner per (backend, entry); warm-up runs; then `repeats` rounds, and in every
+round each entry runs once in turn (interleaved, so drift and noise hit every entry alike).
+Reported: median latency, p10/p90 spread, images/s, the GMACs of each entry computed from its
+capacities (static engines compute every slot), the FLOP ratio and the measured speed-up over
+the baseline of the same backend and batch size. Threads are pinned and reported.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from algm_export.errors import BackendUnavailable, ConfigError
+from algm_export.flops import segmenter_macs
+from algm_export.manifest import load_manifest, write_json_atomic
+from algm_export.progress import progress_bar, status
+
+PUBLISHED = {  # spec section 4: ADE20K, Segmenter, batch 32 on one GPU, fvcore GMACs
+    "vit_tiny_patch16_384": {"crop": 512, "base": (38.1, 287, 12.8), "algm": (38.9, 388, 8.4)},
+    "vit_small_patch16_384": {"crop": 512, "base": (45.3, 134, 38.6), "algm": (46.4, 192, 26.3)},
+    "vit_base_patch16_384": {"crop": 512, "base": (48.5, 51, 130), "algm": (49.4, 73, 91)},
+    "vit_large_patch16_384": {"crop": 640, "base": (51.8, 10, 672), "algm": (52.7, 16, 438)},
+}
+
+
+def available_backends() -> list[str]:
+    out = ["torch", "ort"]
+    try:
+        from algm_export.runtimes.tensorrt.loader import gpu_runtime_available
+
+        if gpu_runtime_available():
+            out.append("trt")
+    except Exception:
+        pass
+    return out
+
+
+def _runner(backend: str, export_dir: Path, man: dict, entry: dict, model, threads: int):
+    if backend == "torch":
+        import torch
+
+        from algm_export.merging.patch import apply_algm
+        from algm_export.merging.setting import AlgmSetting
+        from algm_export.runtimes.torch import TorchRunner
+
+        torch.set_num_threads(threads)
+        if entry["name"] == "baseline":
+            return TorchRunner(model, "torch")
+        s = AlgmSetting(entry["threshold"], tuple(entry["window"]), tuple(entry["layers"]), "per_image")
+        return TorchRunner(apply_algm(model, s, entry["capacities"]), "torch-static")
+    if backend == "ort":
+        from algm_export.runtimes.onnxruntime import OrtRunner
+
+        return OrtRunner(export_dir / entry["onnx"], threads=threads)
+    if backend == "trt":
+        from algm_export.runtimes.tensorrt.runner import runner_for_entry
+
+        return runner_for_entry(export_dir, man, entry["name"], "fp32")
+    raise ConfigError(f"unknown backend {backend!r}; use torch, ort or trt")
+
+
+def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequence[int] = (1,), images=None,
+          repeats: int = 10, warmup: int = 2, threads: Optional[int] = None, model=None) -> dict:
+    import torch
+
+    from algm_export.images import load_images, sample_images, to_model_input
+    from algm_export.validate import model_from_manifest
+
+    export_dir = Path(export_dir)
+    man = load_manifest(export_dir, verify=True)
+    if model is None:
+        model = model_from_manifest(man)
+    cfg = model.cfg
+    threads = threads or min(os.cpu_count() or 1, 16)
+    have = available_backends()
+    backends = list(backends or have)
+    missing = [b for b in backends if b not in have]
+    if missing:
+        raise BackendUnavailable(f"backend(s) {missing} not available here (available: {have}); "
+                                 "trt needs a CUDA GPU with TensorRT")
+    pairs = sample_images() if images is None else load_images(images)
+    xs = [to_model_input(img, cfg.image_size, cfg.normalization) for _, img in pairs]
+    entries = [man["baseline"]] + list(man["settings"])
+    base_macs = segmenter_macs(cfg)["total"]
+    results = []
+    for backend in backends:
+        for bs in batches:
+            batch = torch.cat([xs[i % len(xs)] for i in range(bs)])
+            runners = [_runner(backend, export_dir, man, e, model, threads) for e in entries]
+            for r in runners:
+                for _ in range(warmup):
+                    r.infer(batch)
+            times = [[] for _ in entries]
+            with progress_bar(total=repeats * len(entries), desc=f"bench {backend} b{bs}", unit="run") as bar:
+                for _ in range(repeats):
+                    for i, r in enumerate(runners):
+                        t0 = time.perf_counter()
+                        r.infer(batch)
+                        times[i].append(time.perf_counter() - t0)
+                        bar.update(1)
+            base_med = float(np.median(times[0]))
+            for e, t in zip(entries, times):
+                med = float(np.median(t))
+                caps = e.get("capacities")
+                macs = base_macs if not caps else segmenter_macs(cfg, e["layers"], caps)["total"]
+                results.append({
+                    "backend": backend, "batch": bs, "setting": e["name"], "threshold": e.get("threshold"),
+                    "capacities": caps, "latency_ms": 1e3 * med, "p10_ms": 1e3 * float(np.percentile(t, 10)),
+                    "p90_ms": 1e3 * float(np.percentile(t, 90)), "images_per_s": bs / med, "gmacs": macs,
+                    "flop_ratio": base_macs / macs, "speedup": base_med / med,
+                    "speedup_vs_flop_ratio": (base_med / med) / (base_macs / macs),
+                    "tokens_kept": None if not caps else [c / (cfg.grid[0] * cfg.grid[1]) for c in caps],
+                })
+            for r in runners:
+                if hasattr(r, "close"):
+                    r.close()
+    report = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(), "threads": threads},
+        "model": man["model"]["source"], "backbone": cfg.backbone, "image_size": list(cfg.image_size),
+        "repeats": repeats, "warmup": warmup, "results": results,
+        "published": PUBLISHED.get(cfg.backbone),
+    }
+    out = export_dir / "bench"
+    write_json_atomic(out / "bench.json", report)
+    try:
+        report["plot"] = str(plot(report, export_dir, out / "bench.png").relative_to(export_dir))
+        write_json_atomic(out / "bench.json", report)
+    except Exception as e:  # a plot must never lose the numbers
+        status(f"plot skipped: {e}")
+    return report
+
+
+def plot(report: dict, export_dir: Path, path: Path) -> Path:
+    """Speed-up vs parity mIoU (from the validation report, when present) and vs tokens kept."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parity = {}
+    for f in sorted((export_dir / "validation").glob("report.*.json")):
+        rep = json.loads(f.read_text())
+        for e in rep["entries"]:
+            parity.setdefault(e["name"], e["summary"]["parity_miou"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    groups = {}
+    for r in report["results"]:
+        groups.setdefault((r["backend"], r["batch"]), []).append(r)
+    for (backend, bs), rows in groups.items():
+        lab = f"{backend} b{bs}"
+        xs_tok = [1.0 if r["tokens_kept"] is None else r["tokens_kept"][-1] for r in rows]
+        ys = [r["speedup"] for r in rows]
+        axes[1].plot(xs_tok, ys, "o-", label=lab)
+        for r, xv, yv in zip(rows, xs_tok, ys):
+            axes[1].annotate(r["setting"] if r["setting"] == "baseline" else f"{r['threshold']:.2f}", (xv, yv),
+                             textcoords="offset points", xytext=(4, 4), fontsize=8)
+        pm = [parity.get(r["setting"], 100.0 if r["setting"] == "baseline" else np.nan) for r in rows]
+        axes[0].plot(pm, ys, "o", label=lab)
+        axes[1].plot([1.0], [1.0], "k*", markersize=12)
+        axes[0].plot([100.0], [1.0], "k*", markersize=12)
+    ideal = [(1.0 if r["tokens_kept"] is None else r["tokens_kept"][-1], r["flop_ratio"])
+             for r in groups[next(iter(groups))]]
+    axes[1].plot([i[0] for i in ideal], [i[1] for i in ideal], "k--", alpha=0.5, label="FLOP ratio (ideal)")
+    axes[0].set_xlabel("parity mIoU vs PyTorch (%)")
+    axes[0].set_ylabel("measured speed-up over baseline")
+    axes[1].set_xlabel("tokens kept after the last merge (capacity / N)")
+    axes[1].set_ylabel("measured speed-up over baseline")
+    for a in axes:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    fig.suptitle(f"{report['backbone']} {report['image_size'][0]}x{report['image_size'][1]} - baseline marked *")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def format_bench(report: dict) -> str:
+    from algm_export.tables import format_table
+
+    rows = [[r["backend"], r["batch"], r["setting"], f"{r['latency_ms']:.1f}", f"{r['p10_ms']:.1f}-{r['p90_ms']:.1f}",
+             f"{r['images_per_s']:.2f}", f"{r['gmacs']:.1f}", f"{r['flop_ratio']:.2f}", f"{r['speedup']:.2f}",
+             f"{r['speedup_vs_flop_ratio']:.2f}"] for r in report["results"]]
+    head = ["backend", "batch", "setting", "median ms", "p10-p90", "img/s", "GMACs", "FLOP ratio", "speed-up",
+            "speed-up/FLOP"]
+    m = report["machine"]
+    return format_table(head, rows) + f"\n  {m['cpus']} CPUs, {m['threads']} threads, {report['repeats']} interleaved repeats"

