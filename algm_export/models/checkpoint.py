@@ -1,0 +1,594 @@
+"""Checkpoints in the published Segmenter / ALGM format, and the built-in demo models.
+
+Layout (spec 1.4), as written by the published training script and read by its `load_model`::
+
+    run/
+      checkpoint.pth   {"model": state_dict, "n_cls": int, ...}   (optimizer state etc. optional)
+      variant.yml      net_kwargs / dataset_kwargs / inference_kwargs
+
+`save_segmenter` writes exactly the `net_kwargs` keys the published `create_segmenter` accepts
+(an extra key would make the published loader fail), so checkpoints saved here load there too.
+The published decoder dict is `{name: linear}` for the linear decoder and
+`{name, n_layers, drop_path_rate, dropout}` for the mask transformer; the mask transformer's
+`d_model`, `n_heads` and `d_ff` are derived from the encoder when the model is built
+(`d_model = encoder d_model`, `n_heads = d_model // 64`, `d_ff = 4 * d_model`), never stored.
+
+`load_segmenter` reads both our files and the published ones (whose `variant.yml` holds
+`!!python/tuple` tags because it was written with `yaml.dump`), and turns every way a checkpoint
+can be wrong into a `CheckpointError` that names the problem and the fix.
+
+`resolve_model(spec)` accepts a checkpoint path/folder or `builtin:NAME` (`BUILTIN_MODELS`).
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import yaml
+
+from algm_export.errors import CheckpointError, ConfigError
+from algm_export.manifest import atomic_path
+from algm_export.models.configs import (
+    ALIASES,
+    BACKBONES,
+    NORMALIZATION,
+    DecoderConfig,
+    SegmenterConfig,
+    _pair,
+)
+from algm_export.models.segmenter import Segmenter, create_segmenter
+
+CHECKPOINT = "checkpoint.pth"
+VARIANT = "variant.yml"
+
+# net_kwargs keys the published `create_segmenter` accepts (it passes them to its ViT).
+NET_KWARGS_KEYS = ("backbone", "d_model", "n_heads", "n_layers", "patch_size", "image_size", "n_cls",
+                   "distilled", "normalization", "dropout", "drop_path_rate", "decoder")
+REQUIRED_NET_KWARGS = ("backbone", "d_model", "n_heads", "n_layers", "patch_size", "image_size", "n_cls",
+                       "decoder")
+# Parameters the checkpoint carries but segmentation never uses (ImageNet heads): tolerated when
+# missing or of another shape (a checkpoint stripped of them still segments identically).
+UNUSED_PREFIXES = ("encoder.head.", "encoder.head_dist.")
+
+# Published ALGM thresholds per backbone (ADE20K, spec 1.3): the default operating point of builtins.
+PUBLISHED_THRESHOLDS = {"vit_tiny_patch16_384": 0.90, "vit_small_patch16_384": 0.88,
+                        "vit_base_patch16_384": 0.94, "vit_large_patch16_384": 0.95}
+
+
+# ----------------------------------------------------------------------------- variant.yml I/O
+
+class _VariantLoader(yaml.SafeLoader):
+    """SafeLoader that also reads the `!!python/tuple` tags of published `variant.yml` files.
+
+    Any other `!!python/...` tag is read as plain data (never executed).
+    """
+
+
+def _construct_python_tuple(loader, node):
+    return list(loader.construct_sequence(node, deep=True))
+
+
+def _construct_python_other(loader, suffix, node):
+    if isinstance(node, yaml.SequenceNode):
+        return list(loader.construct_sequence(node, deep=True))
+    if isinstance(node, yaml.MappingNode):
+        return dict(loader.construct_mapping(node, deep=True))
+    return loader.construct_scalar(node)
+
+
+_VariantLoader.add_constructor("tag:yaml.org,2002:python/tuple", _construct_python_tuple)
+_VariantLoader.add_multi_constructor("tag:yaml.org,2002:python/", _construct_python_other)
+
+
+def read_variant(path: str | Path) -> dict:
+    """Read a `variant.yml` (ours or the published one). Raises CheckpointError when unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path} is missing: a published-format checkpoint needs variant.yml beside checkpoint.pth "
+            "(it describes the network); copy the variant.yml that came with this checkpoint next to it"
+        )
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read {path} ({e}); restore the variant.yml of this checkpoint") from e
+    try:
+        data = yaml.load(text, Loader=_VariantLoader)
+    except yaml.YAMLError as e:
+        msg = " ".join(str(e).split())
+        raise CheckpointError(
+            f"{path} is not valid YAML ({msg}); restore the variant.yml that came with this checkpoint"
+        ) from e
+    if not isinstance(data, Mapping):
+        raise CheckpointError(
+            f"{path} does not hold a mapping with net_kwargs (found {type(data).__name__}); "
+            "restore the variant.yml that came with this checkpoint"
+        )
+    data = dict(data)
+    net = data.get("net_kwargs")
+    if not isinstance(net, Mapping):
+        raise CheckpointError(
+            f"{path} has no net_kwargs section: it is not a Segmenter variant.yml; "
+            "restore the variant.yml that came with this checkpoint"
+        )
+    missing = [k for k in REQUIRED_NET_KWARGS if k not in net]
+    if missing:
+        raise CheckpointError(
+            f"{path}: net_kwargs lacks {missing}; a Segmenter variant.yml names "
+            f"{list(REQUIRED_NET_KWARGS)} (restore the variant.yml of this checkpoint)"
+        )
+    return data
+
+
+def config_from_variant(variant: dict, where: str = "variant.yml") -> SegmenterConfig:
+    """Build our SegmenterConfig from a published-format variant dict (net/dataset/inference kwargs)."""
+    net = dict(variant["net_kwargs"])
+    ds = dict(variant.get("dataset_kwargs") or {})
+    inf = variant.get("inference_kwargs")
+
+    def num(key, kind=int, src=net):
+        v = src.get(key)
+        try:
+            if isinstance(v, bool):
+                raise TypeError
+            out = kind(v)
+            if kind is int and out != float(v):
+                raise ValueError
+            return out
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{where}: net_kwargs.{key} = {v!r} is not a number; fix variant.yml") from None
+
+    backbone = str(net["backbone"])
+    key = ALIASES.get(backbone.lower(), backbone)
+    d_model, n_heads, n_layers = num("d_model"), num("n_heads"), num("n_layers")
+    patch_size, n_cls = num("patch_size"), num("n_cls")
+    if min(d_model, n_heads, n_layers, patch_size, n_cls) < 1:
+        raise CheckpointError(f"{where}: net_kwargs has non-positive sizes ({net}); fix variant.yml")
+    if d_model % n_heads:
+        raise CheckpointError(f"{where}: d_model {d_model} is not a multiple of n_heads {n_heads}; fix variant.yml")
+    try:
+        image_size = _pair(net["image_size"])
+    except (ConfigError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: net_kwargs.image_size = {net['image_size']!r} is not a size ({e})") from None
+    if image_size[0] % patch_size or image_size[1] % patch_size:
+        raise CheckpointError(
+            f"{where}: image_size {list(image_size)} is not a multiple of patch_size {patch_size}; fix variant.yml"
+        )
+    distilled = net.get("distilled")
+    if distilled is None:  # the published vit_large entries omit it
+        distilled = BACKBONES.get(key, (0, 0, 0, "distilled" in backbone))[3]
+    norm = net.get("normalization") or ds.get("normalization") or ("deit" if "deit" in backbone else "vit")
+    if norm not in NORMALIZATION:
+        raise CheckpointError(
+            f"{where}: normalization {norm!r} unknown; use one of {sorted(NORMALIZATION)}"
+        )
+
+    dec = net.get("decoder")
+    if isinstance(dec, str):
+        dec = {"name": dec}
+    if not isinstance(dec, Mapping) or "name" not in dec:
+        raise CheckpointError(f"{where}: net_kwargs.decoder must be a mapping with a name (linear | mask_transformer)")
+    dname = str(dec["name"])
+    if dname == "mask_transformer":
+        dd = dec.get("d_model")
+        if dd is not None and int(dd) != d_model:
+            raise CheckpointError(
+                f"{where}: decoder d_model {dd} differs from the encoder's {d_model}; the published mask "
+                "transformer always uses the encoder width (fix variant.yml)"
+            )
+        decoder = DecoderConfig(
+            name="mask_transformer", n_layers=int(dec.get("n_layers", 2)),
+            drop_path_rate=float(dec.get("drop_path_rate", 0.0)), dropout=float(dec.get("dropout", 0.1)),
+        )
+    elif "linear" in dname:  # the published factory accepts any name containing "linear"
+        decoder = DecoderConfig(name="linear")  # other fields unused by the linear decoder
+    else:
+        raise CheckpointError(f"{where}: decoder {dname!r} unknown; use linear or mask_transformer")
+
+    cfg = SegmenterConfig(
+        backbone=key if key in BACKBONES else backbone, d_model=d_model, n_heads=n_heads, n_layers=n_layers,
+        patch_size=patch_size, image_size=image_size, n_cls=n_cls, distilled=bool(distilled),
+        normalization=norm, dropout=float(net.get("dropout") or 0.0),
+        drop_path_rate=float(net.get("drop_path_rate") or 0.0), decoder=decoder,
+    )
+    cfg.algm = algm_from_variant(variant, where)
+    if isinstance(inf, Mapping):
+        cfg.inference = {k: inf[k] for k in ("im_size", "window_size", "window_stride") if inf.get(k) is not None}
+        cfg.inference = cfg.inference or None
+    return cfg
+
+
+def algm_from_variant(variant: dict, where: str = "variant.yml") -> Optional[dict]:
+    """The ALGM settings of `dataset_kwargs` (patch_type: algm), normalised; None for a plain run."""
+    ds = variant.get("dataset_kwargs") or {}
+    if not isinstance(ds, Mapping) or ds.get("patch_type") != "algm":
+        return None
+    from algm_export.merging.setting import AlgmSetting
+
+    try:
+        s = AlgmSetting.from_variant({"dataset_kwargs": {k: v for k, v in ds.items() if v is not None}})
+    except (ConfigError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: ALGM settings in dataset_kwargs are unusable ({e}); fix variant.yml") from None
+    return {"patch_type": "algm", "threshold": s.threshold, "selected_layers": list(s.layers),
+            "merging_window_size": list(s.window)}
+
+
+def make_variant(cfg: SegmenterConfig, algm=None, extra_variant: Optional[dict] = None) -> dict:
+    """The published-format variant dict of a model config (see the module docstring)."""
+    if cfg.decoder.name == "mask_transformer":
+        decoder = {"name": "mask_transformer", "n_layers": int(cfg.decoder.n_layers),
+                   "drop_path_rate": float(cfg.decoder.drop_path_rate), "dropout": float(cfg.decoder.dropout)}
+    else:
+        decoder = {"name": "linear"}
+    H, W = (int(v) for v in cfg.image_size)
+    net = {
+        "backbone": cfg.backbone, "d_model": int(cfg.d_model), "n_heads": int(cfg.n_heads),
+        "n_layers": int(cfg.n_layers), "patch_size": int(cfg.patch_size), "image_size": [H, W],
+        "n_cls": int(cfg.n_cls), "distilled": bool(cfg.distilled), "normalization": cfg.normalization,
+        "dropout": float(cfg.dropout), "drop_path_rate": float(cfg.drop_path_rate), "decoder": decoder,
+    }
+    inf = dict(cfg.inference or {})
+    im_size = inf.get("im_size", min(H, W))
+    ds: dict[str, Any] = {"dataset": "custom", "image_size": im_size, "crop_size": H if H == W else [H, W],
+                          "normalization": cfg.normalization}
+    if algm is None and cfg.algm:
+        algm = cfg.algm
+    if algm is not None:
+        algm = _as_setting(algm)
+        ds.update(patch_type="algm", threshold=float(algm.threshold), selected_layers=list(algm.layers),
+                  merging_window_size=list(algm.window))
+    else:
+        ds.update(patch_type="pure", threshold=None, selected_layers=None, merging_window_size=None)
+    window = inf.get("window_size", H if H == W else [H, W])
+    variant = {
+        "net_kwargs": net,
+        "dataset_kwargs": ds,
+        "inference_kwargs": {"im_size": im_size, "window_size": window,
+                             "window_stride": inf.get("window_stride", window)},
+    }
+    if extra_variant:
+        _deep_update(variant, copy.deepcopy(dict(extra_variant)))
+    return variant
+
+
+def _as_setting(algm):
+    """AlgmSetting from an AlgmSetting, its `to_dict()`, or a dataset_kwargs-style dict."""
+    from algm_export.merging.setting import AlgmSetting
+
+    if isinstance(algm, AlgmSetting):
+        return algm
+    if isinstance(algm, Mapping):
+        if "layers" in algm or "window" in algm:
+            return AlgmSetting(**{k: v for k, v in algm.items() if k in AlgmSetting.__dataclass_fields__})
+        ds = {k: v for k, v in algm.items() if v is not None}
+        return AlgmSetting.from_variant({"dataset_kwargs": {**ds, "patch_type": "algm"}})
+    raise ConfigError(f"algm must be an AlgmSetting or a dict, got {type(algm).__name__}")
+
+
+def _deep_update(dst: dict, src: Mapping) -> None:
+    for k, v in src.items():
+        if isinstance(v, Mapping) and isinstance(dst.get(k), dict):
+            _deep_update(dst[k], v)
+        else:
+            dst[k] = v
+
+
+# ----------------------------------------------------------------------------- save
+
+def save_segmenter(model, out_dir: str | Path, algm=None, extra_variant: Optional[dict] = None,
+                   extra_checkpoint: Optional[dict] = None) -> Path:
+    """Write `out_dir/checkpoint.pth` + `out_dir/variant.yml` in the published format.
+
+    model: a Segmenter (or an `AlgmSegmenter`, whose setting is used when `algm` is None).
+    algm: an AlgmSetting (or a dataset_kwargs-style dict) recorded in `dataset_kwargs`;
+      None keeps the model's own `cfg.algm`, if any (else the run is marked `patch_type: pure`).
+    extra_variant: merged (deeply) into the variant, e.g. {"dataset_kwargs": {"dataset": "ade20k"}}.
+    extra_checkpoint: more entries for checkpoint.pth beside "model" (e.g. {"epoch": 63}).
+    Both files are written atomically: an interrupted save leaves any previous pair untouched.
+    Returns the path of checkpoint.pth.
+    """
+    if algm is None and hasattr(model, "setting") and hasattr(model, "model"):
+        algm = model.setting
+    if hasattr(model, "model") and isinstance(getattr(model, "model"), Segmenter):
+        model = model.model
+    if not isinstance(model, Segmenter):
+        raise ConfigError(f"save_segmenter needs a Segmenter, got {type(model).__name__}")
+    cfg = model.cfg
+    variant = make_variant(cfg, algm, extra_variant)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    payload = {"model": state, "n_cls": int(cfg.n_cls)}
+    if extra_checkpoint:
+        payload.update({k: v for k, v in extra_checkpoint.items() if k != "model"})
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = out_dir / CHECKPOINT
+    with atomic_path(ckpt) as tmp_ckpt, atomic_path(out_dir / VARIANT) as tmp_var:
+        torch.save(payload, tmp_ckpt)
+        tmp_var.write_text(yaml.safe_dump(variant, sort_keys=True, default_flow_style=False))
+    return ckpt
+
+
+# ----------------------------------------------------------------------------- load
+
+def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
+    """(checkpoint.pth, variant.yml) for a checkpoint file or the folder holding it."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        ckpt = p / CHECKPOINT
+        if not ckpt.is_file():
+            others = sorted(q.name for q in p.glob("*.pth"))
+            hint = f" (it holds {others}: pass one of them)" if others else ""
+            raise CheckpointError(
+                f"no {CHECKPOINT} in {p}{hint}; pass a checkpoint file or a folder holding "
+                f"{CHECKPOINT} and {VARIANT}"
+            )
+        return ckpt, p / VARIANT
+    if not p.exists():
+        raise CheckpointError(
+            f"checkpoint {p} does not exist; pass checkpoint.pth (with variant.yml beside it), its folder, "
+            f"or a built-in model (builtin:{', builtin:'.join(BUILTIN_MODELS)})"
+        )
+    return p, p.parent / VARIANT
+
+
+def _torch_load(path: Path, weights_only: Optional[bool]):
+    def load(wo: bool):
+        return torch.load(path, map_location="cpu", weights_only=wo)
+
+    def corrupt(e: Exception) -> CheckpointError:
+        size = path.stat().st_size if path.exists() else 0
+        msg = " ".join(str(e).split())[:300]
+        return CheckpointError(
+            f"cannot read checkpoint {path} ({size} bytes): truncated or corrupt ({type(e).__name__}: {msg}); "
+            "download or copy the checkpoint again"
+        )
+
+    if weights_only is not None:
+        try:
+            return load(weights_only)
+        except Exception as e:  # noqa: BLE001  (every way torch.load fails means a bad file here)
+            if weights_only and "weights only load failed" in str(e).lower() and "invalid load key" not in str(e):
+                raise CheckpointError(
+                    f"checkpoint {path} holds non-tensor objects that a weights-only load refuses ({str(e)[:200]}); "
+                    "load it with weights_only=False if you trust its origin"
+                ) from e
+            raise corrupt(e) from e
+    try:
+        return load(True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
+        first = e
+    except Exception as e:  # noqa: BLE001  EOFError, zip errors, OSError: the file itself is bad
+        raise corrupt(e) from e
+    if "weights only load failed" not in str(first).lower():
+        raise corrupt(first) from first
+    try:
+        obj = load(False)
+    except Exception as e:  # noqa: BLE001
+        raise corrupt(e) from e
+    warnings.warn(
+        f"{path} holds non-tensor objects (e.g. optimizer or scheduler state), so it was loaded with "
+        "weights_only=False; only load checkpoints whose origin you trust",
+        stacklevel=3,
+    )
+    return obj
+
+
+def _extract_state_dict(obj, path: Path) -> dict:
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        sd = dict(obj["model"])
+    elif isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()) \
+            and any(str(k).startswith(("encoder.", "module.encoder.")) for k in obj):
+        warnings.warn(f"{path} is a bare state dict, not {{'model': state_dict, ...}}; loading it anyway",
+                      stacklevel=3)
+        sd = dict(obj)
+    else:
+        what = type(obj).__name__
+        if isinstance(obj, Mapping):
+            what = f"a {what} with keys {sorted(map(str, obj))[:8]}"
+        raise CheckpointError(
+            f"{path} is not a Segmenter checkpoint: expected {{'model': state_dict, ...}}, found {what}; "
+            "pass the checkpoint.pth of a Segmenter / ALGM run"
+        )
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(
+            f"{path}: the 'model' entry is not a state dict (non-tensor entries {bad[:5]}); "
+            "pass the checkpoint.pth of a Segmenter / ALGM run"
+        )
+    if sd and all(k.startswith("module.") for k in sd):  # saved from a DistributedDataParallel wrapper
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _short(keys: list, n: int = 8) -> str:
+    keys = sorted(keys)
+    more = f" ... and {len(keys) - n} more" if len(keys) > n else ""
+    return "[" + ", ".join(keys[:n]) + "]" + more
+
+
+def describe_state_dict(sd: Mapping[str, torch.Tensor]) -> str:
+    """What a state dict looks like (width, depth, classes, decoder): used in mismatch messages."""
+    parts = []
+    cls = sd.get("encoder.cls_token")
+    if cls is not None:
+        d = int(cls.shape[-1])
+        depth = len({k.split(".")[2] for k in sd if k.startswith("encoder.blocks.")})
+        guess = [n for n, v in BACKBONES.items() if v[0] == d and v[2] == depth]
+        parts.append(f"d_model={d}, {depth} blocks" + (f" (like {guess[0]})" if guess else ""))
+    if "encoder.dist_token" in sd:
+        parts.append("distilled")
+    pe = sd.get("encoder.proj.weight", sd.get("encoder.patch_embed.proj.weight"))
+    if pe is not None:
+        parts.append(f"patch_size={int(pe.shape[-1])}")
+    if "decoder.head.weight" in sd:
+        parts.append(f"linear decoder, n_cls={int(sd['decoder.head.weight'].shape[0])}")
+    elif "decoder.cls_emb" in sd:
+        parts.append(f"mask_transformer decoder, n_cls={int(sd['decoder.cls_emb'].shape[1])}")
+    return ", ".join(parts) or "no recognisable Segmenter keys"
+
+
+def _check_keys(model: Segmenter, sd: dict, cfg: SegmenterConfig, strict: bool, where: str) -> dict:
+    expected = model.state_dict()
+    unused = lambda k: k.startswith(UNUSED_PREFIXES)  # noqa: E731
+    missing = [k for k in expected if k not in sd and not unused(k)]
+    unexpected = [k for k in sd if k not in expected]
+    shapes = [f"{k}: checkpoint {list(sd[k].shape)} vs variant.yml {list(expected[k].shape)}"
+              for k in expected if k in sd and sd[k].shape != expected[k].shape and not unused(k)]
+    load = {k: v for k, v in sd.items() if k in expected and v.shape == expected[k].shape}
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_short(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches {_short(shapes, 4)}")
+        msg = (f"checkpoint does not match variant.yml: {'; '.join(parts)}; the weights have "
+               f"{describe_state_dict(sd)}, variant.yml describes {cfg.backbone} (d_model={cfg.d_model}, "
+               f"{cfg.n_layers} blocks, {cfg.decoder.name} decoder, n_cls={cfg.n_cls}); "
+               f"check that variant.yml belongs to this checkpoint ({where})")
+        if strict:
+            raise CheckpointError(msg)
+        warnings.warn(msg + "; strict=False: loading only the matching tensors", stacklevel=3)
+    return load
+
+
+def load_segmenter(path: str | Path, image_size=None, strict: bool = True,
+                   weights_only: Optional[bool] = None) -> Segmenter:
+    """Load a published-format checkpoint: `path` = checkpoint.pth or its folder (variant.yml beside it).
+
+    image_size: run size (int or (H, W)) if different from the checkpoint's; the grid part of
+      `pos_embed` is resized bilinearly once (align_corners=False, prefix kept), exactly what
+      `Segmenter.embed` does per call, and `cfg.image_size` becomes the run size.
+    strict: refuse any missing / unexpected / mis-shaped key (the unused ImageNet heads
+      `encoder.head*` may be absent). strict=False loads what matches and warns.
+    weights_only: None tries a weights-only load and falls back (with a warning) for checkpoints
+      that hold optimizer state or other objects; True / False force one mode.
+
+    The model is in eval mode; `model.cfg` carries `algm` (dataset_kwargs of ALGM runs) and
+    `inference` (inference_kwargs); `model.variant` is the whole variant dict,
+    `model.checkpoint_path` the file, `model.checkpoint_image_size` the trained size.
+    """
+    ckpt, var_path = checkpoint_paths(path)
+    variant = read_variant(var_path)
+    cfg = config_from_variant(variant, str(var_path))
+    obj = _torch_load(ckpt, weights_only)
+    sd = _extract_state_dict(obj, ckpt)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = Segmenter(cfg)
+    except ConfigError as e:
+        raise CheckpointError(f"{var_path}: cannot build the network it describes ({e})") from e
+    load = _check_keys(model, sd, cfg, strict, f"{ckpt}, {var_path}")
+    model.load_state_dict(load, strict=False)
+    model.eval()
+    model.variant = variant
+    model.checkpoint_path = ckpt
+    model.checkpoint_image_size = tuple(cfg.image_size)
+    model.source = str(ckpt)
+    if image_size is not None:
+        set_image_size(model, image_size)
+    return model
+
+
+def set_image_size(model: Segmenter, image_size) -> Segmenter:
+    """Re-target a model to another run size: resize the pos_embed grid (bilinear) and update cfg."""
+    from algm_export.models.segmenter import resize_pos_embed
+
+    new = _pair(image_size)
+    p = model.cfg.patch_size
+    if new[0] % p or new[1] % p or min(new) <= 0:
+        raise ConfigError(f"image size {list(new)} is not a positive multiple of the patch size {p}")
+    old_grid = model.cfg.grid
+    new_grid = (new[0] // p, new[1] // p)
+    if tuple(new) == tuple(model.cfg.image_size):
+        return model
+    enc = model.encoder
+    with torch.no_grad():
+        pe = resize_pos_embed(enc.pos_embed.data, model.num_prefix, old_grid, new_grid)
+    enc.pos_embed = torch.nn.Parameter(pe, requires_grad=enc.pos_embed.requires_grad)
+    model.cfg.image_size = tuple(new)
+    pe_mod = enc.patch_embed
+    for attr, val in (("img_size", tuple(new)), ("grid_size", new_grid), ("num_patches", new_grid[0] * new_grid[1])):
+        if hasattr(pe_mod, attr):
+            setattr(pe_mod, attr, val)
+    return model
+
+
+# ----------------------------------------------------------------------------- built-in models
+
+# Seeded random weights with the published architectures: for smoke tests, demos and exports
+# when no trained checkpoint is at hand. Segmentations from them are meaningless.
+BUILTIN_MODELS: dict[str, dict] = {
+    "vit_s16_512": dict(backbone="vit_small", decoder="linear", image_size=512, n_cls=150, seed=0),
+    "vit_ti16_512": dict(backbone="vit_tiny", decoder="linear", image_size=512, n_cls=150, seed=0),
+    "vit_s16_512_mask": dict(backbone="vit_small", decoder="mask_transformer", image_size=512, n_cls=150, seed=0),
+    "deit_s16_512": dict(backbone="deit_small", decoder="linear", image_size=512, n_cls=150, seed=0),
+}
+DEFAULT_MODEL = "builtin:vit_s16_512"
+
+
+def builtin_model(name: str) -> Segmenter:
+    """`create_segmenter` with the registry's arguments, plus the published ADE20K settings
+    (ALGM threshold of the backbone, layers 1 and 5, 2x2 window; 512 sliding windows)."""
+    if name not in BUILTIN_MODELS:
+        raise ConfigError(
+            f"unknown built-in model {name!r}; choose one of "
+            + ", ".join(f"builtin:{n}" for n in BUILTIN_MODELS)
+        )
+    kw = BUILTIN_MODELS[name]
+    model = create_segmenter(**kw)
+    cfg = model.cfg
+    cfg.algm = {"patch_type": "algm", "threshold": PUBLISHED_THRESHOLDS.get(cfg.backbone, 0.88),
+                "selected_layers": [1, 7] if cfg.n_layers >= 24 else [1, 5], "merging_window_size": [2, 2]}
+    side = min(cfg.image_size)
+    cfg.inference = {"im_size": side, "window_size": side, "window_stride": side}
+    model.source = f"builtin:{name}"
+    model.checkpoint_path = None
+    model.checkpoint_image_size = tuple(cfg.image_size)
+    model.variant = make_variant(cfg)
+    return model
+
+
+def resolve_model(spec, image_size=None, strict: bool = True) -> Segmenter:
+    """A model from `builtin:NAME`, a checkpoint file or folder, or a Segmenter (returned as is)."""
+    if isinstance(spec, Segmenter):
+        return spec if image_size is None else set_image_size(spec, image_size)
+    if spec is None:
+        spec = DEFAULT_MODEL
+    s = str(spec)
+    if s.startswith("builtin:"):
+        model = builtin_model(s[len("builtin:"):])
+    elif s in BUILTIN_MODELS and not Path(s).exists():
+        model = builtin_model(s)
+    else:
+        return load_segmenter(s, image_size=image_size, strict=strict)
+    if image_size is not None:
+        set_image_size(model, image_size)
+    return model
+
+
+def model_summary(model: Segmenter) -> dict:
+    """Short description of a model for tables, JSON files and manifests."""
+    cfg = model.cfg
+    return {
+        "source": getattr(model, "source", None), "backbone": cfg.backbone, "decoder": cfg.decoder.name,
+        "n_cls": cfg.n_cls, "image_size": list(cfg.image_size), "patch_size": cfg.patch_size,
+        "grid": list(cfg.grid), "num_prefix": cfg.num_prefix, "normalization": cfg.normalization,
+        "algm": cfg.algm, "inference": cfg.inference,
+        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+    }
+
+
+__all__ = [
+    "BUILTIN_MODELS", "CHECKPOINT", "DEFAULT_MODEL", "VARIANT", "algm_from_variant", "builtin_model",
+    "checkpoint_paths", "config_from_variant", "describe_state_dict", "load_segmenter", "make_variant",
+    "model_summary", "read_variant", "resolve_model", "save_segmenter", "set_image_size",
+]
