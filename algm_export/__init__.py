@@ -1,21 +1,30 @@
 """algm-export: Segmenter + ALGM token merging -> ONNX -> TensorRT, with parity evidence.
 
     from algm_export import create_segmenter, load_segmenter, AlgmSetting, apply_algm
+
+The names are imported lazily, so that `import algm_export` (and CLI start-up, and the engine
+build worker) does not pay for torch and timm until a model is needed.
 """
 
 __version__ = "0.1.0"
 
-from algm_export.errors import AlgmError  # noqa: E402
-from algm_export.merging.setting import AlgmSetting  # noqa: E402
-from algm_export.merging.patch import apply_algm  # noqa: E402
-from algm_export.models.segmenter import create_segmenter  # noqa: E402
+_LAZY = {
+    "AlgmError": ("algm_export.errors", "AlgmError"),
+    "AlgmSetting": ("algm_export.merging.setting", "AlgmSetting"),
+    "apply_algm": ("algm_export.merging.patch", "apply_algm"),
+    "create_segmenter": ("algm_export.models.segmenter", "create_segmenter"),
+    "load_segmenter": ("algm_export.models.checkpoint", "load_segmenter"),
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
 
 
-def load_segmenter(path, **kwargs):
-    """Load a published-format checkpoint (`checkpoint.pth` + `variant.yml` beside it)."""
-    from algm_export.models.checkpoint import load_segmenter as _load
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
 
-    return _load(path, **kwargs)
-
-
-__all__ = ["AlgmError", "AlgmSetting", "apply_algm", "create_segmenter", "load_segmenter", "__version__"]
+        mod, attr = _LAZY[name]
+        value = getattr(importlib.import_module(mod), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'algm_export' has no attribute {name!r}")

@@ -1,0 +1,339 @@
+"""Build TensorRT / TensorRT-RTX engines for an export folder: the baseline and one engine per
+threshold setting (issue "TensorRT engines per threshold setting").
+
+    from algm_export.build import build_engines
+    build_engines("out/vit_s", backend="tensorrt-rtx", compute_capabilities=[86], precision="fp32")
+
+Each engine is ``engines/<setting>.<precision>[.plugins].engine``, written atomically, with an
+optimisation profile over the batch dimension of ``image``; the manifest's ``engines`` list gets
+one record per engine (replacing the record of an earlier build with the same setting,
+backend, precision and plugin use) and is saved after every engine, so an interrupted build
+leaves a valid manifest and no half-written engine.
+
+TensorRT itself runs in a child process (``algm_export.runtimes.tensorrt.worker``), started with
+`rtx_env()` for TensorRT-RTX so that its parser's plugin-library lookup cannot abort the
+process; a crash of the child comes back as an `EngineBuildError` with the end of its log.
+
+Precision: ``fp32`` builds from the setting's ``onnx``. ``fp16`` builds from ``onnx_fp16`` (the
+exporter's fp16 graph, whose merge similarity math stays fp32) as a strongly typed network,
+on both backends, so an fp16 engine computes the same thing on TensorRT and TensorRT-RTX.
+Only when ``onnx_fp16`` is missing does full TensorRT 10 fall back to the fp32 ONNX with the
+FP16 builder flag (weakly typed: TensorRT picks layer precisions itself, merge math included;
+the record says ``"fp16_mode": "builder-flag"``); TensorRT-RTX and TensorRT >= 11 have no such
+flag (always strongly typed) and ask for a re-export. TF32 is off unless ``tf32=True``, so
+fp32 layers (the merge similarity math included) compute in true fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from algm_export.errors import AlgmError, ArtifactError, BackendUnavailable, CapacityError, ConfigError
+from algm_export.manifest import atomic_path, load_manifest, save_manifest, sha256_file
+from algm_export.runtimes.tensorrt.builder import EngineBuildError
+from algm_export.runtimes.tensorrt.loader import (backend_version, cuda_device, describe_environment,
+                                                  import_backend, pretty, resolve_backend, rtx_env,
+                                                  rtx_targets, supports_weak_typing)
+
+__all__ = ["build_engines", "find_engine_record", "engine_filename", "describe_environment",
+           "EngineBuildError", "DEFAULT_RTX_CCS"]
+
+DEFAULT_RTX_CCS = [86]
+PRECISIONS = ("fp32", "fp16")
+_ERRORS = {c.__name__: c for c in (AlgmError, ArtifactError, BackendUnavailable, CapacityError,
+                                    ConfigError, EngineBuildError)}
+_PKG_DIR = str(Path(__file__).resolve().parent)
+# The worker needs neither torch nor timm, which `algm_export/__init__.py` imports (seconds per
+# engine): it starts with a bare stand-in for the package, so only the modules it uses load.
+# (`python -m algm_export.runtimes.tensorrt.worker JOB RESULT` does the same, slower.)
+_WORKER_BOOT = ("import sys, types; pkg = types.ModuleType('algm_export'); pkg.__path__ = [{dir!r}]; "
+                "sys.modules['algm_export'] = pkg; "
+                "from algm_export.runtimes.tensorrt.worker import main; sys.exit(main(sys.argv[1:]))")
+
+
+def engine_filename(setting: str, precision: str, plugins: bool) -> str:
+    return f"engines/{setting}.{precision}{'.plugins' if plugins else ''}.engine"
+
+
+def _normalize_ccs(ccs: Iterable | int | str) -> list[int]:
+    if isinstance(ccs, (int, str)):
+        ccs = [c for c in str(ccs).replace(";", ",").split(",") if c.strip()]
+    out = []
+    for cc in ccs:
+        s = str(cc).strip().lower().replace("sm_", "").replace("sm", "")
+        m = re.fullmatch(r"(\d+)\.(\d)", s)
+        if m:
+            s = m.group(1) + m.group(2)
+        if not s.isdigit():
+            raise ConfigError(f"compute capability {cc!r}: write it as 86, '8.6' or 'sm86'.")
+        out.append(int(s))
+    return sorted(set(out))
+
+
+def _check_batch(batch: Sequence[int]) -> list[int]:
+    try:
+        lo, opt, hi = (int(b) for b in batch)
+    except (TypeError, ValueError):
+        raise ConfigError(f"batch must be (min, opt, max), got {batch!r}.") from None
+    if not 1 <= lo <= opt <= hi:
+        raise ConfigError(f"batch must satisfy 1 <= min <= opt <= max, got {batch!r}.")
+    return [lo, opt, hi]
+
+
+def _entries(data: dict, only: Iterable[str] | None) -> list[tuple[str, dict]]:
+    entries = []
+    if data.get("baseline"):
+        entries.append((data["baseline"].get("name", "baseline"), data["baseline"]))
+    entries += [(s["name"], s) for s in data.get("settings") or []]
+    if only is not None:
+        only = list(only)
+        names = [n for n, _ in entries]
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise ConfigError(f"no setting {', '.join(unknown)} in the manifest (it has {', '.join(names)}).")
+        entries = [(n, e) for n, e in entries if n in only]
+    if not entries:
+        raise ArtifactError("the manifest lists no baseline and no settings: nothing to build.")
+    return entries
+
+
+def _pick_onnx(export_dir: Path, name: str, entry: dict, precision: str, backend: str) -> dict:
+    """Which ONNX file builds this engine and how precision is set."""
+    key, hkey, mode = "onnx", "sha256", None
+    if precision == "fp16":
+        if entry.get("onnx_fp16"):
+            key, hkey, mode = "onnx_fp16", "sha256_fp16", "onnx"
+        elif supports_weak_typing(backend):
+            mode = "builder-flag"
+        else:
+            raise ConfigError(
+                f"{name}: the export has no fp16 ONNX (manifest key onnx_fp16), and {pretty(backend)} "
+                f"{backend_version(backend)} networks are strongly typed (precision comes from the ONNX): "
+                "re-export with --precision fp16.")
+    rel = entry.get(key)
+    if not rel:
+        raise ArtifactError(f"{name}: the manifest names no ONNX file ({key}); re-export.")
+    path = export_dir / rel
+    if not path.exists():
+        raise ArtifactError(f"{path} is listed in the manifest but missing; re-export into {export_dir}.")
+    digest = sha256_file(path)
+    if entry.get(hkey) and entry[hkey] != digest:
+        raise ArtifactError(f"{path}: sha256 does not match the manifest (file changed or corrupted); re-export.")
+    return {"onnx": rel, "path": path, "sha256": digest, "fp16_mode": mode,
+            "strongly_typed": mode != "builder-flag"}
+
+
+@contextlib.contextmanager
+def _lock(export_dir: Path, wait_s: float = 10.0) -> Iterator[None]:
+    """One build per export folder at a time (waits briefly: a killed build's processes may
+    still be exiting)."""
+    d = export_dir / "engines"
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / ".build.lock", "w") as f:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ArtifactError(f"another engine build is running on {export_dir}; wait for it "
+                                        "to finish.") from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n    ".join(text[-lines:]) if text else "(empty log)"
+
+
+def _run_worker(job: dict, env: dict, name: str) -> dict:
+    """Run one build in a child process; return its result or raise a typed error."""
+    with tempfile.TemporaryDirectory(prefix="algm-trt-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "job.json").write_text(json.dumps(job))
+        log = tmp / "worker.log"
+        cmd = [sys.executable, "-c", _WORKER_BOOT.format(dir=_PKG_DIR),
+               str(tmp / "job.json"), str(tmp / "result.json")]
+        with open(log, "wb") as logf:
+            rc = subprocess.run(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=tmp).returncode
+        if rc < 0:
+            try:
+                sig = signal.Signals(-rc).name
+            except ValueError:
+                sig = f"signal {-rc}"
+            raise EngineBuildError(
+                f"the {pretty(job['backend'])} build worker for {name} was killed by {sig}; no engine "
+                f"was written for it. Last lines of its log:\n    {_tail(log)}")
+        try:
+            result = json.loads((tmp / "result.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            raise EngineBuildError(
+                f"the {pretty(job['backend'])} build worker for {name} exited with status {rc} and no "
+                f"result. Last lines of its log:\n    {_tail(log)}") from None
+        if result.get("ok"):
+            return result
+        cls = _ERRORS.get(result.get("error_type"))
+        if cls is not None:
+            raise cls(f"{name}: {result['error']}")
+        where = (result.get("traceback") or "").strip().splitlines()
+        raise EngineBuildError(
+            f"{name}: internal error in the build worker: {result.get('error')}"
+            + (f" ({where[-3].strip()})" if len(where) >= 3 else "")
+            + f"\n  Last lines of its log:\n    {_tail(log, 10)}")
+
+
+def _same_engine(rec: dict, new: dict) -> bool:
+    return (rec.get("setting") == new["setting"] and rec.get("backend") == new["backend"]
+            and rec.get("precision") == new["precision"]
+            and bool(rec.get("plugin_library")) == bool(new["plugin_library"]))
+
+
+def find_engine_record(data: dict, setting: str = "baseline", precision: str = "fp32",
+                       backend: str | None = None, plugins: bool | None = None) -> dict:
+    """The manifest record of one engine (the first match); ArtifactError when none is listed."""
+    for rec in data.get("engines") or []:
+        if rec.get("setting") != setting or rec.get("precision") != precision:
+            continue
+        if backend is not None and rec.get("backend") != backend:
+            continue
+        if plugins is not None and bool(rec.get("plugin_library")) != plugins:
+            continue
+        return rec
+    raise ArtifactError(f"no {precision} engine for {setting!r}"
+                        + (f" built with {backend}" if backend else "")
+                        + " in the manifest; build it first (`algm-export build DIR`).")
+
+
+def build_engines(export_dir: str | os.PathLike, backend: str | None = None,
+                  plugins: str | os.PathLike | None = None, precision: str = "fp32",
+                  batch: Sequence[int] = (1, 1, 8), compute_capabilities: Iterable | None = None,
+                  workspace_mb: int | None = None, progress: bool = True,
+                  settings: Iterable[str] | None = None, input_name: str = "image",
+                  tf32: bool = False, log_level: str = "error") -> list[dict]:
+    """Build the baseline engine and one engine per threshold setting; returns their records.
+
+    backend: "tensorrt", "tensorrt-rtx" or None (tensorrt when importable, else tensorrt-rtx).
+    plugins: an algm plugin library (.so); its plugins then implement the algm nodes.
+    precision: "fp32" or "fp16" (see the module doc). batch: (min, opt, max) of the profile.
+    compute_capabilities: TensorRT-RTX targets (default [86]); not allowed for full TensorRT,
+    which builds for the GPU present. settings: build only these (names; "baseline" included).
+    tf32: allow TF32 for fp32 layers (off: fp32 layers, the merge similarity math included,
+    stay true fp32). workspace_mb: builder workspace limit. Raises AlgmError subclasses.
+    """
+    export_dir = Path(export_dir).resolve()
+    data = load_manifest(export_dir)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    profile = _check_batch(batch)
+    backend = resolve_backend(backend)
+    version = backend_version(backend)
+    rtx = backend == "tensorrt-rtx"
+
+    device = None
+    if rtx:
+        ccs = _normalize_ccs(compute_capabilities) if compute_capabilities is not None else list(DEFAULT_RTX_CCS)
+        if not ccs:
+            raise ConfigError("give at least one compute capability to build TensorRT-RTX engines for.")
+        supported = rtx_targets(import_backend(backend))
+        if set(ccs) - set(supported):
+            raise ConfigError(f"TensorRT-RTX {version} cannot target compute capability "
+                              f"{', '.join(str(c) for c in sorted(set(ccs) - set(supported)))}; it supports {supported}.")
+    else:
+        if compute_capabilities:
+            raise ConfigError("--compute-capability applies to TensorRT-RTX only: full TensorRT builds "
+                              "for the GPU present. Drop it, or use --backend tensorrt-rtx.")
+        device = cuda_device()
+        if not device.get("available"):
+            raise BackendUnavailable(
+                f"full TensorRT builds engines on a CUDA GPU and none is usable here "
+                f"({device.get('reason')}). Use --backend tensorrt-rtx to build ahead of time without one.")
+        ccs = [device["compute_capability"]]
+        device = {"name": device["name"], "compute_capability": device["compute_capability"]}
+
+    plugin_path = plugin_sha = None
+    if plugins is not None:
+        p = Path(plugins).expanduser().resolve()
+        if not p.is_file():
+            raise BackendUnavailable(f"plugin library {p} does not exist; build it first "
+                                     "(algm_export.plugins.build_plugins) or drop --plugins.")
+        plugin_path, plugin_sha = str(p), sha256_file(p)
+
+    entries = _entries(data, settings)
+    # Check every ONNX before building anything, so a bad entry fails fast.
+    sources = [(name, _pick_onnx(export_dir, name, e, precision, backend)) for name, e in entries]
+
+    env = rtx_env() if rtx else dict(os.environ)
+
+    from tqdm.auto import tqdm
+
+    records = []
+    with _lock(export_dir):
+        # Leftovers of a build that was killed outright (holding the lock, no build is running).
+        for stale in (export_dir / "engines").glob(".*.engine.*.partial"):
+            stale.unlink(missing_ok=True)
+        bar = tqdm(sources, desc=f"{pretty(backend)} {precision} engines", unit="engine",
+                   disable=not progress, file=sys.stderr)
+        for name, src in bar:
+            bar.set_postfix_str(name)
+            rel = engine_filename(name, precision, plugin_path is not None)
+            final = export_dir / rel
+            job = {"name": name, "onnx": str(src["path"]), "backend": backend, "precision": precision,
+                   "strongly_typed": src["strongly_typed"], "fp16_flag": src["fp16_mode"] == "builder-flag",
+                   "input": input_name, "profile": profile, "compute_capabilities": ccs if rtx else [],
+                   "workspace_mb": workspace_mb, "plugin_library": plugin_path, "strip_functions": True,
+                   "tf32": bool(tf32), "log_level": log_level}
+            t0 = _dt.datetime.now(_dt.timezone.utc)
+            with atomic_path(final) as tmp:
+                job["engine"] = str(tmp)
+                res = _run_worker(job, env, name)
+                size = tmp.stat().st_size
+                if size != res.get("engine_bytes"):
+                    raise EngineBuildError(f"{name}: the worker reported {res.get('engine_bytes')} engine "
+                                           f"bytes but wrote {size}.")
+                digest = sha256_file(tmp)
+            wall = (_dt.datetime.now(_dt.timezone.utc) - t0).total_seconds()
+            rec = {
+                "setting": name, "file": rel, "sha256": digest, "bytes": size,
+                "backend": backend, "backend_version": res.get("backend_version", version),
+                "precision": precision, "fp16_mode": src["fp16_mode"],
+                "strongly_typed": res.get("strongly_typed"), "tf32": res.get("tf32"),
+                "onnx": src["onnx"], "onnx_sha256": src["sha256"],
+                "input": input_name, "profile": res.get("profile", profile),
+                "compute_capabilities": ccs, "device": device,
+                "plugin_library": plugin_path, "plugin_sha256": plugin_sha,
+                "plugin_creators": res.get("plugin_creators") or [],
+                "functions": res.get("functions"),
+                "build_seconds": res.get("build_seconds"), "parse_seconds": res.get("parse_seconds"),
+                "wall_seconds": round(wall, 3),
+                "layers": res.get("layers"), "io": res.get("io"),
+                "built": t0.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+            engines = [r for r in data.get("engines") or []
+                       if not _same_engine(r, rec) and r.get("file") != rel]
+            engines.append(rec)
+            data["engines"] = engines
+            save_manifest(export_dir, data)
+            records.append(rec)
+        bar.close()
+    return records

@@ -1,0 +1,169 @@
+"""Run a TensorRT / TensorRT-RTX engine on a CUDA GPU with torch tensors.
+
+    runner = TrtRunner.from_manifest("out/vit_s", setting="t0.880", precision="fp16")
+    out = runner.infer(image)          # image: float32 CUDA tensor [B, 3, H, W]
+    out["logits"], out.get("merge_stats")
+
+Dynamic batch through ``set_input_shape`` within the engine's profile; outputs are allocated
+as torch tensors on the image's device and the engine runs on torch's current stream.
+Before deserialising, the engine's manifest record is checked against what is installed
+(backend, version, compute capability, sha256), so a mismatch is an ArtifactError that says
+why, not a TensorRT failure. TensorRT-RTX compiles kernels for the GPU on first use: the
+first `infer` of a new shape is slow, time after a warm-up.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+from algm_export.errors import ArtifactError, BackendUnavailable, ConfigError, InputError
+from algm_export.runtimes.tensorrt import loader
+
+
+def _torch_dtype(trt, torch, dt):
+    table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
+             trt.DataType.INT32: torch.int32, trt.DataType.INT64: torch.int64,
+             trt.DataType.BOOL: torch.bool, trt.DataType.INT8: torch.int8, trt.DataType.UINT8: torch.uint8}
+    if hasattr(trt.DataType, "BF16"):
+        table[trt.DataType.BF16] = torch.bfloat16
+    if dt not in table:
+        raise ConfigError(f"engine tensor dtype {dt} is not supported by TrtRunner.")
+    return table[dt]
+
+
+class TrtRunner:
+    """One engine, one execution context. `infer(image) -> {output name: tensor}`."""
+
+    def __init__(self, engine_path: str | os.PathLike, backend: str | None = None,
+                 record: dict | None = None, plugins: str | os.PathLike | None = None,
+                 verify_sha256: bool = True):
+        record = dict(record or {})
+        self.path = Path(engine_path)
+        if backend is None:
+            backend = record.get("backend")
+        self.backend = loader.resolve_backend(backend)
+        try:
+            import torch
+        except ImportError as e:
+            raise BackendUnavailable("TrtRunner needs torch (with CUDA) to hold its tensors.") from e
+        self.torch = torch
+        device = loader.cuda_device()
+        if not device.get("available"):
+            raise BackendUnavailable(
+                f"no CUDA GPU / TensorRT runtime present ({device.get('reason')}): engines can be "
+                "built here (TensorRT-RTX) but only run on a machine with a supported GPU.")
+        self.trt = trt = loader.import_backend(self.backend)
+        if not self.path.is_file():
+            raise ArtifactError(f"engine {self.path} does not exist; build it (`algm-export build DIR`).")
+        record.setdefault("file", str(self.path))
+        targets = loader.rtx_targets(trt) if self.backend == "tensorrt-rtx" else None
+        loader.check_engine_record(record, self.backend, str(trt.__version__), device, targets)
+        if verify_sha256 and record.get("sha256"):
+            from algm_export.manifest import sha256_file
+
+            if sha256_file(self.path) != record["sha256"]:
+                raise ArtifactError(f"{self.path}: sha256 does not match the manifest (file changed "
+                                    "or corrupted); rebuild the engine.")
+        plugins = plugins or record.get("plugin_library")
+        if plugins:
+            if self.backend == "tensorrt-rtx" and not loader.rtx_env_active():
+                warnings.warn("TensorRT-RTX with plugins: libtensorrt_rtx.so is not on LD_LIBRARY_PATH; "
+                              "if loading aborts, start Python with the environment of "
+                              "algm_export.runtimes.tensorrt.rtx_env().", RuntimeWarning, stacklevel=2)
+            loader.load_plugin_library(trt, plugins)
+        self.logger = loader.make_logger(trt, "error")
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = loader.deserialize_engine(trt, self.runtime, self.path.read_bytes(),
+                                                str(self.path), self.logger)
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise BackendUnavailable(f"TensorRT could not create an execution context for {self.path} "
+                                     "(out of GPU memory?).")
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.record = record
+
+    @classmethod
+    def from_manifest(cls, export_dir: str | os.PathLike, setting: str = "baseline",
+                      precision: str = "fp32", backend: str | None = None,
+                      plugins: str | os.PathLike | bool | None = None) -> "TrtRunner":
+        """The engine of `setting` listed in DIR's manifest (plugins=True/False selects by plugin use)."""
+        from algm_export.build import find_engine_record
+        from algm_export.manifest import load_manifest
+
+        data = load_manifest(export_dir)
+        if backend is None:
+            backend = loader.resolve_backend(None)
+        backend = loader.normalize_backend(backend)
+        want_plugins = None if plugins is None else bool(plugins)
+        rec = find_engine_record(data, setting, precision, backend, want_plugins)
+        lib = plugins if isinstance(plugins, (str, os.PathLike)) else None
+        return cls(Path(export_dir) / rec["file"], backend=backend, record=rec, plugins=lib)
+
+    def profile(self, name: str = "image") -> tuple:
+        return tuple(tuple(s) for s in self.engine.get_tensor_profile_shape(name, 0))
+
+    def infer(self, image, stream=None) -> dict:
+        """Run the engine on `image` ([B, 3, H, W] CUDA tensor); returns new output tensors."""
+        torch = self.torch
+        if len(self.inputs) != 1:
+            raise ConfigError(f"engine has inputs {self.inputs}; TrtRunner.infer takes one image tensor.")
+        name = self.inputs[0]
+        if not isinstance(image, torch.Tensor) or not image.is_cuda:
+            raise InputError("TrtRunner.infer needs a CUDA torch tensor (image.cuda()).")
+        want = _torch_dtype(self.trt, torch, self.engine.get_tensor_dtype(name))
+        image = image.to(want).contiguous()
+        lo, _opt, hi = self.profile(name)
+        shape = tuple(image.shape)
+        if len(shape) != len(lo) or any(s < a or s > b for s, a, b in zip(shape, lo, hi)):
+            raise InputError(f"input shape {shape} is outside the engine's profile {lo}..{hi}; "
+                             "rebuild with a larger batch range or use the export's image size.")
+        if not self.context.set_input_shape(name, shape):
+            raise InputError(f"TensorRT rejected input shape {shape} for {name}.")
+        self.context.set_tensor_address(name, image.data_ptr())
+        out = {}
+        for o in self.outputs:
+            oshape = tuple(self.context.get_tensor_shape(o))
+            t = torch.empty(oshape, dtype=_torch_dtype(self.trt, torch, self.engine.get_tensor_dtype(o)),
+                            device=image.device)
+            self.context.set_tensor_address(o, t.data_ptr())
+            out[o] = t
+        if stream is None:
+            stream = torch.cuda.current_stream(image.device)
+        else:  # keep the caching allocator from reusing these buffers before the stream is done
+            for t in [image, *out.values()]:
+                t.record_stream(stream)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise BackendUnavailable(f"TensorRT failed to run {self.path}: "
+                                     + "; ".join(self.logger.errors()[-3:]))
+        return out
+
+    __call__ = infer
+
+
+class HostTrtRunner:
+    """`TrtRunner` with the interface of the other runners: numpy / CPU tensors in, numpy out."""
+
+    backend = "trt"
+
+    def __init__(self, runner: "TrtRunner", name: str):
+        self.runner = runner
+        self.name = name
+
+    def infer(self, image) -> dict:
+        import numpy as np
+        import torch
+
+        if isinstance(image, np.ndarray):
+            image = torch.from_numpy(image)
+        out = self.runner.infer(image.float().cuda())
+        return {k: v.float().cpu().numpy() if k == "logits" else v.cpu().numpy() for k, v in out.items()}
+
+
+def runner_for_entry(export_dir, manifest, name: str, precision: str = "fp32", plugins=None) -> HostTrtRunner:
+    """The engine built for setting `name` (see `algm-export build`), wrapped for validate/bench."""
+    r = TrtRunner.from_manifest(export_dir, name, precision, None, plugins)
+    return HostTrtRunner(r, f"trt:{name}")
