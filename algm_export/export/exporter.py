@@ -73,6 +73,9 @@ def _export_program(module: nn.Module, image_size, batch: int, output_names, ops
             input_names=["image"], output_names=list(output_names),
             dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},), optimize=True, verbose=False,
         )
+    for m in module.modules():
+        if isinstance(m, AlgmSegmenter):
+            m.reset_state()
     return prog.model_proto
 
 

@@ -34,6 +34,8 @@ class Fp32LayerNorm(nn.LayerNorm):
 
 def to_fp16(model):
     """A float16 copy of a Segmenter or AlgmSegmenter, with the fp32 islands listed above."""
+    if isinstance(model, AlgmSegmenter):
+        model.reset_state()
     m = copy.deepcopy(model).half()
     for mod in m.modules():
         if type(mod) is nn.LayerNorm:

@@ -56,6 +56,12 @@ class AlgmSegmenter(nn.Module):
     def cfg(self):
         return self.model.cfg
 
+    def reset_state(self) -> None:
+        """Forget the last forward's statistics (export leaves fake tensors there)."""
+        self.merge_stats = {}
+        self.assignments = []
+        self.stats_tensor = None
+
     @property
     def static(self) -> bool:
         return self.capacities is not None
