@@ -333,6 +333,8 @@ class KernelLibrary:
         if emulated:
             lib.algmEmuSetOrder.restype = None
             lib.algmEmuSetOrder.argtypes = [I32]
+            lib.algmEmuSetGbmTile.restype = None
+            lib.algmEmuSetGbmTile.argtypes = [I32]
         self.lib = lib
 
     def version(self) -> int:
@@ -341,6 +343,10 @@ class KernelLibrary:
     def set_emulation_order(self, order: int) -> None:
         """Emulator only: 0 forward, 1 reverse, 2 interleaved thread order inside barrier phases."""
         self.lib.algmEmuSetOrder(int(order))
+
+    def set_emulation_gbm_tile(self, tile: int) -> None:
+        """Emulator only: force the GBM similarity tile (16, 32, 64; 0 = automatic)."""
+        self.lib.algmEmuSetGbmTile(int(tile))
 
     def _check(self, status: int, what: str) -> None:
         if status != 0:

@@ -24,14 +24,27 @@ from algm_export.merging.static import clap_capacity_bounds, gbm_capacity_min
 from algm_export.models.segmenter import Segmenter, block_forward, key_bias_from_size, tokens_to_masks
 
 
+def _nonfinite_error(bad: list) -> InputError:
+    return InputError(
+        f"image batch holds NaN or Inf values (images {bad}); clean or re-normalise the input "
+        "(engines give undefined merges on such input, so every backend refuses it)"
+    )
+
+
 def check_finite(im: torch.Tensor) -> None:
     """NaN/Inf in the image would leak into every merge decision: refuse them (documented behaviour)."""
     if not torch.isfinite(im).all():
-        bad = (~torch.isfinite(im)).flatten(1).any(1).nonzero().flatten().tolist()
-        raise InputError(
-            f"image batch holds NaN or Inf values (images {bad}); clean or re-normalise the input "
-            "(engines give undefined merges on such input, so the reference refuses it)"
-        )
+        raise _nonfinite_error((~torch.isfinite(im)).flatten(1).any(1).nonzero().flatten().tolist())
+
+
+def check_finite_array(im) -> None:
+    """The same refusal for numpy inputs (ONNX Runtime and TensorRT runners), so every backend
+    answers NaN/Inf input identically, before any merge decision is made."""
+    import numpy as np
+
+    a = np.asarray(im)
+    if not np.isfinite(a).all():
+        raise _nonfinite_error(np.nonzero(~np.isfinite(a.reshape(a.shape[0], -1)).all(1))[0].tolist())
 
 
 class AlgmSegmenter(nn.Module):

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from algm_export.runtimes.onnxruntime.loader import make_session
+from algm_export.merging.patch import check_finite_array
 
 
 class OrtRunner:
@@ -29,6 +30,7 @@ class OrtRunner:
     def infer(self, image) -> dict:
         if isinstance(image, torch.Tensor):
             image = image.detach().cpu().float().numpy()
+        check_finite_array(image)
         out = self.runner.infer({"image": np.ascontiguousarray(image, dtype=np.float32)})
         return {k: np.asarray(v) for k, v in out.items()}
 

@@ -157,8 +157,11 @@ class HostTrtRunner:
         import numpy as np
         import torch
 
+        from algm_export.merging.patch import check_finite_array
+
         if isinstance(image, np.ndarray):
             image = torch.from_numpy(image)
+        check_finite_array(image.detach().cpu().numpy())
         out = self.runner.infer(image.float().cuda())
         return {k: v.float().cpu().numpy() if k == "logits" else v.cpu().numpy() for k, v in out.items()}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from algm_export.merging.patch import AlgmSegmenter
+from algm_export.merging.patch import AlgmSegmenter, check_finite_array
 
 
 class TorchRunner:
@@ -19,6 +19,7 @@ class TorchRunner:
     def infer(self, image) -> dict:
         if isinstance(image, np.ndarray):
             image = torch.from_numpy(image)
+        check_finite_array(image.detach().cpu().numpy())
         with torch.no_grad():
             logits = self.model(image.to(self.device).float())
         out = {"logits": logits.float().cpu().numpy()}
