@@ -81,19 +81,23 @@ def AlgmClap(x, grid_h: int, grid_w: int, window_h: int, window_w: int, num_pref
     # values: window means and the patches, scattered to unique slots, cut to the capacity
     wmean = op.ReduceSum(xw, op.Constant(value_ints=[2]), keepdims=0) / kf
     dest = op.Concat(op.Where(merged_w, rank, N + arw), op.Where(unm_p, pos_p, N + W + arn), axis=1)
-    vals = op.Concat(wmean, patches, axis=1)
+    # invert the unique-destination map: the candidate that lands in each slot (a zero row if none)
+    zrow = op.ConstantOfShape(op.Concat(B, vec, D, axis=0), value=onnx.helper.make_tensor("z", 1, [1], [0.0]))
+    vals = op.Concat(wmean, patches, zrow, axis=1)
     L = N + N + W
-    buf = op.ConstantOfShape(op.Concat(B, op.Reshape(L, vec), D, axis=0), value=onnx.helper.make_tensor("z", 1, [1], [0.0]))
-    idx3 = op.Expand(op.Unsqueeze(dest, op.Constant(value_ints=[2])), op.Shape(vals))
-    buf = op.ScatterElements(buf, idx3, vals, axis=1)
-    svals = op.Concat(op.Expand(kf, op.Concat(B, op.Reshape(W, vec), axis=0)),
-                      op.Expand(op.Constant(value_float=1.0), op.Concat(B, op.Reshape(N, vec), axis=0)), axis=1)
-    sbuf = op.ConstantOfShape(op.Concat(B, op.Reshape(L, vec), axis=0), value=onnx.helper.make_tensor("z", 1, [1], [0.0]))
-    sbuf = op.ScatterElements(sbuf, dest, svals, axis=1)
+    ncand = W + N
+    idx = op.Expand(ncand, op.Concat(B, op.Reshape(L, vec), axis=0))
+    idx = op.ScatterElements(idx, dest, op.Expand(op.Range(zero, ncand, one), op.Shape(dest)), axis=1)
     Cv = op.Reshape(C, vec)
-    y = op.Concat(prefix, op.Slice(buf, op.Constant(value_ints=[0]), Cv, vec), axis=1)
+    src = op.Slice(idx, op.Constant(value_ints=[0]), Cv, vec)
+    gathered = op.GatherElements(vals, op.Expand(op.Unsqueeze(src, op.Constant(value_ints=[2])),
+                                                 op.Concat(B, Cv, D, axis=0)), axis=1)
+    svals = op.Concat(op.Expand(kf, op.Concat(B, op.Reshape(W, vec), axis=0)),
+                      op.Expand(op.Constant(value_float=1.0), op.Concat(B, op.Reshape(N, vec), axis=0)),
+                      op.Expand(op.Constant(value_float=0.0), op.Concat(B, vec, axis=0)), axis=1)
+    y = op.Concat(prefix, gathered, axis=1)
     ones_p = op.Expand(op.Constant(value_float=1.0), op.Concat(B, op.Reshape(P, vec), axis=0))
-    size = op.Concat(ones_p, op.Slice(sbuf, op.Constant(value_ints=[0]), Cv, vec), axis=1)
+    size = op.Concat(ones_p, op.GatherElements(svals, src, axis=1), axis=1)
     assign = op.Cast(pos_p, to=6)
     stats = op.Cast(op.Concat(r1, op.Unsqueeze(forced, vec), axis=1), to=6)
     return op.CastLike(y, x), size, assign, stats
@@ -183,13 +187,12 @@ def AlgmGbm(x, size, assign, num_prefix: int, capacity: int, divisor: float, plu
     pos_a = op.Where(is_p2, op.Where(op.Equal(ara, zero), zero, cum), cum - one)
     pos_b = op.Where(op.And(is_p2, op.Equal(arb, zero)), one, U + arb)
     dest = op.Concat(op.Where(unm_a, pos_a, T + ara), op.Where(vb, pos_b, T + op.Cast(nA, to=7) + arb), axis=1)
-    vals = op.Concat(op.Gather(xf, a_pos, axis=1), xb_new, axis=1)
-    svals = op.Concat(sa, size_b, axis=1)
-    Lb = op.Reshape(T + T, vec)
-    buf = op.ConstantOfShape(op.Concat(B, Lb, D, axis=0), value=onnx.helper.make_tensor("z", 1, [1], [0.0]))
-    buf = op.ScatterElements(buf, op.Expand(op.Unsqueeze(dest, op.Constant(value_ints=[2])), op.Shape(vals)), vals, axis=1)
-    sbuf = op.ConstantOfShape(op.Concat(B, Lb, axis=0), value=onnx.helper.make_tensor("z", 1, [1], [0.0]))
-    sbuf = op.ScatterElements(sbuf, dest, svals, axis=1)
+    zrow = op.ConstantOfShape(op.Concat(B, vec, D, axis=0), value=onnx.helper.make_tensor("z", 1, [1], [0.0]))
+    vals = op.Concat(op.Gather(xf, a_pos, axis=1), xb_new, zrow, axis=1)
+    svals = op.Concat(sa, size_b, op.Expand(fzero, op.Concat(B, vec, axis=0)), axis=1)
+    ncand = op.Squeeze(op.Shape(dest, start=1, end=2))
+    idx = op.Expand(ncand, op.Concat(B, op.Reshape(T + T, vec), axis=0))
+    idx = op.ScatterElements(idx, dest, op.Expand(op.Range(zero, ncand, one), op.Shape(dest)), axis=1)
     # new assignment map
     q = op.Cast(assign, to=7) + P
     even = op.Equal(op.Mod(q, two), zero)
@@ -203,8 +206,11 @@ def AlgmGbm(x, size, assign, num_prefix: int, capacity: int, divisor: float, plu
     start = op.Constant(value_ints=[0])
     noop2 = op.Unsqueeze(noop, vec)
     noop3 = op.Unsqueeze(noop, op.Constant(value_ints=[1, 2]))
-    y = op.Where(noop3, op.Slice(xf, start, keep, vec), op.Slice(buf, start, keep, vec))
-    osize = op.Where(noop2, op.Slice(sz, start, keep, vec), op.Slice(sbuf, start, keep, vec))
+    src = op.Slice(idx, start, keep, vec)
+    y_new = op.GatherElements(vals, op.Expand(op.Unsqueeze(src, op.Constant(value_ints=[2])),
+                                              op.Concat(B, keep, D, axis=0)), axis=1)
+    y = op.Where(noop3, op.Slice(xf, start, keep, vec), y_new)
+    osize = op.Where(noop2, op.Slice(sz, start, keep, vec), op.GatherElements(svals, src, axis=1))
     new_assign = op.Cast(op.Where(noop2, op.Cast(assign, to=7), new_pos), to=6)
     stats = op.Cast(op.Concat(r1, op.Unsqueeze(forced, vec), axis=1), to=6)
     return op.CastLike(y, x), osize, new_assign, stats

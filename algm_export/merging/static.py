@@ -36,6 +36,19 @@ def rank_desc(values: torch.Tensor, valid: torch.Tensor | None = None) -> torch.
     return before.sum(dim=2)
 
 
+def slot_sources(dest: torch.Tensor, length: int, capacity: int, empty: int) -> torch.Tensor:
+    """Invert a unique-destination map: which candidate lands in each of the first `capacity` slots.
+
+    dest: [B, n] distinct slot indices < length (kept candidates below the capacity, dropped ones
+    in private dump slots past it). Returns [B, capacity] candidate indices, `empty` (the index of
+    a zero row) where no candidate lands. A scatter of ints with unique indices, then a cut.
+    """
+    B, n = dest.shape
+    idx = torch.full((B, length), empty, dtype=torch.long, device=dest.device)
+    idx.scatter_(1, dest, torch.arange(n, device=dest.device).expand(B, -1))
+    return idx[:, :capacity]
+
+
 def first_argmax(s: torch.Tensor, vmax: torch.Tensor) -> torch.Tensor:
     """Smallest index j with s[..., j] == vmax[...]: [B, n, m], [B, n] -> [B, n] int64."""
     m = s.shape[-1]
@@ -74,13 +87,12 @@ def clap_static(x: torch.Tensor, grid_h: int, grid_w: int, window_h: int, window
     # every candidate goes to a distinct slot: kept ones to their position (< N), dropped ones to
     # a private dump slot past N; the buffer is then cut to the capacity.
     dest = torch.cat([torch.where(merged_w, rank, N + ar_w), torch.where(unm_p, pos_p, N + W + ar_n)], dim=1)
-    vals = torch.cat([wmean, patches], dim=1)                                  # [B, W+N, D]
-    svals = torch.cat([torch.full((B, W), float(k), device=dev), torch.ones(B, N, device=dev)], dim=1)
-    L = 2 * N + W
-    buf = torch.zeros(B, L, D, device=dev).scatter(1, dest.unsqueeze(-1).expand(-1, -1, D), vals)
-    sbuf = torch.zeros(B, L, device=dev).scatter(1, dest, svals)
-    y = torch.cat([x[:, :P].float(), buf[:, :C1]], dim=1).to(x.dtype)
-    size = torch.cat([torch.ones(B, P, device=dev), sbuf[:, :C1]], dim=1)
+    vals = torch.cat([wmean, patches, torch.zeros(B, 1, D, device=dev)], dim=1)   # [B, W+N+1, D]
+    svals = torch.cat([torch.full((B, W), float(k), device=dev), torch.ones(B, N, device=dev),
+                       torch.zeros(B, 1, device=dev)], dim=1)
+    src = slot_sources(dest, 2 * N + W, C1, W + N)                              # [B, C1]
+    y = torch.cat([x[:, :P].float(), torch.gather(vals, 1, src.unsqueeze(-1).expand(-1, -1, D))], dim=1).to(x.dtype)
+    size = torch.cat([torch.ones(B, P, device=dev), torch.gather(svals, 1, src)], dim=1)
     stats = torch.stack([r, forced], dim=1).to(torch.int32)
     return y, size, pos_p.to(torch.int32), stats
 
@@ -145,11 +157,12 @@ def gbm_static(x: torch.Tensor, size: torch.Tensor, assign: torch.Tensor, num_pr
         pos_a = cum - 1
         pos_b = U + ar_b
     dest = torch.cat([torch.where(unm_a, pos_a, T + ar_a), torch.where(vb, pos_b, T + nA + ar_b)], dim=1)
-    vals = torch.cat([xf[:, ::2], xb_new], dim=1)
-    svals = torch.cat([sa, size_b], dim=1)
-    L = T + nA + nB
-    buf = torch.zeros(B, L, D, device=dev).scatter(1, dest.unsqueeze(-1).expand(-1, -1, D), vals)
-    sbuf = torch.zeros(B, L, device=dev).scatter(1, dest, svals)
+    vals = torch.cat([xf[:, ::2], xb_new, torch.zeros(B, 1, D, device=dev)], dim=1)
+    svals = torch.cat([sa, size_b, torch.zeros(B, 1, device=dev)], dim=1)
+    keep = P + C2
+    src = slot_sources(dest, T + nA + nB, keep, nA + nB)                        # [B, P+C2]
+    y_new = torch.gather(vals, 1, src.unsqueeze(-1).expand(-1, -1, D))
+    s_new = torch.gather(svals, 1, src)
 
     q = assign.long() + P
     even = (q % 2) == 0
@@ -160,9 +173,8 @@ def gbm_static(x: torch.Tensor, size: torch.Tensor, assign: torch.Tensor, num_pr
                           torch.gather(pos_b, 1, b_idx)) - P
 
     # no-op (fewer than 2 tokens besides the protected ones): copy through
-    keep = P + C2
-    y = torch.where(noop.view(B, 1, 1), xf[:, :keep], buf[:, :keep]).to(x.dtype)
-    osize = torch.where(noop.view(B, 1), size[:, :keep], sbuf[:, :keep])
+    y = torch.where(noop.view(B, 1, 1), xf[:, :keep], y_new).to(x.dtype)
+    osize = torch.where(noop.view(B, 1), size[:, :keep], s_new)
     new_assign = torch.where(noop.view(B, 1), assign.long(), new_pos).to(torch.int32)
     stats = torch.stack([r, forced], dim=1).to(torch.int32)
     return y, osize, new_assign, stats
