@@ -32,13 +32,15 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--images", type=int, default=6)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    model = resolve_model(a.model)
+    model = resolve_model(a.model).to(a.device)
     cfg = model.cfg
+    sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
     s = AlgmSetting(a.threshold, (2, 2), tuple(int(v) for v in a.layers.split(",")))
     pairs = sample_images(a.images)
-    xs = [to_model_input(img, cfg.image_size, cfg.normalization) for _, img in pairs]
+    xs = [to_model_input(img, cfg.image_size, cfg.normalization).to(a.device) for _, img in pairs]
     cal = calibrate(model, s, xs, [n for n, _ in pairs])
     runs = {"baseline": model, "algm dynamic": apply_algm(model, s), "algm static": apply_algm(model, s, cal["capacities"])}
     times = {k: [] for k in runs}
@@ -49,8 +51,10 @@ def main():
         for _ in range(a.repeats):
             for x, (name, _) in zip(xs, pairs):
                 for k, m in runs.items():
+                    sync()
                     t0 = time.perf_counter()
                     m(x)
+                    sync()
                     times[k].append(time.perf_counter() - t0)
                     if k == "algm dynamic":
                         tokens[name] = m.merge_stats["tokens"][0].tolist()
@@ -67,7 +71,7 @@ def main():
             g = np.mean([segmenter_macs(cfg, s.layers, t)["total"] for t in tokens.values()])
         rows.append([k, f"{1e3 * med:.0f}", f"{base / med:.2f}", f"{g:.1f}", f"{g0 / g:.2f}"])
     print(f"{cfg.backbone} {cfg.image_size[0]}x{cfg.image_size[1]}, threshold {a.threshold}, layers {s.layers}, "
-          f"{a.threads} threads, {platform.processor() or platform.machine()}, torch {torch.__version__}")
+          f"{a.threads} threads, {a.device}, {platform.processor() or platform.machine()}, torch {torch.__version__}")
     print(format_table(["model", "ms / image", "speed-up", "GMACs", "FLOP ratio"], rows))
     print(f"static capacities {cal['capacities']}")
     print(format_table(["photo"] + [f"tokens after layer {l}" for l in s.layers],
