@@ -204,6 +204,8 @@ def build_plugins(build_dir: str | os.PathLike | None = None, tensorrt_include: 
     arch = _arch_list(archs)
     if arch is not None:
         cfg.append(f"-DCMAKE_CUDA_ARCHITECTURES={arch}")
+    else:  # forget an arch list cached by an earlier configure of this build dir: back to the default
+        cfg.append("-UCMAKE_CUDA_ARCHITECTURES")
     if os.environ.get("CUDACXX") is None and shutil.which("nvcc") is None:
         cfg.append("-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc")
     cfg += list(cmake_args)
@@ -250,55 +252,52 @@ def _algm_registered(registry) -> bool:
 _LOADED: dict[str, Any] = {}
 
 
-def load_plugin_library(trt_module, path: str | os.PathLike | None = None):
+def load_plugin_library(trt_module, path: str | os.PathLike | None = None) -> list[str]:
     """Register ``libalgm_plugins.so`` in `trt_module`'s plugin registry (``tensorrt`` or
     ``tensorrt_rtx``) through ``get_plugin_registry().load_library(path)``, i.e. ``getCreators``.
 
-    `path` default: `find_plugin_library()`. Loading the same path again is a no-op. Returns the
-    registry's library handle (None when the creators were already registered by someone else).
-    Raises BackendUnavailable naming the path and the fix when the library cannot be registered.
+    `path` default: `find_plugin_library()`. Loading the same path again is a no-op (the
+    registry refuses to register a creator twice). Returns the algm creators now registered, as
+    ``"algm::AlgmClap/1"``, ``"algm::AlgmGbm/1"``. Raises BackendUnavailable naming the path and
+    the fix when the library cannot be registered.
     """
     p = Path(path).expanduser().resolve() if path else find_plugin_library()
     if not p.is_file():
         raise BackendUnavailable(f"plugin library {p} does not exist; build it with `algm-export plugins build` "
                                  "(algm_export.plugins.build_plugins) and pass its path.")
+    names = [f"{PLUGIN_NAMESPACE}::{n}/{PLUGIN_VERSION}" for n in PLUGIN_NAMES]
     key = f"{trt_module.__name__}:{p}"
     if key in _LOADED:
-        return _LOADED[key]
+        return names
     registry = trt_module.get_plugin_registry()
-    handle = None
+    failure = (
+        f"{trt_module.__name__}'s plugin registry could not register {p}: it failed to load (missing symbols, "
+        "or built for another platform), exports no getCreators, or another library already registered "
+        "algm plugins of the same name. Rebuild it (`algm-export plugins build --tensorrt-include "
+        "<TensorRT include/>`) and check the TensorRT log above."
+    )
     try:  # share the runtime loader's bookkeeping, so that no path is registered twice
         from algm_export.runtimes.tensorrt.loader import load_plugin_library as _runtime_load  # noqa: PLC0415
-    except Exception:  # the runtime package is optional here
+    except ImportError:  # the runtime package is optional here
         _runtime_load = None
     if _runtime_load is not None:
         try:
             _runtime_load(trt_module, p)
         except BackendUnavailable:
             if not _algm_registered(registry):
-                raise BackendUnavailable(
-                    f"{trt_module.__name__}'s plugin registry could not register {p}: "
-                    "it failed to load (missing symbols, or built against headers of another TensorRT "
-                    "major version) or exports no getCreators. Rebuild it (`algm-export plugins build "
-                    "--tensorrt-include <TensorRT include/>`) and check the TensorRT log above."
-                ) from None
+                raise BackendUnavailable(failure) from None
     elif not _algm_registered(registry):
         handle = registry.load_library(str(p))
         if handle is None:
-            raise BackendUnavailable(
-                f"{trt_module.__name__}'s plugin registry could not register {p}: it failed to load "
-                "(missing symbols, or built against headers of another TensorRT major version), exports no "
-                "getCreators, or its plugins are already registered. Rebuild it (`algm-export plugins build "
-                "--tensorrt-include <TensorRT include/>`) and check the TensorRT log above."
-            )
+            raise BackendUnavailable(failure)
+        _LOADED[key + ":handle"] = handle  # keep the library registered for the process
     if not _algm_registered(registry):
         raise BackendUnavailable(
-            f"{p} loaded, but the creators {', '.join(f'{PLUGIN_NAMESPACE}::{n}/{PLUGIN_VERSION}' for n in PLUGIN_NAMES)} "
-            "are not in the registry: it is not an algm-export plugin library of this version. Rebuild it "
-            "(`algm-export plugins build`)."
+            f"{p} loaded, but the creators {', '.join(names)} are not in the registry: it is not an "
+            "algm-export plugin library of this version. Rebuild it (`algm-export plugins build`)."
         )
-    _LOADED[key] = handle
-    return handle
+    _LOADED[key] = True
+    return names
 
 
 # --------------------------------------------------------------------------- ctypes access to the kernels

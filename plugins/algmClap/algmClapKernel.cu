@@ -1,0 +1,474 @@
+/*
+ * AlgmClap: static-shape CLAP, step by step as in docs/static-ops.md.
+ *
+ * Three kernels per call:
+ *   1. clapScoreKernel     one block per (window, image): the published window score
+ *                          (cosine matrix of normalised tokens, diagonal excluded, summed
+ *                          row by row, divided by k*(k-1)).
+ *   2. clapDecisionKernel  one block per image: merge count r, window ranks by counting,
+ *                          output position of every patch (assign), slot table, stats.
+ *   3. clapGatherKernel    one block per (output slot, image): prefix copy, window mean,
+ *                          patch copy or zero padding.
+ * Every sum has a fixed order, so results are deterministic and independent of the batch.
+ */
+#include "algmClapKernel.h"
+
+#include "../common/algmCommon.h"
+#include "../common/algmCudaCompat.h"
+#include "../common/algmDeviceUtils.h"
+#include "../common/algmKernels.h"
+
+namespace algm
+{
+namespace clap_detail
+{
+
+constexpr int kScoreThreads = 128;
+constexpr int kScoreGroup = 16; // quantities reduced together in the score kernel
+constexpr int kDecisionThreads = 512;
+constexpr int kGatherThreads = 128;
+constexpr int kMaxPairs = kMaxWindowArea * (kMaxWindowArea - 1) / 2;
+
+//! Patch index (raster order over the grid) of token t of window w.
+ALGM_DEVICE int windowPatch(int w, int t, int gridW, int windowH, int windowW, int winGridW)
+{
+    int const row = (w / winGridW) * windowH + t / windowW;
+    int const col = (w % winGridW) * windowW + t % windowW;
+    return row * gridW + col;
+}
+
+//! Window of patch i.
+ALGM_DEVICE int patchWindow(int i, int gridW, int windowH, int windowW, int winGridW)
+{
+    int const row = i / gridW;
+    int const col = i % gridW;
+    return (row / windowH) * winGridW + col / windowW;
+}
+
+//! Reduces nq columns of `part` ([kScoreGroup][kScoreThreads]) over the thread axis; result in part[q*T].
+ALGM_DEVICE void reduceColumns(float* part, int nq)
+{
+    int const tid = static_cast<int>(threadIdx.x);
+    for (int s = kScoreThreads / 2; s > 0; s >>= 1)
+    {
+        for (int idx = tid; idx < nq * s; idx += kScoreThreads)
+        {
+            int const q = idx / s;
+            int const j = idx - q * s;
+            part[q * kScoreThreads + j] = part[q * kScoreThreads + j] + part[q * kScoreThreads + j + s];
+        }
+        ALGM_SYNC();
+    }
+}
+
+template <typename T>
+ALGM_KERNEL void clapScoreKernel(T const* __restrict__ x, float* __restrict__ scores, int tokens, int dim,
+    int numPrefix, int gridW, int windowH, int windowW, int winGridW, int numWindows)
+{
+    ALGM_SHARED_ARRAY(float, part, kScoreGroup * kScoreThreads);
+    ALGM_SHARED_ARRAY(float, nrm, kMaxWindowArea);
+    ALGM_SHARED_ARRAY(float, cosv, kMaxWindowArea * kMaxWindowArea);
+    ALGM_SHARED_ARRAY(long long, tokOff, kMaxWindowArea);
+    ALGM_SHARED_ARRAY(unsigned char, pairI, kMaxPairs);
+    ALGM_SHARED_ARRAY(unsigned char, pairJ, kMaxPairs);
+
+    int const tid = static_cast<int>(threadIdx.x);
+    int const w = static_cast<int>(blockIdx.x);
+    int const b = static_cast<int>(blockIdx.y);
+    int const k = windowH * windowW;
+    int const nPairs = k * (k - 1) / 2;
+
+    for (int t = tid; t < k; t += kScoreThreads)
+    {
+        int const patch = windowPatch(w, t, gridW, windowH, windowW, winGridW);
+        tokOff[t] = (static_cast<long long>(b) * tokens + numPrefix + patch) * dim;
+    }
+    if (tid == 0)
+    {
+        int p = 0;
+        for (int i = 0; i < k; ++i)
+        {
+            for (int j = i + 1; j < k; ++j)
+            {
+                pairI[p] = static_cast<unsigned char>(i);
+                pairJ[p] = static_cast<unsigned char>(j);
+                ++p;
+            }
+        }
+    }
+    ALGM_SYNC();
+
+    // 1. norms, clamped to 1e-8 (torch.nn.functional.cosine_similarity)
+    for (int g0 = 0; g0 < k; g0 += kScoreGroup)
+    {
+        int const nq = k - g0 < kScoreGroup ? k - g0 : kScoreGroup;
+        float acc[kScoreGroup];
+ALGM_UNROLL
+        for (int q = 0; q < kScoreGroup; ++q)
+        {
+            acc[q] = 0.0f;
+        }
+        for (int d = tid; d < dim; d += kScoreThreads)
+        {
+ALGM_UNROLL
+            for (int q = 0; q < kScoreGroup; ++q)
+            {
+                if (q < nq)
+                {
+                    float const v = toFloat(x[tokOff[g0 + q] + d]);
+                    acc[q] = fmaf(v, v, acc[q]);
+                }
+            }
+        }
+ALGM_UNROLL
+        for (int q = 0; q < kScoreGroup; ++q)
+        {
+            if (q < nq)
+            {
+                part[q * kScoreThreads + tid] = acc[q];
+            }
+        }
+        ALGM_SYNC();
+        reduceColumns(part, nq);
+        if (tid < nq)
+        {
+            float const n = sqrtf(part[tid * kScoreThreads]);
+            nrm[g0 + tid] = n < 1e-8f ? 1e-8f : n;
+        }
+        ALGM_SYNC();
+    }
+
+    // 2. cosine of every pair i < j: sum_d (x_i/n_i) * (x_j/n_j)
+    for (int g0 = 0; g0 < nPairs; g0 += kScoreGroup)
+    {
+        int const nq = nPairs - g0 < kScoreGroup ? nPairs - g0 : kScoreGroup;
+        float acc[kScoreGroup];
+ALGM_UNROLL
+        for (int q = 0; q < kScoreGroup; ++q)
+        {
+            acc[q] = 0.0f;
+        }
+        for (int d = tid; d < dim; d += kScoreThreads)
+        {
+ALGM_UNROLL
+            for (int q = 0; q < kScoreGroup; ++q)
+            {
+                if (q < nq)
+                {
+                    int const i = pairI[g0 + q];
+                    int const j = pairJ[g0 + q];
+                    float const ui = toFloat(x[tokOff[i] + d]) / nrm[i];
+                    float const uj = toFloat(x[tokOff[j] + d]) / nrm[j];
+                    acc[q] = fmaf(ui, uj, acc[q]);
+                }
+            }
+        }
+ALGM_UNROLL
+        for (int q = 0; q < kScoreGroup; ++q)
+        {
+            if (q < nq)
+            {
+                part[q * kScoreThreads + tid] = acc[q];
+            }
+        }
+        ALGM_SYNC();
+        reduceColumns(part, nq);
+        if (tid < nq)
+        {
+            int const i = pairI[g0 + tid];
+            int const j = pairJ[g0 + tid];
+            float const c = part[tid * kScoreThreads];
+            cosv[i * k + j] = c;
+            cosv[j * k + i] = c;
+        }
+        ALGM_SYNC();
+    }
+
+    // 3. score: off-diagonal entries summed row by row, then over rows, divided by k*(k-1)
+    if (tid == 0)
+    {
+        float total = 0.0f;
+        for (int i = 0; i < k; ++i)
+        {
+            float row = 0.0f;
+            for (int j = 0; j < k; ++j)
+            {
+                if (j != i)
+                {
+                    row = row + cosv[i * k + j];
+                }
+            }
+            total = total + row;
+        }
+        scores[static_cast<long long>(b) * numWindows + w] = total / static_cast<float>(k * (k - 1));
+    }
+}
+
+//! Slot table entries: >= 0 copy patch i; -1 padding; <= -2 merged window (-2 - w).
+ALGM_KERNEL void clapDecisionKernel(float const* __restrict__ scores, int32_t* __restrict__ assignOut,
+    int32_t* __restrict__ statsOut, int32_t* __restrict__ slotSrc, int numPatches, int gridW, int windowH,
+    int windowW, int winGridW, int numWindows, int capacity, int need, float threshold)
+{
+    ALGM_SHARED_ARRAY(int, ired, 2 * kDecisionThreads);
+    ALGM_DYNAMIC_SHARED(unsigned char, dyn);
+    float* sScore = reinterpret_cast<float*>(dyn);
+    int* sRank = reinterpret_cast<int*>(dyn + sizeof(float) * numWindows);
+
+    int const tid = static_cast<int>(threadIdx.x);
+    int const b = static_cast<int>(blockIdx.x);
+    int const W = numWindows;
+
+    int above = 0;
+    for (int w = tid; w < W; w += kDecisionThreads)
+    {
+        float const s = scores[static_cast<long long>(b) * W + w];
+        sScore[w] = s;
+        above += s >= threshold ? 1 : 0;
+    }
+    int const m = blockSumInt<kDecisionThreads>(above, ired);
+    int r = m > need ? m : need;
+    r = r < W ? r : W;
+    int const forced = r - m > 0 ? r - m : 0;
+
+    // rank by counting: descending score, ties by lower window index
+    for (int w = tid; w < W; w += kDecisionThreads)
+    {
+        float const s = sScore[w];
+        int rank = 0;
+        for (int v = 0; v < W; ++v)
+        {
+            float const o = sScore[v];
+            rank += (o > s || (o == s && v < w)) ? 1 : 0;
+        }
+        sRank[w] = rank;
+    }
+    if (tid == 0)
+    {
+        statsOut[2 * b] = r;
+        statsOut[2 * b + 1] = forced;
+    }
+    ALGM_SYNC();
+
+    // positions: merged window -> its rank; unmerged patch -> r + #unmerged patches before it
+    int begin, end;
+    chunkOf<kDecisionThreads>(numPatches, begin, end);
+    int cnt = 0;
+    for (int i = begin; i < end; ++i)
+    {
+        cnt += sRank[patchWindow(i, gridW, windowH, windowW, winGridW)] >= r ? 1 : 0;
+    }
+    int totalUnmerged = 0;
+    int pos = r + blockExclusiveScan<kDecisionThreads>(cnt, ired, totalUnmerged);
+    int32_t* slots = slotSrc + static_cast<long long>(b) * capacity;
+    for (int i = begin; i < end; ++i)
+    {
+        int const rank = sRank[patchWindow(i, gridW, windowH, windowW, winGridW)];
+        if (rank < r)
+        {
+            assignOut[static_cast<long long>(b) * numPatches + i] = rank;
+        }
+        else
+        {
+            assignOut[static_cast<long long>(b) * numPatches + i] = pos;
+            if (pos < capacity)
+            {
+                slots[pos] = i;
+            }
+            ++pos;
+        }
+    }
+    for (int w = tid; w < W; w += kDecisionThreads)
+    {
+        int const rank = sRank[w];
+        if (rank < r && rank < capacity)
+        {
+            slots[rank] = -2 - w;
+        }
+    }
+    int const nOut = r + totalUnmerged;
+    for (int s = nOut + tid; s < capacity; s += kDecisionThreads)
+    {
+        slots[s] = -1;
+    }
+}
+
+template <typename T>
+ALGM_KERNEL void clapGatherKernel(T const* __restrict__ x, T* __restrict__ y, float* __restrict__ sizeOut,
+    int32_t const* __restrict__ slotSrc, int tokens, int dim, int numPrefix, int capacity, int gridW, int windowH,
+    int windowW, int winGridW)
+{
+    ALGM_SHARED_ARRAY(long long, tokOff, kMaxWindowArea);
+    int const tid = static_cast<int>(threadIdx.x);
+    int const p = static_cast<int>(blockIdx.x);
+    int const b = static_cast<int>(blockIdx.y);
+    int const outTokens = numPrefix + capacity;
+    T* yRow = y + (static_cast<long long>(b) * outTokens + p) * dim;
+    float* sizeSlot = sizeOut + static_cast<long long>(b) * outTokens + p;
+    T const* xImg = x + static_cast<long long>(b) * tokens * dim;
+
+    int const src = p < numPrefix ? p : slotSrc[static_cast<long long>(b) * capacity + (p - numPrefix)];
+    if (p < numPrefix || src >= 0)
+    {
+        // prefix token or unmerged patch: copied (through float32, which is exact)
+        int const t = p < numPrefix ? p : numPrefix + src;
+        T const* xRow = xImg + static_cast<long long>(t) * dim;
+        for (int d = tid; d < dim; d += kGatherThreads)
+        {
+            yRow[d] = fromFloat<T>(toFloat(xRow[d]));
+        }
+        if (tid == 0)
+        {
+            *sizeSlot = 1.0f;
+        }
+    }
+    else if (src == -1)
+    {
+        for (int d = tid; d < dim; d += kGatherThreads)
+        {
+            yRow[d] = fromFloat<T>(0.0f);
+        }
+        if (tid == 0)
+        {
+            *sizeSlot = 0.0f;
+        }
+    }
+    else
+    {
+        // merged window: sum of its k tokens in row-major order, divided by k
+        int const w = -2 - src;
+        int const k = windowH * windowW;
+        for (int t = tid; t < k; t += kGatherThreads)
+        {
+            tokOff[t] = static_cast<long long>(numPrefix + windowPatch(w, t, gridW, windowH, windowW, winGridW)) * dim;
+        }
+        ALGM_SYNC();
+        float const kf = static_cast<float>(k);
+        for (int d = tid; d < dim; d += kGatherThreads)
+        {
+            float acc = 0.0f;
+            for (int t = 0; t < k; ++t)
+            {
+                acc = acc + toFloat(xImg[tokOff[t] + d]);
+            }
+            yRow[d] = fromFloat<T>(acc / kf);
+        }
+        if (tid == 0)
+        {
+            *sizeSlot = kf;
+        }
+    }
+}
+
+struct ClapLayout
+{
+    float* scores;
+    int32_t* slotSrc;
+};
+
+ClapLayout carveClap(WorkspaceCarver& c, int batch, int numWindows, int capacity)
+{
+    ClapLayout l;
+    l.scores = c.take<float>(static_cast<size_t>(batch) * numWindows);
+    l.slotSrc = c.take<int32_t>(static_cast<size_t>(batch) * capacity);
+    return l;
+}
+
+template <typename T>
+int32_t launchClap(ClapParams const& p, void const* xv, void* yv, float* sizeOut, int32_t* assignOut,
+    int32_t* statsOut, ClapLayout const& ws, cudaStream_t stream)
+{
+    T const* x = static_cast<T const*>(xv);
+    T* y = static_cast<T*>(yv);
+    int const N = p.gridH * p.gridW;
+    int const k = p.windowH * p.windowW;
+    int const W = N / k;
+    int const winGridW = p.gridW / p.windowW;
+    int const tokens = p.numPrefix + N;
+    int const need = N > p.capacity ? ceilDiv(N - p.capacity, k - 1) : 0;
+
+    auto score = clapScoreKernel<T>;
+    ALGM_LAUNCH(score, dim3(W, p.batch), dim3(kScoreThreads), 0, stream, x, ws.scores, tokens, p.dim, p.numPrefix,
+        p.gridW, p.windowH, p.windowW, winGridW, W);
+    size_t const smem = static_cast<size_t>(W) * (sizeof(float) + sizeof(int));
+    ALGM_LAUNCH(clapDecisionKernel, dim3(p.batch), dim3(kDecisionThreads), smem, stream, ws.scores, assignOut,
+        statsOut, ws.slotSrc, N, p.gridW, p.windowH, p.windowW, winGridW, W, p.capacity, need, p.threshold);
+    auto gather = clapGatherKernel<T>;
+    ALGM_LAUNCH(gather, dim3(p.numPrefix + p.capacity, p.batch), dim3(kGatherThreads), 0, stream, x, y, sizeOut,
+        ws.slotSrc, tokens, p.dim, p.numPrefix, p.capacity, p.gridW, p.windowH, p.windowW, winGridW);
+    return cudaGetLastError() == cudaSuccess ? ALGM_STATUS_SUCCESS : ALGM_STATUS_CUDA_ERROR;
+}
+
+} // namespace clap_detail
+
+using namespace clap_detail;
+
+int32_t clapCheckAttributes(
+    int32_t gridH, int32_t gridW, int32_t windowH, int32_t windowW, int32_t numPrefix, int32_t capacity)
+{
+    if (gridH < 1 || gridW < 1 || windowH < 1 || windowW < 1 || numPrefix < 1 || numPrefix > 2)
+    {
+        return ALGM_STATUS_INVALID_ARGUMENT;
+    }
+    if (gridH % windowH != 0 || gridW % windowW != 0)
+    {
+        return ALGM_STATUS_INVALID_ARGUMENT;
+    }
+    int64_t const n = static_cast<int64_t>(gridH) * gridW;
+    int64_t const k = static_cast<int64_t>(windowH) * windowW;
+    if (n > kMaxTokens || k < 2 || k > kMaxWindowArea)
+    {
+        return ALGM_STATUS_INVALID_ARGUMENT;
+    }
+    if (capacity < n / k || capacity > n)
+    {
+        return ALGM_STATUS_INVALID_ARGUMENT;
+    }
+    return ALGM_STATUS_SUCCESS;
+}
+
+size_t clapWorkspaceSize(
+    int32_t batch, int32_t gridH, int32_t gridW, int32_t windowH, int32_t windowW, int32_t numPrefix, int32_t capacity)
+{
+    if (batch < 0 || clapCheckAttributes(gridH, gridW, windowH, windowW, numPrefix, capacity) != ALGM_STATUS_SUCCESS)
+    {
+        return 0;
+    }
+    WorkspaceCarver c;
+    carveClap(c, batch, gridH * gridW / (windowH * windowW), capacity);
+    return c.size();
+}
+
+int32_t clapForward(ClapParams const& p, int32_t dtype, void const* x, void* y, float* sizeOut, int32_t* assignOut,
+    int32_t* statsOut, void* workspace, size_t workspaceSize, void* stream)
+{
+    if (clapCheckAttributes(p.gridH, p.gridW, p.windowH, p.windowW, p.numPrefix, p.capacity) != ALGM_STATUS_SUCCESS
+        || p.batch < 0 || p.dim < 1 || (dtype != ALGM_DTYPE_FLOAT32 && dtype != ALGM_DTYPE_FLOAT16))
+    {
+        return ALGM_STATUS_INVALID_ARGUMENT;
+    }
+    if (p.batch == 0)
+    {
+        return ALGM_STATUS_SUCCESS;
+    }
+    if (p.batch > 65535)
+    {
+        return ALGM_STATUS_INVALID_ARGUMENT;
+    }
+    int const W = p.gridH * p.gridW / (p.windowH * p.windowW);
+    WorkspaceCarver sizer;
+    carveClap(sizer, p.batch, W, p.capacity);
+    if (workspace == nullptr || workspaceSize < sizer.size())
+    {
+        return ALGM_STATUS_WORKSPACE_TOO_SMALL;
+    }
+    WorkspaceCarver carver(workspace);
+    ClapLayout const ws = carveClap(carver, p.batch, W, p.capacity);
+    cudaStream_t const s = reinterpret_cast<cudaStream_t>(stream);
+    if (dtype == ALGM_DTYPE_FLOAT16)
+    {
+        return launchClap<half_t>(p, x, y, sizeOut, assignOut, statsOut, ws, s);
+    }
+    return launchClap<float>(p, x, y, sizeOut, assignOut, statsOut, ws, s);
+}
+
+} // namespace algm

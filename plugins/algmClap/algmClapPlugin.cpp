@@ -1,0 +1,417 @@
+/*
+ * AlgmClap TensorRT plugin: IPluginV3 wrapper around the CLAP kernels (algmClapKernel.cu).
+ *
+ * Inputs:  x [B, P+N, D] float32|float16
+ * Outputs: y [B, P+C1, D] (dtype of x), size [B, P+C1] float32, assign [B, N] int32, stats [B, 2] int32
+ * Fields:  grid_h, grid_w, window_h, window_w, num_prefix, capacity (INT32), threshold (FLOAT32),
+ *          plugin_version, plugin_namespace (CHAR, optional).
+ */
+#include "algmClapPlugin.h"
+
+#include "../common/algmKernels.h"
+#include "algmClapKernel.h"
+
+#include <cstring>
+#include <exception>
+#include <sstream>
+
+namespace algm
+{
+namespace plugin
+{
+namespace
+{
+
+constexpr char const* kClapName = "AlgmClap";
+constexpr int32_t kNbInputs = 1;
+constexpr int32_t kNbOutputs = 4;
+
+} // namespace
+
+AlgmClapPlugin::AlgmClapPlugin(ClapAttributes const& attrs)
+    : mAttrs(attrs)
+{
+    initFields();
+}
+
+AlgmClapPlugin::AlgmClapPlugin(AlgmClapPlugin const& other)
+    : nvinfer1::IPluginV3(other)
+    , nvinfer1::IPluginV3OneCore(other)
+    , nvinfer1::IPluginV3OneBuild(other)
+    , nvinfer1::IPluginV3OneRuntime(other)
+    , mAttrs(other.mAttrs)
+{
+    initFields();
+}
+
+void AlgmClapPlugin::initFields()
+{
+    mFields.clear();
+    mFields.emplace_back("grid_h", &mAttrs.gridH, nvinfer1::PluginFieldType::kINT32, 1);
+    mFields.emplace_back("grid_w", &mAttrs.gridW, nvinfer1::PluginFieldType::kINT32, 1);
+    mFields.emplace_back("window_h", &mAttrs.windowH, nvinfer1::PluginFieldType::kINT32, 1);
+    mFields.emplace_back("window_w", &mAttrs.windowW, nvinfer1::PluginFieldType::kINT32, 1);
+    mFields.emplace_back("num_prefix", &mAttrs.numPrefix, nvinfer1::PluginFieldType::kINT32, 1);
+    mFields.emplace_back("capacity", &mAttrs.capacity, nvinfer1::PluginFieldType::kINT32, 1);
+    mFields.emplace_back("threshold", &mAttrs.threshold, nvinfer1::PluginFieldType::kFLOAT32, 1);
+    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
+    mFieldCollection.fields = mFields.data();
+    std::ostringstream s;
+    s << kClapName << " grid=" << mAttrs.gridH << "x" << mAttrs.gridW << " window=" << mAttrs.windowH << "x"
+      << mAttrs.windowW << " num_prefix=" << mAttrs.numPrefix << " capacity=" << mAttrs.capacity
+      << " threshold=" << mAttrs.threshold;
+    mMetadata = s.str();
+}
+
+nvinfer1::IPluginCapability* AlgmClapPlugin::getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept
+{
+    switch (type)
+    {
+    case nvinfer1::PluginCapabilityType::kBUILD: return static_cast<nvinfer1::IPluginV3OneBuild*>(this);
+    case nvinfer1::PluginCapabilityType::kRUNTIME: return static_cast<nvinfer1::IPluginV3OneRuntime*>(this);
+    case nvinfer1::PluginCapabilityType::kCORE: return static_cast<nvinfer1::IPluginV3OneCore*>(this);
+    }
+    return nullptr;
+}
+
+nvinfer1::IPluginV3* AlgmClapPlugin::clone() noexcept
+{
+    try
+    {
+        return new AlgmClapPlugin(*this);
+    }
+    catch (std::exception const& e)
+    {
+        logError(std::string(kClapName) + ": clone failed: " + e.what());
+    }
+    return nullptr;
+}
+
+char const* AlgmClapPlugin::getPluginName() const noexcept
+{
+    return kClapName;
+}
+
+char const* AlgmClapPlugin::getPluginVersion() const noexcept
+{
+    return kPluginVersion;
+}
+
+char const* AlgmClapPlugin::getPluginNamespace() const noexcept
+{
+    return kPluginNamespace;
+}
+
+bool AlgmClapPlugin::checkInputDims(nvinfer1::Dims const& dims, bool allowWildcards) const noexcept
+{
+    int64_t const tokens = static_cast<int64_t>(mAttrs.numPrefix) + static_cast<int64_t>(mAttrs.gridH) * mAttrs.gridW;
+    if (dims.nbDims != 3)
+    {
+        logError(std::string(kClapName) + ": x must be [B, P+N, D], got rank " + std::to_string(dims.nbDims));
+        return false;
+    }
+    if (dims.d[1] != tokens && !(allowWildcards && dims.d[1] == -1))
+    {
+        logError(std::string(kClapName) + ": x has " + std::to_string(dims.d[1]) + " tokens, expected num_prefix + "
+            + "grid_h * grid_w = " + std::to_string(tokens));
+        return false;
+    }
+    return true;
+}
+
+int32_t AlgmClapPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
+    nvinfer1::DynamicPluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
+{
+    if (nbInputs != kNbInputs || nbOutputs != kNbOutputs || in == nullptr)
+    {
+        return -1;
+    }
+    return checkInputDims(in[0].desc.dims, true) ? 0 : -1;
+}
+
+int32_t AlgmClapPlugin::getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
+    nvinfer1::DataType const* inputTypes, int32_t nbInputs) const noexcept
+{
+    if (nbInputs != kNbInputs || nbOutputs != kNbOutputs || outputTypes == nullptr || inputTypes == nullptr)
+    {
+        return -1;
+    }
+    if (toAlgmDtype(inputTypes[0]) < 0)
+    {
+        logError(std::string(kClapName) + ": x must be float32 or float16");
+        return -1;
+    }
+    outputTypes[0] = inputTypes[0];
+    outputTypes[1] = nvinfer1::DataType::kFLOAT;
+    outputTypes[2] = nvinfer1::DataType::kINT32;
+    outputTypes[3] = nvinfer1::DataType::kINT32;
+    return 0;
+}
+
+int32_t AlgmClapPlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs,
+    nvinfer1::DimsExprs const* /*shapeInputs*/, int32_t /*nbShapeInputs*/, nvinfer1::DimsExprs* outputs,
+    int32_t nbOutputs, nvinfer1::IExprBuilder& exprBuilder) noexcept
+{
+    if (nbInputs != kNbInputs || nbOutputs != kNbOutputs || inputs == nullptr || outputs == nullptr)
+    {
+        return -1;
+    }
+    nvinfer1::DimsExprs const& x = inputs[0];
+    if (x.nbDims != 3)
+    {
+        logError(std::string(kClapName) + ": x must be [B, P+N, D]");
+        return -1;
+    }
+    int64_t const n = static_cast<int64_t>(mAttrs.gridH) * mAttrs.gridW;
+    if (x.d[1]->isConstant() && x.d[1]->getConstantValue() != mAttrs.numPrefix + n)
+    {
+        logError(std::string(kClapName) + ": x has " + std::to_string(x.d[1]->getConstantValue())
+            + " tokens, expected num_prefix + grid_h * grid_w = " + std::to_string(mAttrs.numPrefix + n));
+        return -1;
+    }
+    auto const* outTokens = exprBuilder.constant(static_cast<int64_t>(mAttrs.numPrefix) + mAttrs.capacity);
+    outputs[0].nbDims = 3;
+    outputs[0].d[0] = x.d[0];
+    outputs[0].d[1] = outTokens;
+    outputs[0].d[2] = x.d[2];
+    outputs[1].nbDims = 2;
+    outputs[1].d[0] = x.d[0];
+    outputs[1].d[1] = outTokens;
+    outputs[2].nbDims = 2;
+    outputs[2].d[0] = x.d[0];
+    outputs[2].d[1] = exprBuilder.constant(n);
+    outputs[3].nbDims = 2;
+    outputs[3].d[0] = x.d[0];
+    outputs[3].d[1] = exprBuilder.constant(2);
+    return 0;
+}
+
+bool AlgmClapPlugin::supportsFormatCombination(
+    int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
+{
+    if (inOut == nullptr || nbInputs != kNbInputs || nbOutputs != kNbOutputs || pos < 0
+        || pos >= kNbInputs + kNbOutputs)
+    {
+        return false;
+    }
+    nvinfer1::PluginTensorDesc const& desc = inOut[pos].desc;
+    if (desc.format != nvinfer1::TensorFormat::kLINEAR)
+    {
+        return false;
+    }
+    switch (pos)
+    {
+    case 0: return desc.type == nvinfer1::DataType::kFLOAT || desc.type == nvinfer1::DataType::kHALF;
+    case 1: return desc.type == inOut[0].desc.type;
+    case 2: return desc.type == nvinfer1::DataType::kFLOAT;
+    default: return desc.type == nvinfer1::DataType::kINT32;
+    }
+}
+
+int32_t AlgmClapPlugin::getNbOutputs() const noexcept
+{
+    return kNbOutputs;
+}
+
+size_t AlgmClapPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
+    nvinfer1::DynamicPluginTensorDesc const* /*outputs*/, int32_t /*nbOutputs*/) const noexcept
+{
+    if (inputs == nullptr || nbInputs != kNbInputs || inputs[0].max.nbDims < 1)
+    {
+        return 0;
+    }
+    int64_t const maxBatch = inputs[0].max.d[0];
+    if (maxBatch < 0 || maxBatch > INT32_MAX)
+    {
+        return 0;
+    }
+    return algmClapWorkspaceSize(static_cast<int32_t>(maxBatch), mAttrs.gridH, mAttrs.gridW, mAttrs.windowH,
+        mAttrs.windowW, mAttrs.numPrefix, mAttrs.capacity);
+}
+
+char const* AlgmClapPlugin::getMetadataString() noexcept
+{
+    return mMetadata.c_str();
+}
+
+int32_t AlgmClapPlugin::onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
+    nvinfer1::PluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
+{
+    if (in == nullptr || nbInputs != kNbInputs || nbOutputs != kNbOutputs)
+    {
+        return -1;
+    }
+    return checkInputDims(in[0].dims, false) ? 0 : -1;
+}
+
+int32_t AlgmClapPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
+    nvinfer1::PluginTensorDesc const* /*outputDesc*/, void const* const* inputs, void* const* outputs, void* workspace,
+    cudaStream_t stream) noexcept
+{
+    if (inputDesc == nullptr || inputs == nullptr || outputs == nullptr)
+    {
+        return -1;
+    }
+    nvinfer1::Dims const& dims = inputDesc[0].dims;
+    int32_t const dtype = toAlgmDtype(inputDesc[0].type);
+    if (dims.nbDims != 3 || dtype < 0)
+    {
+        return -1;
+    }
+    int32_t const batch = static_cast<int32_t>(dims.d[0]);
+    ClapParams p{batch, static_cast<int32_t>(dims.d[2]), mAttrs.gridH, mAttrs.gridW, mAttrs.windowH, mAttrs.windowW,
+        mAttrs.numPrefix, mAttrs.capacity, mAttrs.threshold};
+    size_t const wsSize = clapWorkspaceSize(
+        batch, mAttrs.gridH, mAttrs.gridW, mAttrs.windowH, mAttrs.windowW, mAttrs.numPrefix, mAttrs.capacity);
+    int32_t const status = clapForward(p, dtype, inputs[0], outputs[0], static_cast<float*>(outputs[1]),
+        static_cast<int32_t*>(outputs[2]), static_cast<int32_t*>(outputs[3]), workspace, wsSize,
+        reinterpret_cast<void*>(stream));
+    if (status != ALGM_STATUS_SUCCESS)
+    {
+        logError(std::string(kClapName) + ": enqueue failed: " + algmStatusString(status));
+        return -1;
+    }
+    return 0;
+}
+
+nvinfer1::IPluginV3* AlgmClapPlugin::attachToContext(nvinfer1::IPluginResourceContext* /*context*/) noexcept
+{
+    return clone();
+}
+
+nvinfer1::PluginFieldCollection const* AlgmClapPlugin::getFieldsToSerialize() noexcept
+{
+    return &mFieldCollection;
+}
+
+// ---------------------------------------------------------------------------------------------- creator
+
+AlgmClapPluginCreator::AlgmClapPluginCreator()
+{
+    mFieldNames.add("grid_h", nvinfer1::PluginFieldType::kINT32);
+    mFieldNames.add("grid_w", nvinfer1::PluginFieldType::kINT32);
+    mFieldNames.add("window_h", nvinfer1::PluginFieldType::kINT32);
+    mFieldNames.add("window_w", nvinfer1::PluginFieldType::kINT32);
+    mFieldNames.add("num_prefix", nvinfer1::PluginFieldType::kINT32);
+    mFieldNames.add("capacity", nvinfer1::PluginFieldType::kINT32);
+    mFieldNames.add("threshold", nvinfer1::PluginFieldType::kFLOAT32);
+    mFieldNames.add("plugin_version", nvinfer1::PluginFieldType::kCHAR);
+    mFieldNames.add("plugin_namespace", nvinfer1::PluginFieldType::kCHAR);
+}
+
+char const* AlgmClapPluginCreator::getPluginName() const noexcept
+{
+    return kClapName;
+}
+
+char const* AlgmClapPluginCreator::getPluginVersion() const noexcept
+{
+    return kPluginVersion;
+}
+
+char const* AlgmClapPluginCreator::getPluginNamespace() const noexcept
+{
+    return kPluginNamespace;
+}
+
+nvinfer1::PluginFieldCollection const* AlgmClapPluginCreator::getFieldNames() noexcept
+{
+    return mFieldNames.collection();
+}
+
+nvinfer1::IPluginV3* AlgmClapPluginCreator::createPlugin(
+    char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase /*phase*/) noexcept
+{
+    try
+    {
+        std::string const layer = std::string(kClapName) + " '" + (name ? name : "") + "'";
+        if (fc == nullptr || (fc->nbFields > 0 && fc->fields == nullptr))
+        {
+            logError(layer + ": no plugin fields");
+            return nullptr;
+        }
+        ClapAttributes a;
+        struct IntField
+        {
+            char const* name;
+            int32_t* dst;
+            bool seen;
+        };
+        IntField ints[] = {{"grid_h", &a.gridH, false}, {"grid_w", &a.gridW, false}, {"window_h", &a.windowH, false},
+            {"window_w", &a.windowW, false}, {"num_prefix", &a.numPrefix, false}, {"capacity", &a.capacity, false}};
+        bool seenThreshold = false;
+        for (int32_t i = 0; i < fc->nbFields; ++i)
+        {
+            nvinfer1::PluginField const& f = fc->fields[i];
+            if (f.name == nullptr)
+            {
+                continue;
+            }
+            if (!checkVersionFields(f, kClapName))
+            {
+                return nullptr;
+            }
+            bool known = std::strcmp(f.name, "plugin_version") == 0 || std::strcmp(f.name, "plugin_namespace") == 0;
+            for (auto& it : ints)
+            {
+                if (std::strcmp(f.name, it.name) == 0)
+                {
+                    known = true;
+                    if (!readIntField(f, *it.dst))
+                    {
+                        logError(layer + ": field " + it.name + " must be an integer");
+                        return nullptr;
+                    }
+                    it.seen = true;
+                }
+            }
+            if (std::strcmp(f.name, "threshold") == 0)
+            {
+                known = true;
+                if (!readFloatField(f, a.threshold))
+                {
+                    logError(layer + ": field threshold must be a float");
+                    return nullptr;
+                }
+                seenThreshold = true;
+            }
+            if (!known)
+            {
+                log(nvinfer1::ILogger::Severity::kWARNING, layer + ": ignoring unknown field " + f.name);
+            }
+        }
+        for (auto const& it : ints)
+        {
+            if (!it.seen)
+            {
+                logError(layer + ": missing field " + it.name);
+                return nullptr;
+            }
+        }
+        if (!seenThreshold)
+        {
+            logError(layer + ": missing field threshold");
+            return nullptr;
+        }
+        if (algmClapCheckAttributes(a.gridH, a.gridW, a.windowH, a.windowW, a.numPrefix, a.capacity)
+            != ALGM_STATUS_SUCCESS)
+        {
+            std::ostringstream s;
+            s << layer << ": unsupported attributes grid=" << a.gridH << "x" << a.gridW << " window=" << a.windowH
+              << "x" << a.windowW << " num_prefix=" << a.numPrefix << " capacity=" << a.capacity
+              << " (need: window divides grid, 2 <= window area <= 64, grid_h*grid_w <= 8192, num_prefix in {1, 2},"
+                 " N/k <= capacity <= N)";
+            logError(s.str());
+            return nullptr;
+        }
+        return new AlgmClapPlugin(a);
+    }
+    catch (std::exception const& e)
+    {
+        logError(std::string(kClapName) + ": createPlugin failed: " + e.what());
+    }
+    return nullptr;
+}
+
+} // namespace plugin
+} // namespace algm

@@ -1,0 +1,91 @@
+/*
+ * Block-wide building blocks shared by the algm kernels. Every reduction has a fixed shape
+ * (a binary tree over thread slots, each thread first reducing its own elements in ascending
+ * order), so results never depend on scheduling: the kernels are deterministic.
+ * All functions must be called by every thread of the block (they contain barriers).
+ */
+#ifndef ALGM_DEVICE_UTILS_H
+#define ALGM_DEVICE_UTILS_H
+
+#include "algmCudaCompat.h"
+
+namespace algm
+{
+
+//! Sum of `v` over the block (fixed tree). `red` holds BLOCK floats of shared memory.
+template <int BLOCK>
+ALGM_DEVICE float blockSumFloat(float v, float* red)
+{
+    int const tid = static_cast<int>(threadIdx.x);
+    red[tid] = v;
+    ALGM_SYNC();
+    for (int s = BLOCK / 2; s > 0; s >>= 1)
+    {
+        if (tid < s)
+        {
+            red[tid] = red[tid] + red[tid + s];
+        }
+        ALGM_SYNC();
+    }
+    float const total = red[0];
+    ALGM_SYNC();
+    return total;
+}
+
+//! Sum of `v` over the block. `red` holds BLOCK ints of shared memory.
+template <int BLOCK>
+ALGM_DEVICE int blockSumInt(int v, int* red)
+{
+    int const tid = static_cast<int>(threadIdx.x);
+    red[tid] = v;
+    ALGM_SYNC();
+    for (int s = BLOCK / 2; s > 0; s >>= 1)
+    {
+        if (tid < s)
+        {
+            red[tid] += red[tid + s];
+        }
+        ALGM_SYNC();
+    }
+    int const total = red[0];
+    ALGM_SYNC();
+    return total;
+}
+
+//! Exclusive prefix sum of `v` over the threads of the block (Hillis-Steele on 2*BLOCK ints).
+//! Returns the sum of the values of threads 0..tid-1; `total` receives the block sum.
+template <int BLOCK>
+ALGM_DEVICE int blockExclusiveScan(int v, int* buf, int& total)
+{
+    int const tid = static_cast<int>(threadIdx.x);
+    int* src = buf;
+    int* dst = buf + BLOCK;
+    src[tid] = v;
+    ALGM_SYNC();
+    for (int off = 1; off < BLOCK; off <<= 1)
+    {
+        dst[tid] = tid >= off ? src[tid] + src[tid - off] : src[tid];
+        ALGM_SYNC();
+        int* t = src;
+        src = dst;
+        dst = t;
+    }
+    int const inclusive = src[tid];
+    total = src[BLOCK - 1];
+    ALGM_SYNC();
+    return inclusive - v;
+}
+
+//! Contiguous chunk [begin, end) of n elements owned by thread tid when a block scans n elements.
+template <int BLOCK>
+ALGM_DEVICE void chunkOf(int n, int& begin, int& end)
+{
+    int const chunk = (n + BLOCK - 1) / BLOCK;
+    int const tid = static_cast<int>(threadIdx.x);
+    begin = tid * chunk < n ? tid * chunk : n;
+    end = begin + chunk < n ? begin + chunk : n;
+}
+
+} // namespace algm
+
+#endif // ALGM_DEVICE_UTILS_H

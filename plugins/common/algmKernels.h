@@ -1,0 +1,82 @@
+/*
+ * C API of the algm CUDA kernels (libalgm_kernels.so), used by the TensorRT plugins and, through
+ * ctypes, by tests and benchmarks. All pointers are device pointers (host pointers in the
+ * emulator build). Nothing is allocated: scratch memory comes from the caller's workspace,
+ * sized by the ...WorkspaceSize functions for the largest batch that will be run.
+ *
+ * Semantics: docs/static-ops.md (AlgmClap, AlgmGbm), reference algm_export/merging/static.py.
+ * Tensors are dense, row-major:
+ *   AlgmClap: x [B, P+N, D] -> y [B, P+C1, D], size [B, P+C1] f32, assign [B, N] i32, stats [B, 2] i32
+ *   AlgmGbm:  x [B, T, D], size [B, T] f32, assign [B, N] i32 (T = P + C1)
+ *             -> y [B, P+C2, D], size [B, P+C2] f32, assign [B, N] i32, stats [B, 2] i32
+ * x and y share the dtype (float32 or float16); all arithmetic is float32.
+ */
+#ifndef ALGM_KERNELS_H
+#define ALGM_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32)
+#define ALGM_KERNELS_API __declspec(dllexport)
+#else
+#define ALGM_KERNELS_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Token dtype of x and y. */
+typedef enum
+{
+    ALGM_DTYPE_FLOAT32 = 0,
+    ALGM_DTYPE_FLOAT16 = 1
+} AlgmDtype;
+
+/* Return codes. */
+typedef enum
+{
+    ALGM_STATUS_SUCCESS = 0,
+    ALGM_STATUS_INVALID_ARGUMENT = 1, /* a shape or attribute outside the supported range */
+    ALGM_STATUS_WORKSPACE_TOO_SMALL = 2,
+    ALGM_STATUS_CUDA_ERROR = 3 /* a kernel launch failed (cudaGetLastError) */
+} AlgmStatus;
+
+/* Version of this API (bumped on any change of signatures or semantics). */
+ALGM_KERNELS_API int32_t algmKernelsVersion(void);
+
+/* Human-readable text of a status code. */
+ALGM_KERNELS_API const char* algmStatusString(int32_t status);
+
+/* Bytes of workspace AlgmClap needs for `batch` images (0 if the arguments are invalid). */
+ALGM_KERNELS_API size_t algmClapWorkspaceSize(int32_t batch, int32_t gridH, int32_t gridW, int32_t windowH,
+    int32_t windowW, int32_t numPrefix, int32_t capacity);
+
+/* Checks the AlgmClap attributes; returns ALGM_STATUS_SUCCESS or ALGM_STATUS_INVALID_ARGUMENT. */
+ALGM_KERNELS_API int32_t algmClapCheckAttributes(
+    int32_t gridH, int32_t gridW, int32_t windowH, int32_t windowW, int32_t numPrefix, int32_t capacity);
+
+ALGM_KERNELS_API int32_t algmClapForward(const void* x, void* y, float* sizeOut, int32_t* assignOut,
+    int32_t* statsOut, int32_t batch, int32_t dim, int32_t gridH, int32_t gridW, int32_t windowH, int32_t windowW,
+    int32_t numPrefix, int32_t capacity, float threshold, int32_t dtype, void* workspace, size_t workspaceSize,
+    void* stream);
+
+/* Bytes of workspace AlgmGbm needs for `batch` images with numTokens = T = P + C1 input tokens. */
+ALGM_KERNELS_API size_t algmGbmWorkspaceSize(
+    int32_t batch, int32_t numTokens, int32_t numPatches, int32_t numPrefix, int32_t capacity);
+
+/* Checks the AlgmGbm attributes against the input sizes (T = numTokens, N = numPatches). */
+ALGM_KERNELS_API int32_t algmGbmCheckAttributes(
+    int32_t numTokens, int32_t numPatches, int32_t numPrefix, int32_t capacity);
+
+ALGM_KERNELS_API int32_t algmGbmForward(const void* x, const float* sizeIn, const int32_t* assignIn, void* y,
+    float* sizeOut, int32_t* assignOut, int32_t* statsOut, int32_t batch, int32_t numTokens, int32_t numPatches,
+    int32_t dim, int32_t numPrefix, int32_t capacity, float divisor, int32_t dtype, void* workspace,
+    size_t workspaceSize, void* stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ALGM_KERNELS_H */

@@ -1,0 +1,416 @@
+"""The native libraries of plugins/: CUDA kernels, TensorRT plugins, host emulation.
+
+* CI (no GPU, no TensorRT headers): the kernel library compiles with nvcc (sm_86, sm_90), and
+  the same kernel sources, compiled for the CPU by the emulator build, reproduce the torch
+  reference `algm_export.merging.static` (decisions exactly, tokens within float rounding).
+* With TensorRT headers (env ALGM_TENSORRT_INCLUDE, or /work/trt_include/include) and the
+  tensorrt_rtx wheel: the plugin library compiles, registers through getCreators, every algm
+  ONNX node becomes a PLUGIN_V3 layer with the reference's output shapes, and TensorRT-RTX
+  builds engines ahead of time for SM86 (in a child process: see `rtx_env`).
+GPU checks of the CUDA kernels are in test_plugins_gpu.py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from algm_export.merging.static import clap_static, gbm_static
+from test_plugins_support import (MARGIN, assert_same, build_once, clap_margin, duplicated_tokens, gbm_margin,
+                                  smooth_tokens, tensorrt_include)
+
+TEST_ARCHS = (86, 90)
+
+
+@pytest.fixture(scope="session")
+def plugin_build_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.getbasetemp() / "algm_plugins"
+
+
+@pytest.fixture(scope="session")
+def kernel_build(plugin_build_root):
+    """Kernels (nvcc, sm_86 + sm_90) and the host emulator; no TensorRT headers involved."""
+    return build_once(plugin_build_root, "kernels", archs=TEST_ARCHS, plugins=False, emulation=True)
+
+
+@pytest.fixture(scope="session")
+def emu(kernel_build):
+    from algm_export.plugins import KernelLibrary
+
+    return KernelLibrary(kernel_build["emulation"], emulated=True)
+
+
+# ----------------------------------------------------------------------------------- kernel build
+
+def test_kernel_library_compiles_with_nvcc(kernel_build):
+    lib = Path(kernel_build["kernels"])
+    assert lib.is_file() and lib.name == "libalgm_kernels.so"
+    assert kernel_build["plugins"] is None  # built without TensorRT headers
+    assert kernel_build["archs"] == "86;90"
+    # one object per kernel file per architecture: the fat binary holds SASS for both
+    data = lib.read_bytes()
+    for arch in TEST_ARCHS:
+        assert f"sm_{arch}".encode() in data, f"no sm_{arch} code in {lib}"
+    # the C API loads and answers without a GPU (cudart is linked statically, used lazily)
+    c = ctypes.CDLL(str(lib))
+    c.algmKernelsVersion.restype = ctypes.c_int32
+    assert c.algmKernelsVersion() == 1
+    c.algmClapWorkspaceSize.restype = ctypes.c_size_t
+    assert c.algmClapWorkspaceSize(4, 32, 32, 2, 2, 1, 600) > 0
+    assert c.algmClapWorkspaceSize(4, 32, 32, 2, 2, 1, 100) == 0   # capacity below W = 256
+    c.algmGbmWorkspaceSize.restype = ctypes.c_size_t
+    assert c.algmGbmWorkspaceSize(4, 601, 1024, 1, 400) > 0
+    assert c.algmGbmWorkspaceSize(4, 601, 1024, 1, 700) == 0       # capacity above C1
+
+
+def test_workspace_grows_with_batch(emu):
+    one = emu.clap_workspace_size(1, 32, 32, 2, 2, 1, 600)
+    eight = emu.clap_workspace_size(8, 32, 32, 2, 2, 1, 600)
+    assert 0 < one < eight <= 8 * one
+    assert emu.gbm_workspace_size(1, 601, 1024, 1, 400) < emu.gbm_workspace_size(8, 601, 1024, 1, 400)
+    assert emu.gbm_workspace_size(2, 4098, 4096, 2, 2000) > 0      # N = 4096 tokens is supported
+
+
+def test_kernel_errors_are_status_codes(emu):
+    x = torch.randn(1, 17, 8)
+    with pytest.raises(RuntimeError, match="workspace"):
+        emu.clap(x, 4, 4, 2, 2, 1, 8, 0.5, workspace=torch.empty(16, dtype=torch.uint8))
+    with pytest.raises(RuntimeError, match="invalid argument"):
+        emu.clap(x, 4, 4, 2, 2, 1, 3, 0.5)                          # capacity < W
+    with pytest.raises(RuntimeError, match="invalid argument"):
+        emu.clap(x[:, :16], 4, 4, 2, 2, 0, 8, 0.5)                   # num_prefix 0
+    with pytest.raises(RuntimeError, match="invalid argument"):
+        emu.gbm(x, torch.ones(1, 17), torch.zeros(1, 16, dtype=torch.int32), 1, 17, 5.0)  # C2 > C1
+
+
+# ----------------------------------------------------------------------------------- emulated kernels
+
+def _robust_clap_input(make, gh, gw, wh, ww, P, tau, seed):
+    for s in range(seed, seed + 50):
+        x = make(s)
+        if clap_margin(x.float(), gh, gw, wh, ww, P, tau) > MARGIN:
+            return x
+    pytest.fail("no input with well-separated window scores found")
+
+
+CLAP_CASES = [  # gh, gw, wh, ww, P, D, B
+    (8, 8, 2, 2, 1, 32, 2),
+    (6, 10, 2, 2, 2, 24, 3),
+    (8, 6, 2, 3, 1, 16, 1),
+    (4, 8, 1, 2, 1, 40, 2),
+    (9, 9, 3, 3, 2, 24, 2),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("case", CLAP_CASES, ids=lambda c: "g{}x{}w{}x{}p{}".format(*c[:5]))
+def test_emulated_kernels_match_reference(emu, case, dtype):
+    """CLAP then GBM, through the capacity range and thresholds that merge nothing, some, all."""
+    gh, gw, wh, ww, P, D, B = case
+    N, k = gh * gw, wh * ww
+    W = N // k
+    tol = 1e-5 if dtype == torch.float32 else 1e-3
+    checked = 0
+    for ci, C1 in enumerate((W, (W + N) // 2, N)):
+        for tau in (0.3, 0.7, 1.5):
+            x = _robust_clap_input(lambda s: smooth_tokens(B, gh, gw, P, D, seed=s, dtype=dtype),
+                                   gh, gw, wh, ww, P, tau, seed=100 * ci + int(10 * tau))
+            ref = clap_static(x, gh, gw, wh, ww, P, C1, tau)
+            out = emu.clap(x, gh, gw, wh, ww, P, C1, tau)
+            assert_same(out, ref, tol, f"CLAP C1={C1} tau={tau}")
+            y, size, assign, _ = ref
+            c2_min = max(1, C1 + 1 - (P + C1 + 1) // 2)
+            for C2 in sorted({c2_min, (c2_min + C1) // 2, C1}):
+                for L in (1.0, 5.0):
+                    if gbm_margin(y, size, P, C2, L) <= MARGIN:
+                        continue
+                    assert_same(emu.gbm(y, size, assign, P, C2, L), gbm_static(y, size, assign, P, C2, L), tol,
+                                f"GBM C1={C1} tau={tau} C2={C2} L={L}")
+                    checked += 1
+    assert checked >= 12
+
+
+@pytest.mark.parametrize("P", [1, 2])
+def test_emulated_kernels_duplicated_tokens(emu, P):
+    """Windows of identical tokens (merge certainly), forced merges, padding in GBM's input."""
+    gh = gw = 8
+    x = _robust_clap_input(lambda s: duplicated_tokens(2, gh, gw, P, 32, seed=s), gh, gw, 2, 2, P, 0.95, 3)
+    forced = padded = 0
+    for C1 in (20, 58):
+        ref = clap_static(x, gh, gw, 2, 2, P, C1, 0.95)
+        assert_same(emu.clap(x, gh, gw, 2, 2, P, C1, 0.95), ref, 1e-5, f"CLAP C1={C1}")
+        assert int(ref[3][:, 0].min()) > 0
+        forced += int(ref[3][:, 1].sum())
+        y, size, assign, _ = ref
+        padded += int((size == 0).sum())
+        for C2 in (C1 - (P + C1 + 1) // 2 + 1, C1 - 2):
+            if gbm_margin(y, size, P, C2, 5.0) > MARGIN:
+                g = gbm_static(y, size, assign, P, C2, 5.0)
+                assert_same(emu.gbm(y, size, assign, P, C2, 5.0), g, 1e-5, f"GBM C1={C1} C2={C2}")
+    assert forced > 0 and padded > 0  # forced merges (C1=20) and padding slots into GBM (C1=58)
+
+
+@pytest.mark.parametrize("P", [1, 2])
+def test_emulated_kernels_exact_ties(emu, P):
+    """Constant and zero tokens: every score ties exactly (exact arithmetic in any order), so
+    ranks fall back to the lower index, and zero-norm clamps are exercised."""
+    for fill, D in ((1.0, 64), (0.0, 16)):
+        x = torch.full((2, P + 64, D), fill)
+        for C1 in (16, 40, 64):
+            ref = clap_static(x, 8, 8, 2, 2, P, C1, 0.5)
+            assert_same(emu.clap(x, 8, 8, 2, 2, P, C1, 0.5), ref, 0.0, f"CLAP fill={fill} C1={C1}")
+            y, size, assign, _ = ref
+            for C2 in (C1 - (P + C1 + 1) // 2 + 1, C1):
+                C2 = max(C2, 1)
+                assert_same(emu.gbm(y, size, assign, P, C2, 5.0), gbm_static(y, size, assign, P, C2, 5.0), 0.0,
+                            f"GBM fill={fill} C1={C1} C2={C2}")
+
+
+def test_emulated_gbm_noop_and_tiny_inputs(emu):
+    """Fewer than two real tokens besides the protected ones: GBM copies through."""
+    for P in (1, 2):
+        T = P + 6
+        x = torch.randn(2, T, 8)
+        size = torch.zeros(2, T)
+        size[0, :P + 1] = 1
+        size[1, :P] = 1
+        x[size == 0] = 0
+        assign = torch.zeros(2, 6, dtype=torch.int32)
+        for C2 in (1, 3, 6):
+            assert_same(emu.gbm(x, size, assign, P, C2, 5.0), gbm_static(x, size, assign, P, C2, 5.0), 0.0,
+                        f"noop P={P} C2={C2}")
+
+
+def test_emulated_kernels_larger_grid(emu):
+    """A 16x16 grid (W = 64 windows, multi-tile GBM similarity, 128-token GBM input)."""
+    gh = gw = 16
+    x = _robust_clap_input(lambda s: smooth_tokens(1, gh, gw, 1, 48, seed=s, noise=0.5), gh, gw, 2, 2, 1, 0.6, 7)
+    ref = clap_static(x, gh, gw, 2, 2, 1, 160, 0.6)
+    assert_same(emu.clap(x, gh, gw, 2, 2, 1, 160, 0.6), ref, 1e-5, "CLAP 16x16")
+    y, size, assign, _ = ref
+    for seed_shift, C2 in enumerate((90, 120)):
+        if gbm_margin(y, size, 1, C2, 5.0) > MARGIN:
+            assert_same(emu.gbm(y, size, assign, 1, C2, 5.0), gbm_static(y, size, assign, 1, C2, 5.0), 1e-5,
+                        f"GBM 16x16 C2={C2}")
+
+
+def test_emulated_kernels_ignore_thread_order_and_batch(emu):
+    """No race: the thread order inside barrier phases never changes a bit. No batch coupling:
+    an image gives the same bits alone and inside a batch."""
+    x = smooth_tokens(3, 8, 8, 1, 32, seed=11)
+    runs = []
+    try:
+        for order in (0, 1, 2):
+            emu.set_emulation_order(order)
+            c = emu.clap(x, 8, 8, 2, 2, 1, 30, 0.5)
+            g = emu.gbm(c[0], c[1], c[2], 1, 18, 5.0)
+            runs.append(c + g)
+    finally:
+        emu.set_emulation_order(0)
+    for r in runs[1:]:
+        for a, b in zip(runs[0], r):
+            assert torch.equal(a, b)
+    c1 = emu.clap(x[1:2], 8, 8, 2, 2, 1, 30, 0.5)
+    g1 = emu.gbm(c1[0], c1[1], c1[2], 1, 18, 5.0)
+    for a, b in zip(c1 + g1, runs[0]):
+        assert torch.equal(a[0], b[1])
+
+
+def test_emulated_gbm_tile_size_never_changes_a_value(emu):
+    """The similarity kernel's tile (16, 32 or 64, picked by size) changes no output bit: every
+    S[a, b] is one sequential fma chain over d and the norms do not depend on the tile."""
+    B, T, P, D, C2 = 3, 300, 2, 40, 200
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(B, T, D, generator=g)
+    size = torch.randint(1, 5, (B, T), generator=g).float()
+    size[:, 250:] = 0  # padding
+    x[size == 0] = 0
+    assign = torch.randint(0, 250 - P, (B, 400), generator=g, dtype=torch.int32)
+    runs = []
+    try:
+        for tile in (16, 32, 64):
+            emu.set_emulation_gbm_tile(tile)
+            runs.append(emu.gbm(x, size, assign, P, C2, 5.0))
+    finally:
+        emu.set_emulation_gbm_tile(0)
+    for r in runs[1:]:
+        for a, b in zip(runs[0], r):
+            assert torch.equal(a, b)
+    # batch independence: one image alone gives the same bits
+    one = emu.gbm(x[1:2], size[1:2], assign[1:2], P, C2, 5.0)
+    for a, b in zip(one, runs[0]):
+        assert torch.equal(a[0], b[1])
+
+
+# ----------------------------------------------------------------------------------- TensorRT plugins
+
+def _need_trt_headers() -> Path:
+    inc = tensorrt_include()
+    if inc is None:
+        pytest.skip("no TensorRT headers (set ALGM_TENSORRT_INCLUDE to a TensorRT include/ folder; "
+                    "TensorRT headers ship in no pip wheel)")
+    return inc
+
+
+@pytest.fixture(scope="session")
+def plugin_build(plugin_build_root):
+    inc = _need_trt_headers()
+    return build_once(plugin_build_root, "plugins", archs=[86], tensorrt_include=inc, require_plugins=True)
+
+
+def test_plugin_library_compiles(plugin_build):
+    lib = Path(plugin_build["plugins"])
+    assert lib.is_file()
+    exported = subprocess.run(["nm", "-D", "--defined-only", str(lib)], capture_output=True, text=True).stdout
+    assert " getCreators" in exported and " setLoggerFinder" in exported
+    # no TensorRT library is linked: the same file loads into TensorRT and TensorRT-RTX
+    needed = subprocess.run(["readelf", "-d", str(lib)], capture_output=True, text=True).stdout
+    assert "nvinfer" not in needed and "tensorrt" not in needed and "libcudart" not in needed
+    # no static self-registration: nothing refers to the registry
+    undefined = subprocess.run(["nm", "-D", "--undefined-only", str(lib)], capture_output=True, text=True).stdout
+    assert "getPluginRegistry" not in undefined
+
+
+def test_plugin_selftest(plugin_build):
+    """plugins/tests/algmPluginSelfTest.cpp: creators, fields, serialisation round trip, output
+    types and shapes, formats, workspace, configure/onShapeChange, clone, rejected fields."""
+    exe = Path(plugin_build["build_dir"]) / "algm_plugin_selftest"
+    proc = subprocess.run([str(exe), plugin_build["plugins"]], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert " 0 failed" in proc.stdout
+
+
+def _rtx_env() -> dict:
+    """Environment for a TensorRT-RTX child process whose parser may dlopen libtensorrt_rtx.so."""
+    try:
+        from algm_export.runtimes.tensorrt.loader import rtx_env
+        return rtx_env()
+    except ImportError:
+        pass
+    import tempfile
+
+    import tensorrt_rtx_libs  # noqa: F401
+
+    libdir = Path(list(tensorrt_rtx_libs.__path__)[0])
+    link_dir = Path(tempfile.mkdtemp(prefix="algm-rtx-"))
+    real = sorted(libdir.glob("libtensorrt_rtx.so.[0-9]*"))[0]
+    (link_dir / "libtensorrt_rtx.so").symlink_to(real)
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([str(link_dir)] + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p])
+    return env
+
+
+RTX_CASES = [  # name, grid, P, D, C1, C2, dtype, profile (min, opt, max)
+    ("g8p1-fp32-dyn", (8, 8), 1, 32, 40, 28, "float32", (1, 2, 8)),
+    ("g8p2-fp16-dyn", (8, 8), 2, 32, 24, 16, "float16", (1, 4, 4)),
+    ("g6x10p1-fp32-static", (6, 10), 1, 16, 30, 20, "float32", (3, 3, 3)),
+    ("g32p1-fp16-dyn", (32, 32), 1, 384, 600, 400, "float16", (1, 1, 2)),
+]
+
+
+def _rtx_worker(lib: str, out: str) -> int:
+    """Child process: build the cases with TensorRT-RTX and write a JSON report."""
+    from onnx import TensorProto, helper
+
+    import tensorrt_rtx as trt
+    from algm_export.plugins import load_plugin_library
+
+    report: dict = {"version": trt.__version__, "cases": {}}
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    load_plugin_library(trt, lib)
+    reg = trt.get_plugin_registry()
+    report["creators"] = sorted(f"{c.plugin_namespace}::{c.name}/{c.plugin_version}" for c in reg.all_creators
+                                if c.plugin_namespace == "algm")
+    for name, (gh, gw), P, D, C1, C2, dt, prof in RTX_CASES:
+        N = gh * gw
+        et = TensorProto.FLOAT if dt == "float32" else TensorProto.FLOAT16
+        nodes = [
+            helper.make_node("Relu", ["x"], ["xr"], name="pre"),
+            helper.make_node("AlgmClap", ["xr"], ["y1", "s1", "a1", "st1"], domain="algm", name="algm_clap",
+                             grid_h=gh, grid_w=gw, window_h=2, window_w=2, num_prefix=P, capacity=C1,
+                             threshold=0.9, plugin_version="1", plugin_namespace="algm"),
+            helper.make_node("AlgmGbm", ["y1", "s1", "a1"], ["y2", "s2", "a2", "st2"], domain="algm", name="algm_gbm",
+                             num_prefix=P, capacity=C2, divisor=5.0, plugin_version="1", plugin_namespace="algm"),
+            helper.make_node("Identity", ["y2"], ["y"], name="post"),
+            helper.make_node("Concat", ["st1", "st2"], ["stats"], axis=1, name="stats"),
+        ]
+        batch = "B" if prof[0] != prof[2] else prof[0]
+        graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", et, [batch, P + N, D])], [
+            helper.make_tensor_value_info("y", et, None), helper.make_tensor_value_info("s2", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("a2", TensorProto.INT32, None),
+            helper.make_tensor_value_info("stats", TensorProto.INT32, None)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("algm", 1)])
+        net = builder.create_network(0)  # TensorRT-RTX networks are always strongly typed
+        parser = trt.OnnxParser(net, logger)
+        ok = parser.parse(model.SerializeToString())
+        res: dict = {"parsed": bool(ok), "errors": [str(parser.get_error(i)) for i in range(parser.num_errors)]}
+        if ok:
+            res["layers"] = {}
+            for i in range(net.num_layers):
+                layer = net.get_layer(i)
+                res["layers"][layer.name] = {
+                    "type": str(layer.type).rsplit(".", 1)[-1],
+                    "outputs": [[list(layer.get_output(j).shape), str(layer.get_output(j).dtype).rsplit(".", 1)[-1]]
+                                for j in range(layer.num_outputs)]}
+            cfg = builder.create_builder_config()
+            p = builder.create_optimization_profile()
+            p.set_shape("x", (prof[0], P + N, D), (prof[1], P + N, D), (prof[2], P + N, D))
+            cfg.add_optimization_profile(p)
+            cfg.num_compute_capabilities = 1
+            cfg.set_compute_capability(trt.ComputeCapability.SM86, 0)
+            engine = builder.build_serialized_network(net, cfg)
+            res["engine_bytes"] = 0 if engine is None else int(engine.nbytes)
+        report["cases"][name] = res
+    Path(out).write_text(json.dumps(report))
+    return 0
+
+
+@pytest.fixture(scope="session")
+def rtx_report(plugin_build, tmp_path_factory):
+    pytest.importorskip("tensorrt_rtx", reason="the tensorrt_rtx wheel is not installed")
+    out = tmp_path_factory.mktemp("rtx") / "report.json"
+    proc = subprocess.run([sys.executable, __file__, "--rtx-worker", plugin_build["plugins"], str(out)],
+                          env=_rtx_env(), capture_output=True, text=True, timeout=900,
+                          cwd=str(Path(__file__).resolve().parent.parent))
+    assert proc.returncode == 0 and out.exists(), f"worker failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    return json.loads(out.read_text())
+
+
+def test_rtx_registers_both_creators(rtx_report):
+    assert rtx_report["creators"] == ["algm::AlgmClap/1", "algm::AlgmGbm/1"]
+
+
+@pytest.mark.parametrize("case", RTX_CASES, ids=[c[0] for c in RTX_CASES])
+def test_rtx_algm_nodes_become_plugin_layers_with_reference_shapes(rtx_report, case):
+    name, (gh, gw), P, D, C1, C2, dt, prof = case
+    res = rtx_report["cases"][name]
+    assert res["parsed"], res["errors"]
+    layers = res["layers"]
+    assert layers["algm_clap"]["type"] == "PLUGIN_V3" and layers["algm_gbm"]["type"] == "PLUGIN_V3"
+    assert sum(v["type"].startswith("PLUGIN") for v in layers.values()) == 2
+    # shapes and dtypes from the torch reference on a concrete batch
+    dtype = torch.float32 if dt == "float32" else torch.float16
+    B = prof[1]
+    x = smooth_tokens(B, gh, gw, P, D, seed=0, dtype=dtype)
+    r1 = clap_static(x, gh, gw, 2, 2, P, C1, 0.9)
+    r2 = gbm_static(*r1[:3], P, C2, 5.0)
+    batch = -1 if prof[0] != prof[2] else B
+    names = {torch.float32: "FLOAT", torch.float16: "HALF", torch.int32: "INT32"}
+    for layer, ref in (("algm_clap", r1), ("algm_gbm", r2)):
+        got = layers[layer]["outputs"]
+        want = [[[batch] + list(t.shape[1:]), names[t.dtype]] for t in ref]
+        assert got == want, f"{layer}: {got} != {want}"
+    assert res["engine_bytes"] > 0, "TensorRT-RTX did not build an engine for SM86"
+
+
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--rtx-worker":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.exit(_rtx_worker(sys.argv[2], sys.argv[3]))

@@ -1,0 +1,150 @@
+"""Shared helpers of the plugin tests (no tests in here): building the libraries once per
+session, test data, and checks against the torch reference `algm_export.merging.static`.
+
+The kernels' arithmetic differs from torch's (summation orders), so merge decisions can only
+be compared exactly when no decision sits within rounding of another (spec 2.1). The data
+generators here therefore check, in float64, that every decision has a comfortable margin
+and draw again otherwise; constructed cases with exact ties use values whose arithmetic is
+exact in any order.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from algm_export.merging.dynamic import to_windows
+
+MARGIN = 1e-5
+
+_BUILDS: dict[str, dict] = {}
+
+
+def tensorrt_include() -> Path | None:
+    """TensorRT headers for the plugin build: env ALGM_TENSORRT_INCLUDE, else /work/trt_include/include."""
+    for cand in (os.environ.get("ALGM_TENSORRT_INCLUDE"), "/work/trt_include/include"):
+        if cand and (Path(cand) / "NvInferRuntime.h").is_file():
+            return Path(cand)
+    return None
+
+
+def toolchain_missing() -> str | None:
+    if shutil.which("cmake") is None:
+        return "cmake is not installed"
+    if shutil.which("nvcc") is None and not os.environ.get("CUDACXX") and not Path("/usr/local/cuda/bin/nvcc").exists():
+        return "nvcc (CUDA toolkit) is not installed"
+    return None
+
+
+def build_once(base: Path, key: str, **kwargs) -> dict:
+    """`algm_export.plugins.build_plugins(build_dir=base/key, **kwargs)`, once per process."""
+    from algm_export.plugins import build_plugins
+
+    if key not in _BUILDS:
+        missing = toolchain_missing()
+        if missing:
+            pytest.skip(missing)
+        _BUILDS[key] = build_plugins(build_dir=base / key, **kwargs)
+    return _BUILDS[key]
+
+
+# --------------------------------------------------------------------------- data
+
+def smooth_tokens(B: int, gh: int, gw: int, P: int, D: int, seed: int, noise: float = 0.3,
+                  dtype=torch.float32) -> torch.Tensor:
+    """[B, P+N, D]: a smooth random field plus noise, so that windows and tokens look alike."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(B, D, gh // 2 + 1, gw // 2 + 1, generator=g)
+    f = torch.nn.functional.interpolate(base, size=(gh, gw), mode="bilinear", align_corners=True)
+    f = f + noise * torch.randn(B, D, gh, gw, generator=g)
+    x = torch.cat([torch.randn(B, P, D, generator=g), f.flatten(2).transpose(1, 2)], 1)
+    return x.to(dtype)
+
+
+def duplicated_tokens(B: int, gh: int, gw: int, P: int, D: int, seed: int, dtype=torch.float32) -> torch.Tensor:
+    """[B, P+N, D]: about half of the 2x2 windows hold four near-copies of one token (each window
+    with its own noise level, so window scores are close to 1 but well apart), the rest random."""
+    g = torch.Generator().manual_seed(seed)
+    W = (gh // 2) * (gw // 2)
+    coarse = torch.randn(B, D, gh // 2, gw // 2, generator=g)
+    sigma = torch.linspace(0.01, 0.3, W)[torch.randperm(W, generator=g)].view(1, 1, gh // 2, gw // 2)
+    f = coarse.repeat_interleave(2, 2).repeat_interleave(2, 3)
+    f = f + sigma.repeat_interleave(2, 2).repeat_interleave(2, 3) * torch.randn(B, D, gh, gw, generator=g)
+    keep = (torch.rand(B, 1, gh // 2, gw // 2, generator=g) < 0.5).float()
+    keep = keep.repeat_interleave(2, 2).repeat_interleave(2, 3)
+    f = keep * f + (1 - keep) * torch.randn(B, D, gh, gw, generator=g)
+    x = torch.cat([torch.randn(B, P, D, generator=g), f.flatten(2).transpose(1, 2)], 1)
+    return x.to(dtype)
+
+
+# --------------------------------------------------------------------------- float64 decision margins
+
+def _min_gap(v: torch.Tensor) -> float:
+    """Smallest difference between two entries of v that are not exactly equal (inf if none)."""
+    s = torch.sort(v.flatten()).values
+    d = s[1:] - s[:-1]
+    d = d[d > 0]
+    return float(d.min()) if d.numel() else math.inf
+
+
+def clap_margin(x: torch.Tensor, gh: int, gw: int, wh: int, ww: int, P: int, tau: float) -> float:
+    """Smallest float64 distance of a window score to tau or to another (non-identical) score."""
+    p = to_windows(x[:, P:].double(), (gh, gw), (wh, ww))                   # [B, W, k, D]
+    n = p.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    u = p / n
+    cos = u @ u.transpose(-1, -2)
+    k = p.shape[2]
+    s = (cos.sum((-1, -2)) - cos.diagonal(dim1=-2, dim2=-1).sum(-1)) / (k * (k - 1))
+    m = float((s - tau).abs().min())
+    for b in range(s.shape[0]):
+        m = min(m, _min_gap(s[b]))
+    return m
+
+
+def gbm_margin(x: torch.Tensor, size: torch.Tensor, P: int, C2: int, L: float) -> float:
+    """Smallest float64 margin of GBM's decisions: argmax runner-up gaps of every candidate row,
+    node_max vs tau, and gaps between candidates' node_max values."""
+    m = math.inf
+    xf = x.double()
+    for b in range(x.shape[0]):
+        n_real = int((size[b] > 0).sum())
+        if n_real - P < 2:
+            continue
+        t = xf[b, :n_real]
+        t = t / t.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        a, bb = t[0::2], t[1::2]
+        s = a @ bb.T
+        if P == 2:
+            s[:, 0] = -math.inf
+        rows = s[1:]
+        if rows.shape[1] >= 2:
+            top2 = rows.topk(2, dim=1).values
+            gaps = top2[:, 0] - top2[:, 1]
+            gaps = gaps[torch.isfinite(gaps) & (gaps > 0)]
+            if gaps.numel():
+                m = min(m, float(gaps.min()))
+        nm = rows.max(dim=1).values
+        if nm.numel() >= 2:
+            tau = nm.mean() + nm.std() / L
+            m = min(m, float((nm - tau).abs().min()), _min_gap(nm))
+    return m
+
+
+# --------------------------------------------------------------------------- comparisons
+
+def assert_same(out, ref, tol: float, what: str) -> None:
+    """out, ref = (y, size, assign, stats): decisions exact, tokens within tol (relative to scale)."""
+    y, size, assign, stats = (t.cpu() for t in out)
+    ry, rsize, rassign, rstats = (t.cpu() for t in ref)
+    assert y.shape == ry.shape and y.dtype == ry.dtype, what
+    assert torch.equal(stats, rstats), f"{what}: stats {stats.tolist()} != reference {rstats.tolist()}"
+    assert torch.equal(assign, rassign), f"{what}: assign differs at {(assign != rassign).nonzero()[:5].tolist()}"
+    assert torch.equal(size, rsize), f"{what}: size differs"
+    scale = max(1.0, float(ry.float().abs().max()))
+    err = float((y.float() - ry.float()).abs().max()) if y.numel() else 0.0
+    assert err <= tol * scale, f"{what}: max token error {err:.3g} > {tol} * {scale:.3g}"
