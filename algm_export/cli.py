@@ -56,8 +56,9 @@ def add_predict_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default: %(default)s)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no table")
-    # Engine backends plug in here: an --engine option that sets PredictOptions.backend /
-    # backend_options (see algm_export.predict.register_backend).
+    p.add_argument("--engine", default=None, metavar="FILE",
+                   help="run an exported .onnx (ONNX Runtime) or a built .engine (TensorRT, needs a GPU) "
+                        "instead of PyTorch; --model, --threshold and --layers must match it")
     p.set_defaults(func=cmd_predict)
     return p
 
@@ -68,7 +69,8 @@ def cmd_predict(args) -> int:
     opts = PredictOptions(
         model=args.model, threshold=args.threshold, layers=parse_layers(args.layers), algm=not args.no_algm,
         out=args.out, sliding=args.sliding, batch_size=args.batch_size, device=args.device,
-        backend=getattr(args, "backend", "torch"), backend_options=getattr(args, "backend_options", {}) or {},
+        backend="engine" if args.engine else "torch",
+        backend_options={"engine": args.engine} if args.engine else {},
     )
     records = run_predict(args.images, opts, progress=not args.quiet)
     if not args.quiet:

@@ -140,7 +140,53 @@ class TorchRunner:
         return {"backend": self.name, "device": str(self.device)}
 
 
-BACKENDS: dict[str, Callable[..., Any]] = {"torch": TorchRunner}
+class EngineRunner:
+    """An exported ONNX (ONNX Runtime) or a built engine (TensorRT) as a predict backend.
+
+    Fixed input size (the model's); token counts come from the `merge_stats` output. Engines
+    do not output assignment maps, so no merge picture is drawn for them.
+    """
+
+    def __init__(self, model: Segmenter, setting: Optional[AlgmSetting], engine: str = "", device: str = "cpu"):
+        from algm_export.errors import ConfigError
+
+        path = Path(engine)
+        if not path.exists():
+            raise ConfigError(f"--engine {engine}: no such file; give an exported .onnx or a built .engine")
+        if path.suffix == ".onnx":
+            from algm_export.runtimes.onnxruntime import OrtRunner
+
+            self.impl, self.name = OrtRunner(path), "onnxruntime"
+        else:
+            from algm_export.runtimes.tensorrt.runner import HostTrtRunner, TrtRunner
+
+            self.impl, self.name = HostTrtRunner(TrtRunner(path), f"trt:{path.name}"), "tensorrt"
+        self.input_size = tuple(model.cfg.image_size)
+        self.setting = setting
+        self.window = setting.window if setting is not None else (2, 2)
+        self.n = model.cfg.grid[0] * model.cfg.grid[1]
+        self.merge_stats: Optional[dict] = None
+        self.assignments: Optional[list] = None
+        self.path = path
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        out = self.impl.infer(batch)
+        st = out.get("merge_stats")
+        if st is not None:
+            st = torch.from_numpy(st).long()
+            k = self.window[0] * self.window[1]
+            tokens, t = [], torch.full((st.shape[0],), self.n, dtype=torch.long)
+            for i in range(st.shape[1]):
+                t = t - st[:, i, 0] * ((k - 1) if i == 0 else 1)
+                tokens.append(t)
+            self.merge_stats = {"tokens": torch.stack(tokens, 1), "merges": st[..., 0], "forced": st[..., 1]}
+        return torch.from_numpy(out["logits"])
+
+    def info(self) -> dict:
+        return {"backend": self.name, "engine": str(self.path)}
+
+
+BACKENDS: dict[str, Callable[..., Any]] = {"torch": TorchRunner, "engine": EngineRunner}
 
 
 def register_backend(name: str, factory: Callable[..., Any]) -> None:

@@ -143,3 +143,17 @@ def test_report_renders_in_headless_chromium(export_dir, tmp_path):
     assert arr.std() > 20, "the screenshot is blank"
     # the bench plot and merge pictures are images: large areas that are not page background
     assert (arr.sum(-1) < 600).mean() > 0.05
+
+
+def test_predict_with_exported_onnx(export_dir, ckpt, tmp_path):
+    from algm_export.cli import main
+
+    man = load_manifest(export_dir)
+    s = man["settings"][1]
+    code = main(["predict", "sample:coffee", "--model", str(ckpt), "--threshold", str(s["threshold"]),
+                 "--engine", str(export_dir / s["onnx"]), "--out", str(tmp_path), "-q"])
+    assert code == 0
+    rec = json.loads((tmp_path / "coffee_tokens.json").read_text())
+    assert (tmp_path / "coffee_seg.png").exists()
+    text = json.dumps(rec)
+    assert "onnxruntime" in text
