@@ -296,7 +296,10 @@ def plugin_library(tmp_path_factory):
     except ImportError as e:
         pytest.skip(f"the algm plugin library is not available yet (algm_export.plugins: {e})")
     try:
-        paths = build_plugins(build_dir=tmp_path_factory.mktemp("plugins"), archs=[86], require_plugins=True)
+        from test_plugins_support import tensorrt_include
+
+        paths = build_plugins(build_dir=tmp_path_factory.mktemp("plugins"), archs=[86], require_plugins=True,
+                              tensorrt_include=tensorrt_include())
     except (AlgmError, OSError) as e:
         pytest.skip(f"cannot build the algm plugin library here (TensorRT headers: set ALGM_TENSORRT_INCLUDE; "
                     f"nvcc, cmake): {str(e).splitlines()[0]}")
