@@ -14,14 +14,13 @@ mIoU >= 99.5. Outputs are saved as polygraphy RunResults (`polygraphy run --load
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from algm_export.errors import ArtifactError, BackendUnavailable, ConfigError
+from algm_export.errors import ArtifactError, ConfigError
 from algm_export.manifest import load_manifest, write_json_atomic
 from algm_export.progress import progress_bar
 
@@ -88,7 +87,6 @@ def validate(export_dir, images=None, backend: str = "ort", labels=None, precisi
              limits: Optional[Limits] = None, save_outputs: bool = True, limit_images: Optional[int] = None,
              model=None) -> dict:
     """Run the parity check; returns the report (also written to DIR/validation/report.<backend>.json)."""
-    import torch
     from polygraphy.comparator import RunResults
     from polygraphy.comparator.struct import IterationResult
 

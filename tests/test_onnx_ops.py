@@ -1,11 +1,9 @@
 """Op level: the ONNX function bodies against the torch ops (property-based, hypothesis)."""
 
-import math
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -1,12 +1,9 @@
 """export folder -> validate (ORT) -> bench -> report, on a small published-format checkpoint."""
 
 import json
-import os
 import subprocess
-import sys
 
 import numpy as np
-import onnx
 import pytest
 
 from algm_export.errors import ArtifactError, CapacityError

@@ -16,7 +16,6 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import onnx
 import torch

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import onnx
 import onnxscript
-from onnxscript import FLOAT, INT32, INT64
 from onnxscript import opset20 as op
 
 DOMAIN = "algm"

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import datetime as _dt
-import os
 from pathlib import Path
 from typing import Optional, Sequence
 
 import onnx
-import torch
 
 from algm_export.calibrate import calibrate
 from algm_export.errors import ArtifactError, ConfigError
 from algm_export.export.exporter import export_onnx
 from algm_export.export.readiness import check_readiness
-from algm_export.manifest import MANIFEST, save_manifest, sha256_file, tool_versions
+from algm_export.manifest import save_manifest, sha256_file, tool_versions
 from algm_export.merging.patch import apply_algm
 from algm_export.merging.setting import AlgmSetting
 from algm_export.progress import progress_bar, status

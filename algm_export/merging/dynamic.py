@@ -67,7 +67,6 @@ def clap(x: torch.Tensor, size: torch.Tensor, grid, window, threshold: float, nu
     k = window[0] * window[1]
     prefix, patches = x[:, :P], x[:, P:]
     score = window_scores(patches, grid, window)                            # [B, W]
-    W = score.shape[1]
     r = int((score >= threshold).sum(dim=1).min())
     order = torch.sort(score, dim=1, descending=True, stable=True).indices   # ties: lower index first
     merged_w = order[:, :r]                                                  # [B, r], decreasing score
