@@ -46,6 +46,8 @@ def main():
     ap.add_argument("--model", default="builtin:vit_ti16_512")
     ap.add_argument("--settings", type=int, default=10)
     ap.add_argument("--images", type=int, default=50)
+    ap.add_argument("--same", type=float, default=None,
+                    help="run every round at this one threshold (separates a leak from growing capacities)")
     a = ap.parse_args()
     import torch
 
@@ -60,7 +62,7 @@ def main():
     cfg = model.cfg
     pairs = images(a.images)
     xs = [to_model_input(img, cfg.image_size, cfg.normalization) for _, img in pairs]
-    thresholds = np.linspace(0.80, 0.98, a.settings)
+    thresholds = np.linspace(0.80, 0.98, a.settings) if a.same is None else np.full(a.settings, a.same)
     rows = []
     t0 = time.time()
     with tempfile.TemporaryDirectory() as d:
