@@ -37,7 +37,7 @@ def run_demo(out: str = "algm-demo", model_spec: str = "builtin:vit_s16_512",
         status(f"[2/4] validate against PyTorch on {b}")
         reports.append(validate(out, backend=b, limit_images=validate_images, model=model))
     status(f"[3/4] benchmark side by side on {', '.join(backends)}")
-    br = bench(out, backends=backends, repeats=repeats, model=model)
+    br = bench(out, backends=backends, batches=(1, 4), repeats=repeats, model=model)
     status("[4/4] report")
     page = write_report(out, model=model)
     return {"export": man, "validation": reports, "bench": br, "report": page, "seconds": time.time() - t0,
@@ -50,7 +50,7 @@ def summary_lines(res: dict) -> list[str]:
     for r in br["results"]:
         if r["setting"] == "baseline" or r["backend"] != "ort":
             continue
-        lines.append(f"  {r['setting']}: {r['speedup']:.2f}x measured vs FLOP ratio {r['flop_ratio']:.2f} "
+        lines.append(f"  ort batch {r['batch']} {r['setting']}: {r['speedup']:.2f}x measured vs FLOP ratio {r['flop_ratio']:.2f} "
                      f"({100 * r['speedup_vs_flop_ratio']:.0f}% of ideal), capacities {r['capacities']}")
     ok = all(rep["pass"] for rep in res["validation"])
     lines.insert(0, f"parity: {'PASS' if ok else 'FAIL'} on {', '.join(r['backend'] for r in res['validation'])}")
