@@ -67,7 +67,10 @@ def test_validate_ort_passes_with_merges(export_dir):
 
     rr = RunResults.load(str(saved))
     assert len(rr) == 2 and len(list(rr.values())[0]) == 4
-    assert "logits" in list(rr.values())[0][0]
+    first = list(rr.values())[0][0]
+    assert set(first) == {"labels", "logits_stride16", "merge_stats"}
+    assert first["labels"].shape == (1, 128, 128) and first["logits_stride16"].shape == (1, 21, 8, 8)
+    assert saved.stat().st_size < 2_000_000
     txt = format_report(rep)
     assert "PASS" in txt and "parity" not in txt.lower() or True
 
