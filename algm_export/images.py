@@ -241,7 +241,7 @@ def to_model_input(img: np.ndarray, size, normalization: str = "vit", device=Non
 
     if normalization not in NORMALIZATION:
         raise ConfigError(f"unknown normalization {normalization!r}; use one of {sorted(NORMALIZATION)}")
-    a = to_rgb_uint8(img)
+    a = np.array(to_rgb_uint8(img))  # a writable copy (torch does not take read-only arrays)
     x = torch.from_numpy(a).to(device=device).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
     if size is not None:
         if isinstance(size, int):

@@ -157,3 +157,28 @@ def test_predict_with_exported_onnx(export_dir, ckpt, tmp_path):
     assert (tmp_path / "coffee_seg.png").exists()
     text = json.dumps(rec)
     assert "onnxruntime" in text
+
+
+def test_validate_with_labels_reports_real_miou(export_dir, tmp_path):
+    """ADE20K layout (images/, annotations/, label 0 ignored): real mIoU of PyTorch and the backend."""
+    from PIL import Image
+
+    from algm_export.images import sample_images
+    from algm_export.validate import format_report, validate
+
+    root = tmp_path / "ade"
+    (root / "images").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    rng = np.random.default_rng(0)
+    for name, img in sample_images(2):
+        small = np.asarray(Image.fromarray(img).resize((160, 128)))
+        Image.fromarray(small).save(root / "images" / f"{name}.jpg")
+        lab = rng.integers(0, 22, size=small.shape[:2], dtype=np.uint8)   # 0 = ignored, 1..21 = classes
+        Image.fromarray(lab).save(root / "annotations" / f"{name}.png")
+    rep = validate(export_dir, backend="ort", labels=root, limit_images=2, save_outputs=False)
+    for e in rep["entries"]:
+        s = e["summary"]
+        assert s["label_images"] == 2
+        assert 0.0 <= s["miou_torch"] <= 100.0 and 0.0 <= s["miou_backend"] <= 100.0
+        assert abs(s["miou_delta"]) < 1.0
+    assert "mIoU torch" in format_report(rep)
