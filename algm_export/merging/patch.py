@@ -21,7 +21,7 @@ from algm_export.errors import CapacityError, ConfigError, InputError
 from algm_export.merging import dynamic
 from algm_export.merging.setting import AlgmSetting
 from algm_export.merging.static import clap_capacity_bounds, gbm_capacity_min
-from algm_export.models.segmenter import Segmenter, block_forward, key_bias_from_size, tokens_to_masks
+from algm_export.models.segmenter import KeyMask, Segmenter, block_forward, key_bias_from_size, tokens_to_masks
 
 
 def _nonfinite_error(bad: list) -> InputError:
@@ -112,8 +112,11 @@ class AlgmSegmenter(nn.Module):
         tokens, merges, forced, assigns = [], [], [], []
         padded = False
 
+        mask = None  # the padding mask of the current token state, shared by its blocks
         for li, blk in enumerate(m.encoder.blocks, start=1):
-            bias = key_bias_from_size(state["size"], x.dtype) if padded else None
+            if padded and mask is None:
+                mask = KeyMask(key_bias_from_size(state["size"], x.dtype))
+            bias = mask if padded else None
             if li in steps:
                 step = steps[li]
 
@@ -126,6 +129,7 @@ class AlgmSegmenter(nn.Module):
 
                 x = block_forward(blk, x, bias, merge)
                 padded = padded or self.static
+                mask = None  # the merge changed the token state
                 tokens.append((state["size"][:, P:] > 0).sum(1))
                 assigns.append(state["assign"].long())
             else:

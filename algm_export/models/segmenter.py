@@ -33,10 +33,32 @@ LayerNorm = partial(nn.LayerNorm, eps=1e-5)  # the published ViT uses PyTorch's 
 
 # ----------------------------------------------------------------------------- blocks
 
-def attention_forward(attn: nn.Module, x: torch.Tensor, key_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+class KeyMask:
+    """The padding mask of one token state, prepared once and shared by every block.
+
+    The key bias rides in one extra attention channel (q: 1, k: bias / scale), so masking costs
+    O(T) per block instead of a pass over the [B, H, T, T] scores: (q.k) * scale + bias. The
+    channels are built once per (heads, scale, dtype) and reused by all blocks of that shape.
+    """
+
+    def __init__(self, bias: torch.Tensor):
+        self.bias = bias  # [B, 1, 1, T]
+        self._channels: dict = {}
+
+    def channels(self, heads: int, scale: float, dtype: torch.dtype):
+        key = (heads, float(scale), dtype)
+        if key not in self._channels:
+            B, T = self.bias.shape[0], self.bias.shape[-1]
+            kb = (self.bias.reshape(B, 1, T, 1) / scale).expand(B, heads, T, 1).to(dtype)
+            self._channels[key] = (torch.ones_like(kb), kb)
+        return self._channels[key]
+
+
+def attention_forward(attn: nn.Module, x: torch.Tensor, key_bias=None) -> torch.Tensor:
     """timm `Attention` written out (as the published Segmenter does), with an additive key bias.
 
-    x: [B, T, C]; key_bias: [B, 1, 1, T] (0 for real keys, dtype-lowest for padding) or None.
+    x: [B, T, C]; key_bias: a `KeyMask`, a [B, 1, 1, T] bias (0 for real keys, very negative for
+    padding), or None.
     """
     B, T, C = x.shape
     H = attn.num_heads
@@ -44,11 +66,10 @@ def attention_forward(attn: nn.Module, x: torch.Tensor, key_bias: Optional[torch
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
     if key_bias is not None:
-        # The key bias rides in one extra channel (q: 1, k: bias / scale), so the masking costs
-        # O(T) instead of a pass over the [B, H, T, T] scores: (q.k) * scale + bias.
-        kb = (key_bias.reshape(B, 1, T, 1) / attn.scale).expand(B, H, T, 1).to(k.dtype)
-        q = torch.cat([q, torch.ones_like(q[..., :1])], dim=-1)
-        k = torch.cat([k, kb], dim=-1)
+        mask = key_bias if isinstance(key_bias, KeyMask) else KeyMask(key_bias)
+        q_one, k_bias = mask.channels(H, attn.scale, k.dtype)
+        q = torch.cat([q, q_one], dim=-1)
+        k = torch.cat([k, k_bias], dim=-1)
     a = (q @ k.transpose(-2, -1)) * attn.scale
     a = a.float().softmax(dim=-1).to(v.dtype) if a.dtype == torch.float16 else a.softmax(dim=-1)
     out = (a @ v).transpose(1, 2).reshape(B, T, C)
@@ -127,7 +148,7 @@ class MaskTransformer(nn.Module):
         x = torch.cat((x, self.cls_emb.expand(B, -1, -1).to(x.dtype)), dim=1)
         bias = None
         if key_bias is not None:  # class embeddings are always real keys
-            bias = F.pad(key_bias, (0, self.n_cls), value=0.0)
+            bias = KeyMask(F.pad(key_bias, (0, self.n_cls), value=0.0))
         for blk in self.blocks:
             x = block_forward(blk, x, bias)
         x = self.decoder_norm(x)
