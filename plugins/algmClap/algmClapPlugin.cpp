@@ -12,21 +12,12 @@
 #include "algmClapKernel.h"
 
 #include <cstring>
-#include <exception>
 #include <sstream>
 
 namespace algm
 {
 namespace plugin
 {
-namespace
-{
-
-constexpr char const* kClapName = "AlgmClap";
-constexpr int32_t kNbInputs = 1;
-constexpr int32_t kNbOutputs = 4;
-
-} // namespace
 
 AlgmClapPlugin::AlgmClapPlugin(ClapAttributes const& attrs)
     : mAttrs(attrs)
@@ -35,10 +26,7 @@ AlgmClapPlugin::AlgmClapPlugin(ClapAttributes const& attrs)
 }
 
 AlgmClapPlugin::AlgmClapPlugin(AlgmClapPlugin const& other)
-    : nvinfer1::IPluginV3(other)
-    , nvinfer1::IPluginV3OneCore(other)
-    , nvinfer1::IPluginV3OneBuild(other)
-    , nvinfer1::IPluginV3OneRuntime(other)
+    : AlgmPluginBase(other)
     , mAttrs(other.mAttrs)
 {
     initFields();
@@ -54,52 +42,12 @@ void AlgmClapPlugin::initFields()
     mFields.emplace_back("num_prefix", &mAttrs.numPrefix, nvinfer1::PluginFieldType::kINT32, 1);
     mFields.emplace_back("capacity", &mAttrs.capacity, nvinfer1::PluginFieldType::kINT32, 1);
     mFields.emplace_back("threshold", &mAttrs.threshold, nvinfer1::PluginFieldType::kFLOAT32, 1);
-    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
-    mFieldCollection.fields = mFields.data();
+    publishFields();
     std::ostringstream s;
-    s << kClapName << " grid=" << mAttrs.gridH << "x" << mAttrs.gridW << " window=" << mAttrs.windowH << "x"
+    s << kName << " grid=" << mAttrs.gridH << "x" << mAttrs.gridW << " window=" << mAttrs.windowH << "x"
       << mAttrs.windowW << " num_prefix=" << mAttrs.numPrefix << " capacity=" << mAttrs.capacity
       << " threshold=" << mAttrs.threshold;
     mMetadata = s.str();
-}
-
-nvinfer1::IPluginCapability* AlgmClapPlugin::getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept
-{
-    switch (type)
-    {
-    case nvinfer1::PluginCapabilityType::kBUILD: return static_cast<nvinfer1::IPluginV3OneBuild*>(this);
-    case nvinfer1::PluginCapabilityType::kRUNTIME: return static_cast<nvinfer1::IPluginV3OneRuntime*>(this);
-    case nvinfer1::PluginCapabilityType::kCORE: return static_cast<nvinfer1::IPluginV3OneCore*>(this);
-    }
-    return nullptr;
-}
-
-nvinfer1::IPluginV3* AlgmClapPlugin::clone() noexcept
-{
-    try
-    {
-        return new AlgmClapPlugin(*this);
-    }
-    catch (std::exception const& e)
-    {
-        logError(std::string(kClapName) + ": clone failed: " + e.what());
-    }
-    return nullptr;
-}
-
-char const* AlgmClapPlugin::getPluginName() const noexcept
-{
-    return kClapName;
-}
-
-char const* AlgmClapPlugin::getPluginVersion() const noexcept
-{
-    return kPluginVersion;
-}
-
-char const* AlgmClapPlugin::getPluginNamespace() const noexcept
-{
-    return kPluginNamespace;
 }
 
 bool AlgmClapPlugin::checkInputDims(nvinfer1::Dims const& dims, bool allowWildcards) const noexcept
@@ -107,12 +55,12 @@ bool AlgmClapPlugin::checkInputDims(nvinfer1::Dims const& dims, bool allowWildca
     int64_t const tokens = static_cast<int64_t>(mAttrs.numPrefix) + static_cast<int64_t>(mAttrs.gridH) * mAttrs.gridW;
     if (dims.nbDims != 3)
     {
-        logError(std::string(kClapName) + ": x must be [B, P+N, D], got rank " + std::to_string(dims.nbDims));
+        logError(std::string(kName) + ": x must be [B, P+N, D], got rank " + std::to_string(dims.nbDims));
         return false;
     }
     if (dims.d[1] != tokens && !(allowWildcards && dims.d[1] == -1))
     {
-        logError(std::string(kClapName) + ": x has " + std::to_string(dims.d[1]) + " tokens, expected num_prefix + "
+        logError(std::string(kName) + ": x has " + std::to_string(dims.d[1]) + " tokens, expected num_prefix + "
             + "grid_h * grid_w = " + std::to_string(tokens));
         return false;
     }
@@ -138,7 +86,7 @@ int32_t AlgmClapPlugin::getOutputDataTypes(nvinfer1::DataType* outputTypes, int3
     }
     if (toAlgmDtype(inputTypes[0]) < 0)
     {
-        logError(std::string(kClapName) + ": x must be float32 or float16");
+        logError(std::string(kName) + ": x must be float32 or float16");
         return -1;
     }
     outputTypes[0] = inputTypes[0];
@@ -159,13 +107,13 @@ int32_t AlgmClapPlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32
     nvinfer1::DimsExprs const& x = inputs[0];
     if (x.nbDims != 3)
     {
-        logError(std::string(kClapName) + ": x must be [B, P+N, D]");
+        logError(std::string(kName) + ": x must be [B, P+N, D]");
         return -1;
     }
     int64_t const n = static_cast<int64_t>(mAttrs.gridH) * mAttrs.gridW;
     if (x.d[1]->isConstant() && x.d[1]->getConstantValue() != mAttrs.numPrefix + n)
     {
-        logError(std::string(kClapName) + ": x has " + std::to_string(x.d[1]->getConstantValue())
+        logError(std::string(kName) + ": x has " + std::to_string(x.d[1]->getConstantValue())
             + " tokens, expected num_prefix + grid_h * grid_w = " + std::to_string(mAttrs.numPrefix + n));
         return -1;
     }
@@ -208,11 +156,6 @@ bool AlgmClapPlugin::supportsFormatCombination(
     }
 }
 
-int32_t AlgmClapPlugin::getNbOutputs() const noexcept
-{
-    return kNbOutputs;
-}
-
 size_t AlgmClapPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
     nvinfer1::DynamicPluginTensorDesc const* /*outputs*/, int32_t /*nbOutputs*/) const noexcept
 {
@@ -227,11 +170,6 @@ size_t AlgmClapPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const*
     }
     return algmClapWorkspaceSize(static_cast<int32_t>(maxBatch), mAttrs.gridH, mAttrs.gridW, mAttrs.windowH,
         mAttrs.windowW, mAttrs.numPrefix, mAttrs.capacity);
-}
-
-char const* AlgmClapPlugin::getMetadataString() noexcept
-{
-    return mMetadata.c_str();
 }
 
 int32_t AlgmClapPlugin::onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
@@ -268,25 +206,16 @@ int32_t AlgmClapPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
         reinterpret_cast<void*>(stream));
     if (status != ALGM_STATUS_SUCCESS)
     {
-        logError(std::string(kClapName) + ": enqueue failed: " + algmStatusString(status));
+        logError(std::string(kName) + ": enqueue failed: " + algmStatusString(status));
         return -1;
     }
     return 0;
 }
 
-nvinfer1::IPluginV3* AlgmClapPlugin::attachToContext(nvinfer1::IPluginResourceContext* /*context*/) noexcept
-{
-    return clone();
-}
-
-nvinfer1::PluginFieldCollection const* AlgmClapPlugin::getFieldsToSerialize() noexcept
-{
-    return &mFieldCollection;
-}
-
 // ---------------------------------------------------------------------------------------------- creator
 
 AlgmClapPluginCreator::AlgmClapPluginCreator()
+    : AlgmPluginCreatorBase(AlgmClapPlugin::kName)
 {
     mFieldNames.add("grid_h", nvinfer1::PluginFieldType::kINT32);
     mFieldNames.add("grid_w", nvinfer1::PluginFieldType::kINT32);
@@ -299,118 +228,74 @@ AlgmClapPluginCreator::AlgmClapPluginCreator()
     mFieldNames.add("plugin_namespace", nvinfer1::PluginFieldType::kCHAR);
 }
 
-char const* AlgmClapPluginCreator::getPluginName() const noexcept
+nvinfer1::IPluginV3* AlgmClapPluginCreator::createFromFields(
+    std::string const& layer, nvinfer1::PluginFieldCollection const& fc)
 {
-    return kClapName;
-}
-
-char const* AlgmClapPluginCreator::getPluginVersion() const noexcept
-{
-    return kPluginVersion;
-}
-
-char const* AlgmClapPluginCreator::getPluginNamespace() const noexcept
-{
-    return kPluginNamespace;
-}
-
-nvinfer1::PluginFieldCollection const* AlgmClapPluginCreator::getFieldNames() noexcept
-{
-    return mFieldNames.collection();
-}
-
-nvinfer1::IPluginV3* AlgmClapPluginCreator::createPlugin(
-    char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase /*phase*/) noexcept
-{
-    try
+    ClapAttributes a;
+    struct IntField
     {
-        std::string const layer = std::string(kClapName) + " '" + (name ? name : "") + "'";
-        if (fc == nullptr || (fc->nbFields > 0 && fc->fields == nullptr))
+        char const* name;
+        int32_t* dst;
+        bool seen;
+    };
+    IntField ints[] = {{"grid_h", &a.gridH, false}, {"grid_w", &a.gridW, false}, {"window_h", &a.windowH, false},
+        {"window_w", &a.windowW, false}, {"num_prefix", &a.numPrefix, false}, {"capacity", &a.capacity, false}};
+    bool seenThreshold = false;
+    bool const fieldsOk = visitPluginFields(fc, AlgmClapPlugin::kName, layer, [&](nvinfer1::PluginField const& f) {
+        for (auto& it : ints)
         {
-            logError(layer + ": no plugin fields");
-            return nullptr;
-        }
-        ClapAttributes a;
-        struct IntField
-        {
-            char const* name;
-            int32_t* dst;
-            bool seen;
-        };
-        IntField ints[] = {{"grid_h", &a.gridH, false}, {"grid_w", &a.gridW, false}, {"window_h", &a.windowH, false},
-            {"window_w", &a.windowW, false}, {"num_prefix", &a.numPrefix, false}, {"capacity", &a.capacity, false}};
-        bool seenThreshold = false;
-        for (int32_t i = 0; i < fc->nbFields; ++i)
-        {
-            nvinfer1::PluginField const& f = fc->fields[i];
-            if (f.name == nullptr)
+            if (std::strcmp(f.name, it.name) == 0)
             {
-                continue;
-            }
-            if (!checkVersionFields(f, kClapName))
-            {
-                return nullptr;
-            }
-            bool known = std::strcmp(f.name, "plugin_version") == 0 || std::strcmp(f.name, "plugin_namespace") == 0;
-            for (auto& it : ints)
-            {
-                if (std::strcmp(f.name, it.name) == 0)
+                if (!readIntField(f, *it.dst))
                 {
-                    known = true;
-                    if (!readIntField(f, *it.dst))
-                    {
-                        logError(layer + ": field " + it.name + " must be an integer");
-                        return nullptr;
-                    }
-                    it.seen = true;
+                    logError(layer + ": field " + it.name + " must be an integer");
+                    return FieldStatus::kERROR;
                 }
-            }
-            if (std::strcmp(f.name, "threshold") == 0)
-            {
-                known = true;
-                if (!readFloatField(f, a.threshold))
-                {
-                    logError(layer + ": field threshold must be a float");
-                    return nullptr;
-                }
-                seenThreshold = true;
-            }
-            if (!known)
-            {
-                log(nvinfer1::ILogger::Severity::kWARNING, layer + ": ignoring unknown field " + f.name);
+                it.seen = true;
+                return FieldStatus::kKNOWN;
             }
         }
-        for (auto const& it : ints)
+        if (std::strcmp(f.name, "threshold") == 0)
         {
-            if (!it.seen)
+            if (!readFloatField(f, a.threshold))
             {
-                logError(layer + ": missing field " + it.name);
-                return nullptr;
+                logError(layer + ": field threshold must be a float");
+                return FieldStatus::kERROR;
             }
+            seenThreshold = true;
+            return FieldStatus::kKNOWN;
         }
-        if (!seenThreshold)
-        {
-            logError(layer + ": missing field threshold");
-            return nullptr;
-        }
-        if (algmClapCheckAttributes(a.gridH, a.gridW, a.windowH, a.windowW, a.numPrefix, a.capacity)
-            != ALGM_STATUS_SUCCESS)
-        {
-            std::ostringstream s;
-            s << layer << ": unsupported attributes grid=" << a.gridH << "x" << a.gridW << " window=" << a.windowH
-              << "x" << a.windowW << " num_prefix=" << a.numPrefix << " capacity=" << a.capacity
-              << " (need: window divides grid, 2 <= window area <= 64, grid_h*grid_w <= 8192, num_prefix in {1, 2},"
-                 " N/k <= capacity <= N)";
-            logError(s.str());
-            return nullptr;
-        }
-        return new AlgmClapPlugin(a);
-    }
-    catch (std::exception const& e)
+        return FieldStatus::kUNKNOWN;
+    });
+    if (!fieldsOk)
     {
-        logError(std::string(kClapName) + ": createPlugin failed: " + e.what());
+        return nullptr;
     }
-    return nullptr;
+    for (auto const& it : ints)
+    {
+        if (!it.seen)
+        {
+            logError(layer + ": missing field " + it.name);
+            return nullptr;
+        }
+    }
+    if (!seenThreshold)
+    {
+        logError(layer + ": missing field threshold");
+        return nullptr;
+    }
+    if (algmClapCheckAttributes(a.gridH, a.gridW, a.windowH, a.windowW, a.numPrefix, a.capacity)
+        != ALGM_STATUS_SUCCESS)
+    {
+        std::ostringstream s;
+        s << layer << ": unsupported attributes grid=" << a.gridH << "x" << a.gridW << " window=" << a.windowH << "x"
+          << a.windowW << " num_prefix=" << a.numPrefix << " capacity=" << a.capacity
+          << " (need: window divides grid, 2 <= window area <= 64, grid_h*grid_w <= 8192, num_prefix in {1, 2},"
+             " N/k <= capacity <= N)";
+        logError(s.str());
+        return nullptr;
+    }
+    return new AlgmClapPlugin(a);
 }
 
 } // namespace plugin

@@ -10,7 +10,6 @@
 #include <NvInferRuntime.h>
 
 #include <string>
-#include <vector>
 
 namespace algm
 {
@@ -28,25 +27,15 @@ struct ClapAttributes
     float threshold{0.0f};
 };
 
-class AlgmClapPlugin : public nvinfer1::IPluginV3,
-                       public nvinfer1::IPluginV3OneCore,
-                       public nvinfer1::IPluginV3OneBuild,
-                       public nvinfer1::IPluginV3OneRuntime
+class AlgmClapPlugin : public AlgmPluginBase<AlgmClapPlugin>
 {
 public:
+    static constexpr char const* kName = "AlgmClap";
+    static constexpr int32_t kNbInputs = 1;
+    static constexpr int32_t kNbOutputs = 4;
+
     explicit AlgmClapPlugin(ClapAttributes const& attrs);
     AlgmClapPlugin(AlgmClapPlugin const& other);
-    AlgmClapPlugin& operator=(AlgmClapPlugin const&) = delete;
-    ~AlgmClapPlugin() override = default;
-
-    // IPluginV3
-    nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
-    nvinfer1::IPluginV3* clone() noexcept override;
-
-    // IPluginV3OneCore
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
 
     // IPluginV3OneBuild
     int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
@@ -58,18 +47,14 @@ public:
         nvinfer1::IExprBuilder& exprBuilder) noexcept override;
     bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
         int32_t nbOutputs) noexcept override;
-    int32_t getNbOutputs() const noexcept override;
     size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
         nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
-    char const* getMetadataString() noexcept override;
 
     // IPluginV3OneRuntime
     int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const* out,
         int32_t nbOutputs) noexcept override;
     int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
         void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
-    nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext* context) noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
     ClapAttributes const& attributes() const noexcept
     {
@@ -81,26 +66,16 @@ private:
     bool checkInputDims(nvinfer1::Dims const& dims, bool allowWildcards) const noexcept;
 
     ClapAttributes mAttrs;
-    std::string mMetadata;
-    std::vector<nvinfer1::PluginField> mFields;
-    nvinfer1::PluginFieldCollection mFieldCollection{};
 };
 
-class AlgmClapPluginCreator : public nvinfer1::IPluginCreatorV3One
+class AlgmClapPluginCreator : public AlgmPluginCreatorBase
 {
 public:
     AlgmClapPluginCreator();
-    ~AlgmClapPluginCreator() override = default;
 
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    char const* getPluginNamespace() const noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
-    nvinfer1::IPluginV3* createPlugin(
-        char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
-
-private:
-    FieldList mFieldNames;
+protected:
+    nvinfer1::IPluginV3* createFromFields(
+        std::string const& layer, nvinfer1::PluginFieldCollection const& fc) override;
 };
 
 } // namespace plugin

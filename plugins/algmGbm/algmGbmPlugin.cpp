@@ -11,21 +11,12 @@
 #include "algmGbmKernel.h"
 
 #include <cstring>
-#include <exception>
 #include <sstream>
 
 namespace algm
 {
 namespace plugin
 {
-namespace
-{
-
-constexpr char const* kGbmName = "AlgmGbm";
-constexpr int32_t kNbInputs = 3;
-constexpr int32_t kNbOutputs = 4;
-
-} // namespace
 
 AlgmGbmPlugin::AlgmGbmPlugin(GbmAttributes const& attrs)
     : mAttrs(attrs)
@@ -34,10 +25,7 @@ AlgmGbmPlugin::AlgmGbmPlugin(GbmAttributes const& attrs)
 }
 
 AlgmGbmPlugin::AlgmGbmPlugin(AlgmGbmPlugin const& other)
-    : nvinfer1::IPluginV3(other)
-    , nvinfer1::IPluginV3OneCore(other)
-    , nvinfer1::IPluginV3OneBuild(other)
-    , nvinfer1::IPluginV3OneRuntime(other)
+    : AlgmPluginBase(other)
     , mAttrs(other.mAttrs)
 {
     initFields();
@@ -49,51 +37,11 @@ void AlgmGbmPlugin::initFields()
     mFields.emplace_back("num_prefix", &mAttrs.numPrefix, nvinfer1::PluginFieldType::kINT32, 1);
     mFields.emplace_back("capacity", &mAttrs.capacity, nvinfer1::PluginFieldType::kINT32, 1);
     mFields.emplace_back("divisor", &mAttrs.divisor, nvinfer1::PluginFieldType::kFLOAT32, 1);
-    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
-    mFieldCollection.fields = mFields.data();
+    publishFields();
     std::ostringstream s;
-    s << kGbmName << " num_prefix=" << mAttrs.numPrefix << " capacity=" << mAttrs.capacity
+    s << kName << " num_prefix=" << mAttrs.numPrefix << " capacity=" << mAttrs.capacity
       << " divisor=" << mAttrs.divisor;
     mMetadata = s.str();
-}
-
-nvinfer1::IPluginCapability* AlgmGbmPlugin::getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept
-{
-    switch (type)
-    {
-    case nvinfer1::PluginCapabilityType::kBUILD: return static_cast<nvinfer1::IPluginV3OneBuild*>(this);
-    case nvinfer1::PluginCapabilityType::kRUNTIME: return static_cast<nvinfer1::IPluginV3OneRuntime*>(this);
-    case nvinfer1::PluginCapabilityType::kCORE: return static_cast<nvinfer1::IPluginV3OneCore*>(this);
-    }
-    return nullptr;
-}
-
-nvinfer1::IPluginV3* AlgmGbmPlugin::clone() noexcept
-{
-    try
-    {
-        return new AlgmGbmPlugin(*this);
-    }
-    catch (std::exception const& e)
-    {
-        logError(std::string(kGbmName) + ": clone failed: " + e.what());
-    }
-    return nullptr;
-}
-
-char const* AlgmGbmPlugin::getPluginName() const noexcept
-{
-    return kGbmName;
-}
-
-char const* AlgmGbmPlugin::getPluginVersion() const noexcept
-{
-    return kPluginVersion;
-}
-
-char const* AlgmGbmPlugin::getPluginNamespace() const noexcept
-{
-    return kPluginNamespace;
 }
 
 // dims: x, size, assign. With allowWildcards, -1 extents (build time) are not checked.
@@ -104,13 +52,13 @@ bool AlgmGbmPlugin::checkInputDims(nvinfer1::Dims const* dims, bool allowWildcar
     nvinfer1::Dims const& a = dims[2];
     if (x.nbDims != 3 || s.nbDims != 2 || a.nbDims != 2)
     {
-        logError(std::string(kGbmName) + ": expected x [B, T, D], size [B, T], assign [B, N]");
+        logError(std::string(kName) + ": expected x [B, T, D], size [B, T], assign [B, N]");
         return false;
     }
     auto known = [allowWildcards](int64_t v) { return !(allowWildcards && v == -1); };
     if (known(x.d[1]) && known(s.d[1]) && x.d[1] != s.d[1])
     {
-        logError(std::string(kGbmName) + ": x and size disagree on the token count");
+        logError(std::string(kName) + ": x and size disagree on the token count");
         return false;
     }
     if (known(x.d[1]) && known(a.d[1])
@@ -118,7 +66,7 @@ bool AlgmGbmPlugin::checkInputDims(nvinfer1::Dims const* dims, bool allowWildcar
                mAttrs.capacity)
             != ALGM_STATUS_SUCCESS)
     {
-        logError(std::string(kGbmName) + ": unsupported sizes T=" + std::to_string(x.d[1]) + " N="
+        logError(std::string(kName) + ": unsupported sizes T=" + std::to_string(x.d[1]) + " N="
             + std::to_string(a.d[1]) + " num_prefix=" + std::to_string(mAttrs.numPrefix) + " capacity="
             + std::to_string(mAttrs.capacity) + " (need 1 <= capacity <= T - num_prefix, T <= 8194, N <= 8192)");
         return false;
@@ -147,7 +95,7 @@ int32_t AlgmGbmPlugin::getOutputDataTypes(nvinfer1::DataType* outputTypes, int32
     if (toAlgmDtype(inputTypes[0]) < 0 || inputTypes[1] != nvinfer1::DataType::kFLOAT
         || inputTypes[2] != nvinfer1::DataType::kINT32)
     {
-        logError(std::string(kGbmName) + ": inputs must be x float32|float16, size float32, assign int32");
+        logError(std::string(kName) + ": inputs must be x float32|float16, size float32, assign int32");
         return -1;
     }
     outputTypes[0] = inputTypes[0];
@@ -169,12 +117,12 @@ int32_t AlgmGbmPlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_
     nvinfer1::DimsExprs const& assign = inputs[2];
     if (x.nbDims != 3 || inputs[1].nbDims != 2 || assign.nbDims != 2)
     {
-        logError(std::string(kGbmName) + ": expected x [B, T, D], size [B, T], assign [B, N]");
+        logError(std::string(kName) + ": expected x [B, T, D], size [B, T], assign [B, N]");
         return -1;
     }
     if (x.d[1]->isConstant() && x.d[1]->getConstantValue() - mAttrs.numPrefix < mAttrs.capacity)
     {
-        logError(std::string(kGbmName) + ": capacity " + std::to_string(mAttrs.capacity)
+        logError(std::string(kName) + ": capacity " + std::to_string(mAttrs.capacity)
             + " exceeds the input token capacity " + std::to_string(x.d[1]->getConstantValue() - mAttrs.numPrefix));
         return -1;
     }
@@ -219,11 +167,6 @@ bool AlgmGbmPlugin::supportsFormatCombination(
     }
 }
 
-int32_t AlgmGbmPlugin::getNbOutputs() const noexcept
-{
-    return kNbOutputs;
-}
-
 size_t AlgmGbmPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
     nvinfer1::DynamicPluginTensorDesc const* /*outputs*/, int32_t /*nbOutputs*/) const noexcept
 {
@@ -240,11 +183,6 @@ size_t AlgmGbmPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* 
     }
     return algmGbmWorkspaceSize(static_cast<int32_t>(maxBatch), static_cast<int32_t>(tokens),
         static_cast<int32_t>(patches), mAttrs.numPrefix, mAttrs.capacity);
-}
-
-char const* AlgmGbmPlugin::getMetadataString() noexcept
-{
-    return mMetadata.c_str();
 }
 
 int32_t AlgmGbmPlugin::onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
@@ -282,25 +220,16 @@ int32_t AlgmGbmPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
         reinterpret_cast<void*>(stream));
     if (status != ALGM_STATUS_SUCCESS)
     {
-        logError(std::string(kGbmName) + ": enqueue failed: " + algmStatusString(status));
+        logError(std::string(kName) + ": enqueue failed: " + algmStatusString(status));
         return -1;
     }
     return 0;
 }
 
-nvinfer1::IPluginV3* AlgmGbmPlugin::attachToContext(nvinfer1::IPluginResourceContext* /*context*/) noexcept
-{
-    return clone();
-}
-
-nvinfer1::PluginFieldCollection const* AlgmGbmPlugin::getFieldsToSerialize() noexcept
-{
-    return &mFieldCollection;
-}
-
 // ---------------------------------------------------------------------------------------------- creator
 
 AlgmGbmPluginCreator::AlgmGbmPluginCreator()
+    : AlgmPluginCreatorBase(AlgmGbmPlugin::kName)
 {
     mFieldNames.add("num_prefix", nvinfer1::PluginFieldType::kINT32);
     mFieldNames.add("capacity", nvinfer1::PluginFieldType::kINT32);
@@ -309,88 +238,49 @@ AlgmGbmPluginCreator::AlgmGbmPluginCreator()
     mFieldNames.add("plugin_namespace", nvinfer1::PluginFieldType::kCHAR);
 }
 
-char const* AlgmGbmPluginCreator::getPluginName() const noexcept
+nvinfer1::IPluginV3* AlgmGbmPluginCreator::createFromFields(
+    std::string const& layer, nvinfer1::PluginFieldCollection const& fc)
 {
-    return kGbmName;
-}
-
-char const* AlgmGbmPluginCreator::getPluginVersion() const noexcept
-{
-    return kPluginVersion;
-}
-
-char const* AlgmGbmPluginCreator::getPluginNamespace() const noexcept
-{
-    return kPluginNamespace;
-}
-
-nvinfer1::PluginFieldCollection const* AlgmGbmPluginCreator::getFieldNames() noexcept
-{
-    return mFieldNames.collection();
-}
-
-nvinfer1::IPluginV3* AlgmGbmPluginCreator::createPlugin(
-    char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase /*phase*/) noexcept
-{
-    try
+    GbmAttributes a;
+    bool seenPrefix = false;
+    bool seenCapacity = false;
+    bool seenDivisor = false;
+    bool const fieldsOk = visitPluginFields(fc, AlgmGbmPlugin::kName, layer, [&](nvinfer1::PluginField const& f) {
+        if (std::strcmp(f.name, "num_prefix") == 0)
+        {
+            seenPrefix = readIntField(f, a.numPrefix);
+        }
+        else if (std::strcmp(f.name, "capacity") == 0)
+        {
+            seenCapacity = readIntField(f, a.capacity);
+        }
+        else if (std::strcmp(f.name, "divisor") == 0)
+        {
+            seenDivisor = readFloatField(f, a.divisor);
+        }
+        else
+        {
+            return FieldStatus::kUNKNOWN;
+        }
+        return FieldStatus::kKNOWN;
+    });
+    if (!fieldsOk)
     {
-        std::string const layer = std::string(kGbmName) + " '" + (name ? name : "") + "'";
-        if (fc == nullptr || (fc->nbFields > 0 && fc->fields == nullptr))
-        {
-            logError(layer + ": no plugin fields");
-            return nullptr;
-        }
-        GbmAttributes a;
-        bool seenPrefix = false;
-        bool seenCapacity = false;
-        bool seenDivisor = false;
-        for (int32_t i = 0; i < fc->nbFields; ++i)
-        {
-            nvinfer1::PluginField const& f = fc->fields[i];
-            if (f.name == nullptr)
-            {
-                continue;
-            }
-            if (!checkVersionFields(f, kGbmName))
-            {
-                return nullptr;
-            }
-            if (std::strcmp(f.name, "num_prefix") == 0)
-            {
-                seenPrefix = readIntField(f, a.numPrefix);
-            }
-            else if (std::strcmp(f.name, "capacity") == 0)
-            {
-                seenCapacity = readIntField(f, a.capacity);
-            }
-            else if (std::strcmp(f.name, "divisor") == 0)
-            {
-                seenDivisor = readFloatField(f, a.divisor);
-            }
-            else if (std::strcmp(f.name, "plugin_version") != 0 && std::strcmp(f.name, "plugin_namespace") != 0)
-            {
-                log(nvinfer1::ILogger::Severity::kWARNING, layer + ": ignoring unknown field " + f.name);
-            }
-        }
-        if (!seenPrefix || !seenCapacity || !seenDivisor)
-        {
-            logError(layer + ": fields num_prefix (int), capacity (int) and divisor (float) are required");
-            return nullptr;
-        }
-        if (a.numPrefix < 1 || a.numPrefix > 2 || a.capacity < 1 || !(a.divisor > 0.0f))
-        {
-            logError(layer + ": unsupported attributes num_prefix=" + std::to_string(a.numPrefix) + " capacity="
-                + std::to_string(a.capacity) + " divisor=" + std::to_string(a.divisor)
-                + " (need num_prefix in {1, 2}, capacity >= 1, divisor > 0)");
-            return nullptr;
-        }
-        return new AlgmGbmPlugin(a);
+        return nullptr;
     }
-    catch (std::exception const& e)
+    if (!seenPrefix || !seenCapacity || !seenDivisor)
     {
-        logError(std::string(kGbmName) + ": createPlugin failed: " + e.what());
+        logError(layer + ": fields num_prefix (int), capacity (int) and divisor (float) are required");
+        return nullptr;
     }
-    return nullptr;
+    if (a.numPrefix < 1 || a.numPrefix > 2 || a.capacity < 1 || !(a.divisor > 0.0f))
+    {
+        logError(layer + ": unsupported attributes num_prefix=" + std::to_string(a.numPrefix) + " capacity="
+            + std::to_string(a.capacity) + " divisor=" + std::to_string(a.divisor)
+            + " (need num_prefix in {1, 2}, capacity >= 1, divisor > 0)");
+        return nullptr;
+    }
+    return new AlgmGbmPlugin(a);
 }
 
 } // namespace plugin

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <type_traits>
 
 #if !defined(_WIN32)
@@ -181,6 +182,11 @@ int32_t toAlgmDtype(nvinfer1::DataType type) noexcept
     }
 }
 
+bool isVersionFieldName(char const* name) noexcept
+{
+    return name != nullptr && (std::strcmp(name, "plugin_version") == 0 || std::strcmp(name, "plugin_namespace") == 0);
+}
+
 bool checkVersionFields(nvinfer1::PluginField const& field, char const* pluginName) noexcept
 {
     if (field.name == nullptr)
@@ -206,6 +212,48 @@ bool checkVersionFields(nvinfer1::PluginField const& field, char const* pluginNa
         return false;
     }
     return true;
+}
+
+// ---------------------------------------------------------------------------------------------- creator base
+
+char const* AlgmPluginCreatorBase::getPluginName() const noexcept
+{
+    return mPluginName;
+}
+
+char const* AlgmPluginCreatorBase::getPluginVersion() const noexcept
+{
+    return kPluginVersion;
+}
+
+char const* AlgmPluginCreatorBase::getPluginNamespace() const noexcept
+{
+    return kPluginNamespace;
+}
+
+nvinfer1::PluginFieldCollection const* AlgmPluginCreatorBase::getFieldNames() noexcept
+{
+    return mFieldNames.collection();
+}
+
+nvinfer1::IPluginV3* AlgmPluginCreatorBase::createPlugin(
+    char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase /*phase*/) noexcept
+{
+    try
+    {
+        std::string const layer = std::string(mPluginName) + " '" + (name ? name : "") + "'";
+        if (fc == nullptr || (fc->nbFields > 0 && fc->fields == nullptr))
+        {
+            logError(layer + ": no plugin fields");
+            return nullptr;
+        }
+        return createFromFields(layer, *fc);
+    }
+    catch (std::exception const& e)
+    {
+        logError(std::string(mPluginName) + ": createPlugin failed: " + e.what());
+    }
+    return nullptr;
 }
 
 } // namespace plugin
