@@ -47,7 +47,7 @@ from algm_export.images import (
 from algm_export.merging.setting import AlgmSetting, default_setting
 from algm_export.models.checkpoint import DEFAULT_MODEL, model_summary, resolve_model
 from algm_export.models.inference import sliding_window_logits, window_plan
-from algm_export.models.segmenter import Segmenter
+from algm_export.models.segmenter import Segmenter, interp_matrix
 
 SAMPLE_PREFIX = "sample:"
 
@@ -202,19 +202,6 @@ def make_runner(model: Segmenter, setting: Optional[AlgmSetting], backend: str =
 
 # ----------------------------------------------------------------------------- logits -> labels
 
-def _interp_matrix(n_out: int, n_in: int) -> torch.Tensor:
-    """[n_out, n_in] weights of 1-D bilinear resizing with align_corners=False (PyTorch's rule)."""
-    scale = n_in / n_out
-    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * scale - 0.5).clamp_min(0)
-    i0 = src.floor().long().clamp_max(n_in - 1)
-    i1 = (i0 + 1).clamp_max(n_in - 1)
-    lam = (src - i0).to(torch.float32)
-    m = torch.zeros(n_out, n_in)
-    m[torch.arange(n_out), i0] += 1 - lam
-    m[torch.arange(n_out), i1] += lam
-    return m
-
-
 def labels_at_size(logits: torch.Tensor, size: Sequence[int], max_bytes: int = 256 << 20) -> np.ndarray:
     """argmax over classes of `logits [1, C, h, w]` bilinearly resized to `size` (H, W).
 
@@ -228,8 +215,8 @@ def labels_at_size(logits: torch.Tensor, size: Sequence[int], max_bytes: int = 2
                                                            align_corners=False)
         return up[0].argmax(0).cpu().numpy().astype(np.int32)
     L = logits[0].float()
-    ry = _interp_matrix(H, h).to(L.device)
-    rxt = _interp_matrix(W, w).to(L.device).t().contiguous()
+    ry = interp_matrix(h, H, L.device)
+    rxt = interp_matrix(w, W, L.device).t().contiguous()
     rows = max(1, max_bytes // (C * W * 4))
     out = np.empty((H, W), dtype=np.int32)
     for r0 in range(0, H, rows):
