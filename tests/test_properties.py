@@ -79,7 +79,8 @@ def test_contract(case):
     assert ((forced > 0) <= (r == need)).all() and (forced <= need).all()
     y2, s2, a2, st2 = gbm_static(y1, s1, a1, P, C2, div)
     check_invariants(y2, s2, a2, P, N, C2)
-    assert (st2[:, 1] <= (s1[:, P:] > 0).sum(1) - C2).all() or (st2[:, 1] == 0).all()
+    # forced merges never exceed what the capacity demands of each image
+    assert (st2[:, 1] <= ((s1[:, P:] > 0).sum(1) - C2).clamp(min=0)).all()
     # prefix tokens untouched, in front
     assert torch.equal(y2[:, :P], x[:, :P]) or half is False and torch.allclose(y2[:, :P].float(), x[:, :P].float())
     # identical on repeat

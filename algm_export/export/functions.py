@@ -45,16 +45,34 @@ def AlgmClap(x, grid_h: int, grid_w: int, window_h: int, window_w: int, num_pref
     s6 = op.Concat(B, op.Reshape(nwh, vec), op.Reshape(wh, vec), op.Reshape(nww, vec), op.Reshape(ww, vec), D, axis=0)
     xw = op.Transpose(op.Reshape(patches, s6), perm=[0, 1, 3, 2, 4, 5])
     xw = op.Reshape(xw, op.Concat(B, op.Reshape(W, vec), op.Reshape(k, vec), D, axis=0))
-    # window score: cosine matrix, diagonal zeroed by (1 - I), summed, / (k (k-1))
-    nrm = op.Sqrt(op.ReduceSum(xw * xw, op.Constant(value_ints=[-1]), keepdims=1))
-    xn = xw / op.Max(nrm, op.Constant(value_float=1e-8))
-    cos = op.ReduceSum(op.Unsqueeze(xn, op.Constant(value_ints=[3])) * op.Unsqueeze(xn, op.Constant(value_ints=[2])),
-                       op.Constant(value_ints=[-1]), keepdims=0)                       # [B, W, k, k]
+    # window score: cosine matrix, diagonal zeroed by (1 - I), summed, / (k (k-1)), in the summation
+    # order of the published code on CPU (torch's cosine_similarity over the channel axis), so that
+    # near-equal windows order the same way (spec 2.1); see score_layout below and docs/decisions.md.
+    #   norm: one sequential sum over D of x*x            -> ReduceSum over a leading axis (sequential)
+    #   dot:  d = 64 b + 4 j + q: sequential over j (blocks of 16), then over b, then over q
+    # The channel axis leads in every reduction (ONNX Runtime sums a leading axis row by row); the
+    # Reshape between the Transposes keeps graph optimisers from moving them past the reductions.
+    pt = op.Transpose(patches, perm=[2, 0, 1])                                            # [D, B, N]
+    s6t = op.Concat(D, B, op.Reshape(nwh, vec), op.Reshape(wh, vec), op.Reshape(nww, vec), op.Reshape(ww, vec), axis=0)
+    xt = op.Transpose(op.Reshape(pt, s6t), perm=[0, 1, 2, 4, 3, 5])
+    xt = op.Reshape(xt, op.Concat(D, B, op.Reshape(W, vec), op.Reshape(k, vec), axis=0))  # [D, B, W, k]
+    nrm = op.Sqrt(op.ReduceSum(xt * xt, op.Constant(value_ints=[0]), keepdims=1))        # [1, B, W, k]
+    xn = xt / op.Max(nrm, op.Constant(value_float=1e-8))
+    # zero channels up to a multiple of 64 leave every partial sum unchanged
+    c64 = op.Constant(value_int=64)
+    D64 = (D + c64 - one) / c64
+    xn = op.Pad(xn, op.Concat(op.Constant(value_ints=[0, 0, 0, 0]), D64 * c64 - D,
+                              op.Constant(value_ints=[0, 0, 0]), axis=0))
+    xn = op.Reshape(xn, op.Concat(D64, op.Constant(value_ints=[16, 4]), B, op.Reshape(W, vec), op.Reshape(k, vec), axis=0))
+    xn = op.Transpose(xn, perm=[1, 0, 2, 5, 3, 4])                                      # [16, D/64, 4, k, B, W]
+    prod = op.Unsqueeze(xn, op.Constant(value_ints=[4])) * op.Unsqueeze(xn, op.Constant(value_ints=[3]))
+    lead = op.Constant(value_ints=[0])
+    cos = op.ReduceSum(op.ReduceSum(op.ReduceSum(prod, lead, keepdims=0), lead, keepdims=0), lead, keepdims=0)  # [k, k, B, W]
     ark = op.Range(zero, k, one)
     offdiag = op.Cast(op.Not(op.Equal(op.Unsqueeze(ark, one), op.Unsqueeze(ark, zero))), to=1)
+    offdiag = op.Unsqueeze(offdiag, op.Constant(value_ints=[2, 3]))
     kf = op.Cast(k, to=1)
-    score = op.ReduceSum(op.ReduceSum(cos * offdiag, op.Constant(value_ints=[-1]), keepdims=0),
-                         op.Constant(value_ints=[-1]), keepdims=0) / (kf * (kf - op.Constant(value_float=1.0)))
+    score = op.ReduceSum(op.ReduceSum(cos * offdiag, lead, keepdims=0), lead, keepdims=0) / (kf * (kf - op.Constant(value_float=1.0)))
     # how many windows merge
     m = op.ReduceSum(op.Cast(op.GreaterOrEqual(score, thr), to=7), vec, keepdims=0)   # [B]
     need = op.Max(zero, (N - C + k - op.Constant(value_int=2)) / (k - one))
