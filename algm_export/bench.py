@@ -59,7 +59,8 @@ def _runner(backend: str, export_dir: Path, man: dict, entry: dict, model, threa
     if backend == "ort":
         from algm_export.runtimes.onnxruntime import OrtRunner
 
-        return OrtRunner(export_dir / entry["onnx"], threads=threads)
+        # the sessions take turns on the same cores: idle ones must not spin (see make_session)
+        return OrtRunner(export_dir / entry["onnx"], threads=threads, spinning=False)
     if backend == "trt":
         from algm_export.runtimes.tensorrt.runner import runner_for_entry
 
@@ -67,8 +68,16 @@ def _runner(backend: str, export_dir: Path, man: dict, entry: dict, model, threa
     raise ConfigError(f"unknown backend {backend!r}; use torch, ort or trt")
 
 
+def _timed_call(runner, batch, include_io: bool):
+    timed = getattr(runner, "timed", None)
+    if timed is None or include_io:
+        return lambda: runner.infer(batch)
+    return timed(batch)
+
+
 def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequence[int] = (1,), images=None,
-          repeats: int = 10, warmup: int = 2, threads: Optional[int] = None, model=None) -> dict:
+          repeats: int = 10, warmup: int = 2, threads: Optional[int] = None, model=None,
+          include_io: bool = False) -> dict:
     import torch
 
     from algm_export.images import load_images, sample_images, to_model_input
@@ -95,15 +104,18 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
         for bs in batches:
             batch = torch.cat([xs[i % len(xs)] for i in range(bs)])
             runners = [_runner(backend, export_dir, man, e, model, threads) for e in entries]
-            for r in runners:
+            # what is timed: one inference with the input staged and the outputs preallocated where the
+            # runtime allows it (ONNX Runtime IOBinding), else one `infer()` call
+            calls = [_timed_call(r, batch, include_io) for r in runners]
+            for call in calls:
                 for _ in range(warmup):
-                    r.infer(batch)
+                    call()
             times = [[] for _ in entries]
             with progress_bar(total=repeats * len(entries), desc=f"bench {backend} b{bs}", unit="run") as bar:
                 for _ in range(repeats):
-                    for i, r in enumerate(runners):
+                    for i, call in enumerate(calls):
                         t0 = time.perf_counter()
-                        r.infer(batch)
+                        call()
                         times[i].append(time.perf_counter() - t0)
                         bar.update(1)
             base_med = float(np.median(times[0]))
@@ -127,6 +139,9 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
                     "cpus": os.cpu_count(), "threads": threads},
         "model": man["model"]["source"], "backbone": cfg.backbone, "image_size": list(cfg.image_size),
         "repeats": repeats, "warmup": warmup, "results": results,
+        "timing": ("infer() calls: input check, inference, fresh output arrays" if include_io else
+                   "inference with the input staged and outputs preallocated (ONNX Runtime IOBinding); "
+                   "torch and TensorRT: one infer() call"),
         "published": PUBLISHED.get(cfg.backbone),
     }
     out = export_dir / "bench"
@@ -196,4 +211,5 @@ def format_bench(report: dict) -> str:
     head = ["backend", "batch", "setting", "median ms", "p10-p90", "img/s", "GMACs", "FLOP ratio", "speed-up",
             "speed-up/FLOP"]
     m = report["machine"]
-    return format_table(head, rows) + f"\n  {m['cpus']} CPUs, {m['threads']} threads, {report['repeats']} interleaved repeats"
+    return (format_table(head, rows) + f"\n  {m['cpus']} CPUs, {m['threads']} threads, {report['repeats']} interleaved repeats"
+            + (f"; timed: {report['timing']}" if report.get("timing") else ""))

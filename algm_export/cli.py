@@ -258,6 +258,9 @@ def add_bench_parser(sub):
     p.add_argument("--repeats", type=int, default=10, help="interleaved repeats (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime (default: all)")
+    p.add_argument("--include-io", action="store_true",
+                   help="time whole infer() calls (input check + fresh output arrays) instead of inference into "
+                        "preallocated outputs (ONNX Runtime IOBinding)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -266,7 +269,7 @@ def cmd_bench(args) -> int:
 
     rep = bench(args.dir, backends=None if not args.backends else args.backends.split(","),
                 batches=[int(b) for b in args.batch.split(",")], images=args.images, repeats=args.repeats,
-                warmup=args.warmup, threads=args.threads)
+                warmup=args.warmup, threads=args.threads, include_io=args.include_io)
     print(format_bench(rep))
     print(f"\nwritten: {args.dir}/bench/bench.json, {args.dir}/bench/bench.png")
     return 0

@@ -47,27 +47,32 @@ def AlgmClap(x, grid_h: int, grid_w: int, window_h: int, window_w: int, num_pref
     xw = op.Reshape(xw, op.Concat(B, op.Reshape(W, vec), op.Reshape(k, vec), D, axis=0))
     # window score: cosine matrix, diagonal zeroed by (1 - I), summed, / (k (k-1)), in the summation
     # order of the published code on CPU (torch's cosine_similarity over the channel axis), so that
-    # near-equal windows order the same way (spec 2.1); see score_layout below and docs/decisions.md.
-    #   norm: one sequential sum over D of x*x            -> ReduceSum over a leading axis (sequential)
+    # near-equal windows order the same way (spec 2.1 and docs/decisions.md, item 5):
+    #   norm: one sequential sum over d of x*x
     #   dot:  d = 64 b + 4 j + q: sequential over j (blocks of 16), then over b, then over q
-    # The channel axis leads in every reduction (ONNX Runtime sums a leading axis row by row); the
-    # Reshape between the Transposes keeps graph optimisers from moving them past the reductions.
-    pt = op.Transpose(patches, perm=[2, 0, 1])                                            # [D, B, N]
-    s6t = op.Concat(D, B, op.Reshape(nwh, vec), op.Reshape(wh, vec), op.Reshape(nww, vec), op.Reshape(ww, vec), axis=0)
-    xt = op.Transpose(op.Reshape(pt, s6t), perm=[0, 1, 2, 4, 3, 5])
-    xt = op.Reshape(xt, op.Concat(D, B, op.Reshape(W, vec), op.Reshape(k, vec), axis=0))  # [D, B, W, k]
-    nrm = op.Sqrt(op.ReduceSum(xt * xt, op.Constant(value_ints=[0]), keepdims=1))        # [1, B, W, k]
+    #   then over the k x k matrix (j, then i), then / (k (k-1))
+    # ONNX Runtime sums a *leading* axis row by row, so the channel axis leads in every reduction;
+    # each Transpose is followed by a Reshape, which keeps graph optimisers from moving it past the
+    # reductions (that would bring back a vectorised sum in another order).
+    lead = op.Constant(value_ints=[0])
+    kv = op.Reshape(k, vec)
+    Wv = op.Reshape(W, vec)
+    # patches -> [B, wh, ww, Gh/wh, Gw/ww, D] (D stays innermost: cheap) -> [D, B*k*W] (a 2-D transpose)
+    xk = op.Transpose(op.Reshape(patches, s6), perm=[0, 2, 4, 1, 3, 5])
+    xt = op.Transpose(op.Reshape(xk, op.Concat(op.Reshape(op.Mul(B, op.Reshape(N, vec)), vec), D, axis=0)), perm=[1, 0])
+    xt = op.Reshape(xt, op.Concat(D, B, op.Reshape(N, vec), axis=0))                   # [D, B, k*W]
+    nrm = op.Sqrt(op.ReduceSum(xt * xt, lead, keepdims=1))                              # [1, B, k*W]
     xn = xt / op.Max(nrm, op.Constant(value_float=1e-8))
     # zero channels up to a multiple of 64 leave every partial sum unchanged
     c64 = op.Constant(value_int=64)
     D64 = (D + c64 - one) / c64
-    xn = op.Pad(xn, op.Concat(op.Constant(value_ints=[0, 0, 0, 0]), D64 * c64 - D,
-                              op.Constant(value_ints=[0, 0, 0]), axis=0))
-    xn = op.Reshape(xn, op.Concat(D64, op.Constant(value_ints=[16, 4]), B, op.Reshape(W, vec), op.Reshape(k, vec), axis=0))
-    xn = op.Transpose(xn, perm=[1, 0, 2, 5, 3, 4])                                      # [16, D/64, 4, k, B, W]
-    prod = op.Unsqueeze(xn, op.Constant(value_ints=[4])) * op.Unsqueeze(xn, op.Constant(value_ints=[3]))
-    lead = op.Constant(value_ints=[0])
-    cos = op.ReduceSum(op.ReduceSum(op.ReduceSum(prod, lead, keepdims=0), lead, keepdims=0), lead, keepdims=0)  # [k, k, B, W]
+    xn = op.Pad(xn, op.Concat(op.Constant(value_ints=[0, 0, 0]), D64 * c64 - D, op.Constant(value_ints=[0, 0]), axis=0))
+    xn = op.Transpose(op.Reshape(xn, op.Concat(D64, op.Constant(value_ints=[16, 4, -1]), axis=0)), perm=[1, 0, 2, 3])
+    s16 = op.Concat(op.Constant(value_ints=[16]), D64, op.Constant(value_ints=[4]), B, axis=0)
+    xi = op.Reshape(xn, op.Concat(s16, kv, vec, Wv, axis=0))                            # [16, D/64, 4, B, k, 1, W]
+    xj = op.Reshape(xn, op.Concat(s16, vec, kv, Wv, axis=0))                            # [16, D/64, 4, B, 1, k, W]
+    dot = op.ReduceSum(op.ReduceSum(op.ReduceSum(xi * xj, lead, keepdims=0), lead, keepdims=0), lead, keepdims=0)
+    cos = op.Transpose(dot, perm=[1, 2, 0, 3])                                          # [k, k, B, W]
     ark = op.Range(zero, k, one)
     offdiag = op.Cast(op.Not(op.Equal(op.Unsqueeze(ark, one), op.Unsqueeze(ark, zero))), to=1)
     offdiag = op.Unsqueeze(offdiag, op.Constant(value_ints=[2, 3]))
@@ -84,7 +89,8 @@ def AlgmClap(x, grid_h: int, grid_w: int, window_h: int, window_w: int, num_pref
     vj = op.Unsqueeze(score, vec)
     lower = op.Less(op.Unsqueeze(arw, zero), op.Unsqueeze(arw, one))
     before = op.Or(op.Greater(vj, vi), op.And(op.Equal(vj, vi), lower))
-    rank = op.ReduceSum(op.Cast(before, to=7), op.Constant(value_ints=[2]), keepdims=0)   # [B, W]
+    # counted in float32 (exact below 2^24, and ONNX Runtime's float reduction is much faster)
+    rank = op.Cast(op.ReduceSum(op.Cast(before, to=1), op.Constant(value_ints=[2]), keepdims=0), to=7)   # [B, W]
     r1 = op.Unsqueeze(r, vec)
     merged_w = op.Less(rank, r1)
     # per patch: its window, merged or not, output position
@@ -107,8 +113,10 @@ def AlgmClap(x, grid_h: int, grid_w: int, window_h: int, window_w: int, num_pref
     idx = op.ScatterElements(idx, dest, op.Expand(op.Range(zero, ncand, one), op.Shape(dest)), axis=1)
     Cv = op.Reshape(C, vec)
     src = op.Slice(idx, op.Constant(value_ints=[0]), Cv, vec)
-    gathered = op.GatherElements(vals, op.Expand(op.Unsqueeze(src, op.Constant(value_ints=[2])),
-                                                 op.Concat(B, Cv, D, axis=0)), axis=1)
+    # a row gather over the flattened batch (no index per channel)
+    Lr = W + N + one
+    rows = src + op.Unsqueeze(op.Range(zero, op.Squeeze(B), one) * Lr, one)
+    gathered = op.Gather(op.Reshape(vals, op.Concat(op.Constant(value_ints=[-1]), D, axis=0)), rows, axis=0)
     svals = op.Concat(op.Expand(kf, op.Concat(B, op.Reshape(W, vec), axis=0)),
                       op.Expand(op.Constant(value_float=1.0), op.Concat(B, op.Reshape(N, vec), axis=0)),
                       op.Expand(op.Constant(value_float=0.0), op.Concat(B, vec, axis=0)), axis=1)
@@ -158,8 +166,10 @@ def AlgmGbm(x, size, assign, num_prefix: int, capacity: int, divisor: float, plu
     s = op.Where(op.And(op.Unsqueeze(row_ok, op.Constant(value_ints=[2])), op.Unsqueeze(col_ok, vec)), s, ninf)
     node_max = op.ReduceMax(s, op.Constant(value_ints=[-1]), keepdims=0)        # [B, nA]
     big = op.Cast(nB, to=7)
-    cand_idx = op.Where(op.Equal(s, op.Unsqueeze(node_max, op.Constant(value_ints=[-1]))), arb, big)
-    node_idx = op.Min(op.ReduceMin(cand_idx, op.Constant(value_ints=[-1]), keepdims=0), big - one)
+    # first index of the maximum, in float32 (exact indices below 2^24; faster than int64 here)
+    cand_idx = op.Where(op.Equal(s, op.Unsqueeze(node_max, op.Constant(value_ints=[-1]))), op.Cast(arb, to=1),
+                        op.Cast(big, to=1))
+    node_idx = op.Min(op.Cast(op.ReduceMin(cand_idx, op.Constant(value_ints=[-1]), keepdims=0), to=7), big - one)
     # threshold statistics over the candidate rows
     c = op.ReduceSum(op.Cast(row_ok, to=7), vec, keepdims=0)
     cf = op.Cast(c, to=1)
@@ -180,7 +190,7 @@ def AlgmGbm(x, size, assign, num_prefix: int, capacity: int, divisor: float, plu
     vj = op.Unsqueeze(node_max, vec)
     lower = op.Less(op.Unsqueeze(ara, zero), op.Unsqueeze(ara, one))
     before = op.And(op.Or(op.Greater(vj, vi), op.And(op.Equal(vj, vi), lower)), op.Unsqueeze(row_ok, vec))
-    rank = op.ReduceSum(op.Cast(before, to=7), op.Constant(value_ints=[2]), keepdims=0)
+    rank = op.Cast(op.ReduceSum(op.Cast(before, to=1), op.Constant(value_ints=[2]), keepdims=0), to=7)
     r1 = op.Unsqueeze(r, vec)
     is_src = op.And(row_ok, op.Less(rank, r1))
     # size-weighted merge into B through a one-hot matrix
@@ -224,8 +234,9 @@ def AlgmGbm(x, size, assign, num_prefix: int, capacity: int, divisor: float, plu
     noop2 = op.Unsqueeze(noop, vec)
     noop3 = op.Unsqueeze(noop, op.Constant(value_ints=[1, 2]))
     src = op.Slice(idx, start, keep, vec)
-    y_new = op.GatherElements(vals, op.Expand(op.Unsqueeze(src, op.Constant(value_ints=[2])),
-                                              op.Concat(B, keep, D, axis=0)), axis=1)
+    Lr = op.Squeeze(op.Shape(vals, start=1, end=2))
+    rows = src + op.Unsqueeze(op.Range(zero, op.Squeeze(B), one) * Lr, one)
+    y_new = op.Gather(op.Reshape(vals, op.Concat(op.Constant(value_ints=[-1]), D, axis=0)), rows, axis=0)
     y = op.Where(noop3, op.Slice(xf, start, keep, vec), y_new)
     osize = op.Where(noop2, op.Slice(sz, start, keep, vec), op.GatherElements(svals, src, axis=1))
     new_assign = op.Cast(op.Where(noop2, op.Cast(assign, to=7), new_pos), to=6)

@@ -24,6 +24,17 @@ from algm_export.merging.static import clap_capacity_bounds, gbm_capacity_min
 from algm_export.models.segmenter import KeyMask, Segmenter, block_forward, key_bias_from_size, tokens_to_masks
 
 
+
+def unmerge_rows(x: torch.Tensor, assign: torch.Tensor) -> torch.Tensor:
+    """Row `assign[b, n]` of image b for every patch n: [B, T, C], [B, N] -> [B, N, C].
+
+    A row gather over the flattened batch (an ONNX `Gather`), the same values as
+    `torch.gather(x, 1, assign[..., None].expand(-1, -1, C))` without an index per channel.
+    """
+    B, T, C = x.shape
+    flat = assign.long() + torch.arange(B, device=x.device).unsqueeze(1) * T
+    return x.reshape(B * T, C)[flat.reshape(-1)].reshape(B, assign.shape[1], C)
+
 def _nonfinite_error(bad: list) -> InputError:
     return InputError(
         f"image batch holds NaN or Inf values (images {bad}); clean or re-normalise the input "
@@ -137,8 +148,7 @@ class AlgmSegmenter(nn.Module):
         x = m.encoder.norm(x)
         bias = key_bias_from_size(state["size"][:, P:], x.dtype) if padded else None
         logits = m.decoder.forward_tokens(x[:, P:], bias).float()              # [B, T', n_cls]
-        idx = state["assign"].long().unsqueeze(-1).expand(-1, -1, logits.shape[-1])
-        logits = torch.gather(logits, 1, idx)                                  # unmerge: [B, N, n_cls]
+        logits = unmerge_rows(logits, state["assign"])                        # unmerge: [B, N, n_cls]
         self.stats_tensor = torch.stack([torch.stack(merges, 1), torch.stack(forced, 1)], dim=-1).to(torch.int32)
         self.merge_stats = {
             "tokens": torch.stack(tokens, 1).long(),
