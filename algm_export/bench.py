@@ -59,8 +59,7 @@ def _runner(backend: str, export_dir: Path, man: dict, entry: dict, model, threa
     if backend == "ort":
         from algm_export.runtimes.onnxruntime import OrtRunner
 
-        # the sessions take turns on the same cores: idle ones must not spin (see make_session)
-        return OrtRunner(export_dir / entry["onnx"], threads=threads, spinning=False)
+        return OrtRunner(export_dir / entry["onnx"], threads=threads)
     if backend == "trt":
         from algm_export.runtimes.tensorrt.runner import runner_for_entry
 
@@ -68,16 +67,9 @@ def _runner(backend: str, export_dir: Path, man: dict, entry: dict, model, threa
     raise ConfigError(f"unknown backend {backend!r}; use torch, ort or trt")
 
 
-def _timed_call(runner, batch, include_io: bool):
-    timed = getattr(runner, "timed", None)
-    if timed is None or include_io:
-        return lambda: runner.infer(batch)
-    return timed(batch)
-
-
 def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequence[int] = (1,), images=None,
           repeats: int = 10, warmup: int = 2, threads: Optional[int] = None, model=None,
-          include_io: bool = False) -> dict:
+          settle_s: float = 0.05) -> dict:
     import torch
 
     from algm_export.images import load_images, sample_images, to_model_input
@@ -104,18 +96,20 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
         for bs in batches:
             batch = torch.cat([xs[i % len(xs)] for i in range(bs)])
             runners = [_runner(backend, export_dir, man, e, model, threads) for e in entries]
-            # what is timed: one inference with the input staged and the outputs preallocated where the
-            # runtime allows it (ONNX Runtime IOBinding), else one `infer()` call
-            calls = [_timed_call(r, batch, include_io) for r in runners]
-            for call in calls:
+            for r in runners:
                 for _ in range(warmup):
-                    call()
+                    r.infer(batch)
             times = [[] for _ in entries]
             with progress_bar(total=repeats * len(entries), desc=f"bench {backend} b{bs}", unit="run") as bar:
                 for _ in range(repeats):
-                    for i, call in enumerate(calls):
+                    for i, r in enumerate(runners):
+                        if settle_s:
+                            # let the runtime that just ran go idle first: ONNX Runtime's intra-op threads
+                            # busy-wait after a run, and on a small CPU they take the cores of the next
+                            # model (2 cores: +27 ms on every run of every model, docs/performance.md)
+                            time.sleep(settle_s)
                         t0 = time.perf_counter()
-                        call()
+                        r.infer(batch)
                         times[i].append(time.perf_counter() - t0)
                         bar.update(1)
             base_med = float(np.median(times[0]))
@@ -138,10 +132,7 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "threads": threads},
         "model": man["model"]["source"], "backbone": cfg.backbone, "image_size": list(cfg.image_size),
-        "repeats": repeats, "warmup": warmup, "results": results,
-        "timing": ("infer() calls: input check, inference, fresh output arrays" if include_io else
-                   "inference with the input staged and outputs preallocated (ONNX Runtime IOBinding); "
-                   "torch and TensorRT: one infer() call"),
+        "repeats": repeats, "warmup": warmup, "settle_s": settle_s, "results": results,
         "published": PUBLISHED.get(cfg.backbone),
     }
     out = export_dir / "bench"
@@ -211,5 +202,5 @@ def format_bench(report: dict) -> str:
     head = ["backend", "batch", "setting", "median ms", "p10-p90", "img/s", "GMACs", "FLOP ratio", "speed-up",
             "speed-up/FLOP"]
     m = report["machine"]
-    return (format_table(head, rows) + f"\n  {m['cpus']} CPUs, {m['threads']} threads, {report['repeats']} interleaved repeats"
-            + (f"; timed: {report['timing']}" if report.get("timing") else ""))
+    return (format_table(head, rows) + f"\n  {m['cpus']} CPUs, {m['threads']} threads, {report['repeats']} interleaved "
+            f"repeats, {1e3 * report.get('settle_s', 0):.0f} ms idle before each timed run")

@@ -258,9 +258,9 @@ def add_bench_parser(sub):
     p.add_argument("--repeats", type=int, default=10, help="interleaved repeats (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime (default: all)")
-    p.add_argument("--include-io", action="store_true",
-                   help="time whole infer() calls (input check + fresh output arrays) instead of inference into "
-                        "preallocated outputs (ONNX Runtime IOBinding)")
+    p.add_argument("--settle-ms", type=float, default=50.0,
+                   help="idle time before each timed run, so that the threads of the model that just ran stop "
+                        "spinning on the cores (default: %(default)s; 0 runs back to back)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -269,7 +269,7 @@ def cmd_bench(args) -> int:
 
     rep = bench(args.dir, backends=None if not args.backends else args.backends.split(","),
                 batches=[int(b) for b in args.batch.split(",")], images=args.images, repeats=args.repeats,
-                warmup=args.warmup, threads=args.threads, include_io=args.include_io)
+                warmup=args.warmup, threads=args.threads, settle_s=args.settle_ms / 1e3)
     print(format_bench(rep))
     print(f"\nwritten: {args.dir}/bench/bench.json, {args.dir}/bench/bench.png")
     return 0

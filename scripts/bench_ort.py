@@ -25,14 +25,13 @@ def main():
     ap.add_argument("--batch", default="1")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--reuse", action="store_true", help="reuse an existing export in --out")
-    ap.add_argument("--include-io", action="store_true",
-                    help="time whole infer() calls (fresh output arrays) instead of IOBinding into preallocated outputs")
+    ap.add_argument("--settle-ms", type=float, default=50.0, help="idle time before each timed run (0: back to back)")
     a = ap.parse_args()
     model = resolve_model(a.model)
     if not (a.reuse and os.path.exists(os.path.join(a.out, "manifest.json"))):
         export_folder(model, a.model, a.out, thresholds=[float(t) for t in a.thresholds.split(",")], force=True)
     rep = bench(a.out, backends=["ort"], batches=[int(b) for b in a.batch.split(",")], repeats=a.repeats,
-                threads=a.threads, model=model, include_io=a.include_io)
+                threads=a.threads, model=model, settle_s=a.settle_ms / 1e3)
     print(format_bench(rep))
     for r in rep["results"]:
         if r["threshold"] is not None and abs(r["threshold"] - 0.88) < 1e-9:

@@ -9,10 +9,7 @@ from algm_export.errors import BackendUnavailable
 
 
 def make_session(path: str | os.PathLike, threads: Optional[int] = None, providers: Optional[Sequence[str]] = None,
-                 optimize: bool = True, spinning: bool = True):
-    """An InferenceSession on `path`. `spinning=False` stops idle intra-op threads from busy-waiting: needed
-    when several sessions take turns on the same cores (the benchmark), where the spinning threads of the
-    session that just ran would steal the cores of the next one (2 cores: +27 ms per run, for every model)."""
+                 optimize: bool = True):
     try:
         import onnxruntime as ort
     except ImportError as e:  # pragma: no cover - it is a main dependency
@@ -22,8 +19,6 @@ def make_session(path: str | os.PathLike, threads: Optional[int] = None, provide
     if threads:
         so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1
-    if not spinning:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     avail = ort.get_available_providers()
