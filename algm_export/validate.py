@@ -266,12 +266,13 @@ def format_report(report: dict) -> str:
         rows.append([
             e["name"], "-" if e["threshold"] is None else f"{e['threshold']:.3f}",
             "-" if not e.get("capacities") else ",".join(map(str, e["capacities"])),
-            f"{s['max_abs']:.2e}", f"{s['mean_abs']:.2e}", f"{s['agreement_mean']:.3f}", f"{s['agreement_min']:.3f}",
+            f"{s['max_abs']:.2e}", f"{s['mean_abs']:.2e}", f"{s['images_within_1e-3']}/{s['images']}",
+            f"{s['agreement_mean']:.3f}", f"{s['agreement_min']:.3f}",
             f"{s['parity_miou']:.2f}", str(s.get("forced_merges", "-")), str(s.get("decision_diff_images", "-")),
             "-" if "tokens_mean" not in s else "/".join(f"{t:.0f}" for t in s["tokens_mean"]),
             "PASS" if s["pass"] else "FAIL",
         ])
-    head = ["setting", "tau", "capacities", "max|d|", "mean|d|", "agree%", "min%", "pmIoU", "forced",
+    head = ["setting", "tau", "capacities", "max|d|", "mean|d|", "<=1e-3", "agree%", "min%", "pmIoU", "forced",
             "flips", "tokens", ""]
     txt = format_table(head, rows)
     for e in report["entries"]:
