@@ -112,8 +112,11 @@ def resolve_device(name: str) -> torch.device:
 
 # ----------------------------------------------------------------------------- backends
 
-class TorchRunner:
-    """The PyTorch reference: the Segmenter, wrapped by `apply_algm` (dynamic, per_image) unless no setting."""
+class TorchBackend:
+    """predict backend "torch": the PyTorch reference, the Segmenter wrapped by `apply_algm` (dynamic,
+    per_image) unless no setting. A predict backend is a callable `batch -> logits` that also keeps the
+    last batch's `merge_stats` (and `assignments` where it has them, for the merge picture); the
+    runtimes' runners (`algm_export.runtimes.*`, `infer() -> dict of arrays`) serve validate and bench."""
 
     name = "torch"
     input_size: Optional[tuple[int, int]] = None   # any size
@@ -140,8 +143,9 @@ class TorchRunner:
         return {"backend": self.name, "device": str(self.device)}
 
 
-class EngineRunner:
-    """An exported ONNX (ONNX Runtime) or a built engine (TensorRT) as a predict backend.
+class EngineBackend:
+    """predict backend "engine": an exported ONNX (through the ONNX Runtime runner) or a built engine
+    (through the TensorRT runner).
 
     Fixed input size (the model's); token counts come from the `merge_stats` output. Engines
     do not output assignment maps, so no merge picture is drawn for them.
@@ -186,7 +190,7 @@ class EngineRunner:
         return {"backend": self.name, "engine": str(self.path)}
 
 
-BACKENDS: dict[str, Callable[..., Any]] = {"torch": TorchRunner, "engine": EngineRunner}
+BACKENDS: dict[str, Callable[..., Any]] = {"torch": TorchBackend, "engine": EngineBackend}
 
 
 def register_backend(name: str, factory: Callable[..., Any]) -> None:
@@ -462,7 +466,7 @@ def format_table(records: Sequence[dict]) -> str:
 
 
 __all__ = [
-    "BACKENDS", "Prediction", "PredictOptions", "TorchRunner", "algm_setting_for", "format_table", "gather_inputs",
+    "BACKENDS", "EngineBackend", "Prediction", "PredictOptions", "TorchBackend", "algm_setting_for", "format_table", "gather_inputs",
     "labels_at_size", "make_runner", "parse_layers", "predict_image", "register_backend", "resolve_device",
     "run_predict", "write_prediction",
 ]
