@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from algm_export.export.opmodels import clap_model, gbm_model
 from algm_export.merging.static import clap_static, gbm_capacity_min, gbm_static
+from test_plugins_support import near_tie_tokens
 
 HYP = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -125,31 +126,13 @@ def test_float16_tokens():
     np.testing.assert_allclose(got[0].astype(np.float32), want[0].float().numpy(), atol=1e-3)
 
 
-def _near_tie_tokens(B, P, grid, D, seed):
-    """Every window holds the same four vectors in another order and at another scale: all window scores
-    are equal in exact arithmetic, so their order is decided by float rounding alone (spec 2.1)."""
-    g = torch.Generator().manual_seed(seed)
-    base = torch.randn(4, D, generator=g) + 2.0 * torch.randn(1, D, generator=g)
-    gh, gw = grid
-    x = torch.randn(B, P + gh * gw, D, generator=g)
-    patches = x[:, P:].reshape(B, gh // 2, 2, gw // 2, 2, D)
-    for b in range(B):
-        for i in range(gh // 2):
-            for j in range(gw // 2):
-                perm = torch.randperm(4, generator=g)
-                scale = float(torch.empty(1).uniform_(0.3, 3.0, generator=g))
-                patches[b, i, :, j, :] = (base[perm] * scale).reshape(2, 2, D)
-    x[:, P:] = patches.reshape(B, gh * gw, D)
-    return x
-
-
 @pytest.mark.parametrize("D", [100, 192, 384, 768])
 def test_clap_function_orders_near_ties_like_torch(D):
     """The ONNX window score uses torch's CPU summation order: windows whose scores differ only by
     rounding are ranked identically by ONNX Runtime and by the reference (merged tokens in rank order)."""
     P, grid, B = 1, (8, 12), 2
     N, W = grid[0] * grid[1], grid[0] * grid[1] // 4
-    x = _near_tie_tokens(B, P, grid, D, seed=D)
+    x = near_tie_tokens(B, P, grid, D, seed=D)
     want = clap_static(x, grid[0], grid[1], 2, 2, P, N, -1.0)          # every window merges, in rank order
     from algm_export.merging.dynamic import window_scores
     score = window_scores(x[:, P:], grid, (2, 2))

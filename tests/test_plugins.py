@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from algm_export.merging.static import clap_static, gbm_static
-from test_plugins_support import (MARGIN, assert_same, build_once, clap_margin, duplicated_tokens, gbm_margin,
+from test_plugins_support import (MARGIN, assert_same, build_once, clap_margin, duplicated_tokens, gbm_margin, near_tie_tokens,
                                   smooth_tokens, tensorrt_include)
 
 TEST_ARCHS = (86, 90)
@@ -135,6 +135,25 @@ def test_emulated_kernels_match_reference(emu, case, dtype):
                                 f"GBM C1={C1} tau={tau} C2={C2} L={L}")
                     checked += 1
     assert checked >= 12
+
+
+@pytest.mark.parametrize("D", [100, 102, 384, 1280])
+def test_emulated_clap_orders_near_ties_like_torch(emu, D):
+    """The kernel sums the window score in torch's CPU order (2x2 windows): windows whose scores are
+    equal in exact arithmetic are ranked as the reference ranks them, bit for bit. D = 102 has a
+    remainder after the 4 interleaved partial sums, D = 1280 a second cascade level."""
+    from algm_export.merging.dynamic import window_scores
+
+    P, grid, B = 1, (8, 12), 2
+    N, W = grid[0] * grid[1], grid[0] * grid[1] // 4
+    x = near_tie_tokens(B, P, grid, D, seed=D)
+    score = window_scores(x[:, P:], grid, (2, 2))
+    assert all(len(torch.unique(s)) >= 3 for s in score)                # rounding alone orders them
+    ref = clap_static(x, grid[0], grid[1], 2, 2, P, N, -1.0)           # every window merges, in rank order
+    out = emu.clap(x, grid[0], grid[1], 2, 2, P, N, -1.0)
+    assert (ref[3][:, 0] == W).all()
+    assert torch.equal(out[2], ref[2]) and torch.equal(out[3], ref[3])
+    assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
 
 
 @pytest.mark.parametrize("P", [1, 2])

@@ -66,6 +66,24 @@ def smooth_tokens(B: int, gh: int, gw: int, P: int, D: int, seed: int, noise: fl
     return x.to(dtype)
 
 
+def near_tie_tokens(B, P, grid, D, seed):
+    """Every window holds the same four vectors in another order and at another scale: all window scores
+    are equal in exact arithmetic, so their order is decided by float rounding alone (spec 2.1)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(4, D, generator=g) + 2.0 * torch.randn(1, D, generator=g)
+    gh, gw = grid
+    x = torch.randn(B, P + gh * gw, D, generator=g)
+    patches = x[:, P:].reshape(B, gh // 2, 2, gw // 2, 2, D)
+    for b in range(B):
+        for i in range(gh // 2):
+            for j in range(gw // 2):
+                perm = torch.randperm(4, generator=g)
+                scale = float(torch.empty(1).uniform_(0.3, 3.0, generator=g))
+                patches[b, i, :, j, :] = (base[perm] * scale).reshape(2, 2, D)
+    x[:, P:] = patches.reshape(B, gh * gw, D)
+    return x
+
+
 def duplicated_tokens(B: int, gh: int, gw: int, P: int, D: int, seed: int, dtype=torch.float32) -> torch.Tensor:
     """[B, P+N, D]: about half of the 2x2 windows hold four near-copies of one token (each window
     with its own noise level, so window scores are close to 1 but well apart), the rest random."""

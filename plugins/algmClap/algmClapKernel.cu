@@ -4,7 +4,9 @@
  * Three kernels per call:
  *   1. clapScoreKernel     one block per (window, image): the published window score
  *                          (cosine matrix of normalised tokens, diagonal excluded, summed
- *                          row by row, divided by k*(k-1)).
+ *                          row by row, divided by k*(k-1)), summed in the order PyTorch sums
+ *                          it on a CPU for 2x2 windows, so the scores are bit-identical to the
+ *                          reference there (docs/static-ops.md, step 2).
  *   2. clapDecisionKernel  one block per image: merge count r, window ranks by counting,
  *                          output position of every patch (assign), slot table, stats.
  *   3. clapGatherKernel    one block per (output slot, image): prefix copy, window mean,
@@ -24,7 +26,10 @@ namespace clap_detail
 {
 
 constexpr int kScoreThreads = 128;
-constexpr int kScoreGroup = 16; // quantities reduced together in the score kernel
+constexpr int kScoreChains = 4;  // interleaved partial sums of a dot product (torch's row_sum)
+constexpr int kScoreBlock = 16;  // rows summed one after the other before a cascade level (multi_row_sum)
+constexpr int kScoreLevels = 4;  // cascade levels of multi_row_sum
+constexpr int kPairsPerRound = kScoreThreads / kScoreChains;
 constexpr int kDecisionThreads = 512;
 constexpr int kGatherThreads = 128;
 constexpr int kMaxPairs = kMaxWindowArea * (kMaxWindowArea - 1) / 2;
@@ -45,27 +50,46 @@ ALGM_DEVICE int patchWindow(int i, int gridW, int windowH, int windowW, int winG
     return (row / windowH) * winGridW + col / windowW;
 }
 
-//! Reduces nq columns of `part` ([kScoreGroup][kScoreThreads]) over the thread axis; result in part[q*T].
-ALGM_DEVICE void reduceColumns(float* part, int nq)
+//! One partial sum of torch's CPU reduction `multi_row_sum` (ATen SumKernel.cpp), for one column:
+//! the `rows` values value(0), value(1), ... added one after the other in blocks of 16, each block
+//! into a cascade of 4 levels that carries upwards every 16^level rows, the levels added last.
+template <typename F>
+ALGM_DEVICE float cascadeSum(int rows, F value)
 {
-    int const tid = static_cast<int>(threadIdx.x);
-    for (int s = kScoreThreads / 2; s > 0; s >>= 1)
+    float acc[kScoreLevels] = {0.0f, 0.0f, 0.0f, 0.0f};
+    int i = 0;
+    while (i + kScoreBlock <= rows)
     {
-        for (int idx = tid; idx < nq * s; idx += kScoreThreads)
+        for (int j = 0; j < kScoreBlock; ++j, ++i)
         {
-            int const q = idx / s;
-            int const j = idx - q * s;
-            part[q * kScoreThreads + j] = part[q * kScoreThreads + j] + part[q * kScoreThreads + j + s];
+            acc[0] = acc[0] + value(i);
         }
-        ALGM_SYNC();
+        for (int l = 1; l < kScoreLevels; ++l)
+        {
+            acc[l] = acc[l] + acc[l - 1];
+            acc[l - 1] = 0.0f;
+            if ((i & ((kScoreBlock - 1) << (4 * l))) != 0)
+            {
+                break;
+            }
+        }
     }
+    for (; i < rows; ++i)
+    {
+        acc[0] = acc[0] + value(i);
+    }
+    for (int l = 1; l < kScoreLevels; ++l)
+    {
+        acc[0] = acc[0] + acc[l];
+    }
+    return acc[0];
 }
 
 template <typename T>
 ALGM_KERNEL void clapScoreKernel(T const* __restrict__ x, float* __restrict__ scores, int tokens, int dim,
     int numPrefix, int gridW, int windowH, int windowW, int winGridW, int numWindows)
 {
-    ALGM_SHARED_ARRAY(float, part, kScoreGroup * kScoreThreads);
+    ALGM_SHARED_ARRAY(float, part, kScoreThreads);
     ALGM_SHARED_ARRAY(float, nrm, kMaxWindowArea);
     ALGM_SHARED_ARRAY(float, cosv, kMaxWindowArea * kMaxWindowArea);
     ALGM_SHARED_ARRAY(long long, tokOff, kMaxWindowArea);
@@ -98,88 +122,62 @@ ALGM_KERNEL void clapScoreKernel(T const* __restrict__ x, float* __restrict__ sc
     }
     ALGM_SYNC();
 
-    // 1. norms, clamped to 1e-8 (torch.nn.functional.cosine_similarity)
-    for (int g0 = 0; g0 < k; g0 += kScoreGroup)
+    // 1. norms, clamped to 1e-8 (torch.nn.functional.cosine_similarity): ||x||^2 summed over d one
+    //    element after the other, as torch.linalg.vector_norm does here
+    for (int t = tid; t < k; t += kScoreThreads)
     {
-        int const nq = k - g0 < kScoreGroup ? k - g0 : kScoreGroup;
-        float acc[kScoreGroup];
-ALGM_UNROLL
-        for (int q = 0; q < kScoreGroup; ++q)
+        T const* xt = x + tokOff[t];
+        float acc = 0.0f;
+        for (int d = 0; d < dim; ++d)
         {
-            acc[q] = 0.0f;
+            float const v = toFloat(xt[d]);
+            acc = acc + v * v;
         }
-        for (int d = tid; d < dim; d += kScoreThreads)
-        {
-ALGM_UNROLL
-            for (int q = 0; q < kScoreGroup; ++q)
-            {
-                if (q < nq)
-                {
-                    float const v = toFloat(x[tokOff[g0 + q] + d]);
-                    acc[q] = fmaf(v, v, acc[q]);
-                }
-            }
-        }
-ALGM_UNROLL
-        for (int q = 0; q < kScoreGroup; ++q)
-        {
-            if (q < nq)
-            {
-                part[q * kScoreThreads + tid] = acc[q];
-            }
-        }
-        ALGM_SYNC();
-        reduceColumns(part, nq);
-        if (tid < nq)
-        {
-            float const n = sqrtf(part[tid * kScoreThreads]);
-            nrm[g0 + tid] = n < 1e-8f ? 1e-8f : n;
-        }
-        ALGM_SYNC();
+        float const n = sqrtf(acc);
+        nrm[t] = n < 1e-8f ? 1e-8f : n;
     }
+    ALGM_SYNC();
 
-    // 2. cosine of every pair i < j: sum_d (x_i/n_i) * (x_j/n_j)
-    for (int g0 = 0; g0 < nPairs; g0 += kScoreGroup)
+    // 2. cosine of every pair i < j: sum_d (x_i/n_i) * (x_j/n_j) as torch's row_sum: 4 interleaved
+    //    partial sums (rows d = 4m + c), each a cascadeSum; the last dim % 4 rows go to partial 0;
+    //    then partial 0 + 1 + 2 + 3. One thread per (pair, partial), kPairsPerRound pairs a round.
+    int const rowsPerChain = dim / kScoreChains;
+    for (int g0 = 0; g0 < nPairs; g0 += kPairsPerRound)
     {
-        int const nq = nPairs - g0 < kScoreGroup ? nPairs - g0 : kScoreGroup;
-        float acc[kScoreGroup];
-ALGM_UNROLL
-        for (int q = 0; q < kScoreGroup; ++q)
+        int const pair = g0 + tid / kScoreChains;
+        int const c = tid % kScoreChains;
+        if (pair < nPairs)
         {
-            acc[q] = 0.0f;
-        }
-        for (int d = tid; d < dim; d += kScoreThreads)
-        {
-ALGM_UNROLL
-            for (int q = 0; q < kScoreGroup; ++q)
-            {
-                if (q < nq)
-                {
-                    int const i = pairI[g0 + q];
-                    int const j = pairJ[g0 + q];
-                    float const ui = toFloat(x[tokOff[i] + d]) / nrm[i];
-                    float const uj = toFloat(x[tokOff[j] + d]) / nrm[j];
-                    acc[q] = fmaf(ui, uj, acc[q]);
-                }
-            }
-        }
-ALGM_UNROLL
-        for (int q = 0; q < kScoreGroup; ++q)
-        {
-            if (q < nq)
-            {
-                part[q * kScoreThreads + tid] = acc[q];
-            }
+            int const i = pairI[pair];
+            int const j = pairJ[pair];
+            T const* xi = x + tokOff[i];
+            T const* xj = x + tokOff[j];
+            float const ni = nrm[i];
+            float const nj = nrm[j];
+            part[tid] = cascadeSum(rowsPerChain, [&](int m) {
+                int const d = m * kScoreChains + c;
+                return (toFloat(xi[d]) / ni) * (toFloat(xj[d]) / nj);
+            });
         }
         ALGM_SYNC();
-        reduceColumns(part, nq);
-        if (tid < nq)
+        if (tid < kPairsPerRound && g0 + tid < nPairs)
         {
-            int const i = pairI[g0 + tid];
-            int const j = pairJ[g0 + tid];
-            float const c = part[tid * kScoreThreads];
-            cosv[i * k + j] = c;
-            cosv[j * k + i] = c;
+            int const q = g0 + tid;
+            int const i = pairI[q];
+            int const j = pairJ[q];
+            T const* xi = x + tokOff[i];
+            T const* xj = x + tokOff[j];
+            float sum = part[tid * kScoreChains];
+            for (int d = rowsPerChain * kScoreChains; d < dim; ++d)
+            {
+                sum = sum + (toFloat(xi[d]) / nrm[i]) * (toFloat(xj[d]) / nrm[j]);
+            }
+            for (int cc = 1; cc < kScoreChains; ++cc)
+            {
+                sum = sum + part[tid * kScoreChains + cc];
+            }
+            cosv[i * k + j] = sum;
+            cosv[j * k + i] = sum;
         }
         ALGM_SYNC();
     }
