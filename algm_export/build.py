@@ -32,6 +32,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -166,9 +167,12 @@ def _tail(path: Path, lines: int = 25) -> str:
     return "\n    ".join(text[-lines:]) if text else "(empty log)"
 
 
-def _run_worker(job: dict, env: dict, name: str) -> dict:
-    """Run one build in a child process; return its result or raise a typed error."""
-    with tempfile.TemporaryDirectory(prefix="algm-trt-") as tmp:
+def _run_worker(job: dict, env: dict, name: str, work_dir: Path) -> dict:
+    """Run one build in a child process; return its result or raise a typed error.
+
+    Its job, result and log live in a `.worker-*` folder of `work_dir` (the export's engines/), so
+    that a build killed outright leaves them where the next build sweeps them up."""
+    with tempfile.TemporaryDirectory(prefix=".worker-", dir=work_dir) as tmp:
         tmp = Path(tmp)
         (tmp / "job.json").write_text(json.dumps(job))
         log = tmp / "worker.log"
@@ -292,6 +296,8 @@ def build_engines(export_dir: str | os.PathLike, backend: str | None = None,
         # Leftovers of a build that was killed outright (holding the lock, no build is running).
         for stale in (export_dir / "engines").glob(".*.engine.*.partial"):
             stale.unlink(missing_ok=True)
+        for stale in (export_dir / "engines").glob(".worker-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         bar = tqdm(sources, desc=f"{pretty(backend)} {precision} engines", unit="engine",
                    disable=not progress, file=sys.stderr)
         for name, src in bar:
@@ -306,7 +312,7 @@ def build_engines(export_dir: str | os.PathLike, backend: str | None = None,
             t0 = _dt.datetime.now(_dt.timezone.utc)
             with atomic_path(final) as tmp:
                 job["engine"] = str(tmp)
-                res = _run_worker(job, env, name)
+                res = _run_worker(job, env, name, export_dir / "engines")
                 size = tmp.stat().st_size
                 if size != res.get("engine_bytes"):
                     raise EngineBuildError(f"{name}: the worker reported {res.get('engine_bytes')} engine "

@@ -207,9 +207,10 @@ def test_parent_killed_mid_build_leaves_valid_manifest(tmp_path):
     data = load_manifest(d, verify=True)
     assert 1 <= len(data["engines"]) < 4
     assert not [p for p in (d / "engines").glob("*.engine") if p.name not in {Path(r["file"]).name for r in data["engines"]}]
-    build_engines(d, **RTX)  # a new build completes and removes the killed build's temporary file
+    assert list((d / "engines").glob(".worker-*"))  # the killed worker's job folder is left behind
+    build_engines(d, **RTX)  # a new build completes and removes the killed build's temporary files
     assert len(load_manifest(d, verify=True)["engines"]) == 4
-    assert not list((d / "engines").glob(".*.partial"))
+    assert not list((d / "engines").glob(".*.partial")) and not list((d / "engines").glob(".worker-*"))
 
 
 def test_unknown_custom_op_is_a_clear_error(tmp_path):
