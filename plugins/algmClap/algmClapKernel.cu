@@ -223,7 +223,7 @@ ALGM_KERNEL void clapDecisionKernel(float const* __restrict__ scores, int32_t* _
         sScore[w] = s;
         above += s >= threshold ? 1 : 0;
     }
-    int const m = blockSumInt<kDecisionThreads>(above, ired);
+    int const m = blockSum<kDecisionThreads>(above, ired);
     int r = m > need ? m : need;
     r = r < W ? r : W;
     int const forced = r - m > 0 ? r - m : 0;
@@ -310,10 +310,7 @@ ALGM_KERNEL void clapGatherKernel(T const* __restrict__ x, T* __restrict__ y, fl
         // prefix token or unmerged patch: copied (through float32, which is exact)
         int const t = p < numPrefix ? p : numPrefix + src;
         T const* xRow = xImg + static_cast<long long>(t) * dim;
-        for (int d = tid; d < dim; d += kGatherThreads)
-        {
-            yRow[d] = fromFloat<T>(toFloat(xRow[d]));
-        }
+        copyRow<kGatherThreads>(yRow, xRow, dim);
         if (tid == 0)
         {
             *sizeSlot = 1.0f;
@@ -321,10 +318,7 @@ ALGM_KERNEL void clapGatherKernel(T const* __restrict__ x, T* __restrict__ y, fl
     }
     else if (src == -1)
     {
-        for (int d = tid; d < dim; d += kGatherThreads)
-        {
-            yRow[d] = fromFloat<T>(0.0f);
-        }
+        zeroRow<kGatherThreads>(yRow, dim);
         if (tid == 0)
         {
             *sizeSlot = 0.0f;

@@ -84,7 +84,7 @@ ALGM_KERNEL void gbmSimKernel(T const* __restrict__ x, float const* __restrict__
     {
         cnt += sizeIn[static_cast<long long>(b) * tokens + t] > 0.0f ? 1 : 0;
     }
-    int const nReal = blockSumInt<kSimThreads>(cnt, ired);
+    int const nReal = blockSum<kSimThreads>(cnt, ired);
     // a tile whose rows or columns are all padding is entirely masked: skip the products
     bool const live = (2 * a0 < nReal) && (2 * b0 + 1 < nReal);
 
@@ -260,7 +260,7 @@ ALGM_KERNEL void gbmDecisionKernel(float const* __restrict__ sizeIn, int32_t con
     {
         cnt += sizeIn[static_cast<long long>(b) * tokens + t] > 0.0f ? 1 : 0;
     }
-    int const nReal = blockSumInt<kDecisionThreads>(cnt, ired);
+    int const nReal = blockSum<kDecisionThreads>(cnt, ired);
 
     // 2. node_max / node_idx: tiles in ascending column order, first index wins ties
     int c = 0;
@@ -294,8 +294,8 @@ ALGM_KERNEL void gbmDecisionKernel(float const* __restrict__ sizeIn, int32_t con
     {
         sCnt[bb] = 0;
     }
-    int const nCand = blockSumInt<kDecisionThreads>(c, ired);
-    float const total = blockSumFloat<kDecisionThreads>(sum, fred);
+    int const nCand = blockSum<kDecisionThreads>(c, ired);
+    float const total = blockSum<kDecisionThreads>(sum, fred);
 
     // 3. threshold: mean + unbiased std / divisor over the candidates
     float const cf = static_cast<float>(nCand);
@@ -309,14 +309,14 @@ ALGM_KERNEL void gbmDecisionKernel(float const* __restrict__ sizeIn, int32_t con
             sq = sq + dlt * dlt;
         }
     }
-    float const var = blockSumFloat<kDecisionThreads>(sq, fred) / (cf - 1.0f);
+    float const var = blockSum<kDecisionThreads>(sq, fred) / (cf - 1.0f);
     float const tau = mu + sqrtf(var) / divisor;
     int above = 0;
     for (int a = tid; a < nA; a += kDecisionThreads)
     {
         above += (sRowOk[a] && sNm[a] >= tau) ? 1 : 0;
     }
-    int const m = blockSumInt<kDecisionThreads>(above, ired);
+    int const m = blockSum<kDecisionThreads>(above, ired);
     bool const noop = nReal - P < 2;
     int const need = nReal - P - capacity > 0 ? nReal - P - capacity : 0;
     int r = m > need ? m : need;
@@ -490,10 +490,7 @@ ALGM_KERNEL void gbmGatherKernel(T const* __restrict__ x, float const* __restric
     if (src >= 0)
     {
         T const* xRow = xImg + static_cast<long long>(src) * dim;
-        for (int d = tid; d < dim; d += kGatherThreads)
-        {
-            yRow[d] = fromFloat<T>(toFloat(xRow[d]));
-        }
+        copyRow<kGatherThreads>(yRow, xRow, dim);
         if (tid == 0)
         {
             *sizeSlot = sImg[src];
@@ -501,10 +498,7 @@ ALGM_KERNEL void gbmGatherKernel(T const* __restrict__ x, float const* __restric
     }
     else if (src == -1)
     {
-        for (int d = tid; d < dim; d += kGatherThreads)
-        {
-            yRow[d] = fromFloat<T>(0.0f);
-        }
+        zeroRow<kGatherThreads>(yRow, dim);
         if (tid == 0)
         {
             *sizeSlot = 0.0f;

@@ -12,9 +12,9 @@
 namespace algm
 {
 
-//! Sum of `v` over the block (fixed tree). `red` holds BLOCK floats of shared memory.
-template <int BLOCK>
-ALGM_DEVICE float blockSumFloat(float v, float* red)
+//! Sum of `v` (float or int) over the block (fixed tree). `red` holds BLOCK values of shared memory.
+template <int BLOCK, typename V>
+ALGM_DEVICE V blockSum(V v, V* red)
 {
     int const tid = static_cast<int>(threadIdx.x);
     red[tid] = v;
@@ -27,27 +27,7 @@ ALGM_DEVICE float blockSumFloat(float v, float* red)
         }
         ALGM_SYNC();
     }
-    float const total = red[0];
-    ALGM_SYNC();
-    return total;
-}
-
-//! Sum of `v` over the block. `red` holds BLOCK ints of shared memory.
-template <int BLOCK>
-ALGM_DEVICE int blockSumInt(int v, int* red)
-{
-    int const tid = static_cast<int>(threadIdx.x);
-    red[tid] = v;
-    ALGM_SYNC();
-    for (int s = BLOCK / 2; s > 0; s >>= 1)
-    {
-        if (tid < s)
-        {
-            red[tid] += red[tid + s];
-        }
-        ALGM_SYNC();
-    }
-    int const total = red[0];
+    V const total = red[0];
     ALGM_SYNC();
     return total;
 }
@@ -84,6 +64,26 @@ ALGM_DEVICE void chunkOf(int n, int& begin, int& end)
     int const tid = static_cast<int>(threadIdx.x);
     begin = tid * chunk < n ? tid * chunk : n;
     end = begin + chunk < n ? begin + chunk : n;
+}
+
+//! dst[d] = src[d] for d < dim, through float32 (exact), by the NT threads of the block.
+template <int NT, typename T>
+ALGM_DEVICE void copyRow(T* dst, T const* src, int dim)
+{
+    for (int d = static_cast<int>(threadIdx.x); d < dim; d += NT)
+    {
+        dst[d] = fromFloat<T>(toFloat(src[d]));
+    }
+}
+
+//! dst[d] = 0 for d < dim, by the NT threads of the block.
+template <int NT, typename T>
+ALGM_DEVICE void zeroRow(T* dst, int dim)
+{
+    for (int d = static_cast<int>(threadIdx.x); d < dim; d += NT)
+    {
+        dst[d] = fromFloat<T>(0.0f);
+    }
 }
 
 } // namespace algm
