@@ -109,6 +109,17 @@ def test_bench_and_report(export_dir):
     assert len(list(page.parent.glob("merge_*.png"))) == 2
 
 
+def test_bench_cli(export_dir, capsys):
+    from algm_export.cli import main
+
+    assert main(["bench", str(export_dir), "--backends", "ort", "--repeats", "1", "--warmup", "0",
+                 "--settle-ms", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "t0.850" in out and "0 ms idle before each timed run" in out
+    rep = json.loads((export_dir / "bench" / "bench.json").read_text())
+    assert rep["settle_s"] == 0 and len(rep["results"]) == 3
+
+
 def test_capacity_below_minimum_is_refused(ckpt, tmp_path):
     from algm_export.models.checkpoint import resolve_model
 
