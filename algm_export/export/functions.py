@@ -43,7 +43,8 @@ def AlgmClap(x, grid_h: int, grid_w: int, window_h: int, window_w: int, num_pref
     patches = op.Slice(xf, op.Reshape(P, vec), op.Constant(value_ints=[9223372036854775807]), vec)
     # windows [B, W, k, D], tokens row-major inside, windows row-major over the window grid
     s6 = op.Concat(B, op.Reshape(nwh, vec), op.Reshape(wh, vec), op.Reshape(nww, vec), op.Reshape(ww, vec), D, axis=0)
-    xw = op.Transpose(op.Reshape(patches, s6), perm=[0, 1, 3, 2, 4, 5])
+    p6 = op.Reshape(patches, s6)
+    xw = op.Transpose(p6, perm=[0, 1, 3, 2, 4, 5])
     xw = op.Reshape(xw, op.Concat(B, op.Reshape(W, vec), op.Reshape(k, vec), D, axis=0))
     # window score: cosine matrix, diagonal zeroed by (1 - I), summed, / (k (k-1)), in the summation
     # order of the published code on CPU (torch's cosine_similarity over the channel axis), so that
@@ -58,7 +59,7 @@ def AlgmClap(x, grid_h: int, grid_w: int, window_h: int, window_w: int, num_pref
     kv = op.Reshape(k, vec)
     Wv = op.Reshape(W, vec)
     # patches -> [B, wh, ww, Gh/wh, Gw/ww, D] (D stays innermost: cheap) -> [D, B*k*W] (a 2-D transpose)
-    xk = op.Transpose(op.Reshape(patches, s6), perm=[0, 2, 4, 1, 3, 5])
+    xk = op.Transpose(p6, perm=[0, 2, 4, 1, 3, 5])
     xt = op.Transpose(op.Reshape(xk, op.Concat(op.Reshape(op.Mul(B, op.Reshape(N, vec)), vec), D, axis=0)), perm=[1, 0])
     xt = op.Reshape(xt, op.Concat(D, B, op.Reshape(N, vec), axis=0))                   # [D, B, k*W]
     nrm = op.Sqrt(op.ReduceSum(xt * xt, lead, keepdims=1))                              # [1, B, k*W]

@@ -309,20 +309,11 @@ ALGM_KERNEL void clapGatherKernel(T const* __restrict__ x, T* __restrict__ y, fl
     {
         // prefix token or unmerged patch: copied (through float32, which is exact)
         int const t = p < numPrefix ? p : numPrefix + src;
-        T const* xRow = xImg + static_cast<long long>(t) * dim;
-        copyRow<kGatherThreads>(yRow, xRow, dim);
-        if (tid == 0)
-        {
-            *sizeSlot = 1.0f;
-        }
+        writeSlot<kGatherThreads>(yRow, xImg + static_cast<long long>(t) * dim, dim, sizeSlot, 1.0f);
     }
     else if (src == -1)
     {
-        zeroRow<kGatherThreads>(yRow, dim);
-        if (tid == 0)
-        {
-            *sizeSlot = 0.0f;
-        }
+        writeSlot<kGatherThreads, T>(yRow, nullptr, dim, sizeSlot, 0.0f);
     }
     else
     {

@@ -489,20 +489,11 @@ ALGM_KERNEL void gbmGatherKernel(T const* __restrict__ x, float const* __restric
 
     if (src >= 0)
     {
-        T const* xRow = xImg + static_cast<long long>(src) * dim;
-        copyRow<kGatherThreads>(yRow, xRow, dim);
-        if (tid == 0)
-        {
-            *sizeSlot = sImg[src];
-        }
+        writeSlot<kGatherThreads>(yRow, xImg + static_cast<long long>(src) * dim, dim, sizeSlot, sImg[src]);
     }
     else if (src == -1)
     {
-        zeroRow<kGatherThreads>(yRow, dim);
-        if (tid == 0)
-        {
-            *sizeSlot = 0.0f;
-        }
+        writeSlot<kGatherThreads, T>(yRow, nullptr, dim, sizeSlot, 0.0f);
     }
     else
     {

@@ -66,23 +66,18 @@ ALGM_DEVICE void chunkOf(int n, int& begin, int& end)
     end = begin + chunk < n ? begin + chunk : n;
 }
 
-//! dst[d] = src[d] for d < dim, through float32 (exact), by the NT threads of the block.
+//! One output slot, by the NT threads of the block: row `dst` = row `src` (through float32, exact)
+//! or zeros when `src` is null, and `*sizeSlot` = `size` (written by thread 0).
 template <int NT, typename T>
-ALGM_DEVICE void copyRow(T* dst, T const* src, int dim)
+ALGM_DEVICE void writeSlot(T* dst, T const* src, int dim, float* sizeSlot, float size)
 {
     for (int d = static_cast<int>(threadIdx.x); d < dim; d += NT)
     {
-        dst[d] = fromFloat<T>(toFloat(src[d]));
+        dst[d] = src != nullptr ? fromFloat<T>(toFloat(src[d])) : fromFloat<T>(0.0f);
     }
-}
-
-//! dst[d] = 0 for d < dim, by the NT threads of the block.
-template <int NT, typename T>
-ALGM_DEVICE void zeroRow(T* dst, int dim)
-{
-    for (int d = static_cast<int>(threadIdx.x); d < dim; d += NT)
+    if (threadIdx.x == 0)
     {
-        dst[d] = fromFloat<T>(0.0f);
+        *sizeSlot = size;
     }
 }
 
