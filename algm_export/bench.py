@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from algm_export.errors import BackendUnavailable, ConfigError
-from algm_export.flops import segmenter_macs
+from algm_export.flops import model_macs
 from algm_export.manifest import load_manifest, write_json_atomic
 from algm_export.progress import progress_bar, status
 
@@ -90,7 +90,7 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
     pairs = sample_images() if images is None else load_images(images)
     xs = [to_model_input(img, cfg.image_size, cfg.normalization) for _, img in pairs]
     entries = [man["baseline"]] + list(man["settings"])
-    base_macs = segmenter_macs(cfg)["total"]
+    base_macs = model_macs(model)["total"]
     results = []
     for backend in backends:
         for bs in batches:
@@ -116,7 +116,7 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
             for e, t in zip(entries, times):
                 med = float(np.median(t))
                 caps = e.get("capacities")
-                macs = base_macs if not caps else segmenter_macs(cfg, e["layers"], caps)["total"]
+                macs = base_macs if not caps else model_macs(model, e["layers"], caps)["total"]
                 results.append({
                     "backend": backend, "batch": bs, "setting": e["name"], "threshold": e.get("threshold"),
                     "capacities": caps, "latency_ms": 1e3 * med, "p10_ms": 1e3 * float(np.percentile(t, 10)),

@@ -18,10 +18,10 @@ from algm_export.errors import CapacityError, ConfigError
 from algm_export.merging.patch import apply_algm, check_capacities
 from algm_export.merging.setting import AlgmSetting
 from algm_export.merging.static import clap_capacity_bounds, gbm_capacity_min
-from algm_export.models.segmenter import Segmenter
+from algm_export.models.base import SegModel
 
 
-def token_counts(model: Segmenter, setting: AlgmSetting, batches: Iterable[torch.Tensor]) -> np.ndarray:
+def token_counts(model: SegModel, setting: AlgmSetting, batches: Iterable[torch.Tensor]) -> np.ndarray:
     """[n_images, steps] real patch-token counts after every merge step (dynamic per_image)."""
     dm = apply_algm(model, AlgmSetting(setting.threshold, setting.window, setting.layers, "per_image"))
     rows = []
@@ -52,13 +52,13 @@ def capacities_from_counts(counts: np.ndarray, quantile: float, setting: AlgmSet
     return caps
 
 
-def calibrate(model: Segmenter, setting: AlgmSetting, images: Sequence[torch.Tensor], names: Optional[Sequence[str]] = None,
+def calibrate(model: SegModel, setting: AlgmSetting, images: Sequence[torch.Tensor], names: Optional[Sequence[str]] = None,
               quantile: float = 1.0, progress=None) -> dict:
     """Calibrate capacities. images: normalised [1, 3, H, W] tensors at the model's input size."""
     batches = images if progress is None else progress(images)
     counts = token_counts(model, setting, batches)
     grid = model.cfg.grid
-    caps = capacities_from_counts(counts, quantile, setting, grid, model.cfg.num_prefix)
+    caps = capacities_from_counts(counts, quantile, setting, grid, model.num_prefix)
     over = [int((counts[:, s] > caps[s]).sum()) for s in range(counts.shape[1])]
     return {
         "capacities": caps,

@@ -30,7 +30,7 @@ log = logging.getLogger("algm_export")
 # ----------------------------------------------------------------------------- predict
 
 def add_predict_parser(sub) -> argparse.ArgumentParser:
-    from algm_export.models.checkpoint import BUILTIN_MODELS, DEFAULT_MODEL
+    from algm_export.models.registry import DEFAULT_MODEL, builtin_names
 
     p = sub.add_parser(
         "predict", parents=[_common()],
@@ -44,7 +44,7 @@ def add_predict_parser(sub) -> argparse.ArgumentParser:
                    help="image files or folders; sample:NAME or sample:all for the photos bundled with scikit-image")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"checkpoint.pth (variant.yml beside it), its folder, or one of "
-                        f"{', '.join('builtin:' + n for n in BUILTIN_MODELS)} (default: %(default)s)")
+                        f"{', '.join(builtin_names())} (default: %(default)s)")
     p.add_argument("--threshold", type=float, default=None,
                    help="CLAP threshold tau (default: the checkpoint's variant.yml, else the published value)")
     p.add_argument("--layers", default=None,
@@ -112,11 +112,11 @@ def cmd_version(args) -> int:
 # ----------------------------------------------------------------------------- export
 
 def _model_arg(p):
-    from algm_export.models.checkpoint import BUILTIN_MODELS, DEFAULT_MODEL
+    from algm_export.models.registry import DEFAULT_MODEL, builtin_names
 
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, metavar="CHECKPOINT|BUILTIN",
                    help=f"checkpoint.pth (variant.yml beside it), its folder, or "
-                        f"{', '.join('builtin:' + n for n in BUILTIN_MODELS)} (default: %(default)s)")
+                        f"{', '.join(builtin_names())} (default: %(default)s)")
 
 
 def add_export_parser(sub):
@@ -146,7 +146,7 @@ def cmd_export(args) -> int:
     from algm_export.calibrate import parse_capacities
     from algm_export.export.pipeline import export_folder
     from algm_export.merging.setting import parse_thresholds
-    from algm_export.models.checkpoint import resolve_model
+    from algm_export.models.registry import resolve_model
     from algm_export.predict import parse_layers
     from algm_export.tables import format_table
 

@@ -22,7 +22,7 @@ def run_demo(out: str = "algm-demo", model_spec: str = "builtin:vit_s16_512",
              force: bool = True) -> dict:
     from algm_export.bench import available_backends, bench, format_bench
     from algm_export.export.pipeline import export_folder
-    from algm_export.models.checkpoint import resolve_model
+    from algm_export.models.registry import resolve_model
     from algm_export.report.html import write_report
     from algm_export.validate import format_report, validate
 

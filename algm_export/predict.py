@@ -45,9 +45,10 @@ from algm_export.images import (
     to_model_input,
 )
 from algm_export.merging.setting import AlgmSetting, default_setting
-from algm_export.models.checkpoint import DEFAULT_MODEL, model_summary, resolve_model
+from algm_export.models.registry import DEFAULT_MODEL, resolve_model
 from algm_export.models.inference import sliding_window_logits, window_plan
-from algm_export.models.segmenter import Segmenter, interp_matrix
+from algm_export.models.base import SegModel
+from algm_export.models.layers import interp_matrix
 
 SAMPLE_PREFIX = "sample:"
 
@@ -56,7 +57,7 @@ SAMPLE_PREFIX = "sample:"
 
 @dataclass
 class PredictOptions:
-    model: Union[str, Segmenter] = DEFAULT_MODEL
+    model: Union[str, SegModel] = DEFAULT_MODEL
     threshold: Optional[float] = None           # None: the checkpoint's (variant.yml) or the default
     layers: Optional[Sequence[int]] = None      # None: the checkpoint's or (1, 5) / (1, 7) for ViT-L
     algm: bool = True
@@ -84,7 +85,7 @@ def parse_layers(text: Union[str, Sequence[int], None]) -> Optional[tuple[int, .
     return vals
 
 
-def algm_setting_for(model: Segmenter, threshold: Optional[float] = None,
+def algm_setting_for(model: SegModel, threshold: Optional[float] = None,
                      layers: Optional[Sequence[int]] = None) -> AlgmSetting:
     """The ALGM setting to run: the checkpoint's (variant.yml), else the published default,
     with `threshold` / `layers` overriding. Checked against the model (layers, grid)."""
@@ -121,7 +122,7 @@ class TorchBackend:
     name = "torch"
     input_size: Optional[tuple[int, int]] = None   # any size
 
-    def __init__(self, model: Segmenter, setting: Optional[AlgmSetting], device: str = "cpu"):
+    def __init__(self, model: SegModel, setting: Optional[AlgmSetting], device: str = "cpu"):
         from algm_export.merging.patch import apply_algm
 
         self.device = resolve_device(device)
@@ -151,7 +152,7 @@ class EngineBackend:
     do not output assignment maps, so no merge picture is drawn for them.
     """
 
-    def __init__(self, model: Segmenter, setting: Optional[AlgmSetting], engine: str = "", device: str = "cpu"):
+    def __init__(self, model: SegModel, setting: Optional[AlgmSetting], engine: str = "", device: str = "cpu"):
         from algm_export.errors import ConfigError
 
         path = Path(engine)
@@ -198,7 +199,7 @@ def register_backend(name: str, factory: Callable[..., Any]) -> None:
     BACKENDS[name] = factory
 
 
-def make_runner(model: Segmenter, setting: Optional[AlgmSetting], backend: str = "torch", **options):
+def make_runner(model: SegModel, setting: Optional[AlgmSetting], backend: str = "torch", **options):
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; available: {sorted(BACKENDS)}")
     return BACKENDS[backend](model, setting, **options)
@@ -241,12 +242,12 @@ class Prediction:
     grid: Optional[tuple[int, int]] = None
 
 
-def _model_size(model: Segmenter, runner) -> tuple[int, int]:
+def _model_size(model: SegModel, runner) -> tuple[int, int]:
     size = getattr(runner, "input_size", None)
     return tuple(int(v) for v in (size or model.cfg.image_size))
 
 
-def _window_settings(model: Segmenter, runner) -> tuple[tuple[int, int], tuple[int, int], int]:
+def _window_settings(model: SegModel, runner) -> tuple[tuple[int, int], tuple[int, int], int]:
     inf = model.cfg.inference or {}
     msize = _model_size(model, runner)
 
@@ -267,7 +268,7 @@ def _mean(v: Sequence[int]):
     return int(m) if m == int(m) else round(m, 2)
 
 
-def predict_image(model: Segmenter, runner, img: np.ndarray, name: str = "image",
+def predict_image(model: SegModel, runner, img: np.ndarray, name: str = "image",
                   setting: Optional[AlgmSetting] = None, sliding: bool = False,
                   batch_size: int = 4) -> Prediction:
     """Segment one uint8 [H, W, 3] image with `runner`; collect the merge statistics."""
@@ -424,7 +425,7 @@ def run_predict(images: Sequence[Union[str, Path]], options: Optional[PredictOpt
         runner = make_runner(model, setting, opts.backend, device=opts.device, **opts.backend_options)
     out_dir = Path(opts.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = model_summary(model)
+    summary = model.describe()
     run_info = {"model": summary["source"], "backbone": summary["backbone"], "decoder": summary["decoder"],
                 **(runner.info() if hasattr(runner, "info") else {"backend": opts.backend})}
 

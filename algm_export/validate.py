@@ -244,10 +244,10 @@ def label_miou(labels_dir, torch_model, runner, cfg) -> dict:
 
 def model_from_manifest(man: dict):
     from algm_export.manifest import sha256_file
-    from algm_export.models.checkpoint import resolve_model
+    from algm_export.models.registry import resolve_model
 
     src = man["model"]["source"]
-    model = resolve_model(src)
+    model = resolve_model(src, config=man["model"].get("config_file"))
     want = man["model"].get("checkpoint_sha256")
     if want and not src.startswith("builtin:"):
         p = Path(src)

@@ -13,7 +13,7 @@ import os
 
 from algm_export.bench import bench, format_bench
 from algm_export.export.pipeline import export_folder
-from algm_export.models.checkpoint import resolve_model
+from algm_export.models.registry import resolve_model
 
 
 def main():

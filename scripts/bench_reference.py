@@ -18,9 +18,9 @@ import torch
 
 from algm_export import AlgmSetting, apply_algm
 from algm_export.calibrate import calibrate
-from algm_export.flops import segmenter_macs
+from algm_export.flops import model_macs
 from algm_export.images import sample_images, to_model_input
-from algm_export.models.checkpoint import resolve_model
+from algm_export.models.registry import resolve_model
 from algm_export.tables import format_table
 
 
@@ -59,16 +59,16 @@ def main():
                     if k == "algm dynamic":
                         tokens[name] = m.merge_stats["tokens"][0].tolist()
     base = np.median(times["baseline"])
-    g0 = segmenter_macs(cfg)["total"]
+    g0 = model_macs(model)["total"]
     rows = []
     for k in runs:
         med = np.median(times[k])
         if k == "baseline":
             g = g0
         elif k == "algm static":
-            g = segmenter_macs(cfg, s.layers, cal["capacities"])["total"]
+            g = model_macs(model, s.layers, cal["capacities"])["total"]
         else:
-            g = np.mean([segmenter_macs(cfg, s.layers, t)["total"] for t in tokens.values()])
+            g = np.mean([model_macs(model, s.layers, t)["total"] for t in tokens.values()])
         rows.append([k, f"{1e3 * med:.0f}", f"{base / med:.2f}", f"{g:.1f}", f"{g0 / g:.2f}"])
     print(f"{cfg.backbone} {cfg.image_size[0]}x{cfg.image_size[1]}, threshold {a.threshold}, layers {s.layers}, "
           f"{a.threads} threads, {a.device}, {platform.processor() or platform.machine()}, torch {torch.__version__}")

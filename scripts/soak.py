@@ -55,7 +55,7 @@ def main():
     from algm_export.calibrate import calibrate
     from algm_export.export.exporter import export_onnx
     from algm_export.images import to_model_input
-    from algm_export.models.checkpoint import resolve_model
+    from algm_export.models.registry import resolve_model
     from algm_export.runtimes.onnxruntime import OrtRunner
 
     model = resolve_model(a.model)

@@ -1,4 +1,4 @@
-"""Export a Segmenter (baseline) or a static ALGM Segmenter to ONNX.
+"""Export any model family (baseline) or its static ALGM form to ONNX.
 
 Graph interface: input `image` float32 [B, 3, H, W] (dynamic batch, fixed H, W); outputs
 `logits` float32 [B, n_cls, H, W] and, for ALGM, `merge_stats` int32 [B, steps, 2]
@@ -24,8 +24,8 @@ import torch.nn as nn
 from algm_export.errors import ConfigError
 from algm_export.export import functions, ops  # noqa: F401  (ops registers torch.ops.algm.*)
 from algm_export.export.schemas import register_schemas
-from algm_export.merging.patch import AlgmSegmenter
-from algm_export.models.segmenter import Segmenter
+from algm_export.merging.patch import AlgmModel
+from algm_export.models.base import SegModel
 
 ALGM_OPSET = functions.ALGM
 
@@ -42,7 +42,7 @@ def _gbm_translation(x, size, assign, num_prefix, capacity, divisor):
 
 
 class _ExportBaseline(nn.Module):
-    def __init__(self, model: Segmenter):
+    def __init__(self, model: SegModel):
         super().__init__()
         self.model = model
 
@@ -51,7 +51,7 @@ class _ExportBaseline(nn.Module):
 
 
 class _ExportAlgm(nn.Module):
-    def __init__(self, model: AlgmSegmenter):
+    def __init__(self, model: AlgmModel):
         super().__init__()
         self.model = model
 
@@ -73,7 +73,7 @@ def _export_program(module: nn.Module, image_size, batch: int, output_names, ops
             dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},), optimize=True, verbose=False,
         )
     for m in module.modules():
-        if isinstance(m, AlgmSegmenter):
+        if isinstance(m, AlgmModel):
             m.reset_state()
     return prog.model_proto
 
@@ -115,15 +115,15 @@ def check_model(model: onnx.ModelProto, strict: bool = True) -> onnx.ModelProto:
 
 def export_onnx(model, path: str | os.PathLike, image_size=None, inline: bool = False,
                 opset: int = functions.OPSET_VERSION, example_batch: int = 2) -> Path:
-    """Export a `Segmenter` (baseline) or a static `AlgmSegmenter` to `path` (written atomically)."""
+    """Export a `SegModel` (baseline) or a static `AlgmModel` to `path` (written atomically)."""
     from algm_export.manifest import atomic_path
 
-    if isinstance(model, AlgmSegmenter):
+    if isinstance(model, AlgmModel):
         if not model.static:
             raise ConfigError("only static ALGM models export: apply_algm(model, setting, capacities=(C1, C2, ...))")
         module, outputs = _ExportAlgm(model), ("logits", "merge_stats")
         cfg = model.cfg
-    elif isinstance(model, Segmenter):
+    elif isinstance(model, SegModel):
         module, outputs = _ExportBaseline(model), ("logits",)
         cfg = model.cfg
     else:

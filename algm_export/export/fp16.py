@@ -21,7 +21,7 @@ import os
 import torch.nn as nn
 import torch.nn.functional as F
 
-from algm_export.merging.patch import AlgmSegmenter
+from algm_export.merging.patch import AlgmModel
 
 
 class Fp32LayerNorm(nn.LayerNorm):
@@ -32,8 +32,8 @@ class Fp32LayerNorm(nn.LayerNorm):
 
 
 def to_fp16(model):
-    """A float16 copy of a Segmenter or AlgmSegmenter, with the fp32 islands listed above."""
-    if isinstance(model, AlgmSegmenter):
+    """A float16 copy of a Segmenter or AlgmModel, with the fp32 islands listed above."""
+    if isinstance(model, AlgmModel):
         model.reset_state()
     m = copy.deepcopy(model).half()
     for mod in m.modules():

@@ -19,25 +19,18 @@ from algm_export.progress import progress_bar, status
 
 
 def model_info(model, source: str) -> dict:
-    cfg = model.cfg
-    info = {
-        "source": source,
-        "checkpoint_sha256": None,
-        "backbone": cfg.backbone,
-        "decoder": cfg.decoder.name,
-        "n_cls": cfg.n_cls,
-        "image_size": list(cfg.image_size),
-        "patch_size": cfg.patch_size,
-        "grid": list(cfg.grid),
-        "num_prefix": cfg.num_prefix,
-        "n_layers": cfg.n_layers,
-        "normalization": cfg.normalization,
-        "config": cfg.to_dict(),
-    }
-    p = Path(source)
-    if not source.startswith("builtin:") and p.exists():
-        ck = p / "checkpoint.pth" if p.is_dir() else p
+    """The manifest's `model` record: what the model is, where it came from, and the sha256 of
+    every file it was loaded from (checkpoint, and the config file for formats that have one)."""
+    info = model.describe()
+    info["source"] = source
+    info["config"] = model.cfg.to_dict()
+    info["checkpoint_sha256"] = None
+    info["config_sha256"] = None
+    ck = getattr(model, "checkpoint_path", None)
+    if not source.startswith("builtin:") and ck is not None and Path(ck).is_file():
         info["checkpoint_sha256"] = sha256_file(ck)
+    if info.get("config_file"):
+        info["config_sha256"] = sha256_file(info["config_file"])
     return info
 
 

@@ -1,9 +1,10 @@
-"""`apply_algm`: run a Segmenter with ALGM merging, dynamic (spec 1) or static (spec 2).
+"""`apply_algm`: run any `SegModel` with ALGM merging, dynamic (spec 1) or static (spec 2).
 
-The returned `AlgmSegmenter` shares the weights of the model it was given (nothing is copied)
-and drives the same blocks through `block_forward`, inserting CLAP after the attention
-residual of the first ALGM layer and GBM in the others. Only the final per-token class logits
-are unmerged (`out[b, p] = logits[b, assign[b, p]]`).
+The returned `AlgmModel` shares the weights of the model it was given (nothing is copied) and
+runs the model's own loop (`SegModel.forward_tokens`) with a merge hook: CLAP after the
+attention residual of the first ALGM layer, GBM in the others. It knows neither the backbone
+nor the decoder: token decoders unmerge their per-token outputs, feature-map decoders their
+input maps, each with the assignment map valid at the layer they read (`models/base.py`).
 
 After each forward `model.merge_stats` holds, per image and merge step, the real patch-token
 count after the step (`tokens`), the merges done (`merges`) and the forced merges (`forced`),
@@ -21,19 +22,9 @@ from algm_export.errors import CapacityError, ConfigError, InputError
 from algm_export.merging import dynamic
 from algm_export.merging.setting import AlgmSetting
 from algm_export.merging.static import clap_capacity_bounds, gbm_capacity_min
-from algm_export.models.segmenter import KeyMask, Segmenter, block_forward, key_bias_from_size, tokens_to_masks
+from algm_export.models.base import SegModel, TokenState, unmerge_rows  # noqa: F401  (unmerge_rows re-exported)
 
 
-
-def unmerge_rows(x: torch.Tensor, assign: torch.Tensor) -> torch.Tensor:
-    """Row `assign[b, n]` of image b for every patch n: [B, T, C], [B, N] -> [B, N, C].
-
-    A row gather over the flattened batch (an ONNX `Gather`), the same values as
-    `torch.gather(x, 1, assign[..., None].expand(-1, -1, C))` without an index per channel.
-    """
-    B, T, C = x.shape
-    flat = assign.long() + torch.arange(B, device=x.device).unsqueeze(1) * T
-    return x.reshape(B * T, C)[flat.reshape(-1)].reshape(B, assign.shape[1], C)
 
 def _nonfinite_error(bad: list) -> InputError:
     return InputError(
@@ -58,8 +49,10 @@ def check_finite_array(im) -> None:
         raise _nonfinite_error(np.nonzero(~np.isfinite(a.reshape(a.shape[0], -1)).all(1))[0].tolist())
 
 
-class AlgmSegmenter(nn.Module):
-    def __init__(self, model: Segmenter, setting: AlgmSetting, capacities: Optional[Sequence[int]] = None):
+class AlgmModel(nn.Module):
+    """ALGM around any `SegModel` (weights shared): one driver for every backbone + decoder pair."""
+
+    def __init__(self, model: SegModel, setting: AlgmSetting, capacities: Optional[Sequence[int]] = None):
         super().__init__()
         self.model = model
         self.setting = setting
@@ -72,9 +65,10 @@ class AlgmSegmenter(nn.Module):
                     "static mode (capacities) runs the per_image policy only: batch_min couples images, "
                     "which a fixed-shape engine cannot reproduce; use policy='per_image'"
                 )
-            check_capacities(self.capacities, setting, cfg.grid, cfg.num_prefix)
+            check_capacities(self.capacities, setting, cfg.grid, model.num_prefix)
         self.merge_stats: dict = {}
         self.assignments: list[torch.Tensor] = []
+        self.stats_tensor = None
 
     @property
     def cfg(self):
@@ -106,57 +100,17 @@ class AlgmSegmenter(nn.Module):
         return self._forward(im)
 
     def _forward(self, im: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        H, W = im.shape[-2:]
-        im = im.to(m.encoder.patch_embed.proj.weight.dtype)
-        im_p = m.pad(im)
-        x, grid = m.embed(im_p)
-        self.setting.check_model(m.cfg.n_layers, grid)
-        B, P = x.shape[0], m.num_prefix
-        N = grid[0] * grid[1]
-        if self.static:
-            check_capacities(self.capacities, self.setting, grid, P)
-        size = torch.ones(B, x.shape[1], dtype=torch.float32, device=x.device)
-        assign = torch.arange(N, device=x.device).expand(B, -1)
-        state = {"size": size, "assign": assign}
-        steps = {l: i for i, l in enumerate(self.setting.layers)}
-        tokens, merges, forced, assigns = [], [], [], []
-        padded = False
-
-        mask = None  # the padding mask of the current token state, shared by its blocks
-        for li, blk in enumerate(m.encoder.blocks, start=1):
-            if padded and mask is None:
-                mask = KeyMask(key_bias_from_size(state["size"], x.dtype))
-            bias = mask if padded else None
-            if li in steps:
-                step = steps[li]
-
-                def merge(t, step=step):
-                    res = self._merge(step, t, state["size"], state["assign"], grid, P)
-                    state["size"], state["assign"] = res[1], res[2]
-                    merges.append(res[3])
-                    forced.append(res[4])
-                    return res[0]
-
-                x = block_forward(blk, x, bias, merge)
-                padded = padded or self.static
-                mask = None  # the merge changed the token state
-                tokens.append((state["size"][:, P:] > 0).sum(1))
-                assigns.append(state["assign"].long())
-            else:
-                x = block_forward(blk, x, bias)
-        x = m.encoder.norm(x)
-        bias = key_bias_from_size(state["size"][:, P:], x.dtype) if padded else None
-        logits = m.decoder.forward_tokens(x[:, P:], bias).float()              # [B, T', n_cls]
-        logits = unmerge_rows(logits, state["assign"])                        # unmerge: [B, N, n_cls]
-        self.stats_tensor = torch.stack([torch.stack(merges, 1), torch.stack(forced, 1)], dim=-1).to(torch.int32)
+        hook = _MergeHook(self)
+        out = self.model.forward_tokens(im, hook)
+        self.stats_tensor = torch.stack([torch.stack(hook.merges, 1), torch.stack(hook.forced, 1)],
+                                        dim=-1).to(torch.int32)
         self.merge_stats = {
-            "tokens": torch.stack(tokens, 1).long(),
-            "merges": torch.stack(merges, 1).long(),
-            "forced": torch.stack(forced, 1).long(),
+            "tokens": torch.stack(hook.tokens, 1).long(),
+            "merges": torch.stack(hook.merges, 1).long(),
+            "forced": torch.stack(hook.forced, 1).long(),
         }
-        self.assignments = assigns
-        return m.finish(tokens_to_masks(logits, grid), im_p.shape[-2:], (H, W))
+        self.assignments = hook.assigns
+        return out
 
     def _merge(self, step: int, x, size, assign, grid, P):
         s = self.setting
@@ -171,6 +125,33 @@ class AlgmSegmenter(nn.Module):
             y, sz, a, st = torch.ops.algm.gbm(x, size, assign.to(torch.int32), P, self.capacities[step], divisor)
             return y, sz, a, st[:, 0], st[:, 1]
         return dynamic.gbm(x, size, assign, P, divisor)
+
+
+class _MergeHook:
+    """The merge steps of one forward: CLAP / GBM after the attention residual of their blocks."""
+
+    def __init__(self, owner: AlgmModel):
+        self.owner = owner
+        self.steps = {l - 1: i for i, l in enumerate(owner.setting.layers)}   # 0-based block -> step
+        self.layers = frozenset(self.steps)
+        self.tokens, self.merges, self.forced, self.assigns = [], [], [], []
+
+    def merge(self, i: int, x: torch.Tensor, state: TokenState):
+        owner = self.owner
+        grid, P = state.grid, state.num_prefix
+        if i == min(self.steps):
+            owner.setting.check_model(owner.cfg.n_layers, grid)
+            if owner.static:
+                check_capacities(owner.capacities, owner.setting, grid, P)
+        y, size, assign, merges, forced = owner._merge(self.steps[i], x, state.size, state.assign, grid, P)
+        state = state.replace(size, assign, padded=owner.static)
+        self.merges.append(merges)
+        self.forced.append(forced)
+        self.tokens.append((size[:, P:] > 0).sum(1))
+        self.assigns.append(assign.long())
+        return y, state
+
+
 
 
 def check_capacities(caps: Sequence[int], setting: AlgmSetting, grid, num_prefix: int) -> None:
@@ -198,11 +179,11 @@ def check_capacities(caps: Sequence[int], setting: AlgmSetting, grid, num_prefix
             )
 
 
-def apply_algm(model: Segmenter, setting: AlgmSetting, capacities: Optional[Sequence[int]] = None) -> AlgmSegmenter:
+def apply_algm(model: SegModel, setting: AlgmSetting, capacities: Optional[Sequence[int]] = None) -> AlgmModel:
     """Wrap `model` (weights shared) so that its forward runs ALGM with `setting`.
 
     capacities=None: dynamic mode (spec 1). capacities=(C1, C2, ...): static mode (spec 2).
     """
     from algm_export.export import ops  # noqa: F401  (registers torch.ops.algm.*)
 
-    return AlgmSegmenter(model, setting, capacities).eval()
+    return AlgmModel(model, setting, capacities).eval()

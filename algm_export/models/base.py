@@ -258,6 +258,33 @@ class SegModel(nn.Module):
         logits = self.decoder.decode(levels)
         return self.finish(logits, im_p.shape[-2:], (H, W))
 
+    def set_image_size(self, image_size) -> "SegModel":
+        """Re-target the model to another run size (position embedding resized, cfg updated)."""
+        from algm_export.errors import ConfigError
+
+        new = tuple(int(v) for v in ((image_size, image_size) if isinstance(image_size, int) else image_size))
+        p = self.cfg.patch_size
+        if len(new) != 2 or new[0] % p or new[1] % p or min(new) <= 0:
+            raise ConfigError(f"image size {list(new)} is not a positive multiple of the patch size {p}")
+        if new != tuple(self.cfg.image_size):
+            self.backbone.set_image_size(new)
+            self.cfg.image_size = new
+        return self
+
+    def describe(self) -> dict:
+        """What the model is, for tables, JSON files and manifests (no weights)."""
+        cfg = self.cfg
+        return {
+            "family": self.family, "source": getattr(self, "source", None),
+            "config_file": getattr(self, "config_path", None) and str(self.config_path),
+            "backbone": cfg.backbone, "decoder": cfg.decoder_name, "n_cls": cfg.n_cls,
+            "image_size": list(cfg.image_size), "patch_size": cfg.patch_size, "grid": list(cfg.grid),
+            "num_prefix": self.num_prefix, "n_layers": cfg.n_layers, "normalization": cfg.normalization,
+            "decoder_kind": self.decoder.kind, "decoder_layers": list(self.decoder.in_layers),
+            "algm": cfg.algm, "inference": cfg.inference,
+            "params_m": round(sum(p.numel() for p in self.parameters()) / 1e6, 2),
+        }
+
     def dtype_of_input(self) -> torch.dtype:
         return next(self.backbone.parameters()).dtype
 

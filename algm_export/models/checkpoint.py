@@ -285,7 +285,7 @@ def save_segmenter(model, out_dir: str | Path, algm=None, extra_variant: Optiona
                    extra_checkpoint: Optional[dict] = None) -> Path:
     """Write `out_dir/checkpoint.pth` + `out_dir/variant.yml` in the published format.
 
-    model: a Segmenter (or an `AlgmSegmenter`, whose setting is used when `algm` is None).
+    model: a Segmenter (or an `AlgmModel`, whose setting is used when `algm` is None).
     algm: an AlgmSetting (or a dataset_kwargs-style dict) recorded in `dataset_kwargs`;
       None keeps the model's own `cfg.algm`, if any (else the run is marked `patch_type: pure`).
     extra_variant: merged (deeply) into the variant, e.g. {"dataset_kwargs": {"dataset": "ade20k"}}.
@@ -500,26 +500,7 @@ def load_segmenter(path: str | Path, image_size=None, strict: bool = True,
 
 def set_image_size(model: Segmenter, image_size) -> Segmenter:
     """Re-target a model to another run size: resize the pos_embed grid (bilinear) and update cfg."""
-    from algm_export.models.segmenter import resize_pos_embed
-
-    new = _pair(image_size)
-    p = model.cfg.patch_size
-    if new[0] % p or new[1] % p or min(new) <= 0:
-        raise ConfigError(f"image size {list(new)} is not a positive multiple of the patch size {p}")
-    old_grid = model.cfg.grid
-    new_grid = (new[0] // p, new[1] // p)
-    if tuple(new) == tuple(model.cfg.image_size):
-        return model
-    enc = model.encoder
-    with torch.no_grad():
-        pe = resize_pos_embed(enc.pos_embed.data, model.num_prefix, old_grid, new_grid)
-    enc.pos_embed = torch.nn.Parameter(pe, requires_grad=enc.pos_embed.requires_grad)
-    model.cfg.image_size = tuple(new)
-    pe_mod = enc.patch_embed
-    for attr, val in (("img_size", tuple(new)), ("grid_size", new_grid), ("num_patches", new_grid[0] * new_grid[1])):
-        if hasattr(pe_mod, attr):
-            setattr(pe_mod, attr, val)
-    return model
+    return model.set_image_size(image_size)
 
 
 # ----------------------------------------------------------------------------- built-in models
@@ -575,16 +556,9 @@ def resolve_model(spec, image_size=None, strict: bool = True) -> Segmenter:
     return model
 
 
-def model_summary(model: Segmenter) -> dict:
+def model_summary(model) -> dict:
     """Short description of a model for tables, JSON files and manifests."""
-    cfg = model.cfg
-    return {
-        "source": getattr(model, "source", None), "backbone": cfg.backbone, "decoder": cfg.decoder.name,
-        "n_cls": cfg.n_cls, "image_size": list(cfg.image_size), "patch_size": cfg.patch_size,
-        "grid": list(cfg.grid), "num_prefix": cfg.num_prefix, "normalization": cfg.normalization,
-        "algm": cfg.algm, "inference": cfg.inference,
-        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-    }
+    return model.describe()
 
 
 __all__ = [

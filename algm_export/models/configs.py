@@ -70,9 +70,15 @@ class SegmenterConfig:
     # Published evaluation settings (inference_kwargs), if any.
     inference: Optional[dict] = None
 
+    family = "segmenter"
+
     @property
     def num_prefix(self) -> int:
         return 2 if self.distilled else 1
+
+    @property
+    def decoder_name(self) -> str:
+        return self.decoder.name
 
     @property
     def grid(self) -> tuple[int, int]:

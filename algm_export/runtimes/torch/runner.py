@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from algm_export.merging.patch import AlgmSegmenter, check_finite_array
+from algm_export.merging.patch import AlgmModel, check_finite_array
 
 
 class TorchRunner:
@@ -23,7 +23,7 @@ class TorchRunner:
         with torch.no_grad():
             logits = self.model(image.to(self.device).float())
         out = {"logits": logits.float().cpu().numpy()}
-        if isinstance(self.model, AlgmSegmenter):
+        if isinstance(self.model, AlgmModel):
             st = torch.stack([self.model.merge_stats["merges"], self.model.merge_stats["forced"]], -1)
             out["merge_stats"] = st.to(torch.int32).cpu().numpy()
             out["tokens"] = self.model.merge_stats["tokens"].cpu().numpy()
