@@ -358,6 +358,7 @@ RTX_CASES = [  # name, grid, P, D, C1, C2, dtype, profile (min, opt, max)
     ("g8p2-fp16-dyn", (8, 8), 2, 32, 24, 16, "float16", (1, 4, 4)),
     ("g6x10p1-fp32-static", (6, 10), 1, 16, 30, 20, "float32", (3, 3, 3)),
     ("g32p1-fp16-dyn", (32, 32), 1, 384, 600, 400, "float16", (1, 1, 2)),
+    ("g8p0-fp32-dyn", (8, 8), 0, 32, 40, 26, "float32", (1, 2, 8)),   # no prefix token
 ]
 
 
