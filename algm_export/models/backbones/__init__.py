@@ -1,0 +1,1 @@
+"""Backbones: plain ViTs behind the `algm_export.models.base.Backbone` interface, one file per source."""
