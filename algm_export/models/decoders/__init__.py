@@ -1,0 +1,1 @@
+"""Decoders behind `algm_export.models.base.Decoder`: token decoders and feature-map decoders, one file per family."""
