@@ -146,6 +146,7 @@ def test_save_load_round_trip(tmp_path):
         with torch.no_grad():
             assert torch.equal(m2(x), ref)
         assert m2.cfg.decoder_name == "setr_mla" and m2.num_prefix == 0
+        assert m2.config_path == (None if source is None else str(source)) and m2.source == str(path)
 
 
 def test_key_mismatches_are_listed(tmp_path):

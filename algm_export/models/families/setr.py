@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -385,7 +386,10 @@ def load_mmseg_setr(config_path_or_text=None, checkpoint_path=None, image_size=N
         notes.append("config read from the checkpoint's meta")
     else:
         config = parse_config(config_path_or_text)
-        config_path = config_path_or_text if not ("\n" in str(config_path_or_text)) else None
+        is_file = isinstance(config_path_or_text, os.PathLike) or (
+            isinstance(config_path_or_text, str) and "\n" not in config_path_or_text
+            and os.path.isfile(os.path.expanduser(config_path_or_text)))
+        config_path = config_path_or_text if is_file else None
     if "model" not in config:
         raise ConfigError("the config defines no `model`")
     model_cfg = copy.deepcopy(config["model"])
