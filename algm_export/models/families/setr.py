@@ -36,7 +36,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Union
@@ -50,6 +49,8 @@ from algm_export.models.backbones.mmseg_vit import MMSegViT, _pair
 from algm_export.models.base import SegModel
 from algm_export.models.decoders.setr import SETRDecoder, SETRMLAHead, SETRUPHead, build_head, build_neck
 from algm_export.models.layers import bilinear_upsample
+from algm_export.models.families.mmseg import load_state_dict_checked, read_checkpoint, short as _short
+from algm_export.models.families.mmseg import state_dict_of as _state_dict_of
 from algm_export.models.mmseg_config import config_text_from_meta, parse_config
 
 FAMILY = "setr"
@@ -310,63 +311,7 @@ def mmseg_slide_inference(fn: Callable[[torch.Tensor], torch.Tensor], img: torch
 # ----------------------------------------------------------------------------- checkpoints
 
 def _read_checkpoint(path) -> Any:
-    """The one place a checkpoint file is read (a safe loader will replace this)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"the checkpoint {path} does not exist") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read the checkpoint {path}: {first} (it is read with "
-                              "torch.load(weights_only=True): tensors and plain data only)") from None
-
-
-def _state_dict_of(obj: Any, where: str) -> dict:
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        sd = obj["state_dict"]
-    elif isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        sd = obj
-    else:
-        keys = sorted(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
-        raise CheckpointError(f"{where} holds no state_dict (found {keys}); an mmseg checkpoint is "
-                              "{'state_dict': ..., 'meta': ...}")
-    out = {}
-    for k, v in sd.items():
-        if not isinstance(v, torch.Tensor):
-            raise CheckpointError(f"{where}: state_dict entry {k!r} is not a tensor")
-        out[k[len("module."):] if k.startswith("module.") else k] = v
-    return out
-
-
-def _short(keys, n: int = 12) -> str:
-    keys = sorted(keys)
-    more = f" ... and {len(keys) - n} more" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
-
-
-def load_state_dict_checked(model: SETR, sd: Mapping[str, torch.Tensor], strict: bool = True,
-                            where: str = "checkpoint") -> dict:
-    """Load `sd` into `model`; auxiliary-head keys are ignored. Key or shape mismatches raise
-    `CheckpointError` listing them (missing / unexpected only when `strict`)."""
-    ignored = sorted(k for k in sd if k.startswith(IGNORED_PREFIXES))
-    sd = {k: v for k, v in sd.items() if not k.startswith(IGNORED_PREFIXES)}
-    own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = sorted(f"{k} {tuple(sd[k].shape)} (model {tuple(own[k].shape)})"
-                    for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
-    problems = []
-    if shapes:
-        problems.append(f"shape mismatches: {_short(shapes, 6)}")
-    if strict and missing:
-        problems.append(f"missing keys ({len(missing)}): {_short(missing)}")
-    if strict and unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {_short(unexpected)}")
-    if problems:
-        raise CheckpointError(f"{where} does not match its config: " + "; ".join(problems)
-                              + (" (pass strict=False to load the matching keys only)" if not shapes else ""))
-    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
-    return {"ignored": ignored, "missing": missing, "unexpected": unexpected}
+    return read_checkpoint(path)
 
 
 def load_mmseg_setr(config_path_or_text=None, checkpoint_path=None, image_size=None, strict: bool = True) -> SETR:
@@ -403,8 +348,9 @@ def load_mmseg_setr(config_path_or_text=None, checkpoint_path=None, image_size=N
     model = build_setr(model_cfg, image_size=image_size, config=config)
     model.cfg.model_cfg = copy.deepcopy(config["model"])
     model.cfg.notes = notes
-    model.load_report = load_state_dict_checked(model, sd, strict=strict, where=where)
+    model.load_report = load_state_dict_checked(model, sd, strict=strict, where=where, ignored_prefixes=IGNORED_PREFIXES)
     model.source = where
+    model.checkpoint_path = Path(checkpoint_path)
     model.config_path = None if config_path is None else str(config_path)
     return model.eval()
 
@@ -528,3 +474,34 @@ BUILTIN_MODELS: dict[str, Callable[[], SETR]] = {
     f"setr_{kind}_vit_s16_{size}": (lambda kind=kind, size=size: builtin_setr(kind, size, seed=0))
     for kind in ("naive", "pup", "mla") for size in (256, 512)
 }
+
+
+# ----------------------------------------------------------------------------- registry
+
+SETR_HEADS = {"SETRUPHead", "SETRMLAHead"}
+
+
+def _detect(p: Path, config: Optional[Path]) -> bool:
+    from algm_export.models.families import mmseg
+
+    return mmseg.detect_types(p, config, decode_head=SETR_HEADS)
+
+
+def _load(p: Path, config: Optional[Path], image_size=None, strict: bool = True, trust_checkpoint: bool = False):
+    from algm_export.models.families import mmseg
+
+    cfg_path, ckpt = mmseg.find_files(p, config)
+    return load_mmseg_setr(cfg_path, ckpt, image_size=image_size, strict=strict)
+
+
+def _register():
+    from algm_export.models.registry import Family, register
+
+    return register(Family(
+        name=FAMILY,
+        formats="an mmsegmentation SETR checkpoint (.pth holding state_dict) with its config .py (--config, beside "
+                "it, or in the checkpoint's meta), or a folder holding both",
+        builtins=BUILTIN_MODELS, detect=_detect, load=_load))
+
+
+FAMILY_ENTRY = _register()
