@@ -174,3 +174,39 @@ def test_tensorrt_rtx_builds(setr_export, plugins, request):
     layers = algm[0]["layers"]
     assert layers["algm_nodes"] == 2
     assert layers["algm_plugin_layers"] == (2 if plugins else 0)
+
+
+def test_cli_end_to_end_with_an_mmseg_checkpoint(tmp_path, capsys):
+    """`export CONFIG.py CHECKPOINT.pth`, `validate`, `predict --model CKPT --config CONFIG.py`: the
+    manifest records the family, the config and both sha256s."""
+    import json
+
+    from algm_export.cli import main
+    from algm_export.manifest import sha256_file
+    from algm_export.models.families.setr import save_mmseg_setr
+
+    model = tiny_setr("pup", seed=3)
+    ckpt = save_mmseg_setr(model, tmp_path / "run" / "setr_tiny.pth")
+    cfg = ckpt.with_suffix(".py")
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    from PIL import Image
+
+    for n in PHOTOS[:3]:
+        Image.fromarray(photo(n)).save(imgs / f"{n}.png")
+    out = tmp_path / "export"
+    assert main(["export", str(cfg), str(ckpt), "--out", str(out), "--thresholds", "0.88",
+                 "--calib-images", str(imgs)]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    m = man["model"]
+    assert m["family"] == "setr" and m["decoder"] == "setr_pup" and m["config_file"] == str(cfg)
+    assert m["checkpoint_sha256"] == sha256_file(ckpt) and m["config_sha256"] == sha256_file(cfg)
+    assert main(["validate", str(out), "--images", str(imgs)]) == 0
+    report = json.loads((out / "validation" / "report.ort.fp32.json").read_text())
+    assert report["pass"] and len(report["entries"]) == 2
+    pred = tmp_path / "pred"
+    assert main(["predict", str(imgs / "coffee.png"), "--model", str(ckpt), "--config", str(cfg),
+                 "--out", str(pred), "-q"]) == 0
+    tokens = json.loads((pred / "coffee_tokens.json").read_text())
+    assert tokens["tokens"][0] == model.cfg.grid[0] * model.cfg.grid[1] and len(tokens["tokens"]) == 3
+    capsys.readouterr()
