@@ -69,7 +69,7 @@ def _runner(backend: str, export_dir: Path, man: dict, entry: dict, model, threa
 
 def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequence[int] = (1,), images=None,
           repeats: int = 10, warmup: int = 2, threads: Optional[int] = None, model=None,
-          settle_s: float = 0.05) -> dict:
+          settle_s: float = 0.05, trust_checkpoint: bool = False) -> dict:
     import torch
 
     from algm_export.images import load_images, sample_images, to_model_input
@@ -78,7 +78,7 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
     export_dir = Path(export_dir)
     man = load_manifest(export_dir, verify=True)
     if model is None:
-        model = model_from_manifest(man)
+        model = model_from_manifest(man, trust_checkpoint)
     cfg = model.cfg
     threads = threads or min(os.cpu_count() or 1, 16)
     have = available_backends()

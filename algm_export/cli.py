@@ -59,6 +59,7 @@ def add_predict_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--engine", default=None, metavar="FILE",
                    help="run an exported .onnx (ONNX Runtime) or a built .engine (TensorRT, needs a GPU) "
                         "instead of PyTorch; --model, --threshold and --layers must match it")
+    _trust_arg(p)
     p.set_defaults(func=cmd_predict)
     return p
 
@@ -71,6 +72,7 @@ def cmd_predict(args) -> int:
         out=args.out, sliding=args.sliding, batch_size=args.batch_size, device=args.device,
         backend="engine" if args.engine else "torch",
         backend_options={"engine": args.engine} if args.engine else {},
+        trust_checkpoint=args.trust_checkpoint,
     )
     records = run_predict(args.images, opts, progress=not args.quiet)
     if not args.quiet:
@@ -119,6 +121,13 @@ def _model_arg(p):
                         f"{', '.join('builtin:' + n for n in BUILTIN_MODELS)} (default: %(default)s)")
 
 
+def _trust_arg(p):
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="unpickle the checkpoint completely, running any code it holds (default: weights-only, "
+                        "which loads model, optimizer and scheduler state and refuses other objects); only for "
+                        "checkpoints whose origin you trust (docs/security.md)")
+
+
 def add_export_parser(sub):
     p = sub.add_parser("export", parents=[_common()], help="export the baseline and one ONNX per threshold setting",
                        description="Calibrate capacities per threshold setting on representative images, export "
@@ -139,6 +148,7 @@ def add_export_parser(sub):
     p.add_argument("--inline", action="store_true", help="also write the plain standard-op graph (functions inlined)")
     p.add_argument("--fp16", action="store_true", help="also write float16 graphs (for strongly typed engines)")
     p.add_argument("--force", action="store_true", help="re-export into a non-empty folder")
+    _trust_arg(p)
     p.set_defaults(func=cmd_export)
 
 
@@ -151,7 +161,7 @@ def cmd_export(args) -> int:
     from algm_export.tables import format_table
 
     size = None if not args.image_size else (tuple(args.image_size) * 2)[:2]
-    model = resolve_model(args.model, image_size=size)
+    model = resolve_model(args.model, image_size=size, trust_checkpoint=args.trust_checkpoint)
     man = export_folder(model, str(args.model), args.out,
                         thresholds=None if args.thresholds is None else parse_thresholds(args.thresholds),
                         calib_images=args.calib_images, quantile=args.quantile, inline=args.inline, force=args.force,
@@ -185,6 +195,7 @@ def add_validate_parser(sub):
     p.add_argument("--min-agreement", type=float, default=None, help="per-image argmax agreement limit in %%")
     p.add_argument("--mean-agreement", type=float, default=None, help="mean argmax agreement limit in %%")
     p.add_argument("--parity-miou", type=float, default=None, help="parity mIoU limit")
+    _trust_arg(p)
     p.set_defaults(func=cmd_validate)
 
 
@@ -196,7 +207,7 @@ def cmd_validate(args) -> int:
         if getattr(args, k) is not None:
             setattr(lim, k, getattr(args, k))
     rep = validate(args.dir, images=args.images, backend=args.backend, labels=args.labels, precision=args.precision,
-                   limits=lim, limit_images=args.max_images)
+                   limits=lim, limit_images=args.max_images, trust_checkpoint=args.trust_checkpoint)
     print(format_report(rep))
     print(f"\nreport: {args.dir}/validation/report.{args.backend}.{args.precision}.json "
           f"(outputs load with `polygraphy run --load-outputs`)")
@@ -261,6 +272,7 @@ def add_bench_parser(sub):
     p.add_argument("--settle-ms", type=float, default=50.0,
                    help="idle time before each timed run, so that the threads of the model that just ran stop "
                         "spinning on the cores (default: %(default)s; 0 runs back to back)")
+    _trust_arg(p)
     p.set_defaults(func=cmd_bench)
 
 
@@ -269,7 +281,8 @@ def cmd_bench(args) -> int:
 
     rep = bench(args.dir, backends=None if not args.backends else args.backends.split(","),
                 batches=[int(b) for b in args.batch.split(",")], images=args.images, repeats=args.repeats,
-                warmup=args.warmup, threads=args.threads, settle_s=args.settle_ms / 1e3)
+                warmup=args.warmup, threads=args.threads, settle_s=args.settle_ms / 1e3,
+                trust_checkpoint=args.trust_checkpoint)
     print(format_bench(rep))
     print(f"\nwritten: {args.dir}/bench/bench.json, {args.dir}/bench/bench.png")
     return 0
@@ -282,13 +295,14 @@ def add_report_parser(sub):
     p.add_argument("dir", metavar="DIR", help="export folder")
     p.add_argument("--out", default=None, help="report folder (default: DIR/report)")
     p.add_argument("--images", type=int, default=3, help="sample photos to draw merges on (default: 3)")
+    _trust_arg(p)
     p.set_defaults(func=cmd_report)
 
 
 def cmd_report(args) -> int:
     from algm_export.report.html import write_report
 
-    page = write_report(args.dir, args.out, args.images)
+    page = write_report(args.dir, args.out, args.images, trust_checkpoint=args.trust_checkpoint)
     print(f"report: {page}")
     return 0
 
@@ -301,6 +315,7 @@ def add_demo_parser(sub):
     p.add_argument("--model", default="builtin:vit_s16_512", help="model (default: %(default)s)")
     p.add_argument("--thresholds", default="0.85,0.88,0.92", help="(default: %(default)s)")
     p.add_argument("--repeats", type=int, default=5, help="benchmark repeats (default: %(default)s)")
+    _trust_arg(p)
     p.set_defaults(func=cmd_demo)
 
 
@@ -308,7 +323,8 @@ def cmd_demo(args) -> int:
     from algm_export.demo import run_demo, summary_lines
     from algm_export.merging.setting import parse_thresholds
 
-    res = run_demo(args.out, args.model, parse_thresholds(args.thresholds), repeats=args.repeats)
+    res = run_demo(args.out, args.model, parse_thresholds(args.thresholds), repeats=args.repeats,
+                   trust_checkpoint=args.trust_checkpoint)
     print(res["text"])
     print()
     print("\n".join(summary_lines(res)))

@@ -67,6 +67,7 @@ class PredictOptions:
     backend: str = "torch"
     backend_options: dict = field(default_factory=dict)
     merge_png: bool = True
+    trust_checkpoint: bool = False              # full unpickling of the checkpoint (--trust-checkpoint)
 
 
 def parse_layers(text: Union[str, Sequence[int], None]) -> Optional[tuple[int, ...]]:
@@ -418,7 +419,7 @@ def run_predict(images: Sequence[Union[str, Path]], options: Optional[PredictOpt
     if opts.batch_size < 1:
         raise ConfigError(f"--batch-size {opts.batch_size} must be at least 1")
     total, items = gather_inputs(images)          # fails fast on bad paths, before the model loads
-    model = resolve_model(opts.model)
+    model = resolve_model(opts.model, trust_checkpoint=opts.trust_checkpoint)
     setting = algm_setting_for(model, opts.threshold, opts.layers) if opts.algm else None
     if runner is None:
         runner = make_runner(model, setting, opts.backend, device=opts.device, **opts.backend_options)

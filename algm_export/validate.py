@@ -86,8 +86,10 @@ def _image_metrics(b: dict, t: dict) -> dict:
 
 def validate(export_dir, images=None, backend: str = "ort", labels=None, precision: str = "fp32",
              limits: Optional[Limits] = None, save_outputs: bool = True, limit_images: Optional[int] = None,
-             model=None) -> dict:
-    """Run the parity check; returns the report (also written to DIR/validation/report.<backend>.json)."""
+             model=None, trust_checkpoint: bool = False) -> dict:
+    """Run the parity check; returns the report (also written to DIR/validation/report.<backend>.json).
+
+    trust_checkpoint: unpickle the manifest's checkpoint completely (see `load_segmenter`)."""
     from polygraphy.comparator import RunResults
     from polygraphy.comparator.struct import IterationResult
 
@@ -100,7 +102,7 @@ def validate(export_dir, images=None, backend: str = "ort", labels=None, precisi
     man = load_manifest(export_dir, verify=True)
     limits = limits or Limits.for_precision(precision)
     if model is None:
-        model = model_from_manifest(man)
+        model = model_from_manifest(man, trust_checkpoint)
     cfg = model.cfg
     pairs = sample_images() if images is None else load_images(images)
     pairs = [(str(getattr(n, "name", n)), img) for n, img in pairs][: limit_images or None]
@@ -242,19 +244,28 @@ def label_miou(labels_dir, torch_model, runner, cfg) -> dict:
     return {"label_images": count, "miou_torch": mt, "miou_backend": mb, "miou_delta": mb - mt}
 
 
-def model_from_manifest(man: dict):
-    from algm_export.manifest import sha256_file
-    from algm_export.models.checkpoint import resolve_model
+def model_from_manifest(man: dict, trust_checkpoint: bool = False):
+    """The PyTorch model an export folder was made from, at the export's image size.
 
-    src = man["model"]["source"]
-    model = resolve_model(src)
-    want = man["model"].get("checkpoint_sha256")
-    if want and not src.startswith("builtin:"):
-        p = Path(src)
-        ck = p / "checkpoint.pth" if p.is_dir() else p
+    A checkpoint named by the manifest is sha256-checked against `model.checkpoint_sha256` (and
+    its variant.yml against `model.variant_sha256`, when recorded) before it is read, then loaded
+    weights-only unless `trust_checkpoint`."""
+    from algm_export.manifest import sha256_file
+    from algm_export.models.checkpoint import checkpoint_paths, resolve_model
+
+    info = man["model"]
+    src = info["source"]
+    if not src.startswith("builtin:"):
+        want = info.get("checkpoint_sha256")
+        if not want:
+            raise ArtifactError(f"manifest.json: model.checkpoint_sha256 is missing for the checkpoint {src}, so "
+                                "it cannot be checked before loading; re-export the folder")
+        ck, var = checkpoint_paths(src)
         if sha256_file(ck) != want:
             raise ArtifactError(f"checkpoint {ck} changed since the export (sha256 differs); re-export")
-    return model
+        if info.get("variant_sha256") and var.is_file() and sha256_file(var) != info["variant_sha256"]:
+            raise ArtifactError(f"{var} changed since the export (sha256 differs); re-export")
+    return resolve_model(src, image_size=tuple(info["image_size"]), trust_checkpoint=trust_checkpoint)
 
 
 def format_report(report: dict) -> str:

@@ -38,6 +38,8 @@ def model_info(model, source: str) -> dict:
     if not source.startswith("builtin:") and p.exists():
         ck = p / "checkpoint.pth" if p.is_dir() else p
         info["checkpoint_sha256"] = sha256_file(ck)
+        if (ck.parent / "variant.yml").is_file():
+            info["variant_sha256"] = sha256_file(ck.parent / "variant.yml")
     return info
 
 

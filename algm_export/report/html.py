@@ -43,7 +43,8 @@ def _ok(b: bool) -> str:
     return '<span class="pass">PASS</span>' if b else '<span class="fail">FAIL</span>'
 
 
-def merge_pictures(export_dir: Path, man: dict, out_dir: Path, n_images: int = 3, model=None) -> list[Path]:
+def merge_pictures(export_dir: Path, man: dict, out_dir: Path, n_images: int = 3, model=None,
+                   trust_checkpoint: bool = False) -> list[Path]:
     """One PNG per (sample image, setting): the photo and its CLAP windows and GBM groups."""
     import torch
 
@@ -53,7 +54,7 @@ def merge_pictures(export_dir: Path, man: dict, out_dir: Path, n_images: int = 3
     from algm_export.validate import model_from_manifest
     from algm_export.visualize import merge_png, step_titles
 
-    model = model or model_from_manifest(man)
+    model = model or model_from_manifest(man, trust_checkpoint)
     cfg = model.cfg
     paths = []
     for name, img in sample_images(n_images):
@@ -78,7 +79,8 @@ def _resize(img, hw):
     return np.asarray(Image.fromarray(img).resize((hw[1], hw[0]), Image.BILINEAR))
 
 
-def write_report(export_dir, out: Optional[str] = None, n_images: int = 3, model=None) -> Path:
+def write_report(export_dir, out: Optional[str] = None, n_images: int = 3, model=None,
+                 trust_checkpoint: bool = False) -> Path:
     export_dir = Path(export_dir)
     man = load_manifest(export_dir)
     out_dir = Path(out) if out else export_dir / "report"
@@ -170,7 +172,7 @@ def write_report(export_dir, out: Optional[str] = None, n_images: int = 3, model
 
     # merge pictures
     try:
-        pics = merge_pictures(export_dir, man, out_dir, n_images, model)
+        pics = merge_pictures(export_dir, man, out_dir, n_images, model, trust_checkpoint)
         parts.append("<h2>What was merged</h2><p class='note'>Each panel colours the groups of patches that became "
                      "one token: CLAP windows, then GBM groups. Plain patches were kept.</p><div class='grid'>")
         parts += [_img(p, p.stem) for p in pics]
