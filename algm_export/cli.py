@@ -128,6 +128,12 @@ def _trust_arg(p):
                         "checkpoints whose origin you trust (docs/security.md)")
 
 
+def _wait_arg(p):
+    p.add_argument("--wait", action="store_true",
+                   help="when another algm-export run is writing to the folder, wait for it to finish "
+                        "(default: stop with exit code 2 and name that run)")
+
+
 def add_export_parser(sub):
     p = sub.add_parser("export", parents=[_common()], help="export the baseline and one ONNX per threshold setting",
                        description="Calibrate capacities per threshold setting on representative images, export "
@@ -149,6 +155,7 @@ def add_export_parser(sub):
     p.add_argument("--fp16", action="store_true", help="also write float16 graphs (for strongly typed engines)")
     p.add_argument("--force", action="store_true", help="re-export into a non-empty folder")
     _trust_arg(p)
+    _wait_arg(p)
     p.set_defaults(func=cmd_export)
 
 
@@ -166,7 +173,8 @@ def cmd_export(args) -> int:
                         thresholds=None if args.thresholds is None else parse_thresholds(args.thresholds),
                         calib_images=args.calib_images, quantile=args.quantile, inline=args.inline, force=args.force,
                         layers=parse_layers(args.layers), fp16=args.fp16,
-                        capacities=None if args.capacities is None else parse_capacities(args.capacities))
+                        capacities=None if args.capacities is None else parse_capacities(args.capacities),
+                        wait=args.wait)
     rows = [["baseline", "-", "-", "-", man["baseline"]["onnx"], "yes" if man["baseline"]["tensorrt_ready"] else "NO"]]
     for s in man["settings"]:
         cal = s["calibration"]
@@ -196,6 +204,7 @@ def add_validate_parser(sub):
     p.add_argument("--mean-agreement", type=float, default=None, help="mean argmax agreement limit in %%")
     p.add_argument("--parity-miou", type=float, default=None, help="parity mIoU limit")
     _trust_arg(p)
+    _wait_arg(p)
     p.set_defaults(func=cmd_validate)
 
 
@@ -207,7 +216,8 @@ def cmd_validate(args) -> int:
         if getattr(args, k) is not None:
             setattr(lim, k, getattr(args, k))
     rep = validate(args.dir, images=args.images, backend=args.backend, labels=args.labels, precision=args.precision,
-                   limits=lim, limit_images=args.max_images, trust_checkpoint=args.trust_checkpoint)
+                   limits=lim, limit_images=args.max_images, trust_checkpoint=args.trust_checkpoint,
+                   wait=args.wait)
     print(format_report(rep))
     print(f"\nreport: {args.dir}/validation/report.{args.backend}.{args.precision}.json "
           f"(outputs load with `polygraphy run --load-outputs`)")
@@ -230,6 +240,7 @@ def add_build_parser(sub):
     p.add_argument("--compute-capability", nargs="+", default=None, metavar="SM",
                    help="TensorRT-RTX targets, e.g. 86 89 (default: 86)")
     p.add_argument("--workspace", type=int, default=None, metavar="MB", help="builder workspace limit")
+    _wait_arg(p)
     p.set_defaults(func=cmd_build)
 
 
@@ -248,7 +259,7 @@ def cmd_build(args) -> int:
     if args.compute_capability:
         ccs = [int(v) for a in args.compute_capability for v in str(a).replace(".", "").split(",") if v]
     recs = build_engines(args.dir, backend=args.backend, plugins=args.plugins, precision=args.precision,
-                         batch=batch, compute_capabilities=ccs, workspace_mb=args.workspace)
+                         batch=batch, compute_capabilities=ccs, workspace_mb=args.workspace, wait=args.wait)
     rows = [[r["setting"], r["backend"], r["precision"], ",".join(map(str, r.get("compute_capabilities") or [])) or "-",
              f"{r['build_seconds']:.1f}", r["layers"].get("count", "-"), len(r["layers"].get("plugin_layers", [])),
              r["file"]] for r in recs]
@@ -273,6 +284,7 @@ def add_bench_parser(sub):
                    help="idle time before each timed run, so that the threads of the model that just ran stop "
                         "spinning on the cores (default: %(default)s; 0 runs back to back)")
     _trust_arg(p)
+    _wait_arg(p)
     p.set_defaults(func=cmd_bench)
 
 
@@ -282,7 +294,7 @@ def cmd_bench(args) -> int:
     rep = bench(args.dir, backends=None if not args.backends else args.backends.split(","),
                 batches=[int(b) for b in args.batch.split(",")], images=args.images, repeats=args.repeats,
                 warmup=args.warmup, threads=args.threads, settle_s=args.settle_ms / 1e3,
-                trust_checkpoint=args.trust_checkpoint)
+                trust_checkpoint=args.trust_checkpoint, wait=args.wait)
     print(format_bench(rep))
     print(f"\nwritten: {args.dir}/bench/bench.json, {args.dir}/bench/bench.png")
     return 0
@@ -296,13 +308,14 @@ def add_report_parser(sub):
     p.add_argument("--out", default=None, help="report folder (default: DIR/report)")
     p.add_argument("--images", type=int, default=3, help="sample photos to draw merges on (default: 3)")
     _trust_arg(p)
+    _wait_arg(p)
     p.set_defaults(func=cmd_report)
 
 
 def cmd_report(args) -> int:
     from algm_export.report.html import write_report
 
-    page = write_report(args.dir, args.out, args.images, trust_checkpoint=args.trust_checkpoint)
+    page = write_report(args.dir, args.out, args.images, trust_checkpoint=args.trust_checkpoint, wait=args.wait)
     print(f"report: {page}")
     return 0
 

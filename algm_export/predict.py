@@ -158,6 +158,9 @@ class EngineBackend:
         path = Path(engine)
         if not path.exists():
             raise ConfigError(f"--engine {engine}: no such file; give an exported .onnx or a built .engine")
+        from algm_export.manifest import find_listing, verify_file
+
+        listing = find_listing(path)  # a file of an export folder: sha256-checked against its manifest
         if path.suffix == ".onnx":
             from algm_export.runtimes.onnxruntime import OrtRunner
 
@@ -165,7 +168,12 @@ class EngineBackend:
         else:
             from algm_export.runtimes.tensorrt.runner import HostTrtRunner, TrtRunner
 
-            self.impl, self.name = HostTrtRunner(TrtRunner(path), f"trt:{path.name}"), "tensorrt"
+            rec = listing[2] if listing else None
+            lib = None
+            if rec and rec.get("plugin_library"):
+                lib = verify_file(listing[0], rec["plugin_library"], rec["plugin_sha256"], "plugin library")
+            self.impl = HostTrtRunner(TrtRunner(path, record=rec, plugins=lib), f"trt:{path.name}")
+            self.name = "tensorrt"
         self.input_size = tuple(model.cfg.image_size)
         self.setting = setting
         self.window = setting.window if setting is not None else (2, 2)

@@ -68,3 +68,26 @@ def tiny_deit():
     from algm_export import create_segmenter
 
     return create_segmenter("deit_tiny", "linear", 128, n_cls=21, seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """A real export folder of a tiny published-format checkpoint (ViT-Ti, 64x64, 5 classes, one
+    ALGM setting), made once per session: (checkpoint folder, export folder, image folder).
+    Tests that change it work on a copy (`shutil.copytree`)."""
+    from PIL import Image
+
+    from algm_export import create_segmenter
+    from algm_export.export.pipeline import export_folder
+    from algm_export.models.checkpoint import resolve_model, save_segmenter
+
+    root = tmp_path_factory.mktemp("tiny_export")
+    ck = root / "ckpt"
+    save_segmenter(create_segmenter("vit_tiny", "linear", 64, n_cls=5, seed=0), ck)
+    images = root / "images"
+    images.mkdir()
+    for name in ("coffee", "chelsea"):
+        Image.fromarray(photo(name)).resize((80, 64)).save(images / f"{name}.png")
+    out = root / "export"
+    export_folder(resolve_model(str(ck)), str(ck), out, thresholds=[0.9], calib_images=images)
+    return ck, out, images
