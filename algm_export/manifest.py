@@ -342,7 +342,7 @@ def find_listing(path: str | os.PathLike) -> Optional[tuple[Path, dict, Optional
     """For a file inside an export folder (`DIR/x.onnx`, `DIR/engines/x.engine`): (DIR, its checked
     manifest, the file's engine record or None) once the file's sha256 matches the manifest.
     None when no manifest.json is beside or above it, or the manifest does not list it."""
-    p = Path(path).resolve()
+    p = Path(os.path.abspath(path))  # as named: a listed file that is a symlink leading out is refused
     for d in (p.parent, p.parent.parent):
         if not manifest_path(d).is_file():
             continue

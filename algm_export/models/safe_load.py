@@ -95,9 +95,15 @@ def _unsafe_globals(path: Path) -> list[str]:
         return []
 
 
+def _torch_reason(message: str) -> str:
+    """The part of a torch.load message that describes the file (not torch's advice to unpickle it)."""
+    m = re.search(r"WeightsUnpickler error:(.*?)(?:Check the documentation|$)", message, re.S)
+    return m.group(1) if m else message
+
+
 def _corrupt(path: Path, e: BaseException) -> CheckpointError:
     size = path.stat().st_size if path.exists() else 0
-    msg = " ".join(str(e).split())[:300]
+    msg = " ".join(_torch_reason(str(e)).split())[:300]
     return CheckpointError(
         f"cannot read checkpoint {path} ({size} bytes): truncated or corrupt ({type(e).__name__}: {msg}); "
         "download or copy the checkpoint again"
