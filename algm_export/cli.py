@@ -257,7 +257,11 @@ def cmd_build(args) -> int:
         batch = batch * 3
     ccs = None
     if args.compute_capability:
-        ccs = [int(v) for a in args.compute_capability for v in str(a).replace(".", "").split(",") if v]
+        try:
+            ccs = [int(v) for a in args.compute_capability for v in str(a).replace(".", "").split(",") if v]
+        except ValueError:
+            raise ConfigError(f"--compute-capability {' '.join(args.compute_capability)}: give numbers such as "
+                              "86 or 8.6") from None
     recs = build_engines(args.dir, backend=args.backend, plugins=args.plugins, precision=args.precision,
                          batch=batch, compute_capabilities=ccs, workspace_mb=args.workspace, wait=args.wait)
     rows = [[r["setting"], r["backend"], r["precision"], ",".join(map(str, r.get("compute_capabilities") or [])) or "-",

@@ -43,7 +43,10 @@ def lock_path(folder: Union[str, os.PathLike]) -> Path:
 
 def describe_process(op: str) -> str:
     """What the lock file says about its holder."""
-    argv = " ".join(shlex.quote(a) for a in sys.argv)
+    args = list(sys.argv)
+    if args and (args[0].endswith(("algm_export/__main__.py", "algm-export")) or args[0] == "-m"):
+        args[0] = "algm-export"
+    argv = " ".join(shlex.quote(a) for a in args)
     if len(argv) > 300:
         argv = argv[:297] + "..."
     return f"pid {os.getpid()} on {socket.gethostname()}: {op}, `{argv}`"

@@ -110,19 +110,19 @@ def is_plain_relpath(rel: Any) -> bool:
             and all(is_plain_name(part) for part in rel.split("/")))
 
 
-def resolve_inside(export_dir: str | os.PathLike, rel: Any, what: str) -> Path:
+def resolve_inside(export_dir: str | os.PathLike, rel: Any, what: str, fix: str = REEXPORT) -> Path:
     """The real path of `rel` inside `export_dir`; ArtifactError when it is not a plain relative
     path or leads out of the folder (through `..` or a symlink). Every path taken from a manifest,
     and every output path built from one, goes through here before it is read or written."""
     if not is_plain_relpath(rel):
         raise ArtifactError(
-            f"{what} {rel!r} is not a plain relative path inside the export folder (names of "
-            f"letters, digits, '.', '_', '-' joined by '/'; no '..', no absolute path, no backslash); {REEXPORT}")
+            f"{rel!r} ({what}) is not a plain relative path inside the export folder (names of "
+            f"letters, digits, '.', '_', '-' joined by '/'; no '..', no absolute path, no backslash); {fix}")
     root = Path(export_dir).resolve()
     real = (root / rel).resolve()
     if real == root or root not in real.parents:
         raise ArtifactError(
-            f"{what} {rel!r} leads out of the export folder {root} (a symlink points to {real}); "
+            f"{rel!r} ({what}) leads out of the export folder {root} (a symlink points to {real}); "
             "replace the symlink by the file itself or re-export")
     return real
 
@@ -162,7 +162,8 @@ COUNT = Rule("an integer in [0, 2^31)", "integers in [0, 2^31)", _int(0, 2**31 -
 SIZE = Rule("an integer in [1, 8192]", "integers in [1, 8192]", _int(1, 8192))
 SHA256 = Rule("a sha256 (64 hex digits)", "sha256s",
               lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None)
-NAME = Rule("a plain name (letters, digits, '.', '_', '-', not starting with '.')", "plain names", is_plain_name)
+NAME = Rule("a plain name (letters, digits, '.', '_', '-', not starting with '.'; output files are named after it)",
+            "plain names", is_plain_name)
 PATH = Rule("a plain relative path inside the export folder", "plain relative paths", is_plain_relpath)
 DICT = Rule("an object", "objects", lambda v: isinstance(v, dict))
 
@@ -333,8 +334,9 @@ def verify_file(export_dir: str | os.PathLike, rel: str, digest: str, what: str)
     if not p.is_file():
         raise ArtifactError(f"{p} is listed in the manifest ({what}) but missing; {REEXPORT}")
     if sha256_file(p) != digest:
-        raise ArtifactError(f"{p}: sha256 does not match the manifest (file changed or corrupted); {REEXPORT} "
-                            "(or rebuild the engines)")
+        raise ArtifactError(f"{p}: sha256 does not match the manifest (file changed or corrupted); re-export "
+                            "the folder (`algm-export export ... --out DIR --force`), or for an engine rebuild it "
+                            "(`algm-export build DIR`)")
     return p
 
 

@@ -119,16 +119,17 @@ def validate(export_dir, images=None, backend: str = "ort", labels=None, precisi
         model = model_from_manifest(man, trust_checkpoint, export_dir)
     cfg = model.cfg
     entries = [man["baseline"]] + list(man["settings"])
-    first = check_input_size(make_backend_runner(backend, export_dir, entries[0], precision, man), cfg.image_size,
-                             entries[0]["name"])          # before any image is prepared at that size
+    # every backend runner is made (its file parsed) before any image is prepared or output written
+    runners = [check_input_size(make_backend_runner(backend, export_dir, e, precision, man), cfg.image_size, e["name"])
+               for e in entries]
     pairs = sample_images() if images is None else load_images(images)
     pairs = [(str(getattr(n, "name", n)), img) for n, img in pairs][: limit_images or None]
     xs = [to_model_input(img, cfg.image_size, cfg.normalization) for _, img in pairs]
-    out_dir = resolve_inside(export_dir, "validation", "validation folder")
+    resolve_inside(export_dir, "validation", "validation folder")  # a symlink leading out stops here
     report = {"backend": backend, "precision": precision, "images": [n for n, _ in pairs],
               "limits": asdict(limits), "entries": []}
     with progress_bar(total=len(entries) * len(xs), desc=f"validate ({backend})", unit="img") as bar:
-        for e in entries:
+        for e, runner in zip(entries, runners):
             is_base = e["name"] == "baseline"
             if is_base:
                 ref = TorchRunner(model, name="torch")
@@ -137,8 +138,6 @@ def validate(export_dir, images=None, backend: str = "ort", labels=None, precisi
                 s = AlgmSetting(e["threshold"], tuple(e["window"]), tuple(e["layers"]), "per_image")
                 ref = TorchRunner(apply_algm(model, s, e["capacities"]), name="torch-static")
                 dyn = TorchRunner(apply_algm(model, s), name="torch-dynamic")
-            runner = first if e is entries[0] else check_input_size(
-                make_backend_runner(backend, export_dir, e, precision, man), cfg.image_size, e["name"])
             per_image, conf = [], np.zeros((cfg.n_cls, cfg.n_cls), dtype=np.int64)
             res_b, res_t = [], []
             for (name, _), x in zip(pairs, xs):

@@ -111,7 +111,7 @@ def test_symlink_leading_out_is_refused(capsys, folder, tiny_export, tmp_path):
     target = tmp_path / "elsewhere.onnx"
     shutil.move(folder / "baseline.onnx", target)
     (folder / "baseline.onnx").symlink_to(target)               # same bytes, same sha256, but outside
-    assert_refused(capsys, folder, tiny_export[2], ["'baseline.onnx' leads out of the export folder"], tmp_path)
+    assert_refused(capsys, folder, tiny_export[2], ["'baseline.onnx' (baseline.onnx) leads out of the export folder"], tmp_path)
 
 
 def test_output_folder_symlinked_out_is_refused(capsys, folder, tiny_export, tmp_path):
@@ -190,7 +190,7 @@ def test_report_escapes_what_the_folder_says(capsys, folder, tiny_export):
     (folder / "bench" / "bench.json").write_text(json.dumps({
         "results": [], "machine": {"cpus": 2, "processor": "x", "threads": 2}, "repeats": 1, "plot": "/etc/hostname"}))
     code, errors, _ = run(capsys, "report", folder, "--images", "1")
-    assert code == 2 and "bench.json plot '/etc/hostname' is not a plain relative path" in errors[0]
+    assert code == 2 and "'/etc/hostname' (plot named by bench.json) is not a plain relative path" in errors[0]
     shutil.rmtree(folder / "bench")
     assert run(capsys, "report", folder, "--images", "1")[0] == 0
     page = (folder / "report" / "index.html").read_text()
@@ -206,6 +206,46 @@ def test_predict_engine_file_is_checked_against_its_manifest(capsys, folder, tin
     onnx.write_bytes(onnx.read_bytes()[:-4] + b"XXXX")
     code, errors, _ = run(capsys, *argv)
     assert code == 2 and "sha256 does not match the manifest" in errors[0]
+
+
+def test_corrupt_files_are_typed_errors(capsys, folder, tiny_export, tmp_path):
+    images = tiny_export[2]
+    onnx = folder / "t0.900_l1-5.onnx"
+    data = onnx.read_bytes()
+    onnx.write_bytes(data[: len(data) // 2])                       # truncated, and its digest updated
+    edit_manifest(folder, lambda m: m["settings"][0].update(sha256=sha256_file(onnx)))
+    code, errors, _ = run(capsys, *commands(folder, images)["validate"])
+    assert code == 2 and "ONNX Runtime cannot load" in errors[0] and "re-export it" in errors[0]
+    onnx.write_bytes(data)
+    edit_manifest(folder, lambda m: m["settings"][0].update(sha256=sha256_file(onnx)))
+    assert not (folder / "validation").exists()                   # refused before anything was written
+    (folder / "validation").mkdir()
+    (folder / "validation" / "report.ort.fp32.json").write_text('{"entries": [{"name": "x", "summary": {}}]}')
+    code, errors, _ = run(capsys, "report", folder, "--images", "1")
+    assert code == 2 and "report.ort.fp32.json is not a validation report of algm-export (KeyError" in errors[0]
+
+
+def test_checkpoint_named_by_the_manifest_is_checked_before_it_is_read(capsys, folder, tiny_export, tmp_path):
+    """A folder whose checkpoint was swapped for a shell-command pickle: refused by its sha256, never read."""
+    import torch
+
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_export[0], ck)
+    edit_manifest(folder, lambda m: m["model"].update(source=str(ck)))
+    marker = tmp_path / "MARKER"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"model": {}, "x": Evil()}, ck / "checkpoint.pth")
+    for name in ("validate", "bench", "report"):
+        code, errors, err = run(capsys, *commands(folder, tiny_export[2])[name])
+        assert code == 2 and "checkpoint.pth changed since the export (sha256 differs)" in errors[0], (name, err)
+    edit_manifest(folder, lambda m: m["model"].update(checkpoint_sha256=sha256_file(ck / "checkpoint.pth")))
+    code, errors, _ = run(capsys, *commands(folder, tiny_export[2])["validate"])
+    assert code == 2 and "refers to posix.system" in errors[0] and "--trust-checkpoint" in errors[0]
+    assert not marker.exists()
 
 
 # ----------------------------------------------------------------------------- one writer per folder

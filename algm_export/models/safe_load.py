@@ -114,7 +114,7 @@ def load_checkpoint_file(path: str | Path, trust: bool = False) -> Any:
     """Unpickle a checkpoint file (torch.save format, zip or legacy) onto the CPU.
 
     trust=False (default): weights-only, plus `safe_types()`; a file that needs anything else is
-    refused with a CheckpointError naming the types, before any of them is constructed.
+    refused with a CheckpointError naming the globals it refers to, before any of them is used.
     trust=True: full unpickling; only for files whose origin the caller trusts.
     Raises CheckpointError for a missing, truncated or corrupt file too.
     """
@@ -138,10 +138,10 @@ def load_checkpoint_file(path: str | Path, trust: bool = False) -> Any:
         except Exception as e:  # noqa: BLE001  EOFError, zip errors, OSError: the file itself is bad
             raise _corrupt(path, e) from e
     raise CheckpointError(
-        f"checkpoint {path} holds objects of type {', '.join(names)}, which a safe load does not "
-        "construct (unpickling them can run any code the file's author chose; tensors, numbers, "
-        "strings, containers, numpy values and optimizer/scheduler state load without it); if you "
-        f"trust where this file comes from, load it with {TRUST_HINT}"
+        f"checkpoint {path} refers to {', '.join(names)}, which a safe load does not call or construct "
+        "(unpickling it can run any code the file's author chose; tensors, numbers, strings, containers, "
+        "numpy values and optimizer/scheduler state load without it); if you trust where this file comes "
+        f"from, load it with {TRUST_HINT}"
     ) from first
 
 

@@ -142,7 +142,8 @@ def _bench_parts(export_dir: Path, bench: dict, where: Path) -> tuple[list[str],
                 parts.append(f"<p>Target at the published threshold 0.88 ({esc(r['backend'])}, batch "
                              f"{esc(r['batch'])}): measured speed-up {r['speedup']:.2f}x vs 0.9 x FLOP ratio "
                              f"{0.9 * r['flop_ratio']:.2f}: {_ok(ok, 'MET', 'NOT MET')}</p>")
-        png = resolve_inside(export_dir, bench.get("plot", "bench/bench.png"), "bench.json plot")
+        png = resolve_inside(export_dir, bench.get("plot", "bench/bench.png"), f"plot named by {where.name}",
+                             "run `algm-export bench DIR` again (or delete bench/bench.json)")
         if png.is_file():
             parts.append(_img(png, "speed-up plot"))
         ours = [r for r in bench["results"] if r["setting"] != "baseline"]
@@ -157,6 +158,17 @@ def _bench_parts(export_dir: Path, bench: dict, where: Path) -> tuple[list[str],
         raise ArtifactError(f"{where} is not a benchmark report of algm-export ({type(e).__name__}: {e}); run "
                             "`algm-export bench DIR` again (or delete the file)") from None
     return parts, tail
+
+
+def _model_for_pictures(export_dir: Path, man: dict, trust_checkpoint: bool):
+    """The export's model for the merge pictures; None when its checkpoint is not on this machine
+    (the page is written without pictures). A checkpoint that changed or is refused stops the report."""
+    from algm_export.validate import model_from_manifest
+
+    src = man["model"]["source"]
+    if not src.startswith("builtin:") and not Path(src).exists():
+        return None
+    return model_from_manifest(man, trust_checkpoint, export_dir)
 
 
 @locks_export_folder("report")
@@ -177,6 +189,8 @@ def write_report(export_dir, out: Optional[str] = None, n_images: int = 3, model
     if bench is not None and not isinstance(bench, dict):
         raise ArtifactError(f"{bj} is not a benchmark report of algm-export; run `algm-export bench DIR` again")
     validation = _validation_parts(export_dir)
+    if model is None:
+        model = _model_for_pictures(export_dir, man, trust_checkpoint)
     speed, ours = _bench_parts(export_dir, bench, bj) if bench else (
         ["<h2>Speed</h2><p>No benchmark yet: run <code>algm-export bench DIR</code>.</p>"], [])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -217,6 +231,8 @@ def write_report(export_dir, out: Optional[str] = None, n_images: int = 3, model
 
     # merge pictures
     try:
+        if model is None:
+            raise FileNotFoundError(f"the checkpoint {m['source']} is not on this machine")
         pics = merge_pictures(export_dir, man, out_dir, n_images, model, trust_checkpoint)
         parts.append("<h2>What was merged</h2><p class='note'>Each panel colours the groups of patches that became "
                      "one token: CLAP windows, then GBM groups. Plain patches were kept.</p><div class='grid'>")
