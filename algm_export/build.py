@@ -289,7 +289,8 @@ def build_engines(export_dir: str | os.PathLike, backend: str | None = None,
     for stale in engines_dir.glob(".worker-*"):
         shutil.rmtree(stale, ignore_errors=True)
     if plugin_src is not None:
-        plugin_rel, plugin_path = _copy_plugin_library(export_dir, plugin_src, plugin_sha)
+        plugin_rel, copied = _copy_plugin_library(export_dir, plugin_src, plugin_sha)
+        plugin_path = str(copied)
     bar = tqdm(sources, desc=f"{pretty(backend)} {precision} engines", unit="engine",
                disable=not progress, file=sys.stderr)
     for name, src in bar:

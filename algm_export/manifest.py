@@ -204,7 +204,11 @@ FILE_KEYS = (("onnx", "sha256"), ("onnx_fp16", "sha256_fp16"), ("onnx_inlined", 
 
 
 def _found(v: Any) -> str:
-    text = repr(v) if not isinstance(v, (dict, list)) else json.dumps(v, default=str)
+    """A short picture of a value for messages (any JSON value, however large or deep)."""
+    try:
+        text = json.dumps(v, default=str) if isinstance(v, (dict, list)) else repr(v[:100] if isinstance(v, str) else v)
+    except (ValueError, RecursionError):
+        text = f"a deeply nested {type(v).__name__}"
     return text if len(text) <= 80 else text[:77] + "..."
 
 
