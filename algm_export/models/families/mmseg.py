@@ -10,7 +10,6 @@ line.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -22,16 +21,12 @@ from algm_export.models.mmseg_config import config_text_from_meta, parse_config
 _CACHE: dict = {}
 
 
-def read_checkpoint(path) -> Any:
-    """The one place an mmseg checkpoint file is read (weights only: tensors and plain data)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"the checkpoint {path} does not exist") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read the checkpoint {path}: {first} (it is read with "
-                              "torch.load(weights_only=True): tensors and plain data only)") from None
+def read_checkpoint(path, trust: bool = False) -> Any:
+    """The one place an mmseg checkpoint file is read: `models.safe_load` (weights only, plus the
+    plain training-state types) unless the user trusts it (`--trust-checkpoint`)."""
+    from algm_export.models.safe_load import load_checkpoint_file
+
+    return load_checkpoint_file(path, trust=trust)
 
 
 def state_dict_of(obj: Any, where: str) -> dict:
@@ -108,7 +103,7 @@ def find_files(p: Path, config: Optional[Path]) -> tuple[Optional[Path], Path]:
     return None, ckpt
 
 
-def read_model(p: Path, config: Optional[Path]) -> tuple[dict, Optional[Path], Path, Any]:
+def read_model(p: Path, config: Optional[Path], trust: bool = False) -> tuple[dict, Optional[Path], Path, Any]:
     """(parsed config, config file or None, checkpoint file, checkpoint object), cached per file state."""
     cfg_path, ckpt = find_files(p, config)
 
@@ -116,9 +111,9 @@ def read_model(p: Path, config: Optional[Path]) -> tuple[dict, Optional[Path], P
         st = q.stat()
         return (str(q.resolve()), st.st_mtime_ns, st.st_size)
 
-    key = (stamp(ckpt), cfg_path and stamp(cfg_path))
+    key = (stamp(ckpt), cfg_path and stamp(cfg_path), trust)
     if key not in _CACHE:
-        obj = read_checkpoint(ckpt)
+        obj = read_checkpoint(ckpt, trust)
         if cfg_path is None:
             text = config_text_from_meta(obj.get("meta") if isinstance(obj, Mapping) else None)
             if text is None:
@@ -153,16 +148,16 @@ def looks_like_mmseg(p: Path, config: Optional[Path]) -> bool:
     return any(folder.glob("*.py")) or (p.is_file() and p.suffix == ".pth" and not (folder / "variant.yml").exists())
 
 
-def detect_types(p: Path, config: Optional[Path], **want) -> bool:
+def detect_types(p: Path, config: Optional[Path], trust: bool = False, **want) -> bool:
     """Is this an mmseg checkpoint whose model types match `want` (e.g. decode_head={"ATMHead"})?"""
     if not looks_like_mmseg(p, config):
         return False
-    cfg = read_model(p, config)[0]
+    cfg = read_model(p, config, trust)[0]
     types = model_types(cfg)
     return all(types[k] in v for k, v in want.items())
 
 
-def unknown_mmseg_error(p: Path, config: Optional[Path], known: str) -> CheckpointError:
-    cfg = read_model(p, config)[0]
+def unknown_mmseg_error(p: Path, config: Optional[Path], known: str, trust: bool = False) -> CheckpointError:
+    cfg = read_model(p, config, trust)[0]
     return CheckpointError(f"{p}: an mmsegmentation model of types {model_types(cfg)}, which algm-export does "
                            f"not support; supported: {known}")

@@ -313,15 +313,12 @@ def mmseg_slide_inference(fn: Callable[[torch.Tensor], torch.Tensor], img: torch
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def _read_checkpoint(path) -> Any:
-    return read_checkpoint(path)
-
-
-def load_mmseg_setr(config_path_or_text=None, checkpoint_path=None, image_size=None, strict: bool = True) -> SETR:
+def load_mmseg_setr(config_path_or_text=None, checkpoint_path=None, image_size=None, strict: bool = True,
+                    trust_checkpoint: bool = False) -> SETR:
     """A SETR model from an mmseg config (file, text, or None: the checkpoint's `meta`) and checkpoint."""
     if checkpoint_path is None:
         raise CheckpointError("load_mmseg_setr needs a checkpoint path (an mmseg .pth)")
-    ckpt = _read_checkpoint(checkpoint_path)
+    ckpt = read_checkpoint(checkpoint_path, trust_checkpoint)
     where = str(checkpoint_path)
     sd = _state_dict_of(ckpt, where)
     notes = []
@@ -484,17 +481,17 @@ BUILTIN_MODELS: dict[str, Callable[[], SETR]] = {
 SETR_HEADS = {"SETRUPHead", "SETRMLAHead"}
 
 
-def _detect(p: Path, config: Optional[Path]) -> bool:
+def _detect(p: Path, config: Optional[Path], trust_checkpoint: bool = False) -> bool:
     from algm_export.models.families import mmseg
 
-    return mmseg.detect_types(p, config, decode_head=SETR_HEADS)
+    return mmseg.detect_types(p, config, trust_checkpoint, decode_head=SETR_HEADS)
 
 
 def _load(p: Path, config: Optional[Path], image_size=None, strict: bool = True, trust_checkpoint: bool = False):
     from algm_export.models.families import mmseg
 
     cfg_path, ckpt = mmseg.find_files(p, config)
-    return load_mmseg_setr(cfg_path, ckpt, image_size=image_size, strict=strict)
+    return load_mmseg_setr(cfg_path, ckpt, image_size=image_size, strict=strict, trust_checkpoint=trust_checkpoint)
 
 
 def _register():
