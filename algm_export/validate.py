@@ -262,6 +262,16 @@ def label_miou(labels_dir, torch_model, runner, cfg) -> dict:
     return {"label_images": count, "miou_torch": mt, "miou_backend": mb, "miou_delta": mb - mt}
 
 
+def checkpoint_file(source: str) -> Path:
+    """The file a checkpoint source names: itself, or in a folder its `checkpoint.pth` (Segmenter)
+    or its one `.pth` (mmsegmentation)."""
+    p = Path(source)
+    if p.is_dir():
+        pths = sorted(p.glob("*.pth"))
+        return p / "checkpoint.pth" if (p / "checkpoint.pth").exists() or len(pths) != 1 else pths[0]
+    return p
+
+
 def model_from_manifest(man: dict, trust_checkpoint: bool = False, export_dir=None):
     """The PyTorch model an export folder was made from, at the export's image size.
 
@@ -280,9 +290,7 @@ def model_from_manifest(man: dict, trust_checkpoint: bool = False, export_dir=No
         if not want:
             raise ArtifactError(f"manifest.json: model.checkpoint_sha256 is missing for the checkpoint {src}, so "
                                 "it cannot be checked before loading; re-export the folder")
-        ck = Path(info.get("checkpoint_file") or src)
-        if ck.is_dir():
-            ck = ck / "checkpoint.pth"
+        ck = checkpoint_file(src)
         var = ck.parent / "variant.yml"
         for path, key in ((ck, "checkpoint_sha256"), (var, "variant_sha256"), (config, "config_sha256")):
             if path is None or not info.get(key):

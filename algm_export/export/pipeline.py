@@ -32,7 +32,6 @@ def model_info(model, source: str) -> dict:
         info["checkpoint_sha256"] = sha256_file(ck)
         if (Path(ck).parent / "variant.yml").is_file():
             info["variant_sha256"] = sha256_file(Path(ck).parent / "variant.yml")
-        info["checkpoint_file"] = str(ck)
     if info.get("config_file"):
         info["config_sha256"] = sha256_file(info["config_file"])
     return info
