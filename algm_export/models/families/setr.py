@@ -173,6 +173,19 @@ def _inference(model_cfg: Mapping, config: Mapping) -> dict:
     return out
 
 
+def build_mmseg_vit(bb_cfg: Mapping) -> MMSegViT:
+    """The `VisionTransformer` of an mmseg config's `model.backbone` (random weights)."""
+    bb_cfg = dict(bb_cfg or {})
+    if _typename(bb_cfg) != "VisionTransformer":
+        raise ConfigError(f"backbone type {bb_cfg.get('type')!r} is not supported here; use VisionTransformer")
+    bb_kw = {k: v for k, v in bb_cfg.items() if k != "type"}
+    unknown = sorted(set(bb_kw) - set(_BACKBONE_ARGS))
+    if unknown:
+        raise ConfigError(f"backbone: unknown VisionTransformer settings {unknown} (mmseg 1.x / late 0.x "
+                          "arguments are supported; the pre-v0.17 timm-style ViT is not)")
+    return MMSegViT(**bb_kw)
+
+
 def build_setr(model_cfg: Mapping, image_size=None, config: Optional[Mapping] = None) -> "SETR":
     """A SETR model (random weights, eval mode) from a parsed mmseg config's `model` dict.
 
@@ -188,20 +201,13 @@ def build_setr(model_cfg: Mapping, image_size=None, config: Optional[Mapping] = 
     if seg_type != "EncoderDecoder":
         raise ConfigError(f"model type {model_cfg.get('type')!r} is not supported; SETR models are EncoderDecoder")
     bb_cfg = dict(model_cfg.get("backbone") or {})
-    if _typename(bb_cfg) != "VisionTransformer":
-        raise ConfigError(f"backbone type {bb_cfg.get('type')!r} is not supported here; use VisionTransformer")
-    bb_kw = {k: v for k, v in bb_cfg.items() if k != "type"}
-    unknown = sorted(set(bb_kw) - set(_BACKBONE_ARGS))
-    if unknown:
-        raise ConfigError(f"backbone: unknown VisionTransformer settings {unknown} (mmseg 1.x / late 0.x "
-                          "arguments are supported; the pre-v0.17 timm-style ViT is not)")
     head_cfg = model_cfg.get("decode_head")
     if not isinstance(head_cfg, Mapping):
         raise ConfigError("the config's model has no decode_head")
     if isinstance(head_cfg, (list, tuple)):
         raise ConfigError("a list of decode heads (cascade) is not supported")
 
-    backbone = MMSegViT(**bb_kw)
+    backbone = build_mmseg_vit(bb_cfg)
     neck = build_neck(model_cfg.get("neck"))
     head = build_head(dict(head_cfg))
     decoder = SETRDecoder(head, neck, backbone.out_indices)
@@ -343,12 +349,13 @@ def _short(keys, n: int = 12) -> str:
     return ", ".join(keys[:n]) + more
 
 
-def load_state_dict_checked(model: SETR, sd: Mapping[str, torch.Tensor], strict: bool = True,
-                            where: str = "checkpoint") -> dict:
-    """Load `sd` into `model`; auxiliary-head keys are ignored. Key or shape mismatches raise
-    `CheckpointError` listing them (missing / unexpected only when `strict`)."""
-    ignored = sorted(k for k in sd if k.startswith(IGNORED_PREFIXES))
-    sd = {k: v for k, v in sd.items() if not k.startswith(IGNORED_PREFIXES)}
+def load_state_dict_checked(model: nn.Module, sd: Mapping[str, torch.Tensor], strict: bool = True,
+                            where: str = "checkpoint", ignored_prefixes: tuple = IGNORED_PREFIXES) -> dict:
+    """Load `sd` into `model`; keys under `ignored_prefixes` (training-only: auxiliary heads) are
+    ignored. Key or shape mismatches raise `CheckpointError` listing them (missing / unexpected
+    only when `strict`)."""
+    ignored = sorted(k for k in sd if k.startswith(ignored_prefixes))
+    sd = {k: v for k, v in sd.items() if not k.startswith(ignored_prefixes)}
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
@@ -368,10 +375,13 @@ def load_state_dict_checked(model: SETR, sd: Mapping[str, torch.Tensor], strict:
     return {"ignored": ignored, "missing": missing, "unexpected": unexpected}
 
 
-def load_mmseg_setr(config_path_or_text=None, checkpoint_path=None, image_size=None, strict: bool = True) -> SETR:
-    """A SETR model from an mmseg config (file, text, or None: the checkpoint's `meta`) and checkpoint."""
+def read_mmseg_checkpoint(config_path_or_text=None, checkpoint_path=None, who: str = "load_mmseg_setr"):
+    """What every mmseg-format family reads: (config, model_cfg, state_dict, notes, config_path, where).
+
+    `config_path_or_text`: a config file, its text, or None (the checkpoint's `meta` text). The
+    backbone's `patch_bias` follows the checkpoint when the config does not set it (module doc)."""
     if checkpoint_path is None:
-        raise CheckpointError("load_mmseg_setr needs a checkpoint path (an mmseg .pth)")
+        raise CheckpointError(f"{who} needs a checkpoint path (an mmseg .pth)")
     ckpt = _read_checkpoint(checkpoint_path)
     where = str(checkpoint_path)
     sd = _state_dict_of(ckpt, where)
@@ -396,6 +406,12 @@ def load_mmseg_setr(config_path_or_text=None, checkpoint_path=None, image_size=N
         notes.append("patch_bias not set in the config: " + (
             "the checkpoint has a patch-embedding bias (mmseg 0.x default), so the conv has one" if has_bias else
             "the checkpoint has no patch-embedding bias (mmseg 1.x default)"))
+    return config, model_cfg, sd, notes, config_path, where
+
+
+def load_mmseg_setr(config_path_or_text=None, checkpoint_path=None, image_size=None, strict: bool = True) -> SETR:
+    """A SETR model from an mmseg config (file, text, or None: the checkpoint's `meta`) and checkpoint."""
+    config, model_cfg, sd, notes, config_path, where = read_mmseg_checkpoint(config_path_or_text, checkpoint_path)
     model = build_setr(model_cfg, image_size=image_size, config=config)
     model.cfg.model_cfg = copy.deepcopy(config["model"])
     model.cfg.notes = notes
