@@ -177,12 +177,17 @@ def test_key_mismatches_are_listed(tmp_path, tiny):
 
 
 def test_detect(tmp_path, tiny):
-    path = sv.save_segvit(tiny, tmp_path / "m.pth")
-    assert sv.detect(path, None) and sv.detect(tmp_path, None)
-    other = tmp_path / "setr.py"
+    path = sv.save_segvit(tiny, tmp_path / "m" / "m.pth")
+    assert sv.detect(path, None) and sv.detect(path.parent, None)
+    other = tmp_path / "setr" / "setr.py"
+    other.parent.mkdir()
     other.write_text("model = dict(type='EncoderDecoder', decode_head=dict(type='SETRUPHead'))\n")
     assert not sv.detect(path, other)
-    assert not sv.detect(tmp_path / "nothing.pth", None)
+    shrunk = tmp_path / "shrunk.py"
+    shrunk.write_text("model = dict(type='EncoderDecoder', decode_head=dict(type='TPNATMHead'))\n")
+    assert sv.detect(path, shrunk)                            # ours, so that loading names the reason
+    with pytest.raises(ConfigError, match="shrunk"):
+        registry.load_checkpoint(path, shrunk)
 
 
 # ----------------------------------------------------------------------------- ALGM

@@ -9,8 +9,9 @@ an `EncoderDecoder` with mmseg's `VisionTransformer` (`with_cls_token=False`, `f
 
 Checkpoints: SegViT's are mmseg 0.x files, `{"state_dict": ..., "meta": {...}}`, with the Python
 config beside them (parsed, never executed: `models/mmseg_config.py`; `_base_` files resolved as
-mmengine does) or the config text in `meta['config']`. They are read through the same mmseg
-path as SETR (`families/setr.py`: `read_mmseg_checkpoint`, `load_state_dict_checked`); keys
+mmengine does) or the config text in `meta['config']`. They are read through the mmseg path
+shared with SETR (`families/mmseg.py`: `find_files`, `read_mmseg`, `build_vit`,
+`load_state_dict_checked`; the config helpers of `families/setr.py`); keys
 that only training uses are ignored and listed in `model.load_report["ignored"]`: the ATM
 loss's `decode_head.loss_decode.criterion.empty_weight` buffer (SetCriterion's class weights)
 and any `auxiliary_head.*`. Missing, unexpected or mis-shaped keys raise `CheckpointError`
@@ -41,10 +42,12 @@ from typing import Callable, Mapping, Optional
 import torch
 import torch.nn.functional as F
 
-from algm_export.errors import CheckpointError, ConfigError
+from algm_export.errors import ConfigError
 from algm_export.models.backbones.mmseg_vit import MMSegViT, _pair
 from algm_export.models.base import SegModel
 from algm_export.models.decoders.atm import ATMDecoder
+from algm_export.models.families import mmseg
+from algm_export.models.families.mmseg import build_vit, load_state_dict_checked, read_mmseg
 from algm_export.models.families.setr import (
     IGNORED_PREFIXES as SETR_IGNORED,
     IMAGENET_MEAN_255,
@@ -52,16 +55,12 @@ from algm_export.models.families.setr import (
     _backbone_name,
     _inference,
     _typename,
-    build_mmseg_vit,
     format_config,
-    load_state_dict_checked,
     mmseg_slide_inference,
     normalization_from_config,
     randomize_,
-    read_mmseg_checkpoint,
 )
 from algm_export.models.layers import bilinear_upsample
-from algm_export.models.mmseg_config import parse_config
 from algm_export.models.registry import Family, register
 
 FAMILY = "segvit"
@@ -127,14 +126,18 @@ class SegViTConfig:
         return d
 
 
-def build_head(head_cfg: Mapping, backbone: MMSegViT) -> ATMDecoder:
-    """SegViT's `ATMHead` from the config's `decode_head` (inference arguments; training ones ignored)."""
-    head_cfg = dict(head_cfg)
+def check_head_type(head_cfg: Mapping) -> None:
     kind = _typename(head_cfg)
     if kind in _OTHER_HEADS:
         raise ConfigError(f"decode_head type {kind!r}: {_OTHER_HEADS[kind]} (supported: {HEAD_TYPE})")
     if kind != HEAD_TYPE:
         raise ConfigError(f"decode_head type {head_cfg.get('type')!r} is not a SegViT head; use {HEAD_TYPE}")
+
+
+def build_head(head_cfg: Mapping, backbone: MMSegViT) -> ATMDecoder:
+    """SegViT's `ATMHead` from the config's `decode_head` (inference arguments; training ones ignored)."""
+    head_cfg = dict(head_cfg)
+    check_head_type(head_cfg)
     kw = {k: v for k, v in head_cfg.items() if k != "type"}
     unknown = sorted(set(kw) - set(_HEAD_ARGS))
     if unknown:
@@ -184,12 +187,13 @@ def build_segvit(model_cfg: Mapping, image_size=None, config: Optional[Mapping] 
     head_cfg = model_cfg.get("decode_head")
     if not isinstance(head_cfg, Mapping):
         raise ConfigError("the config's model has no decode_head (a dict)")
+    check_head_type(head_cfg)
     bb_cfg = dict(model_cfg.get("backbone") or {})
     notes = []
     if "patch_bias" not in bb_cfg:   # SegViT is mmseg 0.x, whose ViT patch embedding always had a bias
         bb_cfg["patch_bias"] = True
         notes.append("patch_bias not set in the config: the patch embedding has a bias (mmseg 0.x, SegViT)")
-    backbone = build_mmseg_vit(bb_cfg)
+    backbone = build_vit(bb_cfg)
     decoder = build_head(head_cfg, backbone)
     normalization, order, source = normalization_from_config(model_cfg, config)
     inference = _inference(model_cfg, config)
@@ -264,14 +268,15 @@ class SegViT(SegModel):
 
 def load_segvit(config_path_or_text=None, checkpoint_path=None, image_size=None, strict: bool = True) -> SegViT:
     """A SegViT model from its mmseg config (file, text, or None: the checkpoint's `meta`) and checkpoint."""
-    config, model_cfg, sd, notes, config_path, where = read_mmseg_checkpoint(
-        config_path_or_text, checkpoint_path, who="load_segvit")
+    config, model_cfg, sd, notes, config_path, where = read_mmseg(config_path_or_text, checkpoint_path,
+                                                                  who="load_segvit")
     model = build_segvit(model_cfg, image_size=image_size, config=config)
     model.cfg.model_cfg = copy.deepcopy(config["model"])
     model.cfg.notes = notes   # read_mmseg_checkpoint set patch_bias from the checkpoint
     model.load_report = load_state_dict_checked(model, sd, strict=strict, where=where,
                                                 ignored_prefixes=IGNORED_PREFIXES)
     model.source = where
+    model.checkpoint_path = Path(checkpoint_path)
     model.config_path = None if config_path is None else str(config_path)
     return model.eval()
 
@@ -301,48 +306,18 @@ def save_segvit(model: SegViT, path, config: Optional[Mapping] = None, meta: Opt
 
 # ----------------------------------------------------------------------------- registry
 
-def _config_beside(p: Path) -> Optional[Path]:
-    """The config of a checkpoint file: `<stem>.py` beside it, else the only `.py` in its folder."""
-    same = p.with_suffix(".py")
-    if same.is_file():
-        return same
-    pys = sorted(p.parent.glob("*.py"))
-    return pys[0] if len(pys) == 1 else None
-
-
-def _checkpoint_in(folder: Path) -> Optional[Path]:
-    pths = sorted(folder.glob("*.pth"))
-    return pths[0] if len(pths) == 1 else None
-
-
-def _locate(p: Path, config: Optional[Path]) -> tuple[Optional[Path], Optional[Path]]:
-    ckpt = _checkpoint_in(p) if p.is_dir() else p
-    if ckpt is None:
-        return None, config
-    return ckpt, config if config is not None else _config_beside(ckpt)
-
-
-def is_segvit_config(config: Path) -> bool:
-    try:
-        cfg = parse_config(config)
-    except (ConfigError, OSError):
-        return False
-    head = (cfg.get("model") or {}).get("decode_head") if isinstance(cfg.get("model"), Mapping) else None
-    return isinstance(head, Mapping) and _typename(head) in (HEAD_TYPE, *_OTHER_HEADS)
+SEGVIT_HEADS = {HEAD_TYPE, *_OTHER_HEADS}
 
 
 def detect(p: Path, config: Optional[Path]) -> bool:
-    """A SegViT checkpoint: its config (given, `<stem>.py` beside it, or the folder's only `.py`)
-    has an ATM head."""
-    ckpt, cfg = _locate(p, config)
-    return ckpt is not None and cfg is not None and is_segvit_config(cfg)
+    """An mmseg checkpoint whose config has a SegViT head (the unsupported SegViT heads too, so that
+    loading them names the reason)."""
+    return mmseg.detect_types(p, config, decode_head=SEGVIT_HEADS)
 
 
 def load(p: Path, config: Optional[Path], image_size=None, strict: bool = True, trust_checkpoint: bool = False):
-    ckpt, cfg = _locate(p, config)
-    if ckpt is None:
-        raise CheckpointError(f"{p} holds no single .pth checkpoint; pass the checkpoint file")
-    return load_segvit(cfg, ckpt, image_size=image_size, strict=strict)
+    cfg_path, ckpt = mmseg.find_files(p, config)
+    return load_segvit(cfg_path, ckpt, image_size=image_size, strict=strict)
 
 
 # ----------------------------------------------------------------------------- built-ins
@@ -385,7 +360,8 @@ BUILTIN_MODELS: dict[str, Callable[[], SegViT]] = {
 
 FAMILY_ENTRY = register(Family(
     name=FAMILY,
-    formats="SegViT mmseg 0.x checkpoint (.pth) with its Python config (ATMHead) beside it or given with --config",
+    formats="a SegViT checkpoint (mmseg 0.x .pth holding state_dict; ATMHead) with its config .py (--config, "
+            "beside it, or in the checkpoint's meta), or a folder holding both",
     builtins=BUILTIN_MODELS,
     detect=detect,
     load=load,

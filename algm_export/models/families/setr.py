@@ -35,31 +35,26 @@ from __future__ import annotations
 
 import copy
 import math
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from algm_export.errors import CheckpointError, ConfigError
+from algm_export.errors import ConfigError
 from algm_export.models.backbones.mmseg_vit import MMSegViT, _pair
 from algm_export.models.base import SegModel
 from algm_export.models.decoders.setr import SETRDecoder, SETRMLAHead, SETRUPHead, build_head, build_neck
 from algm_export.models.layers import bilinear_upsample
-from algm_export.models.mmseg_config import config_text_from_meta, parse_config
+from algm_export.models.families.mmseg import PATCH_BIAS_KEY, VIT_ARGS as _BACKBONE_ARGS  # noqa: F401
+from algm_export.models.families.mmseg import build_vit, load_state_dict_checked, read_checkpoint, read_mmseg
+from algm_export.models.families.mmseg import short as _short  # noqa: F401
+from algm_export.models.families.mmseg import state_dict_of as _state_dict_of  # noqa: F401
 
 FAMILY = "setr"
-PATCH_BIAS_KEY = "backbone.patch_embed.projection.bias"
 IGNORED_PREFIXES = ("auxiliary_head.", "data_preprocessor.")
-# VisionTransformer arguments that only matter for training / initialisation.
-_BACKBONE_ARGS = ("img_size", "patch_size", "patch_pad", "in_channels", "embed_dims", "num_layers", "num_heads",
-                  "mlp_ratio", "out_origin", "out_indices", "qkv_bias", "drop_rate", "attn_drop_rate",
-                  "drop_path_rate", "with_cls_token", "output_cls_token", "norm_cfg", "act_cfg", "patch_norm",
-                  "patch_bias", "pre_norm", "final_norm", "interpolate_mode", "num_fcs", "norm_eval", "with_cp",
-                  "frozen_exclude", "pretrained", "init_cfg")
 # Common names of the ViT sizes (embed_dims, num_layers, num_heads) -> name.
 _VIT_NAMES = {(192, 12, 3): "vit-ti", (384, 12, 6): "vit-s", (768, 12, 12): "vit-b", (1024, 24, 16): "vit-l",
               (1280, 32, 16): "vit-h"}
@@ -173,19 +168,6 @@ def _inference(model_cfg: Mapping, config: Mapping) -> dict:
     return out
 
 
-def build_mmseg_vit(bb_cfg: Mapping) -> MMSegViT:
-    """The `VisionTransformer` of an mmseg config's `model.backbone` (random weights)."""
-    bb_cfg = dict(bb_cfg or {})
-    if _typename(bb_cfg) != "VisionTransformer":
-        raise ConfigError(f"backbone type {bb_cfg.get('type')!r} is not supported here; use VisionTransformer")
-    bb_kw = {k: v for k, v in bb_cfg.items() if k != "type"}
-    unknown = sorted(set(bb_kw) - set(_BACKBONE_ARGS))
-    if unknown:
-        raise ConfigError(f"backbone: unknown VisionTransformer settings {unknown} (mmseg 1.x / late 0.x "
-                          "arguments are supported; the pre-v0.17 timm-style ViT is not)")
-    return MMSegViT(**bb_kw)
-
-
 def build_setr(model_cfg: Mapping, image_size=None, config: Optional[Mapping] = None) -> "SETR":
     """A SETR model (random weights, eval mode) from a parsed mmseg config's `model` dict.
 
@@ -207,7 +189,7 @@ def build_setr(model_cfg: Mapping, image_size=None, config: Optional[Mapping] = 
     if isinstance(head_cfg, (list, tuple)):
         raise ConfigError("a list of decode heads (cascade) is not supported")
 
-    backbone = build_mmseg_vit(bb_cfg)
+    backbone = build_vit(bb_cfg)
     neck = build_neck(model_cfg.get("neck"))
     head = build_head(dict(head_cfg))
     decoder = SETRDecoder(head, neck, backbone.out_indices)
@@ -315,108 +297,19 @@ def mmseg_slide_inference(fn: Callable[[torch.Tensor], torch.Tensor], img: torch
 # ----------------------------------------------------------------------------- checkpoints
 
 def _read_checkpoint(path) -> Any:
-    """The one place a checkpoint file is read (a safe loader will replace this)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"the checkpoint {path} does not exist") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read the checkpoint {path}: {first} (it is read with "
-                              "torch.load(weights_only=True): tensors and plain data only)") from None
-
-
-def _state_dict_of(obj: Any, where: str) -> dict:
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        sd = obj["state_dict"]
-    elif isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        sd = obj
-    else:
-        keys = sorted(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
-        raise CheckpointError(f"{where} holds no state_dict (found {keys}); an mmseg checkpoint is "
-                              "{'state_dict': ..., 'meta': ...}")
-    out = {}
-    for k, v in sd.items():
-        if not isinstance(v, torch.Tensor):
-            raise CheckpointError(f"{where}: state_dict entry {k!r} is not a tensor")
-        out[k[len("module."):] if k.startswith("module.") else k] = v
-    return out
-
-
-def _short(keys, n: int = 12) -> str:
-    keys = sorted(keys)
-    more = f" ... and {len(keys) - n} more" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
-
-
-def load_state_dict_checked(model: nn.Module, sd: Mapping[str, torch.Tensor], strict: bool = True,
-                            where: str = "checkpoint", ignored_prefixes: tuple = IGNORED_PREFIXES) -> dict:
-    """Load `sd` into `model`; keys under `ignored_prefixes` (training-only: auxiliary heads) are
-    ignored. Key or shape mismatches raise `CheckpointError` listing them (missing / unexpected
-    only when `strict`)."""
-    ignored = sorted(k for k in sd if k.startswith(ignored_prefixes))
-    sd = {k: v for k, v in sd.items() if not k.startswith(ignored_prefixes)}
-    own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = sorted(f"{k} {tuple(sd[k].shape)} (model {tuple(own[k].shape)})"
-                    for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
-    problems = []
-    if shapes:
-        problems.append(f"shape mismatches: {_short(shapes, 6)}")
-    if strict and missing:
-        problems.append(f"missing keys ({len(missing)}): {_short(missing)}")
-    if strict and unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {_short(unexpected)}")
-    if problems:
-        raise CheckpointError(f"{where} does not match its config: " + "; ".join(problems)
-                              + (" (pass strict=False to load the matching keys only)" if not shapes else ""))
-    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
-    return {"ignored": ignored, "missing": missing, "unexpected": unexpected}
-
-
-def read_mmseg_checkpoint(config_path_or_text=None, checkpoint_path=None, who: str = "load_mmseg_setr"):
-    """What every mmseg-format family reads: (config, model_cfg, state_dict, notes, config_path, where).
-
-    `config_path_or_text`: a config file, its text, or None (the checkpoint's `meta` text). The
-    backbone's `patch_bias` follows the checkpoint when the config does not set it (module doc)."""
-    if checkpoint_path is None:
-        raise CheckpointError(f"{who} needs a checkpoint path (an mmseg .pth)")
-    ckpt = _read_checkpoint(checkpoint_path)
-    where = str(checkpoint_path)
-    sd = _state_dict_of(ckpt, where)
-    notes = []
-    if config_path_or_text is None:
-        text = config_text_from_meta(ckpt.get("meta") if isinstance(ckpt, Mapping) else None)
-        if text is None:
-            raise ConfigError(f"{where} carries no config text in meta['cfg'] / meta['config']; pass the config .py")
-        config = parse_config(text, where=f"{where} meta config")
-        config_path = None
-        notes.append("config read from the checkpoint's meta")
-    else:
-        config = parse_config(config_path_or_text)
-        config_path = config_path_or_text if not ("\n" in str(config_path_or_text)) else None
-    if "model" not in config:
-        raise ConfigError("the config defines no `model`")
-    model_cfg = copy.deepcopy(config["model"])
-    bb = model_cfg.setdefault("backbone", {})
-    if isinstance(bb, dict) and "patch_bias" not in bb:
-        has_bias = PATCH_BIAS_KEY in sd
-        bb["patch_bias"] = has_bias
-        notes.append("patch_bias not set in the config: " + (
-            "the checkpoint has a patch-embedding bias (mmseg 0.x default), so the conv has one" if has_bias else
-            "the checkpoint has no patch-embedding bias (mmseg 1.x default)"))
-    return config, model_cfg, sd, notes, config_path, where
+    return read_checkpoint(path)
 
 
 def load_mmseg_setr(config_path_or_text=None, checkpoint_path=None, image_size=None, strict: bool = True) -> SETR:
     """A SETR model from an mmseg config (file, text, or None: the checkpoint's `meta`) and checkpoint."""
-    config, model_cfg, sd, notes, config_path, where = read_mmseg_checkpoint(config_path_or_text, checkpoint_path)
+    config, model_cfg, sd, notes, config_path, where = read_mmseg(config_path_or_text, checkpoint_path,
+                                                                  who="load_mmseg_setr")
     model = build_setr(model_cfg, image_size=image_size, config=config)
     model.cfg.model_cfg = copy.deepcopy(config["model"])
     model.cfg.notes = notes
-    model.load_report = load_state_dict_checked(model, sd, strict=strict, where=where)
+    model.load_report = load_state_dict_checked(model, sd, strict=strict, where=where, ignored_prefixes=IGNORED_PREFIXES)
     model.source = where
+    model.checkpoint_path = Path(checkpoint_path)
     model.config_path = None if config_path is None else str(config_path)
     return model.eval()
 
@@ -540,3 +433,34 @@ BUILTIN_MODELS: dict[str, Callable[[], SETR]] = {
     f"setr_{kind}_vit_s16_{size}": (lambda kind=kind, size=size: builtin_setr(kind, size, seed=0))
     for kind in ("naive", "pup", "mla") for size in (256, 512)
 }
+
+
+# ----------------------------------------------------------------------------- registry
+
+SETR_HEADS = {"SETRUPHead", "SETRMLAHead"}
+
+
+def _detect(p: Path, config: Optional[Path]) -> bool:
+    from algm_export.models.families import mmseg
+
+    return mmseg.detect_types(p, config, decode_head=SETR_HEADS)
+
+
+def _load(p: Path, config: Optional[Path], image_size=None, strict: bool = True, trust_checkpoint: bool = False):
+    from algm_export.models.families import mmseg
+
+    cfg_path, ckpt = mmseg.find_files(p, config)
+    return load_mmseg_setr(cfg_path, ckpt, image_size=image_size, strict=strict)
+
+
+def _register():
+    from algm_export.models.registry import Family, register
+
+    return register(Family(
+        name=FAMILY,
+        formats="an mmsegmentation SETR checkpoint (.pth holding state_dict) with its config .py (--config, beside "
+                "it, or in the checkpoint's meta), or a folder holding both",
+        builtins=BUILTIN_MODELS, detect=_detect, load=_load))
+
+
+FAMILY_ENTRY = _register()
