@@ -345,11 +345,33 @@ def builtin_segvit_config(image_size=256, n_cls: int = 150) -> dict:
             "img_norm_cfg": dict(mean=list(IMAGENET_MEAN_255), std=list(IMAGENET_STD_255), to_rgb=True)}
 
 
+@torch.no_grad()
+def randomize_segvit_(model: SegViT, seed: int = 0) -> SegViT:
+    """Every parameter drawn at random (`randomize_`), then the ATM head's scales set so that a random
+    model segments: with `randomize_`'s draws the post-norm TPN layers average the class queries
+    into one (their self- and cross-attention mix all queries alike), every query then has the same
+    class posterior and the output's argmax is one class for the whole image. So the residual
+    branches (`self_attn.out_proj`, `multihead_attn.proj`, `linear2`) are scaled by 0.03 (queries keep
+    their identity, as in a trained head), the class embedding by 5 (peaked class posteriors) and
+    the cross-attention q / k by sqrt(10) each (mask logits of a trained head's spread). The result
+    still depends on every parameter; only the scales of these draws change."""
+    randomize_(model, seed)
+    for name, t in model.decode_head.named_parameters():
+        if any(k in name for k in (".self_attn.out_proj.", ".multihead_attn.proj.", ".linear2.")):
+            t.mul_(0.03)
+        elif name.startswith("class_embed."):
+            t.mul_(5.0)
+        elif ".multihead_attn.q." in name or ".multihead_attn.k." in name:
+            t.mul_(10.0 ** 0.5)
+    return model
+
+
 def builtin_segvit(image_size=256, seed: int = 0, n_cls: int = 150) -> SegViT:
-    """A small SegViT (ViT-S/16, 3 stages, built at `image_size`) with seeded random weights."""
+    """A small SegViT (ViT-S/16, 3 stages, built at `image_size`) with seeded random weights
+    (`randomize_segvit_`)."""
     config = builtin_segvit_config(image_size, n_cls)
     model = build_segvit(config["model"], config=config)
-    randomize_(model, seed)
+    randomize_segvit_(model, seed)
     model.source = f"builtin:segvit_s16_{_pair(image_size, 'image size')[0]}"
     return model.eval()
 
