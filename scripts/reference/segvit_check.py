@@ -29,7 +29,8 @@ width 192, 6 heads; SegViT's `configs/_base_/models/seg_vit-b16.py` scaled down)
 
 1. a SegViT-style 0.x config (`_base_` model file + a top file with `img_norm_cfg`, as the
    published configs are laid out) is built by mmengine/mmseg, every parameter re-drawn at random
-   (seeded), saved as a SegViT checkpoint (`{'state_dict', 'meta': {'config'}}`, 0.x layout:
+   (seeded; `randomize_segvit_`, whose ATM scales make a random model segment, so that the argmax
+   agreement means something), saved as a SegViT checkpoint (`{'state_dict', 'meta': {'config'}}`, 0.x layout:
    patch-embedding bias, the loss's `criterion.empty_weight` buffer) beside its config, and loaded
    by our `load_segvit`;
 2. on the photographs bundled with scikit-image, resized to the crop: max |diff| of the outputs
@@ -138,12 +139,12 @@ def build_mmseg(config_path: Path, seed: int):
     from mmengine import Config
     from mmseg.registry import MODELS
 
-    from algm_export.models.families.setr import randomize_
+    from algm_export.models.families.segvit import randomize_segvit_
 
     cfg = Config.fromfile(str(config_path))
     cfg.model.pop("pretrained", None)
     model = MODELS.build(cfg.model)
-    randomize_(model, seed)
+    randomize_segvit_(model, seed)     # works on mmseg's module: the same parameter names
     return model.eval(), cfg
 
 
@@ -181,7 +182,8 @@ def check_size(size: int, folder: Path, seed: int, rows: list, details: list) ->
         got = ours(xs)
         for i, p in enumerate(PHOTOS):
             rows.append((name, f"{size}x{size}", p, "whole crop", maxdiff(ref[i], got[i]), float(ref[i].abs().max()),
-                         float((ref[i].argmax(0) == got[i].argmax(0)).float().mean())))
+                         float((ref[i].argmax(0) == got[i].argmax(0)).float().mean()),
+                         int(ref[i].argmax(0).unique().numel())))
         fr = mm.backbone(xs)
         fo = ours.backbone(xs)
         for idx, a, b in zip(ours.backbone.out_indices, fr, fo):
@@ -200,7 +202,7 @@ def check_size(size: int, folder: Path, seed: int, rows: list, details: list) ->
         inf = ours.cfg.inference
         rows.append((name, f"{hw[0]}x{hw[1]}", NON_SQUARE, f"slide {inf['crop_size'][0]}/{inf['stride'][0]}",
                      maxdiff(ref_s, got_s), float(ref_s.abs().max()),
-                     float((ref_s.argmax(1) == got_s.argmax(1)).float().mean())))
+                     float((ref_s.argmax(1) == got_s.argmax(1)).float().mean()), int(ref_s.argmax(1).unique().numel())))
     rep = ours.load_report
     details.append((name, size, "checkpoint keys", f"{len(ours.state_dict())} loaded; ignored {rep['ignored']}; "
                     f"notes: {'; '.join(ours.cfg.notes)}", time.time() - t0))
@@ -284,12 +286,12 @@ def main(argv=None) -> int:
     if not args.no_vit_l:
         ok_cfg = check_published_config(args.segvit_git, tmp_path, details)
 
-    print("\n| model | input | photo | mode | max abs diff | max abs output | argmax agreement |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| model | input | photo | mode | max abs diff | max abs output | argmax agreement | classes |")
+    print("|---|---|---|---|---|---|---|---|")
     worst = 0.0
-    for name, size, p, mode, d, mag, agree in rows:
+    for name, size, p, mode, d, mag, agree, ncls in rows:
         worst = max(worst, d)
-        print(f"| {name} | {size} | {p} | {mode} | {d:.2e} | {mag:.2f} | {agree:.4f} |")
+        print(f"| {name} | {size} | {p} | {mode} | {d:.2e} | {mag:.2f} | {agree:.4f} | {ncls} |")
     print("\n| model | input | check | shape / note | max abs diff |")
     print("|---|---|---|---|---|")
     for name, size, what, shape, d in details:
