@@ -165,6 +165,9 @@ def _inference(model_cfg: Mapping, config: Mapping) -> dict:
             raise ConfigError("test_cfg mode 'slide' needs crop_size and stride")
         out["crop_size"] = list(_pair(tc["crop_size"], "test_cfg.crop_size"))
         out["stride"] = list(_pair(tc["stride"], "test_cfg.stride"))
+        # the keys `predict` reads (models/inference.py): windows of crop_size every stride, on
+        # the image resized to a short side of min(crop_size), as the ADE20K test pipelines do
+        out.update(window_size=out["crop_size"], window_stride=out["stride"], im_size=min(out["crop_size"]))
     return out
 
 
