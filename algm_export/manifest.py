@@ -5,10 +5,12 @@ Layout of a manifest (format "algm-export/1")::
     {
       "format": "algm-export/1",
       "created": "2026-11-24T10:00:00Z",
-      "model": {"source": "builtin:vit_s16_512" | "/path/checkpoint.pth",
+      "model": {"family": "segmenter" | "setr" | "segvit" | "eva02",
+                "source": "builtin:vit_s16_512" | "/path/checkpoint.pth" | "/path/mmseg.pth",
+                "config_file": "/path/config.py" | null, "config_sha256": str | null,
                 "checkpoint_sha256": str | null, "n_cls": int, "image_size": [H, W],
                 "patch_size": int, "grid": [Gh, Gw], "num_prefix": int,
-                "normalization": "vit" | "deit", "backbone": str, "decoder": str},
+                "normalization": "vit" | "deit" | {"mean": [..], "std": [..]}, "backbone": str, "decoder": str},
       "baseline": {"name": "baseline", "onnx": "baseline.onnx", "sha256": str,
                    "precision": "fp32", "onnx_fp16": ..., "sha256_fp16": ...},
       "settings": [{"name": "t0.880", "threshold": float, "window": [wh, ww],
@@ -167,13 +169,26 @@ NAME = Rule("a plain name (letters, digits, '.', '_', '-', not starting with '.'
 PATH = Rule("a plain relative path inside the export folder", "plain relative paths", is_plain_relpath)
 DICT = Rule("an object", "objects", lambda v: isinstance(v, dict))
 
+
+def _is_norm(v) -> bool:
+    def three(x):
+        return isinstance(x, (list, tuple)) and len(x) == 3 and all(
+            isinstance(e, (int, float)) and not isinstance(e, bool) and math.isfinite(e) for e in x)
+
+    return (isinstance(v, str) and len(v) <= 100) or (
+        isinstance(v, dict) and set(v) == {"mean", "std"} and three(v["mean"]) and three(v["std"]))
+
+
+NORM = Rule("a normalisation name or {\"mean\": [3 numbers], \"std\": [3 numbers]}", "normalisations", _is_norm)
+
 # key: (rule, required). Keys not listed are kept but never read as names or paths.
 MODEL_SCHEMA = {
     "source": (STR, True), "n_cls": (SIZE, True), "image_size": (ListOf(SIZE, 2), True),
     "backbone": (STR, True), "decoder": (STR, True),
     "checkpoint_sha256": (Nullable(SHA256), False), "variant_sha256": (Nullable(SHA256), False),
     "patch_size": (SIZE, False), "grid": (ListOf(SIZE, 2), False), "num_prefix": (COUNT, False),
-    "n_layers": (SIZE, False), "normalization": (STR, False), "config": (DICT, False),
+    "n_layers": (SIZE, False), "normalization": (NORM, False), "config": (DICT, False),
+    "family": (STR, False), "config_file": (Nullable(STR), False), "config_sha256": (Nullable(SHA256), False),
 }
 ENTRY_SCHEMA = {
     "name": (NAME, True), "onnx": (PATH, True), "sha256": (SHA256, True), "precision": (STR, False),
