@@ -1,0 +1,526 @@
+"""The SETR family: mmsegmentation's ViT + SETR naive / PUP / MLA decoders, mmseg's checkpoint format.
+
+Model: `backbones/mmseg_vit.py` (`MMSegViT`) and `decoders/setr.py` (`SETRDecoder`), assembled
+into `SETR(SegModel)` whose `state_dict()` keys are the mmseg checkpoint's: `backbone.*`,
+`neck.*` (MLA) and `decode_head.*`. The decoder object (`model.decoder`) is kept out of the
+module tree (it holds the same `neck` / `decode_head` modules the model registers), so no
+`decoder.` prefix appears; `model.to()`, `.eval()`, `.half()` reach it through those modules.
+
+Checkpoints: a `.pth` holding `{"state_dict": ..., "meta": {...}}` with the mmseg config beside it
+(a `.py` file, parsed, never executed: `algm_export.models.mmseg_config`), or the config text the
+checkpoint's `meta` carries (`cfg` in 1.x, `config` in 0.x). `auxiliary_head.*` keys are
+training-only and ignored (listed in `model.load_report`).
+
+Version differences handled on purpose (mmseg 0.x -> 1.x, read from both versions' ViT):
+
+* patch-embedding bias: 0.x's `PatchEmbed` always had one (`bias=True`); 1.x added
+  `patch_bias` with default False. A config that does not set `patch_bias` follows the checkpoint:
+  with `backbone.patch_embed.projection.bias` present the conv gets its bias (the weights as
+  trained), without it none. (mmseg 1.x itself would drop a 0.x bias with an "unexpected key"
+  warning.) An explicit `patch_bias` is obeyed, and a mismatch is a key error.
+* normalisation: 1.x `data_preprocessor` (in `model` or at the top level), 0.x `img_norm_cfg`.
+* test settings: `model.test_cfg` (both), top-level `test_cfg` (early 0.x).
+* `pre_norm`, `patch_pad`, `out_origin`, `frozen_exclude` are 1.x-only arguments with defaults
+  equal to 0.x's behaviour.
+
+Input: `normalization` is in 0..1 units in RGB order (our images are RGB). mmseg loads images
+as BGR (OpenCV) and its preprocessor's `bgr_to_rgb=True` (every SETR config) flips them to RGB
+before `(x - mean) / std` with mean/std in 0..255 units of the network's channel order; so
+normalization = mean/255, std/255 as listed. A config without the flip feeds the network BGR:
+then `channel_order='bgr'`, normalization lists mean/std reversed (RGB order) and `prepare` flips
+the normalised image's channels before the patch embedding.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from algm_export.errors import CheckpointError, ConfigError
+from algm_export.models.backbones.mmseg_vit import MMSegViT, _pair
+from algm_export.models.base import SegModel
+from algm_export.models.decoders.setr import SETRDecoder, SETRMLAHead, SETRUPHead, build_head, build_neck
+from algm_export.models.layers import bilinear_upsample
+from algm_export.models.mmseg_config import config_text_from_meta, parse_config
+
+FAMILY = "setr"
+PATCH_BIAS_KEY = "backbone.patch_embed.projection.bias"
+IGNORED_PREFIXES = ("auxiliary_head.", "data_preprocessor.")
+# VisionTransformer arguments that only matter for training / initialisation.
+_BACKBONE_ARGS = ("img_size", "patch_size", "patch_pad", "in_channels", "embed_dims", "num_layers", "num_heads",
+                  "mlp_ratio", "out_origin", "out_indices", "qkv_bias", "drop_rate", "attn_drop_rate",
+                  "drop_path_rate", "with_cls_token", "output_cls_token", "norm_cfg", "act_cfg", "patch_norm",
+                  "patch_bias", "pre_norm", "final_norm", "interpolate_mode", "num_fcs", "norm_eval", "with_cp",
+                  "frozen_exclude", "pretrained", "init_cfg")
+# Common names of the ViT sizes (embed_dims, num_layers, num_heads) -> name.
+_VIT_NAMES = {(192, 12, 3): "vit-ti", (384, 12, 6): "vit-s", (768, 12, 12): "vit-b", (1024, 24, 16): "vit-l",
+              (1280, 32, 16): "vit-h"}
+IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
+IMAGENET_STD_255 = (58.395, 57.12, 57.375)
+
+
+# ----------------------------------------------------------------------------- configuration
+
+@dataclass
+class SETRConfig:
+    """The uniform family fields plus what SETR needs. `image_size` is the run size (H, W)."""
+
+    n_cls: int
+    image_size: tuple[int, int]
+    patch_size: int
+    n_layers: int
+    d_model: int
+    n_heads: int
+    normalization: dict
+    backbone: str
+    decoder_name: str                      # 'setr_naive' | 'setr_pup' | 'setr_mla'
+    inference: dict                        # mode 'whole' | 'slide', crop_size, stride
+    align_corners: bool = False
+    with_cls_token: bool = True
+    built_image_size: tuple[int, int] = (512, 512)   # backbone img_size: the stored position grid
+    decoder_layers: tuple[int, ...] = ()
+    channel_order: str = "rgb"             # what the network consumes; 'bgr': prepare() flips
+    normalization_source: str = "data_preprocessor"
+    algm: Optional[dict] = None
+    notes: list = field(default_factory=list)  # version decisions taken while loading
+    model_cfg: dict = field(default_factory=dict)  # the parsed mmseg `model` dict
+    family: str = FAMILY
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The token grid at the run size (the patch embedding pads up to whole patches)."""
+        p = self.patch_size
+        return (math.ceil(self.image_size[0] / p), math.ceil(self.image_size[1] / p))
+
+    @property
+    def num_prefix(self) -> int:
+        return 1 if self.with_cls_token else 0
+
+    def to_dict(self) -> dict:
+        d = {k: copy.deepcopy(getattr(self, k)) for k in self.__dataclass_fields__}
+        for k in ("image_size", "built_image_size", "decoder_layers"):
+            d[k] = list(d[k])
+        d["normalization"] = {k: list(v) for k, v in self.normalization.items()}
+        d["grid"] = list(self.grid)
+        d["num_prefix"] = self.num_prefix
+        return d
+
+
+def _typename(cfg: Optional[dict]) -> str:
+    return str((cfg or {}).get("type", "")).split(".")[-1]
+
+
+def normalization_from_config(model_cfg: Mapping, config: Optional[Mapping] = None) -> tuple[dict, str, str]:
+    """(normalization in 0..1 RGB order, channel order the network consumes, where it came from)."""
+    config = config or {}
+    dp = model_cfg.get("data_preprocessor") or config.get("data_preprocessor")
+    if isinstance(dp, Mapping) and (dp.get("mean") is not None or "bgr_to_rgb" in dp or "rgb_to_bgr" in dp):
+        mean, std = dp.get("mean"), dp.get("std")
+        flip = bool(dp.get("bgr_to_rgb", False) or dp.get("rgb_to_bgr", False))
+        source = "data_preprocessor"
+    elif isinstance(config.get("img_norm_cfg"), Mapping):
+        inc = config["img_norm_cfg"]
+        mean, std = inc.get("mean"), inc.get("std")
+        flip = bool(inc.get("to_rgb", False))
+        source = "img_norm_cfg"
+    else:
+        mean, std, flip, source = None, None, False, "none"
+    if mean is None:
+        # mmseg's BaseDataPreprocessor: no normalisation, the 0..255 values as loaded
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    if std is None or len(mean) != 3 or len(std) != 3:
+        raise ConfigError(f"the config's normalisation needs 3 means and 3 stds, got mean={mean!r} std={std!r}")
+    mean = tuple(float(m) / 255.0 for m in mean)
+    std = tuple(float(s) / 255.0 for s in std)
+    # mmseg loads BGR; a flip makes the network's input RGB
+    order = "rgb" if flip else "bgr"
+    if order == "bgr":
+        mean, std = mean[::-1], std[::-1]
+    return {"mean": mean, "std": std}, order, source
+
+
+def _backbone_name(bb: dict) -> str:
+    key = (int(bb.get("embed_dims", 768)), int(bb.get("num_layers", 12)), int(bb.get("num_heads", 12)))
+    name = _VIT_NAMES.get(key, f"vit-d{key[0]}x{key[1]}")
+    return f"mmseg_{name}{int(bb.get('patch_size', 16))}"
+
+
+def _decoder_name(head: dict, head_module) -> str:
+    if isinstance(head_module, SETRMLAHead):
+        return "setr_mla"
+    return "setr_naive" if int(head.get("num_convs", 1)) == 1 else "setr_pup"
+
+
+def _inference(model_cfg: Mapping, config: Mapping) -> dict:
+    tc = model_cfg.get("test_cfg") or config.get("test_cfg") or {}
+    mode = tc.get("mode", "whole")
+    if mode not in ("whole", "slide"):
+        raise ConfigError(f"test_cfg mode {mode!r} is not supported; use 'whole' or 'slide' (as mmseg)")
+    out = {"mode": mode, "crop_size": None, "stride": None}
+    if mode == "slide":
+        if "crop_size" not in tc or "stride" not in tc:
+            raise ConfigError("test_cfg mode 'slide' needs crop_size and stride")
+        out["crop_size"] = list(_pair(tc["crop_size"], "test_cfg.crop_size"))
+        out["stride"] = list(_pair(tc["stride"], "test_cfg.stride"))
+    return out
+
+
+def build_setr(model_cfg: Mapping, image_size=None, config: Optional[Mapping] = None) -> "SETR":
+    """A SETR model (random weights, eval mode) from a parsed mmseg config's `model` dict.
+
+    `config` (the whole parsed config) supplies 0.x-style top-level settings (`img_norm_cfg`,
+    `test_cfg`) when the model dict lacks them. `image_size` is the run size (default: the slide
+    window for slide inference, else the backbone's `img_size`).
+    """
+    if not isinstance(model_cfg, Mapping):
+        raise ConfigError(f"the config's `model` must be a dict, got {type(model_cfg).__name__}")
+    model_cfg = copy.deepcopy(dict(model_cfg))
+    config = config or {}
+    seg_type = _typename(model_cfg) or "EncoderDecoder"
+    if seg_type != "EncoderDecoder":
+        raise ConfigError(f"model type {model_cfg.get('type')!r} is not supported; SETR models are EncoderDecoder")
+    bb_cfg = dict(model_cfg.get("backbone") or {})
+    if _typename(bb_cfg) != "VisionTransformer":
+        raise ConfigError(f"backbone type {bb_cfg.get('type')!r} is not supported here; use VisionTransformer")
+    bb_kw = {k: v for k, v in bb_cfg.items() if k != "type"}
+    unknown = sorted(set(bb_kw) - set(_BACKBONE_ARGS))
+    if unknown:
+        raise ConfigError(f"backbone: unknown VisionTransformer settings {unknown} (mmseg 1.x / late 0.x "
+                          "arguments are supported; the pre-v0.17 timm-style ViT is not)")
+    head_cfg = model_cfg.get("decode_head")
+    if not isinstance(head_cfg, Mapping):
+        raise ConfigError("the config's model has no decode_head")
+    if isinstance(head_cfg, (list, tuple)):
+        raise ConfigError("a list of decode heads (cascade) is not supported")
+
+    backbone = MMSegViT(**bb_kw)
+    neck = build_neck(model_cfg.get("neck"))
+    head = build_head(dict(head_cfg))
+    decoder = SETRDecoder(head, neck, backbone.out_indices)
+
+    normalization, order, source = normalization_from_config(model_cfg, config)
+    inference = _inference(model_cfg, config)
+    if image_size is None:
+        image_size = inference["crop_size"] if inference["mode"] == "slide" else backbone.img_size
+    cfg = SETRConfig(
+        n_cls=decoder.n_cls, image_size=_pair(image_size, "image size"), patch_size=backbone.patch_size,
+        n_layers=backbone.depth, d_model=backbone.embed_dim, n_heads=backbone.num_heads,
+        normalization=normalization, backbone=_backbone_name(bb_cfg), decoder_name=_decoder_name(head_cfg, head),
+        inference=inference, align_corners=decoder.align_corners, with_cls_token=backbone.with_cls_token,
+        built_image_size=backbone.img_size, decoder_layers=tuple(decoder.in_layers), channel_order=order,
+        normalization_source=source, model_cfg=model_cfg,
+    )
+    backbone.set_image_size(cfg.image_size)
+    return SETR(cfg, backbone, decoder).eval()
+
+
+# ----------------------------------------------------------------------------- the model
+
+class SETR(SegModel):
+    """SETR: mmseg ViT + SETR decoder. `forward(im)` = mmseg's whole inference on a normalised batch."""
+
+    family = FAMILY
+
+    def __init__(self, cfg: SETRConfig, backbone: MMSegViT, decoder: SETRDecoder):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        if decoder.neck is not None:
+            self.neck = decoder.neck
+        self.decode_head = decoder.decode_head
+        object.__setattr__(self, "_setr_decoder", decoder)  # not a registered submodule (see module doc)
+        self.load_report: dict = {}
+
+    @property
+    def decoder(self) -> SETRDecoder:
+        return self.__dict__["_setr_decoder"]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.decoder.training = mode
+        return self
+
+    def prepare(self, im: torch.Tensor) -> torch.Tensor:
+        """The BGR flip where the network consumes BGR, and the patch embedding's zero padding
+        (bottom / right, mmseg's 'corner' `AdaptivePadding`) so that the image is patch-aligned."""
+        if self.cfg.channel_order == "bgr":
+            im = im.flip(1)
+        return self.backbone.patch_embed.pad(im)
+
+    def finish(self, logits: torch.Tensor, padded_hw, out_hw) -> torch.Tensor:
+        """mmseg whole inference: the decoder's logits (covering the padded image) resized straight to
+        the input size with the configured `align_corners` (`BaseDecodeHead.predict_by_feat`)."""
+        logits = logits.float()
+        out_hw = (int(out_hw[0]), int(out_hw[1]))
+        if tuple(logits.shape[-2:]) == out_hw:
+            return logits
+        if not self.cfg.align_corners:
+            return bilinear_upsample(logits, out_hw)
+        return F.interpolate(logits, size=out_hw, mode="bilinear", align_corners=True)
+
+    def inference(self, im: torch.Tensor) -> torch.Tensor:
+        """mmseg `EncoderDecoder.inference`: whole or slide per the config's `test_cfg`."""
+        inf = self.cfg.inference
+        if inf["mode"] == "slide":
+            return mmseg_slide_inference(self, im, inf["crop_size"], inf["stride"], self.cfg.n_cls)
+        return self(im)
+
+    def macs(self, image_size=None) -> int:
+        """Multiply-accumulates of one whole-image forward (no merging)."""
+        grid = self.backbone.run_grid(image_size)
+        t = grid[0] * grid[1] + self.num_prefix
+        bb = self.backbone
+        return int(bb.embed_macs(grid) + bb.depth * bb.block_macs(t, t) + self.decoder.macs([], grid))
+
+
+def mmseg_slide_inference(fn: Callable[[torch.Tensor], torch.Tensor], img: torch.Tensor, crop, stride,
+                          n_cls: int) -> torch.Tensor:
+    """mmseg `EncoderDecoder.slide_inference`: windows every `stride`, the last ones flush with the
+    border (a window larger than the image shrinks to it), logits summed and divided by the count.
+
+    `fn` maps a crop `[B, 3, h, w]` to logits `[B, n_cls, h, w]` at the crop's size.
+    """
+    h_stride, w_stride = _pair(stride, "stride")
+    h_crop, w_crop = _pair(crop, "crop size")
+    B, _, h_img, w_img = img.shape
+    h_grids = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
+    w_grids = max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1
+    preds = img.new_zeros((B, n_cls, h_img, w_img), dtype=torch.float32)
+    count = img.new_zeros((B, 1, h_img, w_img), dtype=torch.float32)
+    for hi in range(h_grids):
+        for wi in range(w_grids):
+            y1, x1 = hi * h_stride, wi * w_stride
+            y2, x2 = min(y1 + h_crop, h_img), min(x1 + w_crop, w_img)
+            y1, x1 = max(y2 - h_crop, 0), max(x2 - w_crop, 0)
+            out = torch.as_tensor(fn(img[:, :, y1:y2, x1:x2])).float()
+            preds += F.pad(out, (x1, w_img - x2, y1, h_img - y2))
+            count[:, :, y1:y2, x1:x2] += 1
+    return preds / count
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def _read_checkpoint(path) -> Any:
+    """The one place a checkpoint file is read (a safe loader will replace this)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"the checkpoint {path} does not exist") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read the checkpoint {path}: {first} (it is read with "
+                              "torch.load(weights_only=True): tensors and plain data only)") from None
+
+
+def _state_dict_of(obj: Any, where: str) -> dict:
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        sd = obj["state_dict"]
+    elif isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        sd = obj
+    else:
+        keys = sorted(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(f"{where} holds no state_dict (found {keys}); an mmseg checkpoint is "
+                              "{'state_dict': ..., 'meta': ...}")
+    out = {}
+    for k, v in sd.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{where}: state_dict entry {k!r} is not a tensor")
+        out[k[len("module."):] if k.startswith("module.") else k] = v
+    return out
+
+
+def _short(keys, n: int = 12) -> str:
+    keys = sorted(keys)
+    more = f" ... and {len(keys) - n} more" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def load_state_dict_checked(model: SETR, sd: Mapping[str, torch.Tensor], strict: bool = True,
+                            where: str = "checkpoint") -> dict:
+    """Load `sd` into `model`; auxiliary-head keys are ignored. Key or shape mismatches raise
+    `CheckpointError` listing them (missing / unexpected only when `strict`)."""
+    ignored = sorted(k for k in sd if k.startswith(IGNORED_PREFIXES))
+    sd = {k: v for k, v in sd.items() if not k.startswith(IGNORED_PREFIXES)}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = sorted(f"{k} {tuple(sd[k].shape)} (model {tuple(own[k].shape)})"
+                    for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
+    problems = []
+    if shapes:
+        problems.append(f"shape mismatches: {_short(shapes, 6)}")
+    if strict and missing:
+        problems.append(f"missing keys ({len(missing)}): {_short(missing)}")
+    if strict and unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {_short(unexpected)}")
+    if problems:
+        raise CheckpointError(f"{where} does not match its config: " + "; ".join(problems)
+                              + (" (pass strict=False to load the matching keys only)" if not shapes else ""))
+    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+    return {"ignored": ignored, "missing": missing, "unexpected": unexpected}
+
+
+def load_mmseg_setr(config_path_or_text=None, checkpoint_path=None, image_size=None, strict: bool = True) -> SETR:
+    """A SETR model from an mmseg config (file, text, or None: the checkpoint's `meta`) and checkpoint."""
+    if checkpoint_path is None:
+        raise CheckpointError("load_mmseg_setr needs a checkpoint path (an mmseg .pth)")
+    ckpt = _read_checkpoint(checkpoint_path)
+    where = str(checkpoint_path)
+    sd = _state_dict_of(ckpt, where)
+    notes = []
+    if config_path_or_text is None:
+        text = config_text_from_meta(ckpt.get("meta") if isinstance(ckpt, Mapping) else None)
+        if text is None:
+            raise ConfigError(f"{where} carries no config text in meta['cfg'] / meta['config']; pass the config .py")
+        config = parse_config(text, where=f"{where} meta config")
+        config_path = None
+        notes.append("config read from the checkpoint's meta")
+    else:
+        config = parse_config(config_path_or_text)
+        config_path = config_path_or_text if not ("\n" in str(config_path_or_text)) else None
+    if "model" not in config:
+        raise ConfigError("the config defines no `model`")
+    model_cfg = copy.deepcopy(config["model"])
+    bb = model_cfg.setdefault("backbone", {})
+    if isinstance(bb, dict) and "patch_bias" not in bb:
+        has_bias = PATCH_BIAS_KEY in sd
+        bb["patch_bias"] = has_bias
+        notes.append("patch_bias not set in the config: " + (
+            "the checkpoint has a patch-embedding bias (mmseg 0.x default), so the conv has one" if has_bias else
+            "the checkpoint has no patch-embedding bias (mmseg 1.x default)"))
+    model = build_setr(model_cfg, image_size=image_size, config=config)
+    model.cfg.model_cfg = copy.deepcopy(config["model"])
+    model.cfg.notes = notes
+    model.load_report = load_state_dict_checked(model, sd, strict=strict, where=where)
+    model.source = where
+    model.config_path = None if config_path is None else str(config_path)
+    return model.eval()
+
+
+def format_config(cfg: Mapping) -> str:
+    """Config text (`name = value` lines, `dict(...)` for identifier-keyed dicts) that
+    `parse_config` and mmengine both read back to the same settings."""
+    def fmt(v, indent=0) -> str:
+        pad = " " * (indent + 4)
+        if isinstance(v, dict):
+            if not v:
+                return "dict()"
+            if all(isinstance(k, str) and k.isidentifier() for k in v):
+                items = [f"{pad}{k}={fmt(x, indent + 4)}" for k, x in v.items()]
+                return "dict(\n" + ",\n".join(items) + ")"
+            items = [f"{pad}{k!r}: {fmt(x, indent + 4)}" for k, x in v.items()]
+            return "{\n" + ",\n".join(items) + "}"
+        if isinstance(v, list):
+            return "[" + ", ".join(fmt(x, indent) for x in v) + "]"
+        if isinstance(v, tuple):
+            return "(" + ", ".join(fmt(x, indent) for x in v) + ("," if len(v) == 1 else "") + ")"
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            return repr(v)
+        raise ConfigError(f"cannot write a {type(v).__name__} into a config")
+    return "\n".join(f"{k} = {fmt(v)}" for k, v in cfg.items()) + "\n"
+
+
+def save_mmseg_setr(model: SETR, path, config: Optional[Mapping] = None, meta: Optional[dict] = None) -> Path:
+    """Write `{'state_dict', 'meta': {'cfg': config text}}` as mmseg 1.x does, and the config `.py`
+    beside it (same stem). `config` defaults to `{'model': model.cfg.model_cfg}`."""
+    path = Path(path)
+    config = dict(config) if config is not None else {"model": copy.deepcopy(model.cfg.model_cfg)}
+    text = format_config(config)
+    m = {"cfg": text}
+    m.update(meta or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": m}, path)
+    path.with_suffix(".py").write_text(text)
+    return path
+
+
+# ----------------------------------------------------------------------------- random weights, built-ins
+
+@torch.no_grad()
+def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Every parameter and BatchNorm statistic drawn at random (seeded, by sorted name), so that
+    nothing is an identity by accident: weights N(0, 1/fan_in), norm scales U(0.5, 1.5), biases
+    N(0, 0.05^2), cls / position embeddings N(0, 0.5^2), running means N(0, 0.1^2), running
+    variances U(0.5, 1.5). Works on any module with mmseg's names (ours or mmseg's own)."""
+    g = torch.Generator().manual_seed(int(seed))
+    norm_params = set()
+    for name, m in module.named_modules():
+        if isinstance(m, (nn.LayerNorm, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
+            norm_params |= {f"{name}.{p}" if name else p for p, _ in m.named_parameters(recurse=False)}
+    tensors = dict(module.named_parameters())
+    tensors.update({k: v for k, v in module.named_buffers() if k.endswith(("running_mean", "running_var"))})
+    for name in sorted(tensors):
+        t = tensors[name]
+        shape = t.shape
+        if name.endswith("running_var"):
+            v = torch.rand(shape, generator=g) + 0.5
+        elif name.endswith("running_mean"):
+            v = torch.randn(shape, generator=g) * 0.1
+        elif name in norm_params and name.endswith("weight"):
+            v = torch.rand(shape, generator=g) + 0.5
+        elif name.endswith(("cls_token", "pos_embed")):
+            v = torch.randn(shape, generator=g) * 0.5
+        elif t.dim() >= 2:
+            fan_in = t[0].numel()
+            v = torch.randn(shape, generator=g) / math.sqrt(fan_in)
+        else:
+            v = torch.randn(shape, generator=g) * 0.05
+        t.copy_(v.to(t.dtype))
+    return module
+
+
+def builtin_setr_config(kind: str, image_size=256, n_cls: int = 150) -> dict:
+    """An mmseg `model` dict like the published SETR configs, with a ViT-S/16 backbone.
+
+    The published ViT-L configs (24 blocks) read blocks (9, 14, 19, 23) for naive / PUP (the head
+    the last, the auxiliary heads the others) and (5, 11, 17, 23) for MLA; scaled to 12 blocks:
+    (4, 7, 9, 11) and (2, 5, 8, 11). Auxiliary heads are left out (training only)."""
+    size = _pair(image_size, "image size")
+    norm_cfg = dict(type="SyncBN", requires_grad=True)
+    backbone = dict(type="VisionTransformer", img_size=size, patch_size=16, in_channels=3, embed_dims=384,
+                    num_layers=12, num_heads=6, out_indices=(4, 7, 9, 11), drop_rate=0.0,
+                    norm_cfg=dict(type="LN", eps=1e-6, requires_grad=True), with_cls_token=True,
+                    interpolate_mode="bilinear")
+    data_preprocessor = dict(type="SegDataPreProcessor", mean=list(IMAGENET_MEAN_255), std=list(IMAGENET_STD_255),
+                             bgr_to_rgb=True, pad_val=0, seg_pad_val=255)
+    model = dict(type="EncoderDecoder", data_preprocessor=data_preprocessor, backbone=backbone)
+    if kind in ("naive", "pup"):
+        naive = kind == "naive"
+        model["decode_head"] = dict(
+            type="SETRUPHead", in_channels=384, channels=256, in_index=3, num_classes=n_cls, dropout_ratio=0,
+            norm_cfg=norm_cfg, num_convs=1 if naive else 4, up_scale=4 if naive else 2,
+            kernel_size=1 if naive else 3, align_corners=False)
+    elif kind == "mla":
+        backbone.update(out_indices=(2, 5, 8, 11), with_cls_token=False)
+        model["neck"] = dict(type="MLANeck", in_channels=[384] * 4, out_channels=256, norm_cfg=norm_cfg,
+                             act_cfg=dict(type="ReLU"))
+        model["decode_head"] = dict(
+            type="SETRMLAHead", in_channels=(256, 256, 256, 256), channels=512, in_index=(0, 1, 2, 3),
+            dropout_ratio=0, mla_channels=128, num_classes=n_cls, norm_cfg=norm_cfg, align_corners=False)
+    else:
+        raise ConfigError(f"unknown SETR kind {kind!r}; use 'naive', 'pup' or 'mla'")
+    model.update(train_cfg=dict(), test_cfg=dict(mode="whole"))
+    return model
+
+
+def builtin_setr(kind: str, image_size=256, seed: int = 0, n_cls: int = 150) -> SETR:
+    """A small SETR (ViT-S/16 backbone, built at `image_size`) with seeded random weights, eval mode."""
+    model = build_setr(builtin_setr_config(kind, image_size, n_cls))
+    randomize_(model, seed)
+    model.source = f"builtin:setr_{kind}_vit_s16_{_pair(image_size, 'image size')[0]}"
+    return model.eval()
+
+
+# name -> factory, for the family registry
+BUILTIN_MODELS: dict[str, Callable[[], SETR]] = {
+    f"setr_{kind}_vit_s16_{size}": (lambda kind=kind, size=size: builtin_setr(kind, size, seed=0))
+    for kind in ("naive", "pup", "mla") for size in (256, 512)
+}
