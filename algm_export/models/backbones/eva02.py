@@ -104,6 +104,32 @@ def grid_positions(grid: Sequence[int], device=None) -> torch.Tensor:
     return torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).reshape(gh * gw, 2)
 
 
+ROPE_POSITIONS = ("centroid", "nearest", "first")
+
+
+def token_positions(assign: torch.Tensor, size: torch.Tensor, grid: Sequence[int], num_prefix: int,
+                    rule: str = "centroid") -> torch.Tensor:
+    """[B, T, 2] the grid position a merged token's rotary embedding is evaluated at.
+
+    `centroid` (the default, spec 5): the size-weighted centroid of the held patches;
+    `nearest`: that centroid rounded to the nearest grid position; `first`: the position of the
+    first (lowest raster index) patch held. The last two exist to measure the choice
+    (docs/decisions.md); all three are the patch's own position for an unmerged token.
+    """
+    if rule == "centroid":
+        return token_centroids(assign, size, grid, num_prefix)
+    if rule == "nearest":
+        return torch.round(token_centroids(assign, size, grid, num_prefix))
+    if rule == "first":
+        T = size.shape[1] - num_prefix
+        pos = grid_positions(grid, assign.device)
+        slots = torch.arange(T, device=assign.device, dtype=assign.dtype)
+        onehot = (assign.unsqueeze(1) == slots.view(1, T, 1)).to(torch.float32)     # [B, T, N]
+        first = onehot.argmax(dim=-1)                                                # lowest held index (0 if none)
+        return pos[first]
+    raise ConfigError(f"unknown rotary position rule {rule!r}; use one of {ROPE_POSITIONS}")
+
+
 def token_centroids(assign: torch.Tensor, size: torch.Tensor, grid: Sequence[int], num_prefix: int) -> torch.Tensor:
     """[B, T, 2] size-weighted centroid (row, column) of the patches every patch token holds.
 
@@ -270,6 +296,7 @@ class Eva02Backbone(Eva, Backbone):
         self.out_indices = tuple(i % depth for i in idx)
         self.prune_intermediate_layers(list(self.out_indices), prune_norm=True, prune_head=True)
         self.rope_at = RotaryAt(self.rope) if self.rope is not None else None
+        self.rope_position = "centroid"     # where a merged token's rotary embedding is evaluated (ROPE_POSITIONS)
         self.eva_kwargs = dict(kwargs)
 
     # -- Backbone properties
@@ -318,7 +345,7 @@ class Eva02Backbone(Eva, Backbone):
             if not state.merged:
                 emb = self.rope_at.table(state.grid).to(self.cls_token.device)
             else:
-                pos = token_centroids(state.assign, state.size, state.grid, state.num_prefix)
+                pos = token_positions(state.assign, state.size, state.grid, state.num_prefix, self.rope_position)
                 emb = self.rope_at(pos, state.grid).unsqueeze(1)
             state.cache["rope"] = emb
         return state.cache["rope"]

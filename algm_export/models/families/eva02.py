@@ -289,12 +289,13 @@ def build_eva02(model_cfg: Mapping, image_size=None, config: Optional[Mapping] =
     if isinstance(head_cfg, (list, tuple)):
         raise ConfigError("a list of decode heads (cascade) is not supported")
 
-    backbone = Eva02Backbone(out_indices=outs, **eva02_kwargs(name, **timm_kw))
+    eva_kw = eva02_kwargs(name, **timm_kw)
     neck = build_feature2pyramid(dict(neck_cfg) if neck_cfg is not None else None)
-    if neck.embed_dim != backbone.embed_dim:
-        raise ConfigError(f"neck embed_dim {neck.embed_dim} differs from the backbone's {backbone.embed_dim}")
+    if neck.embed_dim != int(eva_kw["embed_dim"]):
+        raise ConfigError(f"neck embed_dim {neck.embed_dim} differs from the backbone's {eva_kw['embed_dim']}")
     head = build_uper_head(dict(head_cfg))
     decoder = UperNetDecoder(neck, head, outs)
+    backbone = Eva02Backbone(out_indices=outs, **eva_kw)        # last: the costly part (timm's init)
 
     normalization, order, source = normalization_from_config(model_cfg, config)
     inference = inference_from_config(model_cfg, config)
