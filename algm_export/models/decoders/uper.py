@@ -40,11 +40,11 @@ DEFAULT_NECK_NORM = dict(type="SyncBN", requires_grad=True)
 
 # ----------------------------------------------------------------------------- resize / pool as matmuls
 
-@lru_cache(maxsize=256)
-def _interp_weights(n_in: int, n_out: int, align_corners: bool) -> torch.Tensor:
-    """[n_out, n_in] weights of PyTorch's 1-D linear interpolation (float32, CPU)."""
-    eye = torch.eye(n_in).unsqueeze(0)
-    return F.interpolate(eye, size=n_out, mode="linear", align_corners=align_corners)[0].transpose(0, 1).contiguous()
+def _interp_weights(n_in: int, n_out: int, align_corners: bool, device=None) -> torch.Tensor:
+    """[n_out, n_in] weights of PyTorch's 1-D linear interpolation (built per call, never cached:
+    a cached tensor made while tracing for export would leak into eager runs)."""
+    eye = torch.eye(n_in, device=device).unsqueeze(0)
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=align_corners)[0].transpose(0, 1)
 
 
 def resize_bilinear(x: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.Tensor:
@@ -57,27 +57,32 @@ def resize_bilinear(x: torch.Tensor, size: Sequence[int], align_corners: bool) -
         return x
     if H < h or W < w:
         return F.interpolate(x, size=(H, W), mode="bilinear", align_corners=align_corners)
-    ry = _interp_weights(int(h), H, bool(align_corners)).to(device=x.device, dtype=x.dtype)
-    rx = _interp_weights(int(w), W, bool(align_corners)).to(device=x.device, dtype=x.dtype)
+    ry = _interp_weights(int(h), H, bool(align_corners), x.device).to(x.dtype)
+    rx = _interp_weights(int(w), W, bool(align_corners), x.device).to(x.dtype)
     return ry @ x @ rx.transpose(0, 1)
 
 
 @lru_cache(maxsize=256)
-def _pool_weights(n_in: int, n_out: int) -> torch.Tensor:
-    """[n_out, n_in] averaging weights of PyTorch's adaptive pooling bins."""
-    m = torch.zeros(n_out, n_in)
+def _pool_rows(n_in: int, n_out: int) -> tuple:
+    """Averaging weights of PyTorch's adaptive pooling bins, as plain numbers (safe to cache)."""
+    rows = []
     for i in range(n_out):
         lo = (i * n_in) // n_out
         hi = -((-(i + 1) * n_in) // n_out)
-        m[i, lo:hi] = 1.0 / (hi - lo)
-    return m
+        rows.append(tuple(1.0 / (hi - lo) if lo <= j < hi else 0.0 for j in range(n_in)))
+    return tuple(rows)
+
+
+def _pool_weights(n_in: int, n_out: int, device=None) -> torch.Tensor:
+    """[n_out, n_in] averaging weights of PyTorch's adaptive pooling bins."""
+    return torch.tensor(_pool_rows(n_in, n_out), dtype=torch.float32, device=device)
 
 
 def adaptive_avg_pool(x: torch.Tensor, size: int) -> torch.Tensor:
     """`F.adaptive_avg_pool2d(x, size)` as two matmuls (any input size, exportable)."""
     h, w = x.shape[-2:]
-    py = _pool_weights(int(h), int(size)).to(device=x.device, dtype=x.dtype)
-    px = _pool_weights(int(w), int(size)).to(device=x.device, dtype=x.dtype)
+    py = _pool_weights(int(h), int(size), x.device).to(x.dtype)
+    px = _pool_weights(int(w), int(size), x.device).to(x.dtype)
     return py @ x @ px.transpose(0, 1)
 
 
