@@ -136,13 +136,18 @@ def _run(model, x):
     return out, {k: v.clone() for k, v in model.merge_stats.items()}
 
 
-def test_algm_static_equals_dynamic_on_photos(tiny_eva, eva_photos):
-    N = 64
+@pytest.fixture(scope="module")
+def dynamic_runs(tiny_eva, eva_photos):
+    """The dynamic (spec 1) reference, photo by photo: [(logits, merge_stats)]."""
     dyn = apply_algm(tiny_eva, SET)
+    return [_run(dyn, x) for x in eva_photos]
+
+
+def test_algm_static_equals_dynamic_on_photos(tiny_eva, eva_photos, dynamic_runs):
+    N = 64
     sta = apply_algm(tiny_eva, SET, capacities=(N, N))
     same_counts, close, merged = 0, 0, 0
-    for x in eva_photos:
-        a, sa = _run(dyn, x)
+    for x, (a, sa) in zip(eva_photos, dynamic_runs):
         b, sb = _run(sta, x)
         merged += int(sa["merges"].sum() > 0)
         same_counts += int(torch.equal(sa["tokens"], sb["tokens"]))
@@ -156,11 +161,11 @@ def test_algm_static_equals_dynamic_on_photos(tiny_eva, eva_photos):
     assert close >= n - 1
 
 
-def test_algm_static_with_padding_equals_dynamic(tiny_eva, eva_photos):
+def test_algm_static_with_padding_equals_dynamic(tiny_eva, eva_photos, dynamic_runs):
     """A batch whose images need different counts: every one padded to shared capacities."""
-    dyn = apply_algm(tiny_eva, SET)
     batch = torch.cat(eva_photos)
-    a, sa = _run(dyn, batch)
+    a = torch.cat([r[0] for r in dynamic_runs])
+    sa = {k: torch.cat([r[1][k] for r in dynamic_runs]) for k in dynamic_runs[0][1]}
     assert (sa["merges"][:, 1] > 0).all() and len(set(sa["tokens"][:, 0].tolist())) > 1
     c1 = min(64, int(sa["tokens"][:, 0].max()) + 3)
     c2 = min(c1, int(sa["tokens"][:, 1].max()) + 3)
