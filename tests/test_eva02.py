@@ -118,6 +118,17 @@ def test_backbone_equals_timm_features(name, over):
         assert (u - v).abs().max() <= 1e-5 * max(1.0, float(u.abs().max()))
 
 
+def test_model_table_matches_timms_registry():
+    """Our EVA-02 kwargs build timm's registered model: same keys and shapes, same default outputs."""
+    name = "eva02_base_patch14_448"                          # separate q/k/v, sub-LN SwiGLU, 32x32 grid
+    ref = timm.create_model(name, features_only=True, pretrained=False, device="meta")
+    ours = Eva02Backbone(out_indices=None, device="meta", **eva02_kwargs(name))
+    assert {k[len("model."):]: v.shape for k, v in ref.state_dict().items()} == \
+        {k: v.shape for k, v in ours.state_dict().items()}
+    assert tuple(ref.out_indices) == (9, 10, 11) and ours.depth == 12
+    assert tuple(ref.model.rope.ref_feat_shape) == tuple(ours.rope.ref_feat_shape) == (16, 16)
+
+
 def test_no_merge_model_reads_timm_features(tiny_eva, eva_photos):
     x = torch.cat(eva_photos[:2])
     with torch.no_grad():

@@ -76,10 +76,6 @@ EVA_KWARGS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_h
               "patch_drop_rate", "attn_type", "rope_type", "use_post_norm", "num_reg_tokens", "no_embed_class",
               "qk_norm", "swiglu_align_to", "norm_layer", "rope_rotate_half", "attn_only_layer_scale",
               "use_pre_transformer_norm", "use_post_transformer_norm", "use_fc_norm")
-# Settings that change nothing at inference (dropouts, stochastic depth, the pruned head).
-_INFERENCE_NEUTRAL = ("drop_rate", "pos_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate",
-                      "patch_drop_rate", "num_classes", "global_pool", "dynamic_img_size", "use_fc_norm",
-                      "use_post_transformer_norm")
 
 
 def eva02_kwargs(model_name: str, **overrides) -> dict:

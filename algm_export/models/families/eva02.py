@@ -275,11 +275,14 @@ def build_eva02(model_cfg: Mapping, image_size=None, config: Optional[Mapping] =
     if bb_type == "TIMMBackbone":
         name, timm_kw, outs, notes = timm_backbone_spec(bb_cfg)
         neck_cfg, fmt = model_cfg.get("neck"), "mmseg"
+        label = _backbone_label(name, timm_kw)
     elif bb_type == "EVA2":
         name, timm_kw, outs, neck_cfg, notes = eva2_backbone_spec(bb_cfg)
         if model_cfg.get("neck") is not None:
             raise ConfigError("an EVA2 backbone carries its own fpn1..fpn4; the config must not add a neck")
         fmt = "eva2"
+        label = (f"EVA2(embed_dim={timm_kw['embed_dim']}, depth={timm_kw['depth']}, "
+                 f"patch_size={timm_kw['patch_size']}, img_size={timm_kw['img_size']})")
     else:
         raise ConfigError(f"backbone type {bb_cfg.get('type')!r} is not supported here; use TIMMBackbone "
                           "(model_name='eva02_*') or EVA-02's EVA2")
@@ -306,7 +309,7 @@ def build_eva02(model_cfg: Mapping, image_size=None, config: Optional[Mapping] =
     cfg = Eva02Config(
         n_cls=decoder.n_cls, image_size=built, patch_size=backbone.patch_size,
         n_layers=backbone.depth, d_model=backbone.embed_dim, n_heads=backbone.blocks[0].attn.num_heads,
-        normalization=normalization, backbone=_backbone_label(name, timm_kw), inference=inference,
+        normalization=normalization, backbone=label, inference=inference,
         timm_model=name, timm_kwargs=copy.deepcopy(timm_kw), out_indices=tuple(outs),
         align_corners=decoder.align_corners, built_image_size=built, channel_order=order,
         normalization_source=source, checkpoint_format=fmt, notes=list(notes), model_cfg=model_cfg,
