@@ -16,6 +16,7 @@ mmseg family) read the same things the same way:
 from __future__ import annotations
 
 import math
+import os
 import pickle
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
@@ -247,7 +248,10 @@ def read_mmseg_checkpoint(config_path_or_text=None, checkpoint_path=None) -> tup
         notes.append("config read from the checkpoint's meta")
     else:
         config = parse_config(config_path_or_text)
-        config_path = config_path_or_text if not ("\n" in str(config_path_or_text)) else None
+        is_file = isinstance(config_path_or_text, os.PathLike) or (
+            isinstance(config_path_or_text, str) and "\n" not in config_path_or_text
+            and os.path.isfile(os.path.expanduser(config_path_or_text)))
+        config_path = config_path_or_text if is_file else None
     if "model" not in config:
         raise ConfigError("the config defines no `model`")
     return sd, config, (None if config_path is None else str(config_path)), notes
