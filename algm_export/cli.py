@@ -45,6 +45,7 @@ def add_predict_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"checkpoint.pth (variant.yml beside it), its folder, or one of "
                         f"{', '.join(builtin_names())} (default: %(default)s)")
+    _config_arg(p)
     p.add_argument("--threshold", type=float, default=None,
                    help="CLAP threshold tau (default: the checkpoint's variant.yml, else the published value)")
     p.add_argument("--layers", default=None,
@@ -67,7 +68,7 @@ def cmd_predict(args) -> int:
     from algm_export.predict import PredictOptions, format_table, parse_layers, run_predict
 
     opts = PredictOptions(
-        model=args.model, threshold=args.threshold, layers=parse_layers(args.layers), algm=not args.no_algm,
+        model=args.model, config=args.config, threshold=args.threshold, layers=parse_layers(args.layers), algm=not args.no_algm,
         out=args.out, sliding=args.sliding, batch_size=args.batch_size, device=args.device,
         backend="engine" if args.engine else "torch",
         backend_options={"engine": args.engine} if args.engine else {},
@@ -115,8 +116,33 @@ def _model_arg(p):
     from algm_export.models.registry import DEFAULT_MODEL, builtin_names
 
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, metavar="CHECKPOINT|BUILTIN",
-                   help=f"checkpoint.pth (variant.yml beside it), its folder, or "
-                        f"{', '.join(builtin_names())} (default: %(default)s)")
+                   help=f"checkpoint.pth (variant.yml beside it), an mmsegmentation checkpoint .pth (config .py "
+                        f"beside it or --config), a folder holding either, or one of {', '.join(builtin_names())} "
+                        "(default: %(default)s)")
+    p.add_argument("extra_checkpoint", nargs="?", default=None, metavar="CHECKPOINT.pth", help=argparse.SUPPRESS)
+    _config_arg(p)
+
+
+def _config_arg(p):
+    p.add_argument("--config", default=None, metavar="CONFIG.py",
+                   help="the model's config file for mmsegmentation checkpoints (SETR, SegViT, EVA-02); parsed, "
+                        "never executed (default: the one .py beside the checkpoint, else the checkpoint's meta)")
+
+
+def _model_and_config(args) -> tuple[str, Optional[str]]:
+    """`CHECKPOINT [--config CONFIG.py]`, or mmsegmentation's habit `CONFIG.py CHECKPOINT.pth`."""
+    from algm_export.errors import ConfigError
+
+    model, config = args.model, args.config
+    extra = getattr(args, "extra_checkpoint", None)
+    if extra is not None:
+        if not str(model).endswith(".py") or config is not None:
+            raise ConfigError(f"unexpected second argument {extra!r}; pass CHECKPOINT [--config CONFIG.py] "
+                              "or CONFIG.py CHECKPOINT.pth")
+        model, config = extra, model
+    elif str(model).endswith(".py"):
+        raise ConfigError(f"{model} is a config file; pass the checkpoint too: CONFIG.py CHECKPOINT.pth")
+    return model, config
 
 
 def add_export_parser(sub):
@@ -151,8 +177,9 @@ def cmd_export(args) -> int:
     from algm_export.tables import format_table
 
     size = None if not args.image_size else (tuple(args.image_size) * 2)[:2]
-    model = resolve_model(args.model, image_size=size)
-    man = export_folder(model, str(args.model), args.out,
+    spec, config = _model_and_config(args)
+    model = resolve_model(spec, config=config, image_size=size)
+    man = export_folder(model, str(spec), args.out,
                         thresholds=None if args.thresholds is None else parse_thresholds(args.thresholds),
                         calib_images=args.calib_images, quantile=args.quantile, inline=args.inline, force=args.force,
                         layers=parse_layers(args.layers), fp16=args.fp16,

@@ -230,17 +230,29 @@ def sample_images(n: Optional[int] = None, names: Optional[Iterable[str]] = None
     return out
 
 
-def to_model_input(img: np.ndarray, size, normalization: str = "vit", device=None) -> torch.Tensor:
+def normalization_stats(normalization) -> dict:
+    """{"mean", "std"} (0..1 units, RGB) of a normalisation name (`configs.NORMALIZATION`: "vit",
+    "deit") or of such a dict itself (families that read it from their config)."""
+    from algm_export.models.configs import NORMALIZATION
+
+    if isinstance(normalization, dict):
+        if set(normalization) >= {"mean", "std"} and len(normalization["mean"]) == len(normalization["std"]) == 3:
+            return {"mean": tuple(float(v) for v in normalization["mean"]),
+                    "std": tuple(float(v) for v in normalization["std"])}
+        raise ConfigError(f"normalization {normalization!r} must hold three 'mean' and three 'std' values")
+    if normalization not in NORMALIZATION:
+        raise ConfigError(f"unknown normalization {normalization!r}; use one of {sorted(NORMALIZATION)}")
+    return NORMALIZATION[normalization]
+
+
+def to_model_input(img: np.ndarray, size, normalization="vit", device=None) -> torch.Tensor:
     """uint8 [H, W, 3] (or [H, W]) -> normalised float32 [1, 3, h, w] at the model size.
 
     Bilinear resize (align_corners=False, no antialiasing, as the published evaluation) to
     `size` = (h, w) (None keeps the image size), /255, then (x - mean) / std of
-    `configs.NORMALIZATION[normalization]`.
+    `normalization_stats(normalization)`.
     """
-    from algm_export.models.configs import NORMALIZATION
-
-    if normalization not in NORMALIZATION:
-        raise ConfigError(f"unknown normalization {normalization!r}; use one of {sorted(NORMALIZATION)}")
+    st = normalization_stats(normalization)
     a = np.array(to_rgb_uint8(img))  # a writable copy (torch does not take read-only arrays)
     x = torch.from_numpy(a).to(device=device).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
     if size is not None:
@@ -249,17 +261,14 @@ def to_model_input(img: np.ndarray, size, normalization: str = "vit", device=Non
         size = (int(size[0]), int(size[1]))
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    st = NORMALIZATION[normalization]
     mean = torch.tensor(st["mean"], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(st["std"], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     return ((x - mean) / std).contiguous()
 
 
-def from_model_input(x: torch.Tensor, normalization: str = "vit") -> np.ndarray:
+def from_model_input(x: torch.Tensor, normalization="vit") -> np.ndarray:
     """Inverse of `to_model_input` for display: [1, 3, h, w] (or [3, h, w]) -> uint8 [h, w, 3]."""
-    from algm_export.models.configs import NORMALIZATION
-
-    st = NORMALIZATION[normalization]
+    st = normalization_stats(normalization)
     if x.dim() == 4:
         x = x[0]
     mean = torch.tensor(st["mean"], dtype=torch.float32).view(3, 1, 1)

@@ -53,19 +53,28 @@ class PluginBuildError(BackendUnavailable):
 # --------------------------------------------------------------------------- locations
 
 def plugin_source_dir() -> Path:
-    """The ``plugins/`` source tree (env ALGM_PLUGINS_SRC overrides)."""
+    """The plugin source tree: env ALGM_PLUGINS_SRC, else the copy a wheel ships inside the package
+    (``algm_export/plugin_src``, see setup.py), else ``plugins/`` of the checkout."""
     env = os.environ.get("ALGM_PLUGINS_SRC")
     if env:
         return Path(env).expanduser().resolve()
+    shipped = Path(__file__).resolve().parent / "plugin_src"
+    if (shipped / "CMakeLists.txt").is_file():
+        return shipped
     return Path(__file__).resolve().parent.parent / "plugins"
 
 
 def default_build_dir() -> Path:
-    """``plugins/build`` in the checkout (env ALGM_PLUGINS_BUILD overrides)."""
+    """``plugins/build`` in a checkout; for an installed wheel (whose package folder may be
+    read-only) ``$XDG_CACHE_HOME/algm-export/plugins-build`` (env ALGM_PLUGINS_BUILD overrides)."""
     env = os.environ.get("ALGM_PLUGINS_BUILD")
     if env:
         return Path(env).expanduser().resolve()
-    return plugin_source_dir() / "build"
+    src = plugin_source_dir()
+    if src.name == "plugin_src":
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return cache / "algm-export" / "plugins-build"
+    return src / "build"
 
 
 def find_tensorrt_include(explicit: str | os.PathLike | None = None) -> Path | None:

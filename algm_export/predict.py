@@ -58,6 +58,7 @@ SAMPLE_PREFIX = "sample:"
 @dataclass
 class PredictOptions:
     model: Union[str, SegModel] = DEFAULT_MODEL
+    config: Optional[str] = None  # the model's config file, for formats that keep one (mmsegmentation)
     threshold: Optional[float] = None           # None: the checkpoint's (variant.yml) or the default
     layers: Optional[Sequence[int]] = None      # None: the checkpoint's or (1, 5) / (1, 7) for ViT-L
     algm: bool = True
@@ -419,7 +420,7 @@ def run_predict(images: Sequence[Union[str, Path]], options: Optional[PredictOpt
     if opts.batch_size < 1:
         raise ConfigError(f"--batch-size {opts.batch_size} must be at least 1")
     total, items = gather_inputs(images)          # fails fast on bad paths, before the model loads
-    model = resolve_model(opts.model)
+    model = resolve_model(opts.model, config=opts.config)
     setting = algm_setting_for(model, opts.threshold, opts.layers) if opts.algm else None
     if runner is None:
         runner = make_runner(model, setting, opts.backend, device=opts.device, **opts.backend_options)

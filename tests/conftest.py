@@ -68,3 +68,26 @@ def tiny_deit():
     from algm_export import create_segmenter
 
     return create_segmenter("deit_tiny", "linear", 128, n_cls=21, seed=2)
+
+
+@pytest.fixture(scope="session")
+def plugin_library(tmp_path_factory):
+    """libalgm_plugins.so built from plugins/ for SM86, once for every engine-build test (skips when it
+    cannot be built here)."""
+    from pathlib import Path
+
+    from algm_export.errors import AlgmError
+
+    try:
+        from algm_export.plugins import build_plugins
+    except ImportError as e:
+        pytest.skip(f"the algm plugin library is not available yet (algm_export.plugins: {e})")
+    try:
+        from test_plugins_support import tensorrt_include
+
+        paths = build_plugins(build_dir=tmp_path_factory.mktemp("plugins"), archs=[86], require_plugins=True,
+                              tensorrt_include=tensorrt_include())
+    except (AlgmError, OSError) as e:
+        pytest.skip(f"cannot build the algm plugin library here (TensorRT headers: set ALGM_TENSORRT_INCLUDE; "
+                    f"nvcc, cmake): {str(e).splitlines()[0]}")
+    return Path(paths["plugins"])

@@ -247,7 +247,10 @@ def test_checkpoint_round_trip(tiny_eva, eva_photos, tmp_path):
     assert any(k.startswith(fam.TIMM_PREFIX) for k in sd) and not any(k.startswith("backbone.blocks") for k in sd)
     m2 = resolve_model(str(path))                                   # the .py beside it
     assert isinstance(m2, fam.Eva02UperNet) and m2.load_report["missing"] == [] == m2.load_report["unexpected"]
+    assert m2.config_path == str(path.with_suffix(".py"))
+    path.with_suffix(".py").unlink()
     m3 = fam.load_mmseg_eva02(None, path)                           # config from meta['cfg']
+    assert m3.config_path is None and "meta" in m3.cfg.notes[0]
     x = eva_photos[0]
     with torch.no_grad():
         y = tiny_eva(x)
@@ -306,7 +309,7 @@ def _eva2_config(size=128):
 
 
 def test_official_eva2_key_map(tmp_path):
-    from algm_export.models.mmseg_format import format_config, randomize_
+    from algm_export.models.families.setr import format_config, randomize_
 
     config = _eva2_config()
     ours = fam.build_eva02(config["model"], config=config)

@@ -8,8 +8,11 @@ import torch
 from algm_export import AlgmSetting, apply_algm
 from algm_export.errors import CapacityError, ConfigError, InputError
 from algm_export.merging import dynamic
-from algm_export.merging.static import clap_static, gbm_static, rank_desc
+from algm_export.merging.patch import check_capacities
+from algm_export.merging.static import clap_static, gbm_capacity_min, gbm_static, rank_desc
 from conftest import smooth_image
+from test_plugins_support import (NODE_MAX_VALUES, expected_gbm_sources, gbm_sources, node_max_tokens,
+                                  separated_tokens)
 
 SET = AlgmSetting(0.88, (2, 2), (1, 5))
 
@@ -116,25 +119,9 @@ def test_batch_min_merges_the_batch_minimum(tiny_linear, photos_128):
 
 # ----------------------------------------------------------------------------- op level
 
-def _separated_tokens(B=2, P=1, D=16, grid=(4, 4), seed=0):
-    """Windows whose scores are well separated: window w's 4 tokens share a direction + noise_w."""
-    g = torch.Generator().manual_seed(seed)
-    gh, gw = grid
-    N = gh * gw
-    x = torch.randn(B, P + N, D, generator=g)
-    widx = dynamic.window_patch_index(grid, (2, 2))
-    for b in range(B):
-        for w in range(widx.shape[0]):
-            base = torch.randn(D, generator=g)
-            noise = 0.05 + 0.25 * ((w * 7 + b * 3) % widx.shape[0]) / widx.shape[0]
-            for p in widx[w]:
-                x[b, P + p] = base + noise * torch.randn(D, generator=g) * base.norm() / math.sqrt(D)
-    return x
-
-
-@pytest.mark.parametrize("P", [1, 2])
+@pytest.mark.parametrize("P", [0, 1, 2])
 def test_clap_exact_decisions_and_invariants(P):
-    x = _separated_tokens(P=P)
+    x = separated_tokens(P=P)
     B, T, D = x.shape
     N = T - P
     score = dynamic.window_scores(x[:, P:], (4, 4), (2, 2))
@@ -168,9 +155,9 @@ def _check_invariants(x_in, size_in, y, size, assign, P, N, assign_in=None):
                 assert torch.allclose(y[b, P + t], src[held].mean(0), atol=1e-5)
 
 
-@pytest.mark.parametrize("P", [1, 2])
-def test_gbm_invariants_and_weighted_mean(P, tiny_linear):
-    x = _separated_tokens(P=P, seed=3)
+@pytest.mark.parametrize("P", [0, 1, 2])
+def test_gbm_invariants_and_weighted_mean(P):
+    x = separated_tokens(P=P, seed=3)
     B, T, D = x.shape
     N = T - P
     y1, s1, a1, _ = clap_static(x, 4, 4, 2, 2, P, N, 0.5)
@@ -189,18 +176,75 @@ def test_gbm_invariants_and_weighted_mean(P, tiny_linear):
     assert (st[:, 0] > 0).any()
 
 
-def test_gbm_static_matches_dynamic():
-    x = _separated_tokens(B=1, P=1, seed=5)
+@pytest.mark.parametrize("P", [0, 1, 2])
+def test_gbm_static_matches_dynamic(P):
+    """CLAP then GBM, static (capacities = N) against the published form, image by image (per_image)."""
+    grid = (8, 8)
+    N = grid[0] * grid[1]
+    x = separated_tokens(B=3, P=P, grid=grid, seed=5)
     T = x.shape[1]
-    d = dynamic.clap(x, torch.ones(1, T), (4, 4), (2, 2), 0.5, 1)
-    dg = dynamic.gbm(d.x, d.size, d.assign, 1, 5.0)
-    y1, s1, a1, _ = clap_static(x, 4, 4, 2, 2, 1, 16, 0.5)
-    y2, s2, a2, st = gbm_static(y1, s1, a1, 1, 16, 5.0)
-    n = dg.x.shape[1]
-    assert int(st[0, 0]) == int(dg.merges[0])
-    assert torch.equal(a2[0].long(), dg.assign[0])
-    assert torch.allclose(y2[0, :n], dg.x[0], atol=1e-5)
-    assert torch.allclose(s2[0, :n], dg.size[0])
+    thr = float(dynamic.window_scores(x[:, P:], grid, (2, 2)).median())
+    y1, s1, a1, st1 = clap_static(x, *grid, 2, 2, P, N, thr)
+    y2, s2, a2, st2 = gbm_static(y1, s1, a1, P, N, 5.0)
+    for b in range(x.shape[0]):
+        d = dynamic.clap(x[b:b + 1], torch.ones(1, T), grid, (2, 2), thr, P)
+        dg = dynamic.gbm(d.x, d.size, d.assign, P, 5.0)
+        assert 0 < int(d.merges[0]) < N // 4 and 0 < int(dg.merges[0])   # both steps merge, not everything
+        assert int(st1[b, 0]) == int(d.merges[0]) and int(st2[b, 0]) == int(dg.merges[0])
+        assert torch.equal(a1[b].long(), d.assign[0]) and torch.equal(a2[b].long(), dg.assign[0])
+        n = dg.x.shape[1]
+        assert torch.allclose(y2[b, :n], dg.x[0], atol=1e-5)
+        assert torch.equal(s2[b, :n], dg.size[0]) and (s2[b, n:] == 0).all()
+    assert (st1[:, 1] == 0).all() and (st2[:, 1] == 0).all()
+
+
+@pytest.mark.parametrize("P", [0, 1, 2])
+def test_gbm_threshold_statistics_cover_all_of_a_without_prefix(P):
+    """With no prefix token the GBM threshold runs over all of A, position 0 included (spec 5); with a
+    class token position 0 is left out. Position 0 is the best match here and moves the threshold past
+    another token, so leaving it out (or only counting it) merges a different set."""
+    x, size, assign = node_max_tokens(P=P)
+    nA = len(NODE_MAX_VALUES)
+    want = expected_gbm_sources(NODE_MAX_VALUES, P, 1.0)
+    assert want == ([0, 9] if P == 0 else [8, 9])
+    C = x.shape[1] - P
+    y, s, a, st = gbm_static(x, size, assign, P, C, 1.0)
+    assert st.tolist() == [[len(want), 0]]
+    assert gbm_sources(a[0], P, nA) == want
+    d = dynamic.gbm(x, size, assign.long(), P, 1.0)
+    assert int(d.merges[0]) == len(want) and torch.equal(d.assign, a.long())
+
+
+def test_gbm_capacity_bounds_without_prefix():
+    """P = 0: every A token is a candidate, so GBM can reach floor(C1 / 2) tokens (with a class token
+    ceil((P + C1) / 2) - 1 candidates); the smallest capacity is reached by forced merges."""
+    assert [gbm_capacity_min(c, 0) for c in (1, 2, 7, 16, 64)] == [1, 1, 3, 8, 32]
+    assert [gbm_capacity_min(c, 1) for c in (7, 16, 64)] == [4, 8, 32]
+    assert [gbm_capacity_min(c, 2) for c in (7, 16, 64)] == [3, 8, 32]
+    setting = AlgmSetting(0.9, (2, 2), (1, 5))
+    check_capacities([17, 8], setting, (8, 8), 0)                  # 9 of 17 tokens are candidates
+    with pytest.raises(CapacityError, match="GBM capacity"):
+        check_capacities([17, 8], setting, (8, 8), 1)              # 8 of 17 (the class token is not)
+    for C1 in (7, 16):
+        x = torch.ones(1, C1, 8)                                   # constant tokens: nothing passes on its own
+        size = torch.ones(1, C1)
+        assign = torch.arange(C1, dtype=torch.int32)[None]
+        C2 = gbm_capacity_min(C1, 0)
+        y, s, a, st = gbm_static(x, size, assign, 0, C2, 5.0)
+        assert int((s > 0).sum()) == C2 and float(s.sum()) == C1      # filled exactly, nothing lost
+        assert int(st[0, 0]) == (C1 + 1) // 2                          # every A token is a source
+
+
+@pytest.mark.parametrize("P", [0, 1, 2])
+def test_gbm_single_slot_is_a_noop(P):
+    """Fewer than two slots besides the protected ones (P = 0: a single slot, no B token at all)."""
+    x = torch.randn(2, P + 1, 4)
+    size = torch.ones(2, P + 1)
+    assign = torch.zeros(2, 4, dtype=torch.int32)
+    y, s, a, st = gbm_static(x, size, assign, P, 1, 5.0)
+    assert torch.equal(y, x) and torch.equal(s, size) and torch.equal(a, assign) and (st == 0).all()
+    d = dynamic.gbm(x, size, assign.long(), P, 5.0)
+    assert torch.equal(d.x, x) and int(d.merges.sum()) == 0
 
 
 def test_ties_are_broken_by_index():

@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from algm_export.merging.static import clap_static, gbm_static
-from test_plugins_support import (MARGIN, assert_same, build_once, clap_margin, duplicated_tokens, gbm_margin, near_tie_tokens,
+from algm_export.merging.static import clap_static, gbm_capacity_min, gbm_static
+from test_plugins_support import (MARGIN, NODE_MAX_VALUES, assert_same, build_once, clap_margin, duplicated_tokens,
+                                  expected_gbm_sources, gbm_margin, gbm_sources, near_tie_tokens, node_max_tokens,
                                   smooth_tokens, tensorrt_include)
 
 TEST_ARCHS = (86, 90)
@@ -65,9 +66,13 @@ def test_kernel_library_compiles_with_nvcc(kernel_build):
     c.algmClapWorkspaceSize.restype = ctypes.c_size_t
     assert c.algmClapWorkspaceSize(4, 32, 32, 2, 2, 1, 600) > 0
     assert c.algmClapWorkspaceSize(4, 32, 32, 2, 2, 1, 100) == 0   # capacity below W = 256
+    assert c.algmClapWorkspaceSize(4, 32, 32, 2, 2, 0, 600) > 0     # no prefix token
+    assert c.algmClapWorkspaceSize(4, 32, 32, 2, 2, 3, 600) == 0
     c.algmGbmWorkspaceSize.restype = ctypes.c_size_t
     assert c.algmGbmWorkspaceSize(4, 601, 1024, 1, 400) > 0
     assert c.algmGbmWorkspaceSize(4, 601, 1024, 1, 700) == 0       # capacity above C1
+    assert c.algmGbmWorkspaceSize(4, 600, 1024, 0, 300) > 0        # no prefix token
+    assert c.algmGbmWorkspaceSize(4, 600, 1024, 0, 601) == 0
 
 
 def test_workspace_grows_with_batch(emu):
@@ -85,7 +90,11 @@ def test_kernel_errors_are_status_codes(emu):
     with pytest.raises(RuntimeError, match="invalid argument"):
         emu.clap(x, 4, 4, 2, 2, 1, 3, 0.5)                          # capacity < W
     with pytest.raises(RuntimeError, match="invalid argument"):
-        emu.clap(x[:, :16], 4, 4, 2, 2, 0, 8, 0.5)                   # num_prefix 0
+        emu.clap(x, 4, 4, 2, 2, 3, 8, 0.5)                           # num_prefix 3 (0, 1, 2 are valid)
+    with pytest.raises(RuntimeError, match="invalid argument"):
+        emu.clap(x, 4, 4, 2, 2, -1, 8, 0.5)
+    with pytest.raises(RuntimeError, match="invalid argument"):
+        emu.gbm(x, torch.ones(1, 17), torch.zeros(1, 16, dtype=torch.int32), 3, 8, 5.0)   # num_prefix 3
     with pytest.raises(RuntimeError, match="invalid argument"):
         emu.gbm(x, torch.ones(1, 17), torch.zeros(1, 16, dtype=torch.int32), 1, 17, 5.0)  # C2 > C1
 
@@ -106,6 +115,8 @@ CLAP_CASES = [  # gh, gw, wh, ww, P, D, B
     (8, 6, 2, 3, 1, 16, 1),
     (4, 8, 1, 2, 1, 40, 2),
     (9, 9, 3, 3, 2, 24, 2),
+    (8, 8, 2, 2, 0, 32, 2),   # no prefix token (with_cls_token=False)
+    (8, 6, 2, 3, 0, 16, 1),
 ]
 
 
@@ -126,7 +137,7 @@ def test_emulated_kernels_match_reference(emu, case, dtype):
             out = emu.clap(x, gh, gw, wh, ww, P, C1, tau)
             assert_same(out, ref, tol, f"CLAP C1={C1} tau={tau}")
             y, size, assign, _ = ref
-            c2_min = max(1, C1 + 1 - (P + C1 + 1) // 2)
+            c2_min = gbm_capacity_min(C1, P)
             for C2 in sorted({c2_min, (c2_min + C1) // 2, C1}):
                 for L in (1.0, 5.0):
                     if gbm_margin(y, size, P, C2, L) <= MARGIN:
@@ -156,7 +167,7 @@ def test_emulated_clap_orders_near_ties_like_torch(emu, D):
     assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
 
 
-@pytest.mark.parametrize("P", [1, 2])
+@pytest.mark.parametrize("P", [0, 1, 2])
 def test_emulated_kernels_duplicated_tokens(emu, P):
     """Windows of identical tokens (merge certainly), forced merges, padding in GBM's input."""
     gh = gw = 8
@@ -169,14 +180,14 @@ def test_emulated_kernels_duplicated_tokens(emu, P):
         forced += int(ref[3][:, 1].sum())
         y, size, assign, _ = ref
         padded += int((size == 0).sum())
-        for C2 in (C1 - (P + C1 + 1) // 2 + 1, C1 - 2):
+        for C2 in (gbm_capacity_min(C1, P), C1 - 2):
             if gbm_margin(y, size, P, C2, 5.0) > MARGIN:
                 g = gbm_static(y, size, assign, P, C2, 5.0)
                 assert_same(emu.gbm(y, size, assign, P, C2, 5.0), g, 1e-5, f"GBM C1={C1} C2={C2}")
     assert forced > 0 and padded > 0  # forced merges (C1=20) and padding slots into GBM (C1=58)
 
 
-@pytest.mark.parametrize("P", [1, 2])
+@pytest.mark.parametrize("P", [0, 1, 2])
 def test_emulated_kernels_exact_ties(emu, P):
     """Constant and zero tokens: every score ties exactly (exact arithmetic in any order), so
     ranks fall back to the lower index, and zero-norm clamps are exercised."""
@@ -186,15 +197,14 @@ def test_emulated_kernels_exact_ties(emu, P):
             ref = clap_static(x, 8, 8, 2, 2, P, C1, 0.5)
             assert_same(emu.clap(x, 8, 8, 2, 2, P, C1, 0.5), ref, 0.0, f"CLAP fill={fill} C1={C1}")
             y, size, assign, _ = ref
-            for C2 in (C1 - (P + C1 + 1) // 2 + 1, C1):
-                C2 = max(C2, 1)
+            for C2 in (gbm_capacity_min(C1, P), C1):
                 assert_same(emu.gbm(y, size, assign, P, C2, 5.0), gbm_static(y, size, assign, P, C2, 5.0), 0.0,
                             f"GBM fill={fill} C1={C1} C2={C2}")
 
 
 def test_emulated_gbm_noop_and_tiny_inputs(emu):
     """Fewer than two real tokens besides the protected ones: GBM copies through."""
-    for P in (1, 2):
+    for P in (0, 1, 2):
         T = P + 6
         x = torch.randn(2, T, 8)
         size = torch.zeros(2, T)
@@ -205,6 +215,23 @@ def test_emulated_gbm_noop_and_tiny_inputs(emu):
         for C2 in (1, 3, 6):
             assert_same(emu.gbm(x, size, assign, P, C2, 5.0), gbm_static(x, size, assign, P, C2, 5.0), 0.0,
                         f"noop P={P} C2={C2}")
+        # a single slot besides the prefix (P = 0: no B token at all)
+        x1 = torch.randn(2, P + 1, 8)
+        s1 = torch.ones(2, P + 1)
+        assert_same(emu.gbm(x1, s1, assign, P, 1, 5.0), gbm_static(x1, s1, assign, P, 1, 5.0), 0.0, f"one slot P={P}")
+
+
+@pytest.mark.parametrize("P", [0, 1, 2])
+def test_emulated_gbm_threshold_statistics(emu, P):
+    """P = 0: the threshold statistics run over all of A, position 0 included (spec 5); it is the best
+    match and moves the threshold past another token."""
+    x, size, assign = node_max_tokens(P=P, B=2)
+    want = expected_gbm_sources(NODE_MAX_VALUES, P, 1.0)
+    C2 = x.shape[1] - P
+    out = emu.gbm(x, size, assign, P, C2, 1.0)
+    assert out[3][:, 0].tolist() == [len(want)] * 2
+    assert [gbm_sources(a, P, len(NODE_MAX_VALUES)) for a in out[2]] == [want] * 2
+    assert_same(out, gbm_static(x, size, assign, P, C2, 1.0), 1e-6, f"threshold statistics P={P}")
 
 
 def test_emulated_kernels_larger_grid(emu):
@@ -331,6 +358,7 @@ RTX_CASES = [  # name, grid, P, D, C1, C2, dtype, profile (min, opt, max)
     ("g8p2-fp16-dyn", (8, 8), 2, 32, 24, 16, "float16", (1, 4, 4)),
     ("g6x10p1-fp32-static", (6, 10), 1, 16, 30, 20, "float32", (3, 3, 3)),
     ("g32p1-fp16-dyn", (32, 32), 1, 384, 600, 400, "float16", (1, 1, 2)),
+    ("g8p0-fp32-dyn", (8, 8), 0, 32, 40, 26, "float32", (1, 2, 8)),   # no prefix token
 ]
 
 

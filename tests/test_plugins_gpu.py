@@ -3,7 +3,7 @@
 Skipped without CUDA. Checks:
 * against the torch reference `algm_export.merging.static`: assign and stats bit for bit, tokens
   within 1e-5 (float32) / 1e-3 (float16), on inputs whose decisions have a float64 margin
-  (random, smooth and near-duplicate tokens; 1 and 2 prefix tokens; many capacities/thresholds);
+  (random, smooth and near-duplicate tokens; 0, 1 and 2 prefix tokens; many capacities/thresholds);
 * against the host emulator build of the same sources: every output bit for bit (both builds
   spell out every fma and use IEEE division and square root), also at ViT sizes (N = 1024 and
   4096) where random inputs always hold near-ties and only the same arithmetic can be compared;
@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from algm_export.merging.static import clap_static, gbm_static
+from algm_export.merging.static import clap_static, gbm_capacity_min, gbm_static
 from test_plugins_support import (MARGIN, assert_same, build_once, clap_margin, duplicated_tokens, gbm_margin,
                                   smooth_tokens, tensorrt_include)
 
@@ -69,6 +69,8 @@ CASES = [  # gh, gw, wh, ww, P, D, B, kind
     (12, 12, 2, 2, 2, 128, 2, "duplicated"),
     (8, 12, 2, 3, 1, 48, 2, "smooth"),
     (4, 8, 1, 2, 2, 200, 5, "random"),
+    (8, 8, 2, 2, 0, 64, 4, "smooth"),        # no prefix token (with_cls_token=False)
+    (12, 12, 2, 2, 0, 128, 2, "duplicated"),
 ]
 
 
@@ -95,7 +97,7 @@ def test_cuda_kernels_match_reference(cuda, case, dtype):
             out = _cuda(cuda.clap(x.cuda(), gh, gw, wh, ww, P, C1, tau))
             assert_same(out, ref, tol, f"CLAP C1={C1} tau={tau}")
             y, size, assign, _ = ref
-            c2_min = max(1, C1 + 1 - (P + C1 + 1) // 2)
+            c2_min = gbm_capacity_min(C1, P)
             for C2 in sorted({c2_min, (c2_min + C1) // 2, C1}):
                 for L in (1.0, 5.0, 12.0):
                     if gbm_margin(y, size, P, C2, L) <= MARGIN:
@@ -106,7 +108,7 @@ def test_cuda_kernels_match_reference(cuda, case, dtype):
     assert checked >= 10
 
 
-@pytest.mark.parametrize("P", [1, 2])
+@pytest.mark.parametrize("P", [0, 1, 2])
 def test_cuda_exact_ties(cuda, P):
     for fill, D in ((1.0, 64), (0.0, 16)):
         x = torch.full((2, P + 64, D), fill)
@@ -114,7 +116,7 @@ def test_cuda_exact_ties(cuda, P):
             ref = clap_static(x, 8, 8, 2, 2, P, C1, 0.5)
             assert_same(_cuda(cuda.clap(x.cuda(), 8, 8, 2, 2, P, C1, 0.5)), ref, 0.0, f"CLAP fill={fill} C1={C1}")
             y, size, assign, _ = ref
-            for C2 in (max(1, C1 - (P + C1 + 1) // 2 + 1), C1):
+            for C2 in (gbm_capacity_min(C1, P), C1):
                 g = _cuda(cuda.gbm(y.cuda(), size.cuda(), assign.cuda(), P, C2, 5.0))
                 assert_same(g, gbm_static(y, size, assign, P, C2, 5.0), 0.0, f"GBM fill={fill} C1={C1} C2={C2}")
 
@@ -124,6 +126,7 @@ BIG = [  # gh, gw, P, D, B, C1, C2, dtype
     (32, 32, 2, 192, 2, 700, 420, torch.float16),   # DeiT-Ti (distilled) at 512
     (40, 40, 1, 64, 1, 1000, 640, torch.float32),   # ViT-L/16 at 640, narrow
     (64, 64, 1, 64, 1, 2048, 1200, torch.float16),  # N = 4096 tokens
+    (32, 32, 0, 384, 2, 600, 400, torch.float32),   # no prefix token (SETR-MLA / SegViT at 512)
 ]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from algm_export.merging.dynamic import to_windows
+from algm_export.merging.dynamic import to_windows, window_patch_index
 
 MARGIN = 1e-5
 
@@ -66,6 +66,22 @@ def smooth_tokens(B: int, gh: int, gw: int, P: int, D: int, seed: int, noise: fl
     return x.to(dtype)
 
 
+def separated_tokens(B=2, P=1, D=16, grid=(4, 4), seed=0):
+    """Windows whose scores are well separated: window w's 4 tokens share a direction + noise_w."""
+    g = torch.Generator().manual_seed(seed)
+    gh, gw = grid
+    N = gh * gw
+    x = torch.randn(B, P + N, D, generator=g)
+    widx = window_patch_index(grid, (2, 2))
+    for b in range(B):
+        for w in range(widx.shape[0]):
+            base = torch.randn(D, generator=g)
+            noise = 0.05 + 0.25 * ((w * 7 + b * 3) % widx.shape[0]) / widx.shape[0]
+            for p in widx[w]:
+                x[b, P + p] = base + noise * torch.randn(D, generator=g) * base.norm() / math.sqrt(D)
+    return x
+
+
 def near_tie_tokens(B, P, grid, D, seed):
     """Every window holds the same four vectors in another order and at another scale: all window scores
     are equal in exact arithmetic, so their order is decided by float rounding alone (spec 2.1)."""
@@ -98,6 +114,48 @@ def duplicated_tokens(B: int, gh: int, gw: int, P: int, D: int, seed: int, dtype
     f = keep * f + (1 - keep) * torch.randn(B, D, gh, gw, generator=g)
     x = torch.cat([torch.randn(B, P, D, generator=g), f.flatten(2).transpose(1, 2)], 1)
     return x.to(dtype)
+
+
+# the node_max of every A token of a GBM input, set by construction; position 0 (a = 0) is the
+# largest and, when it counts (P = 0), moves the threshold past the 0.8 token: with L = 1 the
+# threshold over all of A is 0.839 (sources 0.99, 0.85), without position 0 it is 0.760
+# (sources 0.85, 0.8 and, were position 0 still a candidate, 0.99)
+NODE_MAX_VALUES = (0.99, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85)
+
+
+def node_max_tokens(values=NODE_MAX_VALUES, P: int = 0, B: int = 1):
+    """A GBM input (x [B, T, D], size [B, T], assign [B, N] int32) whose A token a (position 2a)
+    has cosine `values[a]` with B token a and 0 with every other B token: B tokens are distinct
+    basis vectors, A token a is `v e_a + sqrt(1 - v^2) f_a` with its own direction f_a. Its
+    node_max is values[a] (up to rounding), its node_idx a. The first P tokens are the prefix
+    (random, so they match nothing). Sizes 1, every token holds one patch."""
+    n = len(values)
+    T = 2 * n
+    D = 2 * n + 2
+    x = torch.zeros(B, T, D)
+    for a, v in enumerate(values):
+        x[:, 2 * a, a] = v
+        x[:, 2 * a, n + a] = math.sqrt(1.0 - v * v)
+        x[:, 2 * a + 1, a] = 1.0
+    g = torch.Generator().manual_seed(1)
+    x[:, :P] = torch.randn(B, P, D, generator=g)
+    size = torch.ones(B, T)
+    assign = torch.arange(T - P, dtype=torch.int32).expand(B, -1).contiguous()
+    return x, size, assign
+
+
+def expected_gbm_sources(values, P: int, L: float) -> list[int]:
+    """Float64: the A indices whose node_max passes mu + sigma / L over the candidates."""
+    cand = list(range(1 if P >= 1 else 0, len(values)))
+    v = torch.tensor([values[a] for a in cand], dtype=torch.float64)
+    tau = v.mean() + v.std() / L
+    return [a for a, val in zip(cand, v.tolist()) if val >= tau]
+
+
+def gbm_sources(assign, P: int, n_a: int) -> list[int]:
+    """For a `node_max_tokens` input: the A indices a that merged into their partner, i.e. whose
+    patch (2a - P) ends up in the same token as the patch of B token a (2a + 1 - P)."""
+    return [a for a in range(n_a) if 2 * a - P >= 0 and int(assign[2 * a - P]) == int(assign[2 * a + 1 - P])]
 
 
 # --------------------------------------------------------------------------- float64 decision margins
@@ -139,7 +197,7 @@ def gbm_margin(x: torch.Tensor, size: torch.Tensor, P: int, C2: int, L: float) -
         s = a @ bb.T
         if P == 2:
             s[:, 0] = -math.inf
-        rows = s[1:]
+        rows = s[1:] if P >= 1 else s          # candidate rows: no class token when P = 0
         if rows.shape[1] >= 2:
             top2 = rows.topk(2, dim=1).values
             gaps = top2[:, 0] - top2[:, 1]

@@ -3,7 +3,7 @@
 import math
 
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from algm_export.merging.static import clap_static, gbm_capacity_min, gbm_static
@@ -13,7 +13,7 @@ HYP = settings(max_examples=40, deadline=None, suppress_health_check=[HealthChec
 
 @st.composite
 def chain_case(draw):
-    P = draw(st.sampled_from([1, 2]))
+    P = draw(st.sampled_from([0, 1, 2]))
     wh, ww = draw(st.sampled_from([(2, 2), (1, 2), (2, 3)]))
     gh, gw = wh * draw(st.integers(1, 4)), ww * draw(st.integers(1, 4))
     N, k = gh * gw, wh * ww
@@ -63,6 +63,8 @@ def check_invariants(y, size, assign, P, N, C):
 
 @HYP
 @given(chain_case())
+@example((0, (2, 2), (2, 2), 2, 5, 1, 1, "random", -1.0, 5.0, False, 0))   # P = 0: one slot into GBM, no B token
+@example((0, (4, 2), (2, 2), 2, 5, 3, 1, "constant", 2.0, 5.0, False, 0))  # P = 0: every A token a source
 def test_contract(case):
     P, grid, window, B, D, C1, C2, kind, thr, div, half, seed = case
     N = grid[0] * grid[1]

@@ -289,22 +289,6 @@ def test_rtx_parser_quirk_aborts_without_the_link(tmp_path):
     assert rc == -signal.SIGABRT and res is None
 
 
-@pytest.fixture(scope="module")
-def plugin_library(tmp_path_factory):
-    """libalgm_plugins.so built from plugins/ for SM86 (skips when it cannot be built here)."""
-    try:
-        from algm_export.plugins import build_plugins
-    except ImportError as e:
-        pytest.skip(f"the algm plugin library is not available yet (algm_export.plugins: {e})")
-    try:
-        from test_plugins_support import tensorrt_include
-
-        paths = build_plugins(build_dir=tmp_path_factory.mktemp("plugins"), archs=[86], require_plugins=True,
-                              tensorrt_include=tensorrt_include())
-    except (AlgmError, OSError) as e:
-        pytest.skip(f"cannot build the algm plugin library here (TensorRT headers: set ALGM_TENSORRT_INCLUDE; "
-                    f"nvcc, cmake): {str(e).splitlines()[0]}")
-    return Path(paths["plugins"])
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])

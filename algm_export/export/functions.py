@@ -156,7 +156,7 @@ def AlgmGbm(x, size, assign, num_prefix: int, capacity: int, divisor: float, plu
     vb = op.Gather(valid, b_pos, axis=1)
     ara = op.Range(zero, op.Squeeze(nA), one)
     arb = op.Range(zero, op.Squeeze(nB), one)
-    row_ok = op.And(va, op.Unsqueeze(op.Greater(ara, zero), zero))              # class token never merges
+    row_ok = op.And(va, op.Unsqueeze(op.Or(op.Greater(ara, zero), op.Less(P, one)), zero))   # class token never merges
     col_ok = op.And(vb, op.Unsqueeze(op.Or(op.Greater(arb, zero), op.Less(P, two)), zero))   # nor receives the dist token
     nrm = op.Sqrt(op.ReduceSum(xf * xf, op.Constant(value_ints=[-1]), keepdims=1))
     xn = xf / op.Max(nrm, op.Constant(value_float=1e-12))
@@ -225,11 +225,14 @@ def AlgmGbm(x, size, assign, num_prefix: int, capacity: int, divisor: float, plu
     q = op.Cast(assign, to=7) + P
     even = op.Equal(op.Mod(q, two), zero)
     a_idx = op.Min(q / two, op.Cast(nA, to=7) - one)
-    b_idx = op.Min(op.Max((q - one) / two, zero), op.Cast(nB, to=7) - one)
-    to_b = op.GatherElements(pos_b, op.GatherElements(node_idx, a_idx, axis=1), axis=1)
+    # B positions with one spare column, so that every index is in range even when there is no B
+    # slot at all (P = 0 and a single input slot: a no-op, whose map is the input's)
+    pos_b1 = op.Concat(pos_b, op.Expand(zero, op.Concat(B, vec, axis=0)), axis=1)
+    b_idx = op.Max(op.Min((q - one) / two, op.Cast(nB, to=7) - one), zero)
+    to_b = op.GatherElements(pos_b1, op.Max(op.GatherElements(node_idx, a_idx, axis=1), zero), axis=1)
     src_q = op.GatherElements(is_src, a_idx, axis=1)
     new_pos = op.Where(even, op.Where(src_q, to_b, op.GatherElements(pos_a, a_idx, axis=1)),
-                       op.GatherElements(pos_b, b_idx, axis=1)) - P
+                       op.GatherElements(pos_b1, b_idx, axis=1)) - P
     keep = op.Reshape(P + C, vec)
     start = op.Constant(value_ints=[0])
     noop2 = op.Unsqueeze(noop, vec)

@@ -110,16 +110,19 @@ def gbm(x: torch.Tensor, size: torch.Tensor, assign: torch.Tensor, num_prefix: i
     metric = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     a, b = metric[:, ::2], metric[:, 1::2]
     scores = a @ b.transpose(-1, -2)                        # [B, nA, nB]
-    scores[:, 0, :] = -math.inf                             # class token never merges
+    if P >= 1:
+        scores[:, 0, :] = -math.inf                         # class token never merges
     if P == 2:
         scores[:, :, 0] = -math.inf                         # distillation token never receives
     node_max, node_idx = scores.max(dim=-1)                 # first index on ties
-    cand = node_max[:, 1:]
+    # statistics over the candidates: all of A without the class token (the published
+    # `node_max[:, 1:]`); with no prefix token (P = 0) every A token is a candidate (spec 5)
+    cand = node_max[:, 1:] if P >= 1 else node_max
     tau = cand.mean(dim=1).mean() + cand.std(dim=1).mean() / divisor
     r = int((node_max >= tau).sum(dim=1).min())
     edge = torch.sort(node_max, dim=1, descending=True, stable=True).indices
     src = edge[:, :r]                                       # [B, r]
-    unm = torch.sort(edge[:, r:], dim=1).values             # ascending A order, class token first
+    unm = torch.sort(edge[:, r:], dim=1).values             # ascending A order (class token first when P >= 1)
     dst = torch.gather(node_idx, 1, src)                    # [B, r]
 
     # size-weighted merge (published merge_wavg: scatter-sum of x*size, then divide)
@@ -152,5 +155,8 @@ def gbm(x: torch.Tensor, size: torch.Tensor, assign: torch.Tensor, num_prefix: i
     pos_a.scatter_(1, unm, ar)
     pos_a.scatter_(1, src, torch.gather(pos_b, 1, dst))
     q = assign + P                                           # input positions of the patches
-    new_pos = torch.where(q % 2 == 0, torch.gather(pos_a, 1, q // 2), torch.gather(pos_b, 1, (q - 1) // 2))
+    # both branches are gathered: clamp the index of the branch that is not taken (an even q = 0
+    # when P = 0 gives b = -1)
+    b_of_q = ((q - 1) // 2).clamp_min(0)
+    new_pos = torch.where(q % 2 == 0, torch.gather(pos_a, 1, q // 2), torch.gather(pos_b, 1, b_of_q))
     return MergeResult(out.to(x.dtype), osize, new_pos - P, zeros + r, zeros)

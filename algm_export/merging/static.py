@@ -6,7 +6,7 @@ Orderings are ranks by counting (descending, ties by lower index), argmax is the
 equal to the max, outputs are written by scatters with unique indices, and all similarity and
 merge math is float32 whatever the token dtype.
 
-Shapes: B batch, P prefix tokens, N = Gh*Gw patches, k = window size, W = N/k windows.
+Shapes: B batch, P prefix tokens (0, 1 or 2), N = Gh*Gw patches, k = window size, W = N/k windows.
 Outputs of both ops: y [B, P+C, D] (dtype of x), size [B, P+C] float32, assign [B, N] int32,
 stats [B, 2] int32 (merges done, forced merges).
 """
@@ -105,12 +105,20 @@ def gbm_static(x: torch.Tensor, size: torch.Tensor, assign: torch.Tensor, num_pr
     dev = x.device
     xf = x.float()
     size = size.float()
+    if T - P < 2:
+        # no image can have two tokens besides the protected ones (and with P = 0, T = 1 there is
+        # no B slot at all): the no-op of every image, as below
+        keep = P + C2
+        zeros = torch.zeros(B, 2, dtype=torch.int32, device=dev)
+        # (copies: a custom op's outputs must not alias its inputs)
+        return xf[:, :keep].to(x.dtype).clone(), size[:, :keep].clone(), assign.to(torch.int32).clone(), zeros
     n_real = (size > 0).sum(dim=1)                                             # [B]
     valid = torch.arange(T, device=dev).unsqueeze(0) < n_real.unsqueeze(1)     # [B, T]
     nA, nB = (T + 1) // 2, T // 2
     va, vb = valid[:, ::2], valid[:, 1::2]
     row_ok = va.clone()
-    row_ok[:, 0] = False                                                       # class token
+    if P >= 1:
+        row_ok[:, 0] = False                                                   # class token
     col_ok = vb.clone()
     if P == 2:
         col_ok[:, 0] = False                                                   # distillation token
@@ -189,7 +197,11 @@ def clap_capacity_bounds(n_patches: int, window: tuple[int, int]) -> tuple[int, 
 
 
 def gbm_capacity_min(c_in: int, num_prefix: int) -> int:
-    """Smallest valid C2 after a step with capacity c_in: only candidate A tokens can be sources."""
+    """Smallest valid C2 after a step with capacity c_in: only candidate A tokens can be sources.
+
+    The candidates are the A tokens (even positions) without the class token; with no prefix
+    token (P = 0) every A token is one.
+    """
     n_real = num_prefix + c_in
-    candidates = (n_real + 1) // 2 - 1
+    candidates = (n_real + 1) // 2 - (1 if num_prefix >= 1 else 0)
     return max(1, c_in - candidates)

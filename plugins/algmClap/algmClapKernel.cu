@@ -388,7 +388,7 @@ using namespace clap_detail;
 int32_t clapCheckAttributes(
     int32_t gridH, int32_t gridW, int32_t windowH, int32_t windowW, int32_t numPrefix, int32_t capacity)
 {
-    if (gridH < 1 || gridW < 1 || windowH < 1 || windowW < 1 || numPrefix < 1 || numPrefix > 2)
+    if (gridH < 1 || gridW < 1 || windowH < 1 || windowW < 1 || numPrefix < 0 || numPrefix > 2)
     {
         return ALGM_STATUS_INVALID_ARGUMENT;
     }

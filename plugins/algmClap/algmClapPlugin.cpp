@@ -290,7 +290,7 @@ nvinfer1::IPluginV3* AlgmClapPluginCreator::createFromFields(
         std::ostringstream s;
         s << layer << ": unsupported attributes grid=" << a.gridH << "x" << a.gridW << " window=" << a.windowH << "x"
           << a.windowW << " num_prefix=" << a.numPrefix << " capacity=" << a.capacity
-          << " (need: window divides grid, 2 <= window area <= 64, grid_h*grid_w <= 8192, num_prefix in {1, 2},"
+          << " (need: window divides grid, 2 <= window area <= 64, grid_h*grid_w <= 8192, num_prefix in {0, 1, 2},"
              " N/k <= capacity <= N)";
         logError(s.str());
         return nullptr;

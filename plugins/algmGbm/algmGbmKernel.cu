@@ -190,7 +190,8 @@ ALGM_KERNEL void gbmSimKernel(T const* __restrict__ x, float const* __restrict__
         }
     }
 
-    // mask: class-token row, distillation-token column, padding rows and columns
+    // mask: class-token row (P >= 1), distillation-token column (P == 2), padding rows and columns
+    int const firstRow = numPrefix >= 1 ? 1 : 0;
     ALGM_UNROLL
     for (int i = 0; i < TPT; ++i)
     {
@@ -199,7 +200,7 @@ ALGM_KERNEL void gbmSimKernel(T const* __restrict__ x, float const* __restrict__
         {
             int const a = a0 + ty + 16 * i;
             int const bb = b0 + tx + 16 * j;
-            bool const rowOk = live && a >= 1 && 2 * a < nReal;
+            bool const rowOk = live && a >= firstRow && 2 * a < nReal;
             bool const colOk = live && 2 * bb + 1 < nReal && !(numPrefix == 2 && bb == 0);
             sS[(ty + 16 * i) * LD + tx + 16 * j] = (rowOk && colOk) ? acc[i][j] : -INFINITY;
         }
@@ -262,7 +263,9 @@ ALGM_KERNEL void gbmDecisionKernel(float const* __restrict__ sizeIn, int32_t con
     }
     int const nReal = blockSum<kDecisionThreads>(cnt, ired);
 
-    // 2. node_max / node_idx: tiles in ascending column order, first index wins ties
+    // 2. node_max / node_idx: tiles in ascending column order, first index wins ties. Candidates:
+    //    real A rows without the class token; with no prefix token (P = 0) every real A row
+    int const firstRow = P >= 1 ? 1 : 0;
     int c = 0;
     float sum = 0.0f;
     for (int a = tid; a < nA; a += kDecisionThreads)
@@ -279,7 +282,7 @@ ALGM_KERNEL void gbmDecisionKernel(float const* __restrict__ sizeIn, int32_t con
                 bi = pidx[o];
             }
         }
-        bool const rowOk = a >= 1 && 2 * a < nReal;
+        bool const rowOk = a >= firstRow && 2 * a < nReal;
         sNm[a] = best;
         nodeIdx[bA + a] = bi;
         sRowOk[a] = rowOk ? 1 : 0;
@@ -608,7 +611,7 @@ using namespace gbm_detail;
 
 int32_t gbmCheckAttributes(int32_t numTokens, int32_t numPatches, int32_t numPrefix, int32_t capacity)
 {
-    if (numPrefix < 1 || numPrefix > 2 || numPatches < 1 || numPatches > kMaxTokens)
+    if (numPrefix < 0 || numPrefix > 2 || numPatches < 1 || numPatches > kMaxTokens)
     {
         return ALGM_STATUS_INVALID_ARGUMENT;
     }

@@ -68,7 +68,8 @@ bool AlgmGbmPlugin::checkInputDims(nvinfer1::Dims const* dims, bool allowWildcar
     {
         logError(std::string(kName) + ": unsupported sizes T=" + std::to_string(x.d[1]) + " N="
             + std::to_string(a.d[1]) + " num_prefix=" + std::to_string(mAttrs.numPrefix) + " capacity="
-            + std::to_string(mAttrs.capacity) + " (need 1 <= capacity <= T - num_prefix, T <= 8194, N <= 8192)");
+            + std::to_string(mAttrs.capacity)
+            + " (need 1 <= capacity <= T - num_prefix, T <= 8192 + num_prefix, N <= 8192)");
         return false;
     }
     return true;
@@ -273,11 +274,11 @@ nvinfer1::IPluginV3* AlgmGbmPluginCreator::createFromFields(
         logError(layer + ": fields num_prefix (int), capacity (int) and divisor (float) are required");
         return nullptr;
     }
-    if (a.numPrefix < 1 || a.numPrefix > 2 || a.capacity < 1 || !(a.divisor > 0.0f))
+    if (a.numPrefix < 0 || a.numPrefix > 2 || a.capacity < 1 || !(a.divisor > 0.0f))
     {
         logError(layer + ": unsupported attributes num_prefix=" + std::to_string(a.numPrefix) + " capacity="
             + std::to_string(a.capacity) + " divisor=" + std::to_string(a.divisor)
-            + " (need num_prefix in {1, 2}, capacity >= 1, divisor > 0)");
+            + " (need num_prefix in {0, 1, 2}, capacity >= 1, divisor > 0)");
         return nullptr;
     }
     return new AlgmGbmPlugin(a);

@@ -412,6 +412,20 @@ void testClap(IPluginCreatorV3One* c, ClapWsFn clapWs)
         f.i("window_h", 3); // 8 % 3 != 0 (the later value wins)
         CHECK(create(c, f) == nullptr);
     }
+    {
+        Fields f;
+        fillClap(f);
+        f.i("num_prefix", 3);
+        CHECK(create(c, f) == nullptr);
+    }
+    {
+        Fields f;
+        fillClap(f);
+        f.i("num_prefix", 0); // no prefix token (with_cls_token=False)
+        IPluginV3* q = create(c, f);
+        CHECK(q != nullptr);
+        delete q;
+    }
 }
 
 void testGbm(IPluginCreatorV3One* c, GbmWsFn gbmWs)
@@ -509,6 +523,15 @@ void testGbm(IPluginCreatorV3One* c, GbmWsFn gbmWs)
         f.i("num_prefix", 1);
         f.i("capacity", 5);
         CHECK(create(c, f) == nullptr); // divisor missing
+    }
+    {
+        Fields f;
+        f.i("num_prefix", 0); // no prefix token (with_cls_token=False)
+        f.i("capacity", 5);
+        f.f("divisor", 5.0F);
+        IPluginV3* q = create(c, f);
+        CHECK(q != nullptr);
+        delete q;
     }
 }
 

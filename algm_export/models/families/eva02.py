@@ -36,7 +36,7 @@ namings:
 `model.load_report` (ignored / missing / unexpected keys, the key map used, the rotary check).
 Saving writes the mmseg 1.x form (TIMMBackbone config + keys), which mmseg itself loads.
 
-Input: `normalization` in 0..1 units, RGB order (see `mmseg_format.normalization_from_config`).
+Input: `normalization` in 0..1 units, RGB order (see `families/setr.py:normalization_from_config`).
 Run size: the slide window for slide inference, else the backbone's `img_size`; images are
 padded bottom / right to whole patches (as mmseg's preprocessor pads) and the logits, resized
 to the padded size with the head's `align_corners`, cropped back.
@@ -65,17 +65,16 @@ from algm_export.models.decoders.uper import (
     build_uper_head,
     resize_bilinear,
 )
-from algm_export.models.mmseg_format import (
+from algm_export.models.families import mmseg
+from algm_export.models.families.setr import (  # the mmseg-format helpers every mmseg family shares
     IMAGENET_MEAN_255,
     IMAGENET_STD_255,
-    inference_from_config,
-    load_state_dict_checked,
+    _inference as inference_from_config,
+    _typename as typename,
+    format_config,
     mmseg_slide_inference,
     normalization_from_config,
     randomize_,
-    read_mmseg_checkpoint,
-    save_mmseg_checkpoint,
-    typename,
 )
 from algm_export.models.registry import Family, register
 
@@ -530,7 +529,7 @@ def load_state_dict_mapped(model: Eva02UperNet, sd: Mapping[str, torch.Tensor], 
     pruned = _unused_blocks(mapped, model.backbone.depth)
     mapped = {k: v for k, v in mapped.items() if k not in set(pruned)}
     try:
-        report = load_state_dict_checked(model, mapped, strict=strict, where=where)
+        report = mmseg.load_state_dict_checked(model, mapped, strict=strict, where=where)
     except CheckpointError as e:
         raise CheckpointError(f"{e} [key map: {fmt}; names above are ours: backbone.* = timm Eva, "
                               f"checkpoint keys under {'backbone.' if fmt == 'eva2' else TIMM_PREFIX}]") from None
@@ -542,26 +541,39 @@ def load_state_dict_mapped(model: Eva02UperNet, sd: Mapping[str, torch.Tensor], 
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def load_mmseg_eva02(config_path_or_text=None, checkpoint_path=None, image_size=None,
-                     strict: bool = True) -> Eva02UperNet:
-    """An EVA-02 UperNet from an mmseg config (file, text, or None: the checkpoint's `meta`) and checkpoint."""
-    sd, config, config_path, notes = read_mmseg_checkpoint(config_path_or_text, checkpoint_path)
-    where = str(checkpoint_path)
+def load_mmseg_eva02(config_path=None, checkpoint_path=None, image_size=None, strict: bool = True) -> Eva02UperNet:
+    """An EVA-02 UperNet from an mmseg checkpoint and its config (a `.py` file; None: the one `.py`
+    beside the checkpoint, else the config text in the checkpoint's `meta`), via `families/mmseg.py`."""
+    if checkpoint_path is None:
+        raise CheckpointError("load_mmseg_eva02 needs a checkpoint path (an mmseg .pth)")
+    config, cfg_path, ckpt, obj = mmseg.read_model(Path(checkpoint_path),
+                                                   None if config_path is None else Path(config_path))
+    where = str(ckpt)
+    sd = mmseg.state_dict_of(obj, where)
     model = build_eva02(config["model"], config=config, resize=False)
-    model.cfg.notes = notes + model.cfg.notes
+    if cfg_path is None:
+        model.cfg.notes.insert(0, "config read from the checkpoint's meta")
     model.load_report = load_state_dict_mapped(model, sd, strict=strict, where=where)
     model.set_image_size(default_run_size(model, image_size))
     model.source = where
-    model.config_path = config_path
+    model.checkpoint_path = Path(ckpt)
+    model.config_path = None if cfg_path is None else str(cfg_path)
     return model.eval()
 
 
 def save_mmseg_eva02(model: Eva02UperNet, path, config: Optional[Mapping] = None,
                      meta: Optional[dict] = None) -> Path:
-    """Write the mmseg 1.x form: `{'state_dict' (TIMMBackbone keys), 'meta': {'cfg'}}` and the `.py`
-    beside it. `config` defaults to `{'model': model.mmseg_config()}`."""
-    config = dict(config) if config is not None else {"model": model.mmseg_config()}
-    return save_mmseg_checkpoint(to_mmseg_keys(model.state_dict()), path, config, meta)
+    """Write the mmseg 1.x form: `{'state_dict' (TIMMBackbone keys), 'meta': {'cfg'}}` and the config
+    `.py` beside it (same stem). `config` defaults to `{'model': model.mmseg_config()}`."""
+    path = Path(path)
+    text = format_config(dict(config) if config is not None else {"model": model.mmseg_config()})
+    m = {"cfg": text}
+    m.update(meta or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = to_mmseg_keys(model.state_dict())
+    torch.save({"state_dict": {k: v.detach().cpu() for k, v in sd.items()}, "meta": m}, path)
+    path.with_suffix(".py").write_text(text)
+    return path
 
 
 # ----------------------------------------------------------------------------- built-ins
@@ -612,51 +624,23 @@ BUILTIN_MODELS: dict[str, Callable[[], Eva02UperNet]] = {
 
 # ----------------------------------------------------------------------------- registry
 
-def _config_for(p: Path, config: Optional[Path]) -> Optional[Path]:
-    if config is not None:
-        return config
-    if p.is_dir():
-        pys = sorted(p.glob("*.py"))
-        return pys[0] if len(pys) == 1 else None
-    beside = p.with_suffix(".py")
-    if beside.is_file():
-        return beside
-    pys = sorted(p.parent.glob("*.py"))
-    return pys[0] if len(pys) == 1 else None
-
-
-def _checkpoint_in(p: Path) -> Path:
-    if not p.is_dir():
-        return p
-    pths = sorted(p.glob("*.pth"))
-    if len(pths) != 1:
-        raise CheckpointError(f"{p} holds {len(pths)} .pth files; pass the checkpoint file itself")
-    return pths[0]
+UPERNET_TYPES = dict(backbone={"TIMMBackbone", "EVA2"}, decode_head={"UPerHead"})
 
 
 def detect(p: Path, config: Optional[Path]) -> bool:
-    """An mmseg config (given or beside) whose backbone is a TIMMBackbone over EVA-02, or EVA2."""
-    from algm_export.models.mmseg_config import parse_config
-
-    c = _config_for(p, config)
-    if c is None:
-        return False
-    try:
-        bb = (parse_config(c).get("model") or {}).get("backbone") or {}
-    except ConfigError:
-        return False
-    t = typename(bb)
-    return t == "EVA2" or (t == "TIMMBackbone" and str(bb.get("model_name", "")).startswith("eva02"))
+    """An mmseg checkpoint whose config has a TIMMBackbone (EVA-02) or EVA2 backbone and a UPerHead."""
+    return mmseg.detect_types(p, config, **UPERNET_TYPES)
 
 
 def load(p: Path, config: Optional[Path], image_size=None, strict: bool = True, trust_checkpoint: bool = False):
-    return load_mmseg_eva02(_config_for(p, config), _checkpoint_in(p), image_size=image_size, strict=strict)
+    cfg_path, ckpt = mmseg.find_files(p, config)
+    return load_mmseg_eva02(cfg_path, ckpt, image_size=image_size, strict=strict)
 
 
 FAMILY_ENTRY = register(Family(
     name=FAMILY,
-    formats="an mmsegmentation checkpoint (.pth) with its config (.py): EVA-02 via TIMMBackbone or EVA-02's "
-            "official EVA2, Feature2Pyramid + UPerHead",
+    formats="an mmsegmentation EVA-02 UperNet checkpoint (.pth holding state_dict; TIMMBackbone over timm's EVA-02 "
+            "or EVA-02's official EVA2) with its config .py (--config, beside it, or in the checkpoint's meta)",
     builtins=dict(BUILTIN_MODELS),
     detect=detect,
     load=load,

@@ -14,18 +14,13 @@ from algm_export.models import checkpoint as ck
 from algm_export.models.registry import Family, register
 
 
-def _has_config_py(p: Path) -> bool:
-    folder = p if p.is_dir() else p.parent
-    return any(folder.glob("*.py"))
-
-
 def detect(p: Path, config: Optional[Path]) -> bool:
-    """Ours unless a Python config is named or lies beside (that is mmsegmentation's format)."""
+    """checkpoint.pth / variant.yml (or their folder); a named Python config is mmsegmentation's format."""
     if config is not None:
         return False
     if p.is_dir():
-        return (p / ck.CHECKPOINT).exists() or (p / ck.VARIANT).exists() or not _has_config_py(p)
-    return (p.parent / ck.VARIANT).exists() or not _has_config_py(p)
+        return (p / ck.CHECKPOINT).exists() or (p / ck.VARIANT).exists()
+    return p.name == ck.CHECKPOINT or (p.parent / ck.VARIANT).exists()
 
 
 def load(p: Path, config: Optional[Path], image_size=None, strict: bool = True, trust_checkpoint: bool = False):
