@@ -326,7 +326,8 @@ def test_official_eva2_key_map(tmp_path):
     sd["auxiliary_head.conv_seg.weight"] = torch.zeros(5, 8, 1, 1)
     path = tmp_path / "eva2.pth"
     torch.save({"state_dict": sd, "meta": {"config": format_config(config)}}, path)
-    loaded = fam.load_mmseg_eva02(None, path)
+    loaded = resolve_model(str(path))                  # detected by its config (in meta): EVA2 + UPerHead
+    assert isinstance(loaded, fam.Eva02UperNet)
     rep = loaded.load_report
     assert rep["key_map"] == "eva2" and rep["missing"] == [] == rep["unexpected"]
     assert rep["ignored"] == ["auxiliary_head.conv_seg.weight"] and len(rep["derived"]) == 14

@@ -176,9 +176,12 @@ def check_eva2(size: int, git_dir: str, folder: Path, seed: int, rows: list, det
     config = dict(model=dict(type="EncoderDecoder", pretrained=None, backbone=bb, decode_head=head, auxiliary_head=aux,
                              train_cfg=dict(), test_cfg=dict(mode="whole")),
                   img_norm_cfg=dict(mean=list(IMAGENET_MEAN_255), std=list(IMAGENET_STD_255), to_rgb=True))
-    ckpt = folder / f"eva2_official_s16_{size}.pth"
+    own = folder / f"eva2_official_s16_{size}"       # a folder of its own: no other config .py beside it
+    own.mkdir(exist_ok=True)
+    ckpt = own / f"eva2_official_s16_{size}.pth"
     torch.save({"state_dict": sd, "meta": {"config": format_config(config)}}, ckpt)
     ours = load_mmseg_eva02(None, ckpt)              # 0.x: the config text from meta['config']
+    assert ours.cfg.checkpoint_format == "eva2" and ours.config_path is None
     rep = ours.load_report
     name = "EVA2 official (S-sized)"
     with torch.no_grad():
