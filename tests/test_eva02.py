@@ -297,7 +297,7 @@ def _official_name(k: str) -> str:
 
 def _eva2_config(size=128):
     bb = dict(type="EVA2", img_size=size, patch_size=16, in_chans=3, embed_dim=96, depth=6, num_heads=2,
-              mlp_ratio=4 * 2 / 3, out_indices=[1, 2, 3, 5], qkv_bias=True, drop_path_rate=0.1, init_values=None,
+              mlp_ratio=4 * 2 / 3, out_indices=[1, 2, 3, 4], qkv_bias=True, drop_path_rate=0.1, init_values=None,
               use_abs_pos_emb=True, use_rel_pos_bias=False, use_shared_rel_pos_bias=False, rope=True,
               pt_hw_seq_len=16, intp_freq=True, subln=True, xattn=True, naiveswiglu=True, pretrained=None)
     head = dict(type="UPerHead", in_channels=[96] * 4, in_index=[0, 1, 2, 3], pool_scales=(1, 2, 3, 6), channels=32,
@@ -319,6 +319,8 @@ def test_official_eva2_key_map(tmp_path):
     sd = {_official_name(k): v for k, v in ours.state_dict().items()}
     assert "backbone.blocks.0.attn.q_bias" in sd and "backbone.blocks.0.mlp.w3.weight" in sd
     assert "backbone.fpn1.1.running_var" in sd
+    assert ours.backbone.depth == 5                  # block 5 (after the last output) pruned; EVA2 keeps it
+    sd.update({k.replace("blocks.4.", "blocks.5."): v for k, v in sd.items() if k.startswith("backbone.blocks.4.")})
     # EVA2's derived rotary tables ([N, head_dim] cos / sin, shared by every block) and an auxiliary head
     table = ours.backbone.rope_at.table(ours.backbone.built_grid)
     for pre in ["backbone.rope."] + [f"backbone.blocks.{i}.attn.rope." for i in range(6)]:
@@ -332,6 +334,7 @@ def test_official_eva2_key_map(tmp_path):
     assert rep["key_map"] == "eva2" and rep["missing"] == [] == rep["unexpected"]
     assert rep["ignored"] == ["auxiliary_head.conv_seg.weight"] and len(rep["derived"]) == 14
     assert rep["rope_table_max_diff"] == 0.0
+    assert rep["pruned_blocks"] and all(k.startswith("backbone.blocks.5.") for k in rep["pruned_blocks"])
     x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         assert torch.equal(loaded(x), ours(x))

@@ -527,7 +527,8 @@ def load_state_dict_mapped(model: Eva02UperNet, sd: Mapping[str, torch.Tensor], 
         mapped, origin = mmseg_key_map(sd)
     rope_err = _check_rope_tables(model, sd, derived)
     pruned = _unused_blocks(mapped, model.backbone.depth)
-    mapped = {k: v for k, v in mapped.items() if k not in set(pruned)}
+    drop = set(pruned)
+    mapped = {k: v for k, v in mapped.items() if k not in drop}
     try:
         report = mmseg.load_state_dict_checked(model, mapped, strict=strict, where=where)
     except CheckpointError as e:
