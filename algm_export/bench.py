@@ -20,7 +20,8 @@ import numpy as np
 
 from algm_export.errors import BackendUnavailable, ConfigError
 from algm_export.flops import model_macs
-from algm_export.manifest import load_manifest, write_json_atomic
+from algm_export.lock import locks_export_folder
+from algm_export.manifest import load_manifest, resolve_inside, verify_file, write_json_atomic
 from algm_export.progress import progress_bar, status
 
 PUBLISHED = {  # spec section 4: ADE20K, Segmenter, batch 32 on one GPU, fvcore GMACs
@@ -59,7 +60,10 @@ def _runner(backend: str, export_dir: Path, man: dict, entry: dict, model, threa
     if backend == "ort":
         from algm_export.runtimes.onnxruntime import OrtRunner
 
-        return OrtRunner(export_dir / entry["onnx"], threads=threads)
+        from algm_export.validate import check_input_size
+
+        path = verify_file(export_dir, entry["onnx"], entry["sha256"], f"{entry['name']}.onnx")
+        return check_input_size(OrtRunner(path, threads=threads), model.cfg.image_size, entry["name"])
     if backend == "trt":
         from algm_export.runtimes.tensorrt.runner import runner_for_entry
 
@@ -67,9 +71,14 @@ def _runner(backend: str, export_dir: Path, man: dict, entry: dict, model, threa
     raise ConfigError(f"unknown backend {backend!r}; use torch, ort or trt")
 
 
+@locks_export_folder("bench")
 def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequence[int] = (1,), images=None,
           repeats: int = 10, warmup: int = 2, threads: Optional[int] = None, model=None,
-          settle_s: float = 0.05) -> dict:
+          settle_s: float = 0.05, trust_checkpoint: bool = False) -> dict:
+    """Benchmark an export folder (see the module doc); writes DIR/bench/bench.json and bench.png.
+
+    trust_checkpoint: unpickle the manifest's checkpoint completely (see `load_segmenter`);
+    wait: wait for another run that holds the folder instead of stopping (`algm_export.lock`)."""
     import torch
 
     from algm_export.images import load_images, sample_images, to_model_input
@@ -78,7 +87,7 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
     export_dir = Path(export_dir)
     man = load_manifest(export_dir, verify=True)
     if model is None:
-        model = model_from_manifest(man)
+        model = model_from_manifest(man, trust_checkpoint, export_dir)
     cfg = model.cfg
     threads = threads or min(os.cpu_count() or 1, 16)
     have = available_backends()
@@ -135,11 +144,12 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
         "repeats": repeats, "warmup": warmup, "settle_s": settle_s, "results": results,
         "published": PUBLISHED.get(cfg.backbone),
     }
-    out = export_dir / "bench"
-    write_json_atomic(out / "bench.json", report)
+    out = resolve_inside(export_dir, "bench", "bench folder")
+    write_json_atomic(resolve_inside(export_dir, "bench/bench.json", "bench report"), report)
     try:
-        report["plot"] = str(plot(report, export_dir, out / "bench.png").relative_to(export_dir))
-        write_json_atomic(out / "bench.json", report)
+        report["plot"] = str(plot(report, export_dir, resolve_inside(export_dir, "bench/bench.png", "bench plot"))
+                             .relative_to(out.parent))
+        write_json_atomic(resolve_inside(export_dir, "bench/bench.json", "bench report"), report)
     except Exception as e:  # a plot must never lose the numbers
         status(f"plot skipped: {e}")
     return report
@@ -155,7 +165,7 @@ def plot(report: dict, export_dir: Path, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     parity = {}
-    for f in sorted((export_dir / "validation").glob("report.*.json")):
+    for f in sorted(resolve_inside(export_dir, "validation", "validation folder").glob("report.*.json")):
         rep = json.loads(f.read_text())
         for e in rep["entries"]:
             parity.setdefault(e["name"], e["summary"]["parity_miou"])

@@ -26,9 +26,7 @@ fp32 layers (the merge similarity math included) compute in true fp32.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import fcntl
 import json
 import os
 import re
@@ -37,12 +35,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 from algm_export.errors import AlgmError, ArtifactError, BackendUnavailable, CapacityError, ConfigError
-from algm_export.manifest import atomic_path, load_manifest, save_manifest, sha256_file
+from algm_export.lock import locks_export_folder
+from algm_export.manifest import (atomic_path, is_plain_name, load_manifest, resolve_inside, save_manifest,
+                                  sha256_file, verify_file)
 from algm_export.runtimes.tensorrt.builder import EngineBuildError
 from algm_export.runtimes.tensorrt.loader import (backend_version, cuda_device, describe_environment,
                                                   import_backend, pretty, resolve_backend, rtx_env,
@@ -126,37 +125,23 @@ def _pick_onnx(export_dir: Path, name: str, entry: dict, precision: str, backend
     rel = entry.get(key)
     if not rel:
         raise ArtifactError(f"{name}: the manifest names no ONNX file ({key}); re-export.")
-    path = export_dir / rel
-    if not path.exists():
-        raise ArtifactError(f"{path} is listed in the manifest but missing; re-export into {export_dir}.")
-    digest = sha256_file(path)
-    if entry.get(hkey) and entry[hkey] != digest:
-        raise ArtifactError(f"{path}: sha256 does not match the manifest (file changed or corrupted); re-export.")
+    path = verify_file(export_dir, rel, entry[hkey], f"{name}.{key}")
+    digest = entry[hkey]
     return {"onnx": rel, "path": path, "sha256": digest, "fp16_mode": mode,
             "strongly_typed": mode != "builder-flag"}
 
 
-@contextlib.contextmanager
-def _lock(export_dir: Path, wait_s: float = 10.0) -> Iterator[None]:
-    """One build per export folder at a time (waits briefly: a killed build's processes may
-    still be exiting)."""
-    d = export_dir / "engines"
-    d.mkdir(parents=True, exist_ok=True)
-    with open(d / ".build.lock", "w") as f:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ArtifactError(f"another engine build is running on {export_dir}; wait for it "
-                                        "to finish.") from None
-                time.sleep(0.1)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def _copy_plugin_library(export_dir: Path, src: Path, digest: str) -> tuple[str, Path]:
+    """Copy a plugin library into the export folder under its sha256; (relative path, real path)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", src.name).lstrip(".") or "plugins.so"
+    rel = f"engines/plugins/{digest[:16]}/{name}"
+    dst = resolve_inside(export_dir, rel, "plugin library copy")
+    if not (dst.is_file() and sha256_file(dst) == digest):
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+            if sha256_file(tmp) != digest:
+                raise ArtifactError(f"plugin library {src} changed while it was copied; build again.")
+    return rel, dst
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -229,6 +214,7 @@ def find_engine_record(data: dict, setting: str = "baseline", precision: str = "
                         + " in the manifest; build it first (`algm-export build DIR`).")
 
 
+@locks_export_folder("build")
 def build_engines(export_dir: str | os.PathLike, backend: str | None = None,
                   plugins: str | os.PathLike | None = None, precision: str = "fp32",
                   batch: Sequence[int] = (1, 1, 8), compute_capabilities: Iterable | None = None,
@@ -244,6 +230,9 @@ def build_engines(export_dir: str | os.PathLike, backend: str | None = None,
     which builds for the GPU present. settings: build only these (names; "baseline" included).
     tf32: allow TF32 for fp32 layers (off: fp32 layers, the merge similarity math included,
     stay true fp32). workspace_mb: builder workspace limit. Raises AlgmError subclasses.
+    wait: when another run holds the folder, wait for it (True, or at most that many seconds)
+    instead of stopping with FolderInUse. A plugin library is copied into the folder
+    (``engines/plugins/<sha256>/NAME``), which the records name, so the engines travel with it.
     """
     export_dir = Path(export_dir).resolve()
     data = load_manifest(export_dir)
@@ -275,13 +264,13 @@ def build_engines(export_dir: str | os.PathLike, backend: str | None = None,
         ccs = [device["compute_capability"]]
         device = {"name": device["name"], "compute_capability": device["compute_capability"]}
 
-    plugin_path = plugin_sha = None
+    plugin_src = plugin_sha = plugin_rel = plugin_path = None
     if plugins is not None:
         p = Path(plugins).expanduser().resolve()
         if not p.is_file():
             raise BackendUnavailable(f"plugin library {p} does not exist; build it first "
                                      "(algm_export.plugins.build_plugins) or drop --plugins.")
-        plugin_path, plugin_sha = str(p), sha256_file(p)
+        plugin_src, plugin_sha = p, sha256_file(p)
 
     entries = _entries(data, settings)
     # Check every ONNX before building anything, so a bad entry fails fast.
@@ -292,54 +281,58 @@ def build_engines(export_dir: str | os.PathLike, backend: str | None = None,
     from tqdm.auto import tqdm
 
     records = []
-    with _lock(export_dir):
-        # Leftovers of a build that was killed outright (holding the lock, no build is running).
-        for stale in (export_dir / "engines").glob(".*.engine.*.partial"):
-            stale.unlink(missing_ok=True)
-        for stale in (export_dir / "engines").glob(".worker-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        bar = tqdm(sources, desc=f"{pretty(backend)} {precision} engines", unit="engine",
-                   disable=not progress, file=sys.stderr)
-        for name, src in bar:
-            bar.set_postfix_str(name)
-            rel = engine_filename(name, precision, plugin_path is not None)
-            final = export_dir / rel
-            job = {"name": name, "onnx": str(src["path"]), "backend": backend, "precision": precision,
-                   "strongly_typed": src["strongly_typed"], "fp16_flag": src["fp16_mode"] == "builder-flag",
-                   "input": input_name, "profile": profile, "compute_capabilities": ccs if rtx else [],
-                   "workspace_mb": workspace_mb, "plugin_library": plugin_path, "strip_functions": True,
-                   "tf32": bool(tf32), "log_level": log_level}
-            t0 = _dt.datetime.now(_dt.timezone.utc)
-            with atomic_path(final) as tmp:
-                job["engine"] = str(tmp)
-                res = _run_worker(job, env, name, export_dir / "engines")
-                size = tmp.stat().st_size
-                if size != res.get("engine_bytes"):
-                    raise EngineBuildError(f"{name}: the worker reported {res.get('engine_bytes')} engine "
-                                           f"bytes but wrote {size}.")
-                digest = sha256_file(tmp)
-            wall = (_dt.datetime.now(_dt.timezone.utc) - t0).total_seconds()
-            rec = {
-                "setting": name, "file": rel, "sha256": digest, "bytes": size,
-                "backend": backend, "backend_version": res.get("backend_version", version),
-                "precision": precision, "fp16_mode": src["fp16_mode"],
-                "strongly_typed": res.get("strongly_typed"), "tf32": res.get("tf32"),
-                "onnx": src["onnx"], "onnx_sha256": src["sha256"],
-                "input": input_name, "profile": res.get("profile", profile),
-                "compute_capabilities": ccs, "device": device,
-                "plugin_library": plugin_path, "plugin_sha256": plugin_sha,
-                "plugin_creators": res.get("plugin_creators") or [],
-                "functions": res.get("functions"),
-                "build_seconds": res.get("build_seconds"), "parse_seconds": res.get("parse_seconds"),
-                "wall_seconds": round(wall, 3),
-                "layers": res.get("layers"), "io": res.get("io"),
-                "built": t0.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            }
-            engines = [r for r in data.get("engines") or []
-                       if not _same_engine(r, rec) and r.get("file") != rel]
-            engines.append(rec)
-            data["engines"] = engines
-            save_manifest(export_dir, data)
-            records.append(rec)
-        bar.close()
+    engines_dir = resolve_inside(export_dir, "engines", "engines folder")
+    engines_dir.mkdir(exist_ok=True)
+    # Leftovers of a build that was killed outright (holding the lock, no build is running).
+    for stale in engines_dir.glob(".*.engine.*.partial"):
+        stale.unlink(missing_ok=True)
+    for stale in engines_dir.glob(".worker-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if plugin_src is not None:
+        plugin_rel, copied = _copy_plugin_library(export_dir, plugin_src, plugin_sha)
+        plugin_path = str(copied)
+    bar = tqdm(sources, desc=f"{pretty(backend)} {precision} engines", unit="engine",
+               disable=not progress, file=sys.stderr)
+    for name, src in bar:
+        bar.set_postfix_str(name)
+        rel = engine_filename(name, precision, plugin_path is not None)
+        final = resolve_inside(export_dir, rel, f"engine file of {name}")
+        job = {"name": name, "onnx": str(src["path"]), "backend": backend, "precision": precision,
+               "strongly_typed": src["strongly_typed"], "fp16_flag": src["fp16_mode"] == "builder-flag",
+               "input": input_name, "profile": profile, "compute_capabilities": ccs if rtx else [],
+               "workspace_mb": workspace_mb, "plugin_library": plugin_path, "strip_functions": True,
+               "tf32": bool(tf32), "log_level": log_level}
+        t0 = _dt.datetime.now(_dt.timezone.utc)
+        with atomic_path(final) as tmp:
+            job["engine"] = str(tmp)
+            res = _run_worker(job, env, name, engines_dir)
+            size = tmp.stat().st_size
+            if size != res.get("engine_bytes"):
+                raise EngineBuildError(f"{name}: the worker reported {res.get('engine_bytes')} engine "
+                                       f"bytes but wrote {size}.")
+            digest = sha256_file(tmp)
+        wall = (_dt.datetime.now(_dt.timezone.utc) - t0).total_seconds()
+        rec = {
+            "setting": name, "file": rel, "sha256": digest, "bytes": size,
+            "backend": backend, "backend_version": res.get("backend_version", version),
+            "precision": precision, "fp16_mode": src["fp16_mode"],
+            "strongly_typed": res.get("strongly_typed"), "tf32": res.get("tf32"),
+            "onnx": src["onnx"], "onnx_sha256": src["sha256"],
+            "input": input_name, "profile": res.get("profile", profile),
+            "compute_capabilities": ccs, "device": device,
+            "plugin_library": plugin_rel, "plugin_sha256": plugin_sha,
+            "plugin_creators": res.get("plugin_creators") or [],
+            "functions": res.get("functions"),
+            "build_seconds": res.get("build_seconds"), "parse_seconds": res.get("parse_seconds"),
+            "wall_seconds": round(wall, 3),
+            "layers": res.get("layers"), "io": res.get("io"),
+            "built": t0.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        engines = [r for r in data.get("engines") or []
+                   if not _same_engine(r, rec) and r.get("file") != rel]
+        engines.append(rec)
+        data["engines"] = engines
+        save_manifest(export_dir, data)
+        records.append(rec)
+    bar.close()
     return records

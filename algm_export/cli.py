@@ -60,6 +60,7 @@ def add_predict_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--engine", default=None, metavar="FILE",
                    help="run an exported .onnx (ONNX Runtime) or a built .engine (TensorRT, needs a GPU) "
                         "instead of PyTorch; --model, --threshold and --layers must match it")
+    _trust_arg(p)
     p.set_defaults(func=cmd_predict)
     return p
 
@@ -72,6 +73,7 @@ def cmd_predict(args) -> int:
         out=args.out, sliding=args.sliding, batch_size=args.batch_size, device=args.device,
         backend="engine" if args.engine else "torch",
         backend_options={"engine": args.engine} if args.engine else {},
+        trust_checkpoint=args.trust_checkpoint,
     )
     records = run_predict(args.images, opts, progress=not args.quiet)
     if not args.quiet:
@@ -145,6 +147,19 @@ def _model_and_config(args) -> tuple[str, Optional[str]]:
     return model, config
 
 
+def _trust_arg(p):
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="unpickle the checkpoint completely, running any code it holds (default: weights-only, "
+                        "which loads model, optimizer and scheduler state and refuses other objects); only for "
+                        "checkpoints whose origin you trust (docs/security.md)")
+
+
+def _wait_arg(p):
+    p.add_argument("--wait", action="store_true",
+                   help="when another algm-export run is writing to the folder, wait for it to finish "
+                        "(default: stop with exit code 2 and name that run)")
+
+
 def add_export_parser(sub):
     p = sub.add_parser("export", parents=[_common()], help="export the baseline and one ONNX per threshold setting",
                        description="Calibrate capacities per threshold setting on representative images, export "
@@ -165,6 +180,8 @@ def add_export_parser(sub):
     p.add_argument("--inline", action="store_true", help="also write the plain standard-op graph (functions inlined)")
     p.add_argument("--fp16", action="store_true", help="also write float16 graphs (for strongly typed engines)")
     p.add_argument("--force", action="store_true", help="re-export into a non-empty folder")
+    _trust_arg(p)
+    _wait_arg(p)
     p.set_defaults(func=cmd_export)
 
 
@@ -178,12 +195,13 @@ def cmd_export(args) -> int:
 
     size = None if not args.image_size else (tuple(args.image_size) * 2)[:2]
     spec, config = _model_and_config(args)
-    model = resolve_model(spec, config=config, image_size=size)
+    model = resolve_model(spec, config=config, image_size=size, trust_checkpoint=args.trust_checkpoint)
     man = export_folder(model, str(spec), args.out,
                         thresholds=None if args.thresholds is None else parse_thresholds(args.thresholds),
                         calib_images=args.calib_images, quantile=args.quantile, inline=args.inline, force=args.force,
                         layers=parse_layers(args.layers), fp16=args.fp16,
-                        capacities=None if args.capacities is None else parse_capacities(args.capacities))
+                        capacities=None if args.capacities is None else parse_capacities(args.capacities),
+                        wait=args.wait)
     rows = [["baseline", "-", "-", "-", man["baseline"]["onnx"], "yes" if man["baseline"]["tensorrt_ready"] else "NO"]]
     for s in man["settings"]:
         cal = s["calibration"]
@@ -212,6 +230,8 @@ def add_validate_parser(sub):
     p.add_argument("--min-agreement", type=float, default=None, help="per-image argmax agreement limit in %%")
     p.add_argument("--mean-agreement", type=float, default=None, help="mean argmax agreement limit in %%")
     p.add_argument("--parity-miou", type=float, default=None, help="parity mIoU limit")
+    _trust_arg(p)
+    _wait_arg(p)
     p.set_defaults(func=cmd_validate)
 
 
@@ -223,7 +243,8 @@ def cmd_validate(args) -> int:
         if getattr(args, k) is not None:
             setattr(lim, k, getattr(args, k))
     rep = validate(args.dir, images=args.images, backend=args.backend, labels=args.labels, precision=args.precision,
-                   limits=lim, limit_images=args.max_images)
+                   limits=lim, limit_images=args.max_images, trust_checkpoint=args.trust_checkpoint,
+                   wait=args.wait)
     print(format_report(rep))
     print(f"\nreport: {args.dir}/validation/report.{args.backend}.{args.precision}.json "
           f"(outputs load with `polygraphy run --load-outputs`)")
@@ -246,6 +267,7 @@ def add_build_parser(sub):
     p.add_argument("--compute-capability", nargs="+", default=None, metavar="SM",
                    help="TensorRT-RTX targets, e.g. 86 89 (default: 86)")
     p.add_argument("--workspace", type=int, default=None, metavar="MB", help="builder workspace limit")
+    _wait_arg(p)
     p.set_defaults(func=cmd_build)
 
 
@@ -262,9 +284,13 @@ def cmd_build(args) -> int:
         batch = batch * 3
     ccs = None
     if args.compute_capability:
-        ccs = [int(v) for a in args.compute_capability for v in str(a).replace(".", "").split(",") if v]
+        try:
+            ccs = [int(v) for a in args.compute_capability for v in str(a).replace(".", "").split(",") if v]
+        except ValueError:
+            raise ConfigError(f"--compute-capability {' '.join(args.compute_capability)}: give numbers such as "
+                              "86 or 8.6") from None
     recs = build_engines(args.dir, backend=args.backend, plugins=args.plugins, precision=args.precision,
-                         batch=batch, compute_capabilities=ccs, workspace_mb=args.workspace)
+                         batch=batch, compute_capabilities=ccs, workspace_mb=args.workspace, wait=args.wait)
     rows = [[r["setting"], r["backend"], r["precision"], ",".join(map(str, r.get("compute_capabilities") or [])) or "-",
              f"{r['build_seconds']:.1f}", r["layers"].get("count", "-"), len(r["layers"].get("plugin_layers", [])),
              r["file"]] for r in recs]
@@ -288,6 +314,8 @@ def add_bench_parser(sub):
     p.add_argument("--settle-ms", type=float, default=50.0,
                    help="idle time before each timed run, so that the threads of the model that just ran stop "
                         "spinning on the cores (default: %(default)s; 0 runs back to back)")
+    _trust_arg(p)
+    _wait_arg(p)
     p.set_defaults(func=cmd_bench)
 
 
@@ -296,7 +324,8 @@ def cmd_bench(args) -> int:
 
     rep = bench(args.dir, backends=None if not args.backends else args.backends.split(","),
                 batches=[int(b) for b in args.batch.split(",")], images=args.images, repeats=args.repeats,
-                warmup=args.warmup, threads=args.threads, settle_s=args.settle_ms / 1e3)
+                warmup=args.warmup, threads=args.threads, settle_s=args.settle_ms / 1e3,
+                trust_checkpoint=args.trust_checkpoint, wait=args.wait)
     print(format_bench(rep))
     print(f"\nwritten: {args.dir}/bench/bench.json, {args.dir}/bench/bench.png")
     return 0
@@ -309,13 +338,15 @@ def add_report_parser(sub):
     p.add_argument("dir", metavar="DIR", help="export folder")
     p.add_argument("--out", default=None, help="report folder (default: DIR/report)")
     p.add_argument("--images", type=int, default=3, help="sample photos to draw merges on (default: 3)")
+    _trust_arg(p)
+    _wait_arg(p)
     p.set_defaults(func=cmd_report)
 
 
 def cmd_report(args) -> int:
     from algm_export.report.html import write_report
 
-    page = write_report(args.dir, args.out, args.images)
+    page = write_report(args.dir, args.out, args.images, trust_checkpoint=args.trust_checkpoint, wait=args.wait)
     print(f"report: {page}")
     return 0
 
@@ -328,6 +359,7 @@ def add_demo_parser(sub):
     p.add_argument("--model", default="builtin:vit_s16_512", help="model (default: %(default)s)")
     p.add_argument("--thresholds", default="0.85,0.88,0.92", help="(default: %(default)s)")
     p.add_argument("--repeats", type=int, default=5, help="benchmark repeats (default: %(default)s)")
+    _trust_arg(p)
     p.set_defaults(func=cmd_demo)
 
 
@@ -335,7 +367,8 @@ def cmd_demo(args) -> int:
     from algm_export.demo import run_demo, summary_lines
     from algm_export.merging.setting import parse_thresholds
 
-    res = run_demo(args.out, args.model, parse_thresholds(args.thresholds), repeats=args.repeats)
+    res = run_demo(args.out, args.model, parse_thresholds(args.thresholds), repeats=args.repeats,
+                   trust_checkpoint=args.trust_checkpoint)
     print(res["text"])
     print()
     print("\n".join(summary_lines(res)))

@@ -19,7 +19,7 @@ DEMO_THRESHOLDS = (0.85, 0.88, 0.92)
 
 def run_demo(out: str = "algm-demo", model_spec: str = "builtin:vit_s16_512",
              thresholds: Sequence[float] = DEMO_THRESHOLDS, repeats: int = 5, validate_images: Optional[int] = 6,
-             force: bool = True) -> dict:
+             force: bool = True, trust_checkpoint: bool = False) -> dict:
     from algm_export.bench import available_backends, bench, format_bench
     from algm_export.export.pipeline import export_folder
     from algm_export.models.registry import resolve_model
@@ -28,7 +28,7 @@ def run_demo(out: str = "algm-demo", model_spec: str = "builtin:vit_s16_512",
 
     t0 = time.time()
     out = Path(out)
-    model = resolve_model(model_spec)
+    model = resolve_model(model_spec, trust_checkpoint=trust_checkpoint)
     status(f"[1/4] export {model_spec}: baseline + thresholds {', '.join(f'{t:.2f}' for t in thresholds)} -> {out}")
     man = export_folder(model, model_spec, out, thresholds=list(thresholds), force=force)
     backends = available_backends()

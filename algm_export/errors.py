@@ -27,3 +27,7 @@ class ArtifactError(AlgmError):
 
 class BackendUnavailable(AlgmError):
     """A backend (TensorRT, CUDA, a plugin library) that is not present here."""
+
+
+class FolderInUse(ArtifactError):
+    """Another algm-export run holds the export folder's lock (one writer per folder)."""

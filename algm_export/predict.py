@@ -69,6 +69,7 @@ class PredictOptions:
     backend: str = "torch"
     backend_options: dict = field(default_factory=dict)
     merge_png: bool = True
+    trust_checkpoint: bool = False              # full unpickling of the checkpoint (--trust-checkpoint)
 
 
 def parse_layers(text: Union[str, Sequence[int], None]) -> Optional[tuple[int, ...]]:
@@ -159,6 +160,9 @@ class EngineBackend:
         path = Path(engine)
         if not path.exists():
             raise ConfigError(f"--engine {engine}: no such file; give an exported .onnx or a built .engine")
+        from algm_export.manifest import find_listing, verify_file
+
+        listing = find_listing(path)  # a file of an export folder: sha256-checked against its manifest
         if path.suffix == ".onnx":
             from algm_export.runtimes.onnxruntime import OrtRunner
 
@@ -166,7 +170,12 @@ class EngineBackend:
         else:
             from algm_export.runtimes.tensorrt.runner import HostTrtRunner, TrtRunner
 
-            self.impl, self.name = HostTrtRunner(TrtRunner(path), f"trt:{path.name}"), "tensorrt"
+            rec = listing[2] if listing else None
+            lib = None
+            if rec and rec.get("plugin_library"):
+                lib = verify_file(listing[0], rec["plugin_library"], rec["plugin_sha256"], "plugin library")
+            self.impl = HostTrtRunner(TrtRunner(path, record=rec, plugins=lib), f"trt:{path.name}")
+            self.name = "tensorrt"
         self.input_size = tuple(model.cfg.image_size)
         self.setting = setting
         self.window = setting.window if setting is not None else (2, 2)
@@ -420,7 +429,7 @@ def run_predict(images: Sequence[Union[str, Path]], options: Optional[PredictOpt
     if opts.batch_size < 1:
         raise ConfigError(f"--batch-size {opts.batch_size} must be at least 1")
     total, items = gather_inputs(images)          # fails fast on bad paths, before the model loads
-    model = resolve_model(opts.model, config=opts.config)
+    model = resolve_model(opts.model, config=opts.config, trust_checkpoint=opts.trust_checkpoint)
     setting = algm_setting_for(model, opts.threshold, opts.layers) if opts.algm else None
     if runner is None:
         runner = make_runner(model, setting, opts.backend, device=opts.device, **opts.backend_options)

@@ -91,3 +91,26 @@ def plugin_library(tmp_path_factory):
         pytest.skip(f"cannot build the algm plugin library here (TensorRT headers: set ALGM_TENSORRT_INCLUDE; "
                     f"nvcc, cmake): {str(e).splitlines()[0]}")
     return Path(paths["plugins"])
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """A real export folder of a tiny published-format checkpoint (ViT-Ti, 64x64, 5 classes, one
+    ALGM setting), made once per session: (checkpoint folder, export folder, image folder).
+    Tests that change it work on a copy (`shutil.copytree`)."""
+    from PIL import Image
+
+    from algm_export import create_segmenter
+    from algm_export.export.pipeline import export_folder
+    from algm_export.models.checkpoint import resolve_model, save_segmenter
+
+    root = tmp_path_factory.mktemp("tiny_export")
+    ck = root / "ckpt"
+    save_segmenter(create_segmenter("vit_tiny", "linear", 64, n_cls=5, seed=0), ck)
+    images = root / "images"
+    images.mkdir()
+    for name in ("coffee", "chelsea"):
+        Image.fromarray(photo(name)).resize((80, 64)).save(images / f"{name}.png")
+    out = root / "export"
+    export_folder(resolve_model(str(ck)), str(ck), out, thresholds=[0.9], calib_images=images)
+    return ck, out, images

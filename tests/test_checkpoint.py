@@ -111,17 +111,23 @@ def test_published_variant_with_python_tuples_and_optimizer_state(tmp_path, imag
     assert "!!python/tuple" in text                      # as published
     (tmp_path / "variant.yml").write_text(text)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "n_cls": 5, "epoch": 63,
-                "args": argparse.Namespace(lr=0.001)}, tmp_path / "checkpoint.pth")
-    with pytest.warns(UserWarning, match="weights_only=False"):
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "n_cls": 5, "epoch": 63},
+               tmp_path / "checkpoint.pth")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # training state loads weights-only, with no warning
         loaded = load_segmenter(tmp_path / "checkpoint.pth")
     with torch.no_grad():
         assert torch.equal(model(image), loaded(image))
     assert loaded.cfg.image_size == (SIZE, SIZE) and loaded.cfg.distilled is False
     assert loaded.cfg.algm["threshold"] == 0.88 and loaded.cfg.algm["selected_layers"] == [1, 5]
     assert loaded.cfg.inference == {"im_size": 512, "window_size": SIZE, "window_stride": 48}
-    with pytest.raises(CheckpointError, match="weights-only load refuses"):
-        load_segmenter(tmp_path, weights_only=True)
+    # any other object (here the training script's argparse arguments) needs an explicit opt-in
+    torch.save({"model": model.state_dict(), "n_cls": 5, "args": argparse.Namespace(lr=0.001)},
+               tmp_path / "checkpoint.pth")
+    with pytest.raises(CheckpointError, match="argparse.Namespace.*trust_checkpoint=True"):
+        load_segmenter(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(model(image), load_segmenter(tmp_path, trust_checkpoint=True)(image))
 
 
 def test_image_size_override_resizes_pos_embed(tmp_path):

@@ -44,6 +44,7 @@ CASES = [
     (lambda t, c: ["export", str(t / "novariant"), "--out", str(t / "o11")], "variant.yml"),
     (lambda t, c: ["validate", str(t / "empty")], "not an export folder"),
     (lambda t, c: ["build", str(t / "empty")], "not an export folder"),
+    (lambda t, c: ["build", str(t / "empty"), "--compute-capability", "abc"], "give numbers such as 86"),
     (lambda t, c: ["predict", str(t / "missing.png"), "--model", str(c), "--out", str(t / "p")], "missing.png"),
 ]
 

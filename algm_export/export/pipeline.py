@@ -12,6 +12,7 @@ from algm_export.calibrate import calibrate
 from algm_export.errors import ArtifactError, ConfigError
 from algm_export.export.exporter import export_onnx
 from algm_export.export.readiness import check_readiness
+from algm_export.lock import LOCK_NAME, folder_lock
 from algm_export.manifest import save_manifest, sha256_file, tool_versions
 from algm_export.merging.patch import apply_algm
 from algm_export.merging.setting import AlgmSetting
@@ -29,6 +30,8 @@ def model_info(model, source: str) -> dict:
     ck = getattr(model, "checkpoint_path", None)
     if not source.startswith("builtin:") and ck is not None and Path(ck).is_file():
         info["checkpoint_sha256"] = sha256_file(ck)
+        if (Path(ck).parent / "variant.yml").is_file():
+            info["variant_sha256"] = sha256_file(Path(ck).parent / "variant.yml")
     if info.get("config_file"):
         info["config_sha256"] = sha256_file(info["config_file"])
     return info
@@ -68,14 +71,27 @@ def settings_for(model, thresholds: Optional[Sequence[float]], layers=None, wind
 
 def export_folder(model, source: str, out_dir, thresholds=None, calib_images=None, quantile: float = 1.0,
                   inline: bool = False, force: bool = False, layers=None, window=None, fp16: bool = False,
-                  calib_limit: Optional[int] = None, capacities=None) -> dict:
-    """Export baseline + settings into out_dir and write out_dir/manifest.json (last, atomically)."""
+                  calib_limit: Optional[int] = None, capacities=None, wait=False) -> dict:
+    """Export baseline + settings into out_dir and write out_dir/manifest.json (last, atomically).
+
+    The folder's lock (`algm_export.lock`) is held for the whole export and taken before the
+    folder is checked for emptiness, so of two exports into one new folder only one proceeds;
+    the other stops with FolderInUse (or, with `wait`, waits and then finds the folder taken)."""
+    settings = settings_for(model, thresholds, layers, window)
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not force:
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"{out} exists and is not a folder; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, "export", wait):
+        return _export_locked(model, source, out, settings, calib_images, quantile, inline, force, fp16,
+                              calib_limit, capacities)
+
+
+def _export_locked(model, source: str, out: Path, settings, calib_images, quantile, inline, force, fp16,
+                   calib_limit, capacities) -> dict:
+    if any(p.name != LOCK_NAME for p in out.iterdir()) and not force:
         raise ArtifactError(f"{out} is not empty; pass --force to re-export into it (the old manifest stays "
                             "valid until the new export is complete)")
-    out.mkdir(parents=True, exist_ok=True)
-    settings = settings_for(model, thresholds, layers, window)
     manifest = {
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "model": model_info(model, source),

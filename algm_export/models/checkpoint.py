@@ -18,12 +18,15 @@ The published decoder dict is `{name: linear}` for the linear decoder and
 can be wrong into a `CheckpointError` that names the problem and the fix.
 
 `resolve_model(spec)` accepts a checkpoint path/folder or `builtin:NAME` (`BUILTIN_MODELS`).
+
+Checkpoints are unpickled weights-only (`models.safe_load.load_checkpoint_file`): training state
+loads, any other object is refused unless `trust_checkpoint=True` (CLI `--trust-checkpoint`).
+`variant.yml` is parsed as data, never executed (`_VariantLoader`: no tag constructs an object).
 """
 
 from __future__ import annotations
 
 import copy
-import pickle
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,6 +45,7 @@ from algm_export.models.configs import (
     SegmenterConfig,
     _pair,
 )
+from algm_export.models.safe_load import load_checkpoint_file
 from algm_export.models.segmenter import Segmenter, create_segmenter
 
 CHECKPOINT = "checkpoint.pth"
@@ -337,48 +341,6 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     return p, p.parent / VARIANT
 
 
-def _torch_load(path: Path, weights_only: Optional[bool]):
-    def load(wo: bool):
-        return torch.load(path, map_location="cpu", weights_only=wo)
-
-    def corrupt(e: Exception) -> CheckpointError:
-        size = path.stat().st_size if path.exists() else 0
-        msg = " ".join(str(e).split())[:300]
-        return CheckpointError(
-            f"cannot read checkpoint {path} ({size} bytes): truncated or corrupt ({type(e).__name__}: {msg}); "
-            "download or copy the checkpoint again"
-        )
-
-    if weights_only is not None:
-        try:
-            return load(weights_only)
-        except Exception as e:  # noqa: BLE001  (every way torch.load fails means a bad file here)
-            if weights_only and "weights only load failed" in str(e).lower() and "invalid load key" not in str(e):
-                raise CheckpointError(
-                    f"checkpoint {path} holds non-tensor objects that a weights-only load refuses ({str(e)[:200]}); "
-                    "load it with weights_only=False if you trust its origin"
-                ) from e
-            raise corrupt(e) from e
-    try:
-        return load(True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
-        first = e
-    except Exception as e:  # noqa: BLE001  EOFError, zip errors, OSError: the file itself is bad
-        raise corrupt(e) from e
-    if "weights only load failed" not in str(first).lower():
-        raise corrupt(first) from first
-    try:
-        obj = load(False)
-    except Exception as e:  # noqa: BLE001
-        raise corrupt(e) from e
-    warnings.warn(
-        f"{path} holds non-tensor objects (e.g. optimizer or scheduler state), so it was loaded with "
-        "weights_only=False; only load checkpoints whose origin you trust",
-        stacklevel=3,
-    )
-    return obj
-
-
 def _extract_state_dict(obj, path: Path) -> dict:
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         sd = dict(obj["model"])
@@ -460,7 +422,7 @@ def _check_keys(model: Segmenter, sd: dict, cfg: SegmenterConfig, strict: bool, 
 
 
 def load_segmenter(path: str | Path, image_size=None, strict: bool = True,
-                   weights_only: Optional[bool] = None) -> Segmenter:
+                   trust_checkpoint: bool = False) -> Segmenter:
     """Load a published-format checkpoint: `path` = checkpoint.pth or its folder (variant.yml beside it).
 
     image_size: run size (int or (H, W)) if different from the checkpoint's; the grid part of
@@ -468,8 +430,10 @@ def load_segmenter(path: str | Path, image_size=None, strict: bool = True,
       `Segmenter.embed` does per call, and `cfg.image_size` becomes the run size.
     strict: refuse any missing / unexpected / mis-shaped key (the unused ImageNet heads
       `encoder.head*` may be absent). strict=False loads what matches and warns.
-    weights_only: None tries a weights-only load and falls back (with a warning) for checkpoints
-      that hold optimizer state or other objects; True / False force one mode.
+    trust_checkpoint: False (default) unpickles weights-only (`models.safe_load`): tensors, plain
+      values, optimizer / scheduler / GradScaler state and numpy values load, any other object is
+      refused with a CheckpointError naming its type. True unpickles everything, which runs
+      whatever code the file's author put in it: only for checkpoints whose origin you trust.
 
     The model is in eval mode; `model.cfg` carries `algm` (dataset_kwargs of ALGM runs) and
     `inference` (inference_kwargs); `model.variant` is the whole variant dict,
@@ -478,7 +442,7 @@ def load_segmenter(path: str | Path, image_size=None, strict: bool = True,
     ckpt, var_path = checkpoint_paths(path)
     variant = read_variant(var_path)
     cfg = config_from_variant(variant, str(var_path))
-    obj = _torch_load(ckpt, weights_only)
+    obj = load_checkpoint_file(ckpt, trust=trust_checkpoint)
     sd = _extract_state_dict(obj, ckpt)
     try:
         with torch.random.fork_rng(devices=[]):
@@ -538,22 +502,11 @@ def builtin_model(name: str) -> Segmenter:
     return model
 
 
-def resolve_model(spec, image_size=None, strict: bool = True) -> Segmenter:
-    """A model from `builtin:NAME`, a checkpoint file or folder, or a Segmenter (returned as is)."""
-    if isinstance(spec, Segmenter):
-        return spec if image_size is None else set_image_size(spec, image_size)
-    if spec is None:
-        spec = DEFAULT_MODEL
-    s = str(spec)
-    if s.startswith("builtin:"):
-        model = builtin_model(s[len("builtin:"):])
-    elif s in BUILTIN_MODELS and not Path(s).exists():
-        model = builtin_model(s)
-    else:
-        return load_segmenter(s, image_size=image_size, strict=strict)
-    if image_size is not None:
-        set_image_size(model, image_size)
-    return model
+def resolve_model(spec, image_size=None, strict: bool = True, trust_checkpoint: bool = False):
+    """`algm_export.models.registry.resolve_model` (every family), kept under its old name here."""
+    from algm_export.models import registry
+
+    return registry.resolve_model(spec, image_size=image_size, strict=strict, trust_checkpoint=trust_checkpoint)
 
 
 def model_summary(model) -> dict:

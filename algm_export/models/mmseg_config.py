@@ -5,7 +5,7 @@ An mmsegmentation config is a Python file whose top-level assignments are the se
 files it inherits from. mmengine runs such a file with `exec`; this module reads it with
 `ast.parse` and evaluates only literal forms, so a config can be inspected without trusting it:
 
-* `dict(k=v, **other)` calls (the only call), `{k: v}` / `[...]` / `(...)` / `{...}` literals
+* `dict(k=v, **other)` calls and `len(x)` of a value built here (the only calls), `{k: v}` / `[...]` / `(...)` / `{...}` literals
   (`*x` / `**x` splats of values built here),
 * numbers, strings (and f-strings of such values), `True` / `False` / `None`,
 * unary `-` / `+` / `not`, arithmetic on numbers (`+ - * / // % **`), `+` on strings, lists
@@ -77,7 +77,7 @@ class _Evaluator:
         line = getattr(node, "lineno", None)
         at = f"{self.where}, line {line}" if line else self.where
         return ConfigError(
-            f"{at}: {what} ({PARSED_NOT_EXECUTED}: only dict(...) calls, literals, names assigned "
+            f"{at}: {what} ({PARSED_NOT_EXECUTED}: only dict(...) and len(...) calls, literals, names assigned "
             f"earlier in the file, arithmetic on numbers and _base_ references are evaluated)"
         )
 
@@ -177,8 +177,10 @@ class _Evaluator:
         return slice(*parts)
 
     def _Call(self, node: ast.Call):
+        if isinstance(node.func, ast.Name) and node.func.id == "len":
+            return self._len(node)
         if not (isinstance(node.func, ast.Name) and node.func.id == "dict"):
-            raise self.fail(node, f"the call {_call_name(node)}(...) is not allowed (only dict(...))")
+            raise self.fail(node, f"the call {_call_name(node)}(...) is not allowed (only dict(...) and len(...))")
         if len(node.args) > 1 or any(isinstance(a, ast.Starred) for a in node.args):
             raise self.fail(node, "dict(...) takes at most one positional argument (a dict)")
         out: dict = {}
@@ -196,6 +198,15 @@ class _Evaluator:
             else:
                 out[kw.arg] = self._plain(kw.value, self.eval(kw.value))
         return out
+
+    def _len(self, node: ast.Call) -> int:
+        """`len(x)` of a list, tuple, string or dict built here (SegViT: `use_stages=len(out_indices)`)."""
+        if len(node.args) != 1 or node.keywords or isinstance(node.args[0], ast.Starred):
+            raise self.fail(node, "len(...) takes exactly one positional argument")
+        value = self._plain(node.args[0], self.eval(node.args[0]))
+        if not isinstance(value, (list, tuple, str, dict)):
+            raise self.fail(node.args[0], f"len() of a {type(value).__name__} is not allowed")
+        return len(value)
 
     def _Dict(self, node: ast.Dict):
         out: dict = {}

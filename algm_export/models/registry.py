@@ -19,20 +19,20 @@ from typing import Callable, Mapping, Optional
 from algm_export.errors import CheckpointError, ConfigError
 
 # Family modules, imported on first use (each calls `register`).
-FAMILY_MODULES = ("segmenter", "setr", "eva02")
+FAMILY_MODULES = ("segmenter", "setr", "segvit", "eva02")
 DEFAULT_MODEL = "builtin:vit_s16_512"
 
 
 @dataclass(frozen=True)
 class Family:
     """name: the manifest's `model.family`; formats: one line for error messages;
-    builtins: name -> factory of a seeded-random model; detect(path, config) -> bool: is this a
-    checkpoint of ours; load(path, config, image_size, strict, trust_checkpoint) -> SegModel."""
+    builtins: name -> factory of a seeded-random model; detect(path, config, trust_checkpoint) -> bool:
+    is this a checkpoint of ours; load(path, config, image_size, strict, trust_checkpoint) -> SegModel."""
 
     name: str
     formats: str
     builtins: Mapping[str, Callable[[], object]] = field(default_factory=dict)
-    detect: Optional[Callable[[Path, Optional[Path]], bool]] = None
+    detect: Optional[Callable[[Path, Optional[Path], bool], bool]] = None
     load: Optional[Callable[..., object]] = None
 
 
@@ -111,7 +111,7 @@ def load_checkpoint(path, config=None, image_size=None, strict: bool = True, tru
             f"or a built-in model ({', '.join(builtin_names())})"
         )
     for f in families().values():
-        if f.detect is not None and f.detect(p, c):
+        if f.detect is not None and f.detect(p, c, trust_checkpoint):
             return f.load(p, c, image_size=image_size, strict=strict, trust_checkpoint=trust_checkpoint)
     raise CheckpointError(
         f"{p} is not a checkpoint format algm-export knows; expected {formats_line()}"

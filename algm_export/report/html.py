@@ -12,7 +12,23 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from algm_export.manifest import load_manifest
+from algm_export.errors import ArtifactError
+from algm_export.lock import locks_export_folder
+from algm_export.manifest import load_manifest, resolve_inside
+
+
+class _Html(str):
+    """Markup we wrote ourselves: `_table` puts it in unescaped (everything else is escaped)."""
+
+
+_BAD_REPORT = (KeyError, TypeError, ValueError, IndexError, AttributeError)
+
+
+def _read_json(path: Path, what: str, fix: str):
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as e:
+        raise ArtifactError(f"{path} is not a readable {what} ({type(e).__name__}); {fix}") from None
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -33,17 +49,18 @@ def _img(path: Path, alt: str) -> str:
 def _table(head, rows, cls=None) -> str:
     out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in head) + "</tr>"]
     for r in rows:
-        out.append("<tr>" + "".join(f"<td>{c if str(c).startswith('<span') else html.escape(str(c))}</td>" for c in r)
+        out.append("<tr>" + "".join(f"<td>{c if isinstance(c, _Html) else html.escape(str(c))}</td>" for c in r)
                    + "</tr>")
     out.append("</table>")
     return "\n".join(out)
 
 
-def _ok(b: bool) -> str:
-    return '<span class="pass">PASS</span>' if b else '<span class="fail">FAIL</span>'
+def _ok(b: bool, yes: str = "PASS", no: str = "FAIL") -> str:
+    return _Html(f'<span class="pass">{yes}</span>' if b is True else f'<span class="fail">{no}</span>')
 
 
-def merge_pictures(export_dir: Path, man: dict, out_dir: Path, n_images: int = 3, model=None) -> list[Path]:
+def merge_pictures(export_dir: Path, man: dict, out_dir: Path, n_images: int = 3, model=None,
+                   trust_checkpoint: bool = False) -> list[Path]:
     """One PNG per (sample image, setting): the photo and its CLAP windows and GBM groups."""
     import torch
 
@@ -53,7 +70,7 @@ def merge_pictures(export_dir: Path, man: dict, out_dir: Path, n_images: int = 3
     from algm_export.validate import model_from_manifest
     from algm_export.visualize import merge_png, step_titles
 
-    model = model or model_from_manifest(man)
+    model = model or model_from_manifest(man, trust_checkpoint, export_dir)
     cfg = model.cfg
     paths = []
     for name, img in sample_images(n_images):
@@ -78,37 +95,17 @@ def _resize(img, hw):
     return np.asarray(Image.fromarray(img).resize((hw[1], hw[0]), Image.BILINEAR))
 
 
-def write_report(export_dir, out: Optional[str] = None, n_images: int = 3, model=None) -> Path:
-    export_dir = Path(export_dir)
-    man = load_manifest(export_dir)
-    out_dir = Path(out) if out else export_dir / "report"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    m = man["model"]
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>algm-export report</title>"
-             f"<style>{CSS}</style></head><body>",
-             f"<h1>algm-export report</h1><p class='note'>{html.escape(m['source'])} &middot; {m['backbone']} + "
-             f"{m['decoder']} decoder &middot; {m['image_size'][0]}x{m['image_size'][1]} &middot; {m['n_cls']} classes "
-             f"&middot; created {html.escape(man.get('created', ''))}</p>"]
-
-    # manifest summary
-    rows = [["baseline", "-", "-", "-", man["baseline"]["onnx"], man["baseline"]["sha256"][:12]]]
-    for s in man["settings"]:
-        rows.append([s["name"], f"{s['threshold']:.3f}", ",".join(map(str, s["layers"])),
-                     ",".join(map(str, s["capacities"])), s["onnx"], s["sha256"][:12]])
-    parts.append("<h2>Exported models</h2>" + _table(["setting", "threshold", "layers", "capacities", "onnx", "sha256"], rows))
-    if man.get("engines"):
-        er = [[e["setting"], e["backend"], e.get("backend_version", ""), e["precision"],
-               ",".join(map(str, e.get("compute_capabilities") or [])) or "-", f"{e.get('build_seconds', 0):.1f}",
-               Path(e["file"]).name] for e in man["engines"]]
-        parts.append("<h3>Engines</h3>" + _table(["setting", "backend", "version", "precision", "SM", "build s", "file"], er))
-
-    # validation
-    reps = sorted((export_dir / "validation").glob("report.*.json"))
-    if reps:
-        parts.append("<h2>Parity with PyTorch</h2><p class='note'>Parity is statistical (spec 2.1): merge "
-                     "decisions that sit within float rounding of a threshold may flip; flips are counted.</p>")
-        for f in reps:
-            rep = json.loads(f.read_text())
+def _validation_parts(export_dir: Path) -> list[str]:
+    """The parity section, from DIR/validation/report.*.json (files written by `validate`)."""
+    reps = sorted(resolve_inside(export_dir, "validation", "validation folder").glob("report.*.json"))
+    if not reps:
+        return ["<h2>Parity with PyTorch</h2><p>No validation yet: run <code>algm-export validate DIR</code>.</p>"]
+    parts = ["<h2>Parity with PyTorch</h2><p class='note'>Parity is statistical (spec 2.1): merge "
+             "decisions that sit within float rounding of a threshold may flip; flips are counted.</p>"]
+    fix = "run `algm-export validate DIR` again (or delete the file)"
+    for f in reps:
+        rep = _read_json(f, "validation report", fix)
+        try:
             rows = []
             for e in rep["entries"]:
                 s = e["summary"]
@@ -117,36 +114,107 @@ def write_report(export_dir, out: Optional[str] = None, n_images: int = 3, model
                              s.get("decision_diff_images", "-"),
                              "-" if "tokens_mean" not in s else " / ".join(f"{t:.0f}" for t in s["tokens_mean"]),
                              _ok(s["pass"])])
-            parts.append(f"<h3>{html.escape(rep['backend'])} ({rep['precision']}, {len(rep['images'])} images)</h3>"
+            parts.append(f"<h3>{html.escape(str(rep['backend']))} ({html.escape(str(rep['precision']))}, "
+                         f"{len(rep['images'])} images)</h3>"
                          + _table(["setting", "max |d|", "mean |d|", "agree %", "min agree %", "parity mIoU",
                                    "forced", "images w/ flips", "tokens (mean)", ""], rows))
-    else:
-        parts.append("<h2>Parity with PyTorch</h2><p>No validation yet: run <code>algm-export validate DIR</code>.</p>")
+        except _BAD_REPORT as e:
+            raise ArtifactError(f"{f} is not a validation report of algm-export ({type(e).__name__}: {e}); "
+                                f"{fix}") from None
+    return parts
 
-    # benchmark
-    bj = export_dir / "bench" / "bench.json"
-    bench = json.loads(bj.read_text()) if bj.exists() else None
-    if bench:
+
+def _bench_parts(export_dir: Path, bench: dict, where: Path) -> tuple[list[str], list[str]]:
+    """The speed section and the line under the published numbers, from DIR/bench/bench.json."""
+    esc = lambda v: html.escape(str(v))  # noqa: E731
+    try:
         rows = [[r["backend"], r["batch"], r["setting"], f"{r['latency_ms']:.1f}", f"{r['images_per_s']:.2f}",
                  f"{r['gmacs']:.1f}", f"{r['flop_ratio']:.2f}", f"{r['speedup']:.2f}",
                  f"{r['speedup_vs_flop_ratio']:.2f}"] for r in bench["results"]]
         mach = bench["machine"]
-        parts.append(f"<h2>Speed</h2><p class='note'>{mach['cpus']} CPUs ({html.escape(mach['processor'])}), "
-                     f"{mach['threads']} threads, {bench['repeats']} interleaved repeats, median latency.</p>"
-                     + _table(["backend", "batch", "setting", "ms", "img/s", "GMACs", "FLOP ratio", "speed-up",
-                               "speed-up / FLOP ratio"], rows))
+        parts = [f"<h2>Speed</h2><p class='note'>{esc(mach['cpus'])} CPUs ({esc(mach['processor'])}), "
+                 f"{esc(mach['threads'])} threads, {esc(bench['repeats'])} interleaved repeats, median latency.</p>"
+                 + _table(["backend", "batch", "setting", "ms", "img/s", "GMACs", "FLOP ratio", "speed-up",
+                           "speed-up / FLOP ratio"], rows)]
         for r in bench["results"]:
             if r["threshold"] is not None and abs(r["threshold"] - 0.88) < 1e-9:
                 ok = r["speedup_vs_flop_ratio"] >= 0.9
-                parts.append(f"<p>Target at the published threshold 0.88 ({html.escape(r['backend'])}, batch "
-                             f"{r['batch']}): measured speed-up {r['speedup']:.2f}x vs 0.9 x FLOP ratio "
-                             f"{0.9 * r['flop_ratio']:.2f}: {_ok(ok).replace('PASS', 'MET').replace('FAIL', 'NOT MET')}"
-                             "</p>")
-        png = export_dir / bench.get("plot", "bench/bench.png")
-        if png.exists():
+                parts.append(f"<p>Target at the published threshold 0.88 ({esc(r['backend'])}, batch "
+                             f"{esc(r['batch'])}): measured speed-up {r['speedup']:.2f}x vs 0.9 x FLOP ratio "
+                             f"{0.9 * r['flop_ratio']:.2f}: {_ok(ok, 'MET', 'NOT MET')}</p>")
+        png = resolve_inside(export_dir, bench.get("plot", "bench/bench.png"), f"plot named by {where.name}",
+                             "run `algm-export bench DIR` again (or delete bench/bench.json)")
+        if png.is_file():
             parts.append(_img(png, "speed-up plot"))
-    else:
-        parts.append("<h2>Speed</h2><p>No benchmark yet: run <code>algm-export bench DIR</code>.</p>")
+        ours = [r for r in bench["results"] if r["setting"] != "baseline"]
+        tail = []
+        if ours:
+            best = max(ours, key=lambda r: r["speedup"])
+            tail.append(f"<p>Ours ({esc(bench['backbone'])}, random weights, so no mIoU): best measured speed-up "
+                        f"{best['speedup']:.2f}x at {esc(best['setting'])} ({esc(best['backend'])}, batch "
+                        f"{esc(best['batch'])}) for a FLOP ratio of {best['flop_ratio']:.2f} "
+                        f"({100 * best['speedup_vs_flop_ratio']:.0f}% of the ideal).</p>")
+    except _BAD_REPORT as e:
+        raise ArtifactError(f"{where} is not a benchmark report of algm-export ({type(e).__name__}: {e}); run "
+                            "`algm-export bench DIR` again (or delete the file)") from None
+    return parts, tail
+
+
+def _model_for_pictures(export_dir: Path, man: dict, trust_checkpoint: bool):
+    """The export's model for the merge pictures; None when its checkpoint is not on this machine
+    (the page is written without pictures). A checkpoint that changed or is refused stops the report."""
+    from algm_export.validate import model_from_manifest
+
+    src = man["model"]["source"]
+    if not src.startswith("builtin:") and not Path(src).exists():
+        return None
+    return model_from_manifest(man, trust_checkpoint, export_dir)
+
+
+@locks_export_folder("report")
+def write_report(export_dir, out: Optional[str] = None, n_images: int = 3, model=None,
+                 trust_checkpoint: bool = False) -> Path:
+    """Write the HTML report (DIR/report/index.html, or OUT/index.html); returns its path.
+
+    Every value taken from the folder's files is escaped; paths in them are resolved inside DIR.
+    trust_checkpoint: see `load_segmenter`; wait: see `algm_export.lock`."""
+    import warnings
+
+    export_dir = Path(export_dir)
+    man = load_manifest(export_dir)
+    out_dir = Path(out) if out else resolve_inside(export_dir, "report", "report folder")
+    bj = resolve_inside(export_dir, "bench/bench.json", "bench report")
+    bench = _read_json(bj, "benchmark report", "run `algm-export bench DIR` again (or delete the file)") \
+        if bj.is_file() else None
+    if bench is not None and not isinstance(bench, dict):
+        raise ArtifactError(f"{bj} is not a benchmark report of algm-export; run `algm-export bench DIR` again")
+    validation = _validation_parts(export_dir)
+    if model is None:
+        model = _model_for_pictures(export_dir, man, trust_checkpoint)
+    speed, ours = _bench_parts(export_dir, bench, bj) if bench else (
+        ["<h2>Speed</h2><p>No benchmark yet: run <code>algm-export bench DIR</code>.</p>"], [])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    m = man["model"]
+    esc = lambda v: html.escape(str(v))  # noqa: E731
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>algm-export report</title>"
+             f"<style>{CSS}</style></head><body>",
+             f"<h1>algm-export report</h1><p class='note'>{esc(m['source'])} &middot; {esc(m['backbone'])} + "
+             f"{esc(m['decoder'])} decoder &middot; {m['image_size'][0]}x{m['image_size'][1]} &middot; {m['n_cls']} "
+             f"classes &middot; created {esc(man.get('created', ''))}</p>"]
+
+    # manifest summary
+    rows = [["baseline", "-", "-", "-", man["baseline"]["onnx"], man["baseline"]["sha256"][:12]]]
+    for s in man["settings"]:
+        rows.append([s["name"], f"{s['threshold']:.3f}", ",".join(map(str, s["layers"])),
+                     ",".join(map(str, s["capacities"])), s["onnx"], s["sha256"][:12]])
+    parts.append("<h2>Exported models</h2>" + _table(["setting", "threshold", "layers", "capacities", "onnx", "sha256"], rows))
+    if man.get("engines"):
+        er = [[e["setting"], e["backend"], e.get("backend_version") or "", e["precision"],
+               ",".join(map(str, e.get("compute_capabilities") or [])) or "-",
+               f"{e.get('build_seconds') or 0:.1f}", Path(e["file"]).name] for e in man["engines"]]
+        parts.append("<h3>Engines</h3>" + _table(["setting", "backend", "version", "precision", "SM", "build s", "file"], er))
+
+    parts += validation + speed
 
     # published numbers
     from algm_export.bench import PUBLISHED
@@ -159,23 +227,19 @@ def write_report(export_dir, out: Optional[str] = None, n_images: int = 3, model
     parts.append("<h2>Published numbers (ADE20K, batch 32 on one GPU)</h2>"
                  + _table(["backbone", "crop", "baseline mIoU / im/s / GFLOPs", "+ALGM mIoU / im/s / GFLOPs",
                            "throughput", "FLOP ratio"], prow))
-    if bench:
-        ours = [r for r in bench["results"] if r["setting"] != "baseline"]
-        if ours:
-            best = max(ours, key=lambda r: r["speedup"])
-            parts.append(f"<p>Ours ({bench['backbone']}, random weights, so no mIoU): best measured speed-up "
-                         f"{best['speedup']:.2f}x at {best['setting']} ({best['backend']}, batch {best['batch']}) "
-                         f"for a FLOP ratio of {best['flop_ratio']:.2f} "
-                         f"({100 * best['speedup_vs_flop_ratio']:.0f}% of the ideal).</p>")
+    parts += ours
 
     # merge pictures
     try:
-        pics = merge_pictures(export_dir, man, out_dir, n_images, model)
+        if model is None:
+            raise FileNotFoundError(f"the checkpoint {m['source']} is not on this machine")
+        pics = merge_pictures(export_dir, man, out_dir, n_images, model, trust_checkpoint)
         parts.append("<h2>What was merged</h2><p class='note'>Each panel colours the groups of patches that became "
                      "one token: CLAP windows, then GBM groups. Plain patches were kept.</p><div class='grid'>")
         parts += [_img(p, p.stem) for p in pics]
         parts.append("</div>")
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001  (the page is still worth having without the pictures)
+        warnings.warn(f"merge pictures skipped: {e}")
         parts.append(f"<h2>What was merged</h2><p class='fail'>pictures failed: {html.escape(str(e))}</p>")
     parts.append("</body></html>")
     page = out_dir / "index.html"

@@ -10,7 +10,8 @@ line.
 
 from __future__ import annotations
 
-import pickle
+import copy
+import os
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -20,18 +21,21 @@ from algm_export.errors import CheckpointError, ConfigError
 from algm_export.models.mmseg_config import config_text_from_meta, parse_config
 
 _CACHE: dict = {}
+PATCH_BIAS_KEY = "backbone.patch_embed.projection.bias"
+# mmseg 1.x / late 0.x `VisionTransformer` arguments (the training-only ones are accepted and ignored).
+VIT_ARGS = ("img_size", "patch_size", "patch_pad", "in_channels", "embed_dims", "num_layers", "num_heads",
+            "mlp_ratio", "out_origin", "out_indices", "qkv_bias", "drop_rate", "attn_drop_rate",
+            "drop_path_rate", "with_cls_token", "output_cls_token", "norm_cfg", "act_cfg", "patch_norm",
+            "patch_bias", "pre_norm", "final_norm", "interpolate_mode", "num_fcs", "norm_eval", "with_cp",
+            "frozen_exclude", "pretrained", "init_cfg")
 
 
-def read_checkpoint(path) -> Any:
-    """The one place an mmseg checkpoint file is read (weights only: tensors and plain data)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"the checkpoint {path} does not exist") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read the checkpoint {path}: {first} (it is read with "
-                              "torch.load(weights_only=True): tensors and plain data only)") from None
+def read_checkpoint(path, trust: bool = False) -> Any:
+    """The one place an mmseg checkpoint file is read: `models.safe_load` (weights only, plus the
+    plain training-state types) unless the user trusts it (`--trust-checkpoint`)."""
+    from algm_export.models.safe_load import load_checkpoint_file
+
+    return load_checkpoint_file(path, trust=trust)
 
 
 def state_dict_of(obj: Any, where: str) -> dict:
@@ -83,6 +87,60 @@ def load_state_dict_checked(model, sd: Mapping[str, torch.Tensor], strict: bool 
     return {"ignored": ignored, "missing": missing, "unexpected": unexpected}
 
 
+def build_vit(bb_cfg: Mapping):
+    """The `MMSegViT` of a config's `model.backbone` (random weights); other backbone types and
+    unknown arguments raise `ConfigError`."""
+    from algm_export.models.backbones.mmseg_vit import MMSegViT
+
+    bb_cfg = dict(bb_cfg or {})
+    if _type(bb_cfg) != "VisionTransformer":
+        raise ConfigError(f"backbone type {bb_cfg.get('type')!r} is not supported here; use VisionTransformer")
+    kw = {k: v for k, v in bb_cfg.items() if k != "type"}
+    unknown = sorted(set(kw) - set(VIT_ARGS))
+    if unknown:
+        raise ConfigError(f"backbone: unknown VisionTransformer settings {unknown} (mmseg 1.x / late 0.x "
+                          "arguments are supported; the pre-v0.17 timm-style ViT is not)")
+    return MMSegViT(**kw)
+
+
+def read_mmseg(config_path_or_text=None, checkpoint_path=None, who: str = "the mmseg loader", trust: bool = False):
+    """What every mmseg family's loader reads: (config, model_cfg, state_dict, notes, config_path, where).
+
+    `config_path_or_text`: a config file, its text, or None (the checkpoint's `meta` text).
+    `model_cfg` is a copy of the config's `model` whose backbone `patch_bias` follows the checkpoint
+    when the config does not set it (0.x's ViT always had the bias, 1.x defaults to none)."""
+    if checkpoint_path is None:
+        raise CheckpointError(f"{who} needs a checkpoint path (an mmseg .pth)")
+    ckpt = read_checkpoint(checkpoint_path, trust)
+    where = str(checkpoint_path)
+    sd = state_dict_of(ckpt, where)
+    notes = []
+    if config_path_or_text is None:
+        text = config_text_from_meta(ckpt.get("meta") if isinstance(ckpt, Mapping) else None)
+        if text is None:
+            raise ConfigError(f"{where} carries no config text in meta['cfg'] / meta['config']; pass the config .py")
+        config = parse_config(text, where=f"{where} meta config")
+        config_path = None
+        notes.append("config read from the checkpoint's meta")
+    else:
+        config = parse_config(config_path_or_text)
+        is_file = isinstance(config_path_or_text, os.PathLike) or (
+            isinstance(config_path_or_text, str) and "\n" not in config_path_or_text
+            and os.path.isfile(os.path.expanduser(config_path_or_text)))
+        config_path = config_path_or_text if is_file else None
+    if "model" not in config:
+        raise ConfigError("the config defines no `model`")
+    model_cfg = copy.deepcopy(config["model"])
+    bb = model_cfg.setdefault("backbone", {})
+    if isinstance(bb, dict) and "patch_bias" not in bb:
+        has_bias = PATCH_BIAS_KEY in sd
+        bb["patch_bias"] = has_bias
+        notes.append("patch_bias not set in the config: " + (
+            "the checkpoint has a patch-embedding bias (mmseg 0.x default), so the conv has one" if has_bias else
+            "the checkpoint has no patch-embedding bias (mmseg 1.x default)"))
+    return config, model_cfg, sd, notes, config_path, where
+
+
 # ----------------------------------------------------------------------------- files and dispatch
 
 def find_files(p: Path, config: Optional[Path]) -> tuple[Optional[Path], Path]:
@@ -108,7 +166,7 @@ def find_files(p: Path, config: Optional[Path]) -> tuple[Optional[Path], Path]:
     return None, ckpt
 
 
-def read_model(p: Path, config: Optional[Path]) -> tuple[dict, Optional[Path], Path, Any]:
+def read_model(p: Path, config: Optional[Path], trust: bool = False) -> tuple[dict, Optional[Path], Path, Any]:
     """(parsed config, config file or None, checkpoint file, checkpoint object), cached per file state."""
     cfg_path, ckpt = find_files(p, config)
 
@@ -116,9 +174,9 @@ def read_model(p: Path, config: Optional[Path]) -> tuple[dict, Optional[Path], P
         st = q.stat()
         return (str(q.resolve()), st.st_mtime_ns, st.st_size)
 
-    key = (stamp(ckpt), cfg_path and stamp(cfg_path))
+    key = (stamp(ckpt), cfg_path and stamp(cfg_path), trust)
     if key not in _CACHE:
-        obj = read_checkpoint(ckpt)
+        obj = read_checkpoint(ckpt, trust)
         if cfg_path is None:
             text = config_text_from_meta(obj.get("meta") if isinstance(obj, Mapping) else None)
             if text is None:
@@ -153,16 +211,16 @@ def looks_like_mmseg(p: Path, config: Optional[Path]) -> bool:
     return any(folder.glob("*.py")) or (p.is_file() and p.suffix == ".pth" and not (folder / "variant.yml").exists())
 
 
-def detect_types(p: Path, config: Optional[Path], **want) -> bool:
+def detect_types(p: Path, config: Optional[Path], trust: bool = False, **want) -> bool:
     """Is this an mmseg checkpoint whose model types match `want` (e.g. decode_head={"ATMHead"})?"""
     if not looks_like_mmseg(p, config):
         return False
-    cfg = read_model(p, config)[0]
+    cfg = read_model(p, config, trust)[0]
     types = model_types(cfg)
     return all(types[k] in v for k, v in want.items())
 
 
-def unknown_mmseg_error(p: Path, config: Optional[Path], known: str) -> CheckpointError:
-    cfg = read_model(p, config)[0]
+def unknown_mmseg_error(p: Path, config: Optional[Path], known: str, trust: bool = False) -> CheckpointError:
+    cfg = read_model(p, config, trust)[0]
     return CheckpointError(f"{p}: an mmsegmentation model of types {model_types(cfg)}, which algm-export does "
                            f"not support; supported: {known}")

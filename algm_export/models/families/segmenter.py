@@ -14,7 +14,7 @@ from algm_export.models import checkpoint as ck
 from algm_export.models.registry import Family, register
 
 
-def detect(p: Path, config: Optional[Path]) -> bool:
+def detect(p: Path, config: Optional[Path], trust_checkpoint: bool = False) -> bool:
     """checkpoint.pth / variant.yml (or their folder); a named Python config is mmsegmentation's format."""
     if config is not None:
         return False
@@ -24,7 +24,7 @@ def detect(p: Path, config: Optional[Path]) -> bool:
 
 
 def load(p: Path, config: Optional[Path], image_size=None, strict: bool = True, trust_checkpoint: bool = False):
-    return ck.load_segmenter(p, image_size=image_size, strict=strict)
+    return ck.load_segmenter(p, image_size=image_size, strict=strict, trust_checkpoint=trust_checkpoint)
 
 
 FAMILY = register(Family(

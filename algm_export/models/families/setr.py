@@ -35,33 +35,26 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from algm_export.errors import CheckpointError, ConfigError
+from algm_export.errors import ConfigError
 from algm_export.models.backbones.mmseg_vit import MMSegViT, _pair
 from algm_export.models.base import SegModel
 from algm_export.models.decoders.setr import SETRDecoder, SETRMLAHead, SETRUPHead, build_head, build_neck
 from algm_export.models.layers import bilinear_upsample
-from algm_export.models.families.mmseg import load_state_dict_checked, read_checkpoint, short as _short
-from algm_export.models.families.mmseg import state_dict_of as _state_dict_of
-from algm_export.models.mmseg_config import config_text_from_meta, parse_config
+from algm_export.models.families.mmseg import PATCH_BIAS_KEY, VIT_ARGS as _BACKBONE_ARGS  # noqa: F401
+from algm_export.models.families.mmseg import build_vit, load_state_dict_checked, read_checkpoint, read_mmseg
+from algm_export.models.families.mmseg import short as _short  # noqa: F401
+from algm_export.models.families.mmseg import state_dict_of as _state_dict_of  # noqa: F401
 
 FAMILY = "setr"
-PATCH_BIAS_KEY = "backbone.patch_embed.projection.bias"
 IGNORED_PREFIXES = ("auxiliary_head.", "data_preprocessor.")
-# VisionTransformer arguments that only matter for training / initialisation.
-_BACKBONE_ARGS = ("img_size", "patch_size", "patch_pad", "in_channels", "embed_dims", "num_layers", "num_heads",
-                  "mlp_ratio", "out_origin", "out_indices", "qkv_bias", "drop_rate", "attn_drop_rate",
-                  "drop_path_rate", "with_cls_token", "output_cls_token", "norm_cfg", "act_cfg", "patch_norm",
-                  "patch_bias", "pre_norm", "final_norm", "interpolate_mode", "num_fcs", "norm_eval", "with_cp",
-                  "frozen_exclude", "pretrained", "init_cfg")
 # Common names of the ViT sizes (embed_dims, num_layers, num_heads) -> name.
 _VIT_NAMES = {(192, 12, 3): "vit-ti", (384, 12, 6): "vit-s", (768, 12, 12): "vit-b", (1024, 24, 16): "vit-l",
               (1280, 32, 16): "vit-h"}
@@ -193,20 +186,13 @@ def build_setr(model_cfg: Mapping, image_size=None, config: Optional[Mapping] = 
     if seg_type != "EncoderDecoder":
         raise ConfigError(f"model type {model_cfg.get('type')!r} is not supported; SETR models are EncoderDecoder")
     bb_cfg = dict(model_cfg.get("backbone") or {})
-    if _typename(bb_cfg) != "VisionTransformer":
-        raise ConfigError(f"backbone type {bb_cfg.get('type')!r} is not supported here; use VisionTransformer")
-    bb_kw = {k: v for k, v in bb_cfg.items() if k != "type"}
-    unknown = sorted(set(bb_kw) - set(_BACKBONE_ARGS))
-    if unknown:
-        raise ConfigError(f"backbone: unknown VisionTransformer settings {unknown} (mmseg 1.x / late 0.x "
-                          "arguments are supported; the pre-v0.17 timm-style ViT is not)")
     head_cfg = model_cfg.get("decode_head")
     if not isinstance(head_cfg, Mapping):
         raise ConfigError("the config's model has no decode_head")
     if isinstance(head_cfg, (list, tuple)):
         raise ConfigError("a list of decode heads (cascade) is not supported")
 
-    backbone = MMSegViT(**bb_kw)
+    backbone = build_vit(bb_cfg)
     neck = build_neck(model_cfg.get("neck"))
     head = build_head(dict(head_cfg))
     decoder = SETRDecoder(head, neck, backbone.out_indices)
@@ -313,41 +299,11 @@ def mmseg_slide_inference(fn: Callable[[torch.Tensor], torch.Tensor], img: torch
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def _read_checkpoint(path) -> Any:
-    return read_checkpoint(path)
-
-
-def load_mmseg_setr(config_path_or_text=None, checkpoint_path=None, image_size=None, strict: bool = True) -> SETR:
+def load_mmseg_setr(config_path_or_text=None, checkpoint_path=None, image_size=None, strict: bool = True,
+                    trust_checkpoint: bool = False) -> SETR:
     """A SETR model from an mmseg config (file, text, or None: the checkpoint's `meta`) and checkpoint."""
-    if checkpoint_path is None:
-        raise CheckpointError("load_mmseg_setr needs a checkpoint path (an mmseg .pth)")
-    ckpt = _read_checkpoint(checkpoint_path)
-    where = str(checkpoint_path)
-    sd = _state_dict_of(ckpt, where)
-    notes = []
-    if config_path_or_text is None:
-        text = config_text_from_meta(ckpt.get("meta") if isinstance(ckpt, Mapping) else None)
-        if text is None:
-            raise ConfigError(f"{where} carries no config text in meta['cfg'] / meta['config']; pass the config .py")
-        config = parse_config(text, where=f"{where} meta config")
-        config_path = None
-        notes.append("config read from the checkpoint's meta")
-    else:
-        config = parse_config(config_path_or_text)
-        is_file = isinstance(config_path_or_text, os.PathLike) or (
-            isinstance(config_path_or_text, str) and "\n" not in config_path_or_text
-            and os.path.isfile(os.path.expanduser(config_path_or_text)))
-        config_path = config_path_or_text if is_file else None
-    if "model" not in config:
-        raise ConfigError("the config defines no `model`")
-    model_cfg = copy.deepcopy(config["model"])
-    bb = model_cfg.setdefault("backbone", {})
-    if isinstance(bb, dict) and "patch_bias" not in bb:
-        has_bias = PATCH_BIAS_KEY in sd
-        bb["patch_bias"] = has_bias
-        notes.append("patch_bias not set in the config: " + (
-            "the checkpoint has a patch-embedding bias (mmseg 0.x default), so the conv has one" if has_bias else
-            "the checkpoint has no patch-embedding bias (mmseg 1.x default)"))
+    config, model_cfg, sd, notes, config_path, where = read_mmseg(config_path_or_text, checkpoint_path,
+                                                                  who="load_mmseg_setr", trust=trust_checkpoint)
     model = build_setr(model_cfg, image_size=image_size, config=config)
     model.cfg.model_cfg = copy.deepcopy(config["model"])
     model.cfg.notes = notes
@@ -484,17 +440,17 @@ BUILTIN_MODELS: dict[str, Callable[[], SETR]] = {
 SETR_HEADS = {"SETRUPHead", "SETRMLAHead"}
 
 
-def _detect(p: Path, config: Optional[Path]) -> bool:
+def _detect(p: Path, config: Optional[Path], trust_checkpoint: bool = False) -> bool:
     from algm_export.models.families import mmseg
 
-    return mmseg.detect_types(p, config, decode_head=SETR_HEADS)
+    return mmseg.detect_types(p, config, trust_checkpoint, decode_head=SETR_HEADS)
 
 
 def _load(p: Path, config: Optional[Path], image_size=None, strict: bool = True, trust_checkpoint: bool = False):
     from algm_export.models.families import mmseg
 
     cfg_path, ckpt = mmseg.find_files(p, config)
-    return load_mmseg_setr(cfg_path, ckpt, image_size=image_size, strict=strict)
+    return load_mmseg_setr(cfg_path, ckpt, image_size=image_size, strict=strict, trust_checkpoint=trust_checkpoint)
 
 
 def _register():

@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from algm_export.errors import AlgmError, ArtifactError
 from algm_export.runtimes.onnxruntime.loader import make_session
 from algm_export.merging.patch import check_finite_array
+
+
+def _reason(e: BaseException) -> str:
+    msg = " ".join(str(e).split())
+    return f"{type(e).__name__}: {msg[:300]}"
 
 
 class OrtRunner:
@@ -18,10 +24,23 @@ class OrtRunner:
         from polygraphy.backend.onnxrt import OnnxrtRunner
 
         self.path = str(path)
-        self.session = make_session(path, threads=threads, providers=providers)
-        self.runner = OnnxrtRunner(self.session, name=name or f"onnxrt:{self.path}")
-        self.runner.activate()
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        try:
+            self.session = make_session(path, threads=threads, providers=providers)
+            self.runner = OnnxrtRunner(self.session, name=name or f"onnxrt:{self.path}")
+            self.runner.activate()
+            self.output_names = [o.name for o in self.session.get_outputs()]
+            inputs = self.session.get_inputs()
+        except AlgmError:
+            raise
+        except Exception as e:  # noqa: BLE001  (the file is what is wrong: ORT's parser refused it)
+            raise ArtifactError(f"ONNX Runtime cannot load {self.path} ({_reason(e)}); the file is corrupt or not "
+                                "an algm-export ONNX: re-export it") from None
+        if [i.name for i in inputs] != ["image"] or "logits" not in self.output_names:
+            raise ArtifactError(f"{self.path} has inputs {[i.name for i in inputs]} and outputs {self.output_names}, "
+                                "not the input `image` and output `logits` of an algm-export ONNX; re-export it")
+        shape = inputs[0].shape
+        #: (H, W) of the images the graph takes, None where a dimension is symbolic
+        self.input_size = tuple(d if isinstance(d, int) else None for d in shape[2:4]) if len(shape) == 4 else None
 
     @property
     def name(self):
@@ -31,7 +50,13 @@ class OrtRunner:
         if isinstance(image, torch.Tensor):
             image = image.detach().cpu().float().numpy()
         check_finite_array(image)
-        out = self.runner.infer({"image": np.ascontiguousarray(image, dtype=np.float32)})
+        try:
+            out = self.runner.infer({"image": np.ascontiguousarray(image, dtype=np.float32)})
+        except AlgmError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise ArtifactError(f"ONNX Runtime failed to run {self.path} on a {list(image.shape)} image batch "
+                                f"({_reason(e)}); the file does not match its manifest's model: re-export it") from None
         return {k: np.asarray(v) for k, v in out.items()}
 
     def close(self):

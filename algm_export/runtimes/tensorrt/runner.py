@@ -60,13 +60,22 @@ class TrtRunner:
         record.setdefault("file", str(self.path))
         targets = loader.rtx_targets(trt) if self.backend == "tensorrt-rtx" else None
         loader.check_engine_record(record, self.backend, str(trt.__version__), device, targets)
-        if verify_sha256 and record.get("sha256"):
-            from algm_export.manifest import sha256_file
+        from algm_export.manifest import sha256_file
 
-            if sha256_file(self.path) != record["sha256"]:
+        data = self.path.read_bytes()  # checked and deserialised from the same bytes
+        if verify_sha256 and record.get("sha256"):
+            import hashlib
+
+            if hashlib.sha256(data).hexdigest() != record["sha256"]:
                 raise ArtifactError(f"{self.path}: sha256 does not match the manifest (file changed "
                                     "or corrupted); rebuild the engine.")
-        plugins = plugins or record.get("plugin_library")
+        if plugins is None and record.get("plugin_library"):
+            # a library named by the record is loaded only when it is the one the engine was built with
+            plugins = record["plugin_library"]
+            if not (Path(plugins).is_file() and record.get("plugin_sha256")
+                    and sha256_file(plugins) == record["plugin_sha256"]):
+                raise ArtifactError(f"plugin library {plugins} does not match the engine's record (sha256); "
+                                    "rebuild the engines (`algm-export build DIR --plugins LIB`).")
         if plugins:
             if self.backend == "tensorrt-rtx" and not loader.rtx_env_active():
                 warnings.warn("TensorRT-RTX with plugins: libtensorrt_rtx.so is not on LD_LIBRARY_PATH; "
@@ -75,8 +84,7 @@ class TrtRunner:
             loader.load_plugin_library(trt, plugins)
         self.logger = loader.make_logger(trt, "error")
         self.runtime = trt.Runtime(self.logger)
-        self.engine = loader.deserialize_engine(trt, self.runtime, self.path.read_bytes(),
-                                                str(self.path), self.logger)
+        self.engine = loader.deserialize_engine(trt, self.runtime, data, str(self.path), self.logger)
         self.context = self.engine.create_execution_context()
         if self.context is None:
             raise BackendUnavailable(f"TensorRT could not create an execution context for {self.path} "
@@ -90,9 +98,12 @@ class TrtRunner:
     def from_manifest(cls, export_dir: str | os.PathLike, setting: str = "baseline",
                       precision: str = "fp32", backend: str | None = None,
                       plugins: str | os.PathLike | bool | None = None) -> "TrtRunner":
-        """The engine of `setting` listed in DIR's manifest (plugins=True/False selects by plugin use)."""
+        """The engine of `setting` listed in DIR's manifest (plugins=True/False selects by plugin use).
+
+        The engine file and its plugin library are resolved inside DIR and sha256-checked against
+        the record before TensorRT reads them."""
         from algm_export.build import find_engine_record
-        from algm_export.manifest import load_manifest
+        from algm_export.manifest import load_manifest, verify_file
 
         data = load_manifest(export_dir)
         if backend is None:
@@ -101,7 +112,10 @@ class TrtRunner:
         want_plugins = None if plugins is None else bool(plugins)
         rec = find_engine_record(data, setting, precision, backend, want_plugins)
         lib = plugins if isinstance(plugins, (str, os.PathLike)) else None
-        return cls(Path(export_dir) / rec["file"], backend=backend, record=rec, plugins=lib)
+        engine = verify_file(export_dir, rec["file"], rec["sha256"], f"engine of {setting}")
+        if lib is None and rec.get("plugin_library"):
+            lib = verify_file(export_dir, rec["plugin_library"], rec["plugin_sha256"], f"plugin library of {setting}")
+        return cls(engine, backend=backend, record=rec, plugins=lib)
 
     def profile(self, name: str = "image") -> tuple:
         return tuple(tuple(s) for s in self.engine.get_tensor_profile_shape(name, 0))
