@@ -542,23 +542,19 @@ def load_state_dict_mapped(model: Eva02UperNet, sd: Mapping[str, torch.Tensor], 
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def load_mmseg_eva02(config_path=None, checkpoint_path=None, image_size=None, strict: bool = True) -> Eva02UperNet:
-    """An EVA-02 UperNet from an mmseg checkpoint and its config (a `.py` file; None: the one `.py`
-    beside the checkpoint, else the config text in the checkpoint's `meta`), via `families/mmseg.py`."""
-    if checkpoint_path is None:
-        raise CheckpointError("load_mmseg_eva02 needs a checkpoint path (an mmseg .pth)")
-    config, cfg_path, ckpt, obj = mmseg.read_model(Path(checkpoint_path),
-                                                   None if config_path is None else Path(config_path))
-    where = str(ckpt)
-    sd = mmseg.state_dict_of(obj, where)
+def load_mmseg_eva02(config_path_or_text=None, checkpoint_path=None, image_size=None, strict: bool = True,
+                     trust_checkpoint: bool = False) -> Eva02UperNet:
+    """An EVA-02 UperNet from an mmseg config (file, text, or None: the checkpoint's `meta`) and
+    checkpoint, read as every mmseg family reads them (`families/mmseg.py:read_mmseg`)."""
+    config, _, sd, notes, config_path, where = mmseg.read_mmseg(config_path_or_text, checkpoint_path,
+                                                                who="load_mmseg_eva02", trust=trust_checkpoint)
     model = build_eva02(config["model"], config=config, resize=False)
-    if cfg_path is None:
-        model.cfg.notes.insert(0, "config read from the checkpoint's meta")
+    model.cfg.notes = [n for n in notes if not n.startswith("patch_bias")] + model.cfg.notes   # a ViT-only note
     model.load_report = load_state_dict_mapped(model, sd, strict=strict, where=where)
     model.set_image_size(default_run_size(model, image_size))
     model.source = where
-    model.checkpoint_path = Path(ckpt)
-    model.config_path = None if cfg_path is None else str(cfg_path)
+    model.checkpoint_path = Path(checkpoint_path)
+    model.config_path = None if config_path is None else str(config_path)
     return model.eval()
 
 
@@ -628,14 +624,14 @@ BUILTIN_MODELS: dict[str, Callable[[], Eva02UperNet]] = {
 UPERNET_TYPES = dict(backbone={"TIMMBackbone", "EVA2"}, decode_head={"UPerHead"})
 
 
-def detect(p: Path, config: Optional[Path]) -> bool:
+def detect(p: Path, config: Optional[Path], trust_checkpoint: bool = False) -> bool:
     """An mmseg checkpoint whose config has a TIMMBackbone (EVA-02) or EVA2 backbone and a UPerHead."""
-    return mmseg.detect_types(p, config, **UPERNET_TYPES)
+    return mmseg.detect_types(p, config, trust_checkpoint, **UPERNET_TYPES)
 
 
 def load(p: Path, config: Optional[Path], image_size=None, strict: bool = True, trust_checkpoint: bool = False):
     cfg_path, ckpt = mmseg.find_files(p, config)
-    return load_mmseg_eva02(cfg_path, ckpt, image_size=image_size, strict=strict)
+    return load_mmseg_eva02(cfg_path, ckpt, image_size=image_size, strict=strict, trust_checkpoint=trust_checkpoint)
 
 
 FAMILY_ENTRY = register(Family(
