@@ -7,19 +7,23 @@ Written from reading mmcv 2.x `mmcv/cnn/bricks` (`build_norm_layer`, `build_acti
   (a `SyncBN` synchronises statistics only while training: at inference it is a BatchNorm).
   mmcv's default `eps=1e-5` applies when the config names none.
 * `build_act(cfg)`: `ReLU`, `GELU` (exact, erf), `SiLU`/`Swish`, `Sigmoid`, `Tanh`, `LeakyReLU`.
+* `BaseDecodeHead`: mmseg `BaseDecodeHead`'s inference part (`conv_seg`, `dropout`, input
+  selection), the base of every decode head here; `head_kwargs` checks a head's settings.
 * `ConvModule`: conv -> norm -> activation, submodules `conv`, `bn` (the norm's mmcv
   abbreviation) and `activate`; the conv has a bias only without a norm (`bias='auto'`).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from algm_export.errors import ConfigError
 
+# BaseDecodeHead settings that only matter for training: accepted and ignored.
+TRAINING_ONLY = ("loss_decode", "ignore_index", "sampler", "init_cfg", "threshold", "type")
 _BN_TYPES = ("BN", "BN2d", "SyncBN", "MMSyncBN")
 _IGNORED_NORM_KEYS = ("type", "requires_grad")
 
@@ -118,3 +122,69 @@ class ConvModule(nn.Module):
         oh = (h + 2 * c.padding[0] - c.dilation[0] * (kh - 1) - 1) // c.stride[0] + 1
         ow = (w + 2 * c.padding[1] - c.dilation[1] * (kw - 1) - 1) // c.stride[1] + 1
         return int(oh * ow * c.out_channels * (c.in_channels // c.groups) * kh * kw)
+
+
+class BaseDecodeHead(nn.Module):
+    """mmseg `BaseDecodeHead`'s inference part: `conv_seg` (+ `dropout`) and `_transform_inputs`."""
+
+    def __init__(self, in_channels, channels: int, *, num_classes: int, out_channels: Optional[int] = None,
+                 dropout_ratio: float = 0.1, conv_cfg=None, norm_cfg=None, act_cfg=dict(type="ReLU"),
+                 in_index=-1, input_transform=None, align_corners: bool = False, where: str = "decode_head"):
+        super().__init__()
+        if input_transform not in (None, "multiple_select"):
+            raise ConfigError(f"{where}: input_transform {input_transform!r} is not supported here")
+        if input_transform is None:
+            if not isinstance(in_channels, int) or not isinstance(in_index, int):
+                raise ConfigError(f"{where}: in_channels and in_index must be ints without input_transform, "
+                                  f"got {in_channels!r}, {in_index!r}")
+        else:
+            if not isinstance(in_channels, (list, tuple)) or not isinstance(in_index, (list, tuple)) \
+                    or len(in_channels) != len(in_index):
+                raise ConfigError(f"{where}: in_channels and in_index must be lists of one length with "
+                                  f"input_transform='multiple_select', got {in_channels!r}, {in_index!r}")
+        if out_channels is None:
+            out_channels = num_classes
+        if out_channels != num_classes and out_channels != 1:
+            raise ConfigError(f"{where}: out_channels {out_channels} must equal num_classes {num_classes} "
+                              "(or be 1 for binary segmentation)")
+        self.where = where
+        self.in_channels = in_channels
+        self.channels = int(channels)
+        self.num_classes = int(num_classes)
+        self.out_channels = int(out_channels)
+        self.in_index = in_index
+        self.input_transform = input_transform
+        self.align_corners = bool(align_corners)
+        self.conv_cfg, self.norm_cfg, self.act_cfg = conv_cfg, norm_cfg, act_cfg
+        self.conv_seg = nn.Conv2d(self.channels, self.out_channels, kernel_size=1)
+        self.dropout = nn.Dropout2d(dropout_ratio) if dropout_ratio > 0 else None
+
+    def transform_inputs(self, inputs: Sequence[torch.Tensor]):
+        if self.input_transform == "multiple_select":
+            return [inputs[i] for i in self.in_index]
+        return inputs[self.in_index]
+
+    def cls_seg(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dropout is not None:
+            x = self.dropout(x)
+        return self.conv_seg(x)
+
+    def conv_seg_macs(self, h: int, w: int) -> int:
+        return int(h * w * self.channels * self.out_channels)
+
+
+def head_kwargs(cls, cfg: dict, where: str) -> dict:
+    """The settings of `cfg` that `cls.__init__` (or a base) accepts; training-only ones dropped,
+    unknown ones a ConfigError."""
+    import inspect
+
+    params = set()
+    for klass in cls.__mro__:
+        if klass in (nn.Module, object):
+            continue
+        params |= {p for p in inspect.signature(klass.__init__).parameters if p not in ("self", "kwargs")}
+    kw = {k: v for k, v in cfg.items() if k not in TRAINING_ONLY}
+    unknown = sorted(set(kw) - params)
+    if unknown:
+        raise ConfigError(f"{where}: unknown settings {unknown} for {cls.__name__}")
+    return kw

@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Optional
 from algm_export.errors import CheckpointError, ConfigError
 
 # Family modules, imported on first use (each calls `register`).
-FAMILY_MODULES = ("segmenter", "setr", "segvit")
+FAMILY_MODULES = ("segmenter", "setr", "segvit", "eva02")
 DEFAULT_MODEL = "builtin:vit_s16_512"
 
 

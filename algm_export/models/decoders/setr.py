@@ -31,11 +31,11 @@ import torch.nn.functional as F
 
 from algm_export.errors import ConfigError
 from algm_export.models.base import FeatureMapDecoder
-from algm_export.models.mmseg_bricks import ConvModule, build_norm
+from algm_export.models.mmseg_bricks import TRAINING_ONLY, ConvModule, build_norm  # noqa: F401
+from algm_export.models.mmseg_bricks import BaseDecodeHead as _DecodeHead
+from algm_export.models.mmseg_bricks import head_kwargs as _kwargs
 
 DEFAULT_NORM_LAYER = dict(type="LN", eps=1e-6, requires_grad=True)
-# BaseDecodeHead settings that only matter for training: accepted and ignored.
-TRAINING_ONLY = ("loss_decode", "ignore_index", "sampler", "init_cfg", "threshold", "type")
 
 
 def _tokens_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -47,55 +47,6 @@ def _tokens_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _upsample(x: torch.Tensor, scale: float, align_corners: bool) -> torch.Tensor:
     return F.interpolate(x, scale_factor=float(scale), mode="bilinear", align_corners=align_corners)
-
-
-class _DecodeHead(nn.Module):
-    """mmseg `BaseDecodeHead`'s inference part: `conv_seg` (+ `dropout`) and `_transform_inputs`."""
-
-    def __init__(self, in_channels, channels: int, *, num_classes: int, out_channels: Optional[int] = None,
-                 dropout_ratio: float = 0.1, conv_cfg=None, norm_cfg=None, act_cfg=dict(type="ReLU"),
-                 in_index=-1, input_transform=None, align_corners: bool = False, where: str = "decode_head"):
-        super().__init__()
-        if input_transform not in (None, "multiple_select"):
-            raise ConfigError(f"{where}: input_transform {input_transform!r} is not supported here")
-        if input_transform is None:
-            if not isinstance(in_channels, int) or not isinstance(in_index, int):
-                raise ConfigError(f"{where}: in_channels and in_index must be ints without input_transform, "
-                                  f"got {in_channels!r}, {in_index!r}")
-        else:
-            if not isinstance(in_channels, (list, tuple)) or not isinstance(in_index, (list, tuple)) \
-                    or len(in_channels) != len(in_index):
-                raise ConfigError(f"{where}: in_channels and in_index must be lists of one length with "
-                                  f"input_transform='multiple_select', got {in_channels!r}, {in_index!r}")
-        if out_channels is None:
-            out_channels = num_classes
-        if out_channels != num_classes and out_channels != 1:
-            raise ConfigError(f"{where}: out_channels {out_channels} must equal num_classes {num_classes} "
-                              "(or be 1 for binary segmentation)")
-        self.where = where
-        self.in_channels = in_channels
-        self.channels = int(channels)
-        self.num_classes = int(num_classes)
-        self.out_channels = int(out_channels)
-        self.in_index = in_index
-        self.input_transform = input_transform
-        self.align_corners = bool(align_corners)
-        self.conv_cfg, self.norm_cfg, self.act_cfg = conv_cfg, norm_cfg, act_cfg
-        self.conv_seg = nn.Conv2d(self.channels, self.out_channels, kernel_size=1)
-        self.dropout = nn.Dropout2d(dropout_ratio) if dropout_ratio > 0 else None
-
-    def transform_inputs(self, inputs: Sequence[torch.Tensor]):
-        if self.input_transform == "multiple_select":
-            return [inputs[i] for i in self.in_index]
-        return inputs[self.in_index]
-
-    def cls_seg(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dropout is not None:
-            x = self.dropout(x)
-        return self.conv_seg(x)
-
-    def conv_seg_macs(self, h: int, w: int) -> int:
-        return int(h * w * self.channels * self.out_channels)
 
 
 class SETRUPHead(_DecodeHead):
@@ -211,21 +162,6 @@ class SETRMLAHead(_DecodeHead):
 
 HEADS = {"SETRUPHead": SETRUPHead, "SETRMLAHead": SETRMLAHead}
 NECKS = {"MLANeck": MLANeck}
-
-
-def _kwargs(cls, cfg: dict, where: str) -> dict:
-    import inspect
-
-    params = set()
-    for klass in cls.__mro__:
-        if klass in (nn.Module, object):
-            continue
-        params |= {p for p in inspect.signature(klass.__init__).parameters if p not in ("self", "kwargs")}
-    kw = {k: v for k, v in cfg.items() if k not in TRAINING_ONLY}
-    unknown = sorted(set(kw) - params)
-    if unknown:
-        raise ConfigError(f"{where}: unknown settings {unknown} for {cls.__name__}")
-    return kw
 
 
 def build_head(cfg: dict, where: str = "decode_head") -> _DecodeHead:
