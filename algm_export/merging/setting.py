@@ -96,6 +96,21 @@ class AlgmSetting:
         return cls(float(ds["threshold"]), tuple(win), tuple(layers), policy)
 
 
+def parse_layers(text: "str | Sequence[int] | None") -> Optional[tuple[int, ...]]:
+    """'1,5' -> (1, 5). ConfigError on anything else."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        return tuple(int(v) for v in text)
+    try:
+        vals = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise ConfigError(f"--layers {text!r}: give comma-separated 1-based block numbers, e.g. 1,5") from None
+    if not vals:
+        raise ConfigError("--layers is empty; give e.g. 1,5 (CLAP layer, then GBM layers)")
+    return vals
+
+
 def parse_thresholds(text: str) -> list[float]:
     try:
         vals = [float(v) for v in str(text).replace(" ", "").split(",") if v]
