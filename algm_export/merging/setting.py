@@ -42,14 +42,6 @@ class AlgmSetting:
             raise ConfigError(f"policy {self.policy!r} unknown; use one of {POLICIES}")
 
     @property
-    def clap_layer(self) -> int:
-        return self.layers[0]
-
-    @property
-    def gbm_layers(self) -> tuple[int, ...]:
-        return self.layers[1:]
-
-    @property
     def steps(self) -> int:
         return len(self.layers)
 
@@ -65,9 +57,6 @@ class AlgmSetting:
         d["window"] = list(self.window)
         d["layers"] = list(self.layers)
         return d
-
-    def with_threshold(self, t: float) -> "AlgmSetting":
-        return AlgmSetting(t, self.window, self.layers, self.policy)
 
     def check_model(self, n_layers: int, grid: Sequence[int]) -> None:
         """Refuse settings that cannot run on a model with `n_layers` blocks and this patch grid."""
