@@ -123,3 +123,8 @@ def test_predict_backend_needs_an_engine_file():
         predict_runner(None, None, "onnxruntime")
     with pytest.raises(ConfigError, match="unknown backend"):
         predict_runner(None, None, "engine")
+
+
+def test_run_output_iterates_over_its_keys():
+    out = RunOutput(np.zeros((1, 2, 4, 4), np.float32), np.zeros((1, 2, 2), np.int32))
+    assert set(out) == {"logits", "merge_stats"} and dict(out.items()).keys() == {"logits", "merge_stats"}

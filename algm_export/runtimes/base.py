@@ -39,6 +39,9 @@ class RunOutput:
             raise KeyError(key)
         return getattr(self, key)
 
+    def __iter__(self):
+        return iter(self.keys())
+
     def __contains__(self, key: object) -> bool:
         return key in self.keys()
 
