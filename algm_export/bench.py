@@ -1,4 +1,4 @@
-"""`algm-export bench`: latency and throughput of the baseline and every threshold setting,
+"""Benchmark (`algm-export bench`): latency and throughput of the baseline and every threshold setting,
 on every backend present, measured side by side in one run.
 
 Method: one runner per (backend, entry); warm-up runs; then `repeats` rounds, and in every
@@ -18,61 +18,19 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from algm_export.errors import BackendUnavailable, ConfigError
+from algm_export.artifacts import ExportFolder
+from algm_export.errors import BackendUnavailable
 from algm_export.flops import model_macs
 from algm_export.lock import locks_export_folder
-from algm_export.manifest import load_manifest, resolve_inside, verify_file, write_json_atomic
+from algm_export.manifest import resolve_inside
 from algm_export.progress import progress_bar, status
 
-PUBLISHED = {  # spec section 4: ADE20K, Segmenter, batch 32 on one GPU, fvcore GMACs
-    "vit_tiny_patch16_384": {"crop": 512, "base": (38.1, 287, 12.8), "algm": (38.9, 388, 8.4)},
-    "vit_small_patch16_384": {"crop": 512, "base": (45.3, 134, 38.6), "algm": (46.4, 192, 26.3)},
-    "vit_base_patch16_384": {"crop": 512, "base": (48.5, 51, 130), "algm": (49.4, 73, 91)},
-    "vit_large_patch16_384": {"crop": 640, "base": (51.8, 10, 672), "algm": (52.7, 16, 438)},
-}
-
-
-def available_backends() -> list[str]:
-    out = ["torch", "ort"]
-    try:
-        from algm_export.runtimes.tensorrt.loader import gpu_runtime_available
-
-        if gpu_runtime_available():
-            out.append("trt")
-    except Exception:
-        pass
-    return out
-
-
-def _runner(backend: str, export_dir: Path, man: dict, entry: dict, model, threads: int):
-    if backend == "torch":
-        import torch
-
-        from algm_export.merging.patch import apply_algm
-        from algm_export.merging.setting import AlgmSetting
-        from algm_export.runtimes.torch import TorchRunner
-
-        torch.set_num_threads(threads)
-        if entry["name"] == "baseline":
-            return TorchRunner(model, "torch")
-        s = AlgmSetting(entry["threshold"], tuple(entry["window"]), tuple(entry["layers"]), "per_image")
-        return TorchRunner(apply_algm(model, s, entry["capacities"]), "torch-static")
-    if backend == "ort":
-        from algm_export.runtimes.onnxruntime import OrtRunner
-
-        from algm_export.validate import check_input_size
-
-        path = verify_file(export_dir, entry["onnx"], entry["sha256"], f"{entry['name']}.onnx")
-        return check_input_size(OrtRunner(path, threads=threads), model.cfg.image_size, entry["name"])
-    if backend == "trt":
-        from algm_export.runtimes.tensorrt.runner import runner_for_entry
-
-        return runner_for_entry(export_dir, man, entry["name"], "fp32")
-    raise ConfigError(f"unknown backend {backend!r}; use torch, ort or trt")
+from algm_export.published import PUBLISHED  # noqa: E402,F401  (re-exported)
 
 
 @locks_export_folder("bench")
 def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequence[int] = (1,), images=None,
+          precision: str = "fp32",
           repeats: int = 10, warmup: int = 2, threads: Optional[int] = None, model=None,
           settle_s: float = 0.05, trust_checkpoint: bool = False) -> dict:
     """Benchmark an export folder (see the module doc); writes DIR/bench/bench.json and bench.png.
@@ -81,30 +39,29 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
     wait: wait for another run that holds the folder instead of stopping (`algm_export.lock`)."""
     import torch
 
-    from algm_export.images import load_images, sample_images, to_model_input
-    from algm_export.validate import model_from_manifest
+    from algm_export.runtimes.registry import available_backends, make_runner, parse_backends
 
-    export_dir = Path(export_dir)
-    man = load_manifest(export_dir, verify=True)
+    folder = ExportFolder.load(export_dir, verify=True)
+    export_dir = folder.path
+    man = folder.data
     if model is None:
-        model = model_from_manifest(man, trust_checkpoint, export_dir)
+        model = folder.model(trust_checkpoint)
     cfg = model.cfg
     threads = threads or min(os.cpu_count() or 1, 16)
     have = available_backends()
-    backends = list(backends or have)
+    backends = parse_backends(backends or [b for b in have if precision == "fp32" or b != "torch"])
     missing = [b for b in backends if b not in have]
     if missing:
         raise BackendUnavailable(f"backend(s) {missing} not available here (available: {have}); "
-                                 "trt needs a CUDA GPU with TensorRT")
-    pairs = sample_images() if images is None else load_images(images)
-    xs = [to_model_input(img, cfg.image_size, cfg.normalization) for _, img in pairs]
-    entries = [man["baseline"]] + list(man["settings"])
+                                 "tensorrt needs a CUDA GPU with TensorRT")
+    xs = [x for _, x in folder.inputs(images, model=model)]
+    entries = folder.entries
     base_macs = model_macs(model)["total"]
     results = []
     for backend in backends:
         for bs in batches:
             batch = torch.cat([xs[i % len(xs)] for i in range(bs)])
-            runners = [_runner(backend, export_dir, man, e, model, threads) for e in entries]
+            runners = [make_runner(backend, e, precision, model=model, threads=threads) for e in entries]
             for r in runners:
                 for _ in range(warmup):
                     r.infer(batch)
@@ -124,10 +81,10 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
             base_med = float(np.median(times[0]))
             for e, t in zip(entries, times):
                 med = float(np.median(t))
-                caps = e.get("capacities")
-                macs = base_macs if not caps else model_macs(model, e["layers"], caps)["total"]
+                caps = e.capacities
+                macs = base_macs if not caps else model_macs(model, e.layers, caps)["total"]
                 results.append({
-                    "backend": backend, "batch": bs, "setting": e["name"], "threshold": e.get("threshold"),
+                    "backend": backend, "batch": bs, "setting": e.name, "threshold": e.threshold,
                     "capacities": caps, "latency_ms": 1e3 * med, "p10_ms": 1e3 * float(np.percentile(t, 10)),
                     "p90_ms": 1e3 * float(np.percentile(t, 90)), "images_per_s": bs / med, "gmacs": macs,
                     "flop_ratio": base_macs / macs, "speedup": base_med / med,
@@ -135,21 +92,20 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
                     "tokens_kept": None if not caps else [c / (cfg.grid[0] * cfg.grid[1]) for c in caps],
                 })
             for r in runners:
-                if hasattr(r, "close"):
-                    r.close()
+                r.close()
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "threads": threads},
         "model": man["model"]["source"], "backbone": cfg.backbone, "image_size": list(cfg.image_size),
-        "repeats": repeats, "warmup": warmup, "settle_s": settle_s, "results": results,
+        "precision": precision, "repeats": repeats, "warmup": warmup, "settle_s": settle_s, "results": results,
         "published": PUBLISHED.get(cfg.backbone),
     }
-    out = resolve_inside(export_dir, "bench", "bench folder")
-    write_json_atomic(resolve_inside(export_dir, "bench/bench.json", "bench report"), report)
+    out = folder.resolve("bench", "bench folder")
+    folder.write_json("bench/bench.json", report, "bench report")
     try:
-        report["plot"] = str(plot(report, export_dir, resolve_inside(export_dir, "bench/bench.png", "bench plot"))
+        report["plot"] = str(plot(report, export_dir, folder.resolve("bench/bench.png", "bench plot"))
                              .relative_to(out.parent))
-        write_json_atomic(resolve_inside(export_dir, "bench/bench.json", "bench report"), report)
+        folder.write_json("bench/bench.json", report, "bench report")
     except Exception as e:  # a plot must never lose the numbers
         status(f"plot skipped: {e}")
     return report

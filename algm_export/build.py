@@ -38,9 +38,10 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from algm_export.artifacts import ExportFolder, find_engine_record  # noqa: F401  (find_engine_record: re-exported)
 from algm_export.errors import AlgmError, ArtifactError, BackendUnavailable, CapacityError, ConfigError
 from algm_export.lock import locks_export_folder
-from algm_export.manifest import (atomic_path, is_plain_name, load_manifest, resolve_inside, save_manifest,
+from algm_export.manifest import (atomic_path, resolve_inside, save_manifest,
                                   sha256_file, verify_file)
 from algm_export.runtimes.tensorrt.builder import EngineBuildError
 from algm_export.runtimes.tensorrt.loader import (backend_version, cuda_device, describe_environment,
@@ -92,18 +93,8 @@ def _check_batch(batch: Sequence[int]) -> list[int]:
     return [lo, opt, hi]
 
 
-def _entries(data: dict, only: Iterable[str] | None) -> list[tuple[str, dict]]:
-    entries = []
-    if data.get("baseline"):
-        entries.append((data["baseline"].get("name", "baseline"), data["baseline"]))
-    entries += [(s["name"], s) for s in data.get("settings") or []]
-    if only is not None:
-        only = list(only)
-        names = [n for n, _ in entries]
-        unknown = [n for n in only if n not in names]
-        if unknown:
-            raise ConfigError(f"no setting {', '.join(unknown)} in the manifest (it has {', '.join(names)}).")
-        entries = [(n, e) for n, e in entries if n in only]
+def _entries(folder: ExportFolder, only: Iterable[str] | None) -> list[tuple[str, dict]]:
+    entries = [(e.name, e.raw) for e in folder.select(only)]
     if not entries:
         raise ArtifactError("the manifest lists no baseline and no settings: nothing to build.")
     return entries
@@ -198,22 +189,6 @@ def _same_engine(rec: dict, new: dict) -> bool:
             and bool(rec.get("plugin_library")) == bool(new["plugin_library"]))
 
 
-def find_engine_record(data: dict, setting: str = "baseline", precision: str = "fp32",
-                       backend: str | None = None, plugins: bool | None = None) -> dict:
-    """The manifest record of one engine (the first match); ArtifactError when none is listed."""
-    for rec in data.get("engines") or []:
-        if rec.get("setting") != setting or rec.get("precision") != precision:
-            continue
-        if backend is not None and rec.get("backend") != backend:
-            continue
-        if plugins is not None and bool(rec.get("plugin_library")) != plugins:
-            continue
-        return rec
-    raise ArtifactError(f"no {precision} engine for {setting!r}"
-                        + (f" built with {backend}" if backend else "")
-                        + " in the manifest; build it first (`algm-export build DIR`).")
-
-
 @locks_export_folder("build")
 def build_engines(export_dir: str | os.PathLike, backend: str | None = None,
                   plugins: str | os.PathLike | None = None, precision: str = "fp32",
@@ -235,7 +210,8 @@ def build_engines(export_dir: str | os.PathLike, backend: str | None = None,
     (``engines/plugins/<sha256>/NAME``), which the records name, so the engines travel with it.
     """
     export_dir = Path(export_dir).resolve()
-    data = load_manifest(export_dir)
+    folder = ExportFolder.load(export_dir)
+    data = folder.data
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
     profile = _check_batch(batch)
@@ -272,7 +248,7 @@ def build_engines(export_dir: str | os.PathLike, backend: str | None = None,
                                      "(algm_export.plugins.build_plugins) or drop --plugins.")
         plugin_src, plugin_sha = p, sha256_file(p)
 
-    entries = _entries(data, settings)
+    entries = _entries(folder, settings)
     # Check every ONNX before building anything, so a bad entry fails fast.
     sources = [(name, _pick_onnx(export_dir, name, e, precision, backend)) for name, e in entries]
 

@@ -20,10 +20,11 @@ DEMO_THRESHOLDS = (0.85, 0.88, 0.92)
 def run_demo(out: str = "algm-demo", model_spec: str = "builtin:vit_s16_512",
              thresholds: Sequence[float] = DEMO_THRESHOLDS, repeats: int = 5, validate_images: Optional[int] = 6,
              force: bool = True, trust_checkpoint: bool = False) -> dict:
-    from algm_export.bench import available_backends, bench, format_bench
+    from algm_export.bench import bench, format_bench
     from algm_export.export.pipeline import export_folder
     from algm_export.models.registry import resolve_model
     from algm_export.report.html import write_report
+    from algm_export.runtimes.registry import available_backends
     from algm_export.validate import format_report, validate
 
     t0 = time.time()
@@ -33,7 +34,7 @@ def run_demo(out: str = "algm-demo", model_spec: str = "builtin:vit_s16_512",
     man = export_folder(model, model_spec, out, thresholds=list(thresholds), force=force)
     backends = available_backends()
     reports = []
-    for b in [x for x in backends if x in ("ort", "trt")]:
+    for b in [x for x in backends if x != "torch"]:
         status(f"[2/4] validate against PyTorch on {b}")
         reports.append(validate(out, backend=b, limit_images=validate_images, model=model))
     status(f"[3/4] benchmark side by side on {', '.join(backends)}")
@@ -48,9 +49,9 @@ def summary_lines(res: dict) -> list[str]:
     br = res["bench"]
     lines = []
     for r in br["results"]:
-        if r["setting"] == "baseline" or r["backend"] != "ort":
+        if r["setting"] == "baseline" or r["backend"] != "onnxruntime":
             continue
-        lines.append(f"  ort batch {r['batch']} {r['setting']}: {r['speedup']:.2f}x measured vs FLOP ratio {r['flop_ratio']:.2f} "
+        lines.append(f"  onnxruntime batch {r['batch']} {r['setting']}: {r['speedup']:.2f}x measured vs FLOP ratio {r['flop_ratio']:.2f} "
                      f"({100 * r['speedup_vs_flop_ratio']:.0f}% of ideal), capacities {r['capacities']}")
     ok = all(rep["pass"] for rep in res["validation"])
     lines.insert(0, f"parity: {'PASS' if ok else 'FAIL'} on {', '.join(r['backend'] for r in res['validation'])}")

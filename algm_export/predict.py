@@ -17,10 +17,10 @@ averaged, then resized to the image size.
 Backends: `make_runner(model, setting, backend)` builds a callable on normalised
 `[b, 3, h, w]` batches that returns `[b, n_cls, h, w]` logits and, after each call, exposes
 `merge_stats` (`tokens` / `merges` / `forced`, `[b, steps]`) and `assignments` (per step
-`[b, N]`) of that call, or None for both when it does not merge. `BACKENDS` maps a name to a
-factory `factory(model, setting, **options) -> runner`; the torch reference is built in,
-engine backends (ONNX Runtime, TensorRT) register themselves with `register_backend` and are
-chosen with `PredictOptions.backend` (CLI flag to come: `--engine`). A runner with a fixed
+`[b, N]`) of that call, or None for both when it does not merge. `PredictOptions.backend`
+takes the names of `runtimes.registry` (torch, onnxruntime/ort, tensorrt/trt, tensorrt-rtx;
+CLI `--backend`): torch runs the checkpoint (`TorchBackend`), the others run an exported file
+(`--engine FILE`) through the registry's runner (`EngineBackend`). A runner with a fixed
 input shape sets `input_size = (h, w)`; predict then feeds it only that size.
 """
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ from algm_export.images import (
     sample_images,
     to_model_input,
 )
-from algm_export.merging.setting import AlgmSetting, default_setting
+from algm_export.merging.setting import AlgmSetting, default_setting, parse_layers  # noqa: F401
 from algm_export.models.registry import DEFAULT_MODEL, resolve_model
 from algm_export.models.inference import sliding_window_logits, window_plan
 from algm_export.models.base import SegModel
@@ -70,21 +70,6 @@ class PredictOptions:
     backend_options: dict = field(default_factory=dict)
     merge_png: bool = True
     trust_checkpoint: bool = False              # full unpickling of the checkpoint (--trust-checkpoint)
-
-
-def parse_layers(text: Union[str, Sequence[int], None]) -> Optional[tuple[int, ...]]:
-    """'1,5' -> (1, 5). ConfigError on anything else."""
-    if text is None:
-        return None
-    if not isinstance(text, str):
-        return tuple(int(v) for v in text)
-    try:
-        vals = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise ConfigError(f"--layers {text!r}: give comma-separated 1-based block numbers, e.g. 1,5") from None
-    if not vals:
-        raise ConfigError("--layers is empty; give e.g. 1,5 (CLAP layer, then GBM layers)")
-    return vals
 
 
 def algm_setting_for(model: SegModel, threshold: Optional[float] = None,
@@ -154,65 +139,47 @@ class EngineBackend:
     do not output assignment maps, so no merge picture is drawn for them.
     """
 
-    def __init__(self, model: SegModel, setting: Optional[AlgmSetting], engine: str = "", device: str = "cpu"):
-        from algm_export.errors import ConfigError
+    def __init__(self, model: SegModel, setting: Optional[AlgmSetting], engine: str = "", device: str = "cpu",
+                 backend: Optional[str] = None):
+        from algm_export.runtimes.registry import runner_for_file
 
-        path = Path(engine)
-        if not path.exists():
-            raise ConfigError(f"--engine {engine}: no such file; give an exported .onnx or a built .engine")
-        from algm_export.manifest import find_listing, verify_file
-
-        listing = find_listing(path)  # a file of an export folder: sha256-checked against its manifest
-        if path.suffix == ".onnx":
-            from algm_export.runtimes.onnxruntime import OrtRunner
-
-            self.impl, self.name = OrtRunner(path), "onnxruntime"
-        else:
-            from algm_export.runtimes.tensorrt.runner import HostTrtRunner, TrtRunner
-
-            rec = listing[2] if listing else None
-            lib = None
-            if rec and rec.get("plugin_library"):
-                lib = verify_file(listing[0], rec["plugin_library"], rec["plugin_sha256"], "plugin library")
-            self.impl = HostTrtRunner(TrtRunner(path, record=rec, plugins=lib), f"trt:{path.name}")
-            self.name = "tensorrt"
+        window = setting.window if setting is not None else (2, 2)
+        n = model.cfg.grid[0] * model.cfg.grid[1]
+        self.impl = runner_for_file(engine, backend, n_patches=n, window=window[0] * window[1])
+        self.name = self.impl.backend
         self.input_size = tuple(model.cfg.image_size)
         self.setting = setting
-        self.window = setting.window if setting is not None else (2, 2)
-        self.n = model.cfg.grid[0] * model.cfg.grid[1]
         self.merge_stats: Optional[dict] = None
         self.assignments: Optional[list] = None
-        self.path = path
+        self.path = Path(engine)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         out = self.impl.infer(batch)
-        st = out.get("merge_stats")
-        if st is not None:
-            st = torch.from_numpy(st).long()
-            k = self.window[0] * self.window[1]
-            tokens, t = [], torch.full((st.shape[0],), self.n, dtype=torch.long)
-            for i in range(st.shape[1]):
-                t = t - st[:, i, 0] * ((k - 1) if i == 0 else 1)
-                tokens.append(t)
-            self.merge_stats = {"tokens": torch.stack(tokens, 1), "merges": st[..., 0], "forced": st[..., 1]}
-        return torch.from_numpy(out["logits"])
+        if out.merge_stats is not None:
+            st = torch.from_numpy(out.merge_stats).long()
+            self.merge_stats = {"tokens": torch.from_numpy(out.tokens).long(), "merges": st[..., 0],
+                                "forced": st[..., 1]}
+        return torch.from_numpy(out.logits)
 
     def info(self) -> dict:
         return {"backend": self.name, "engine": str(self.path)}
 
 
-BACKENDS: dict[str, Callable[..., Any]] = {"torch": TorchBackend, "engine": EngineBackend}
-
-
-def register_backend(name: str, factory: Callable[..., Any]) -> None:
-    """Make `factory(model, setting, **options) -> runner` available as backend `name`."""
-    BACKENDS[name] = factory
-
-
 def make_runner(model: SegModel, setting: Optional[AlgmSetting], backend: str = "torch", **options):
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}; available: {sorted(BACKENDS)}")
-    return BACKENDS[backend](model, setting, **options)
+    """A predict runner: `backend` is a `runtimes.registry` name (torch runs the model; the others
+    need `engine=FILE`, an exported .onnx or a built engine)."""
+    from algm_export.runtimes.registry import normalize_backend
+
+    name = normalize_backend(backend)
+    if name == "torch":
+        if options.get("engine"):
+            raise ConfigError("--engine runs an exported file: give --backend onnxruntime, tensorrt or tensorrt-rtx "
+                              "(or leave --backend out)")
+        options.pop("engine", None)
+        return TorchBackend(model, setting, **options)
+    if not options.get("engine"):
+        raise ConfigError(f"--backend {name} runs an exported file: give --engine FILE (.onnx or .engine)")
+    return EngineBackend(model, setting, backend=name, **options)
 
 
 # ----------------------------------------------------------------------------- logits -> labels
@@ -477,7 +444,7 @@ def format_table(records: Sequence[dict]) -> str:
 
 
 __all__ = [
-    "BACKENDS", "EngineBackend", "Prediction", "PredictOptions", "TorchBackend", "algm_setting_for", "format_table", "gather_inputs",
-    "labels_at_size", "make_runner", "parse_layers", "predict_image", "register_backend", "resolve_device",
+    "EngineBackend", "Prediction", "PredictOptions", "TorchBackend", "algm_setting_for", "format_table", "gather_inputs",
+    "labels_at_size", "make_runner", "parse_layers", "predict_image", "resolve_device",
     "run_predict", "write_prediction",
 ]

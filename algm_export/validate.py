@@ -1,4 +1,4 @@
-"""`algm-export validate`: parity of a backend (ONNX Runtime or TensorRT) against PyTorch.
+"""Parity of a backend (ONNX Runtime or TensorRT) against PyTorch (`algm-export validate`).
 
 For the baseline and every threshold setting of an export folder, on every image:
 backend vs PyTorch static (same capacities): max/mean |logit difference|, argmax agreement,
@@ -21,9 +21,9 @@ from typing import Optional
 
 import numpy as np
 
-from algm_export.errors import ArtifactError, ConfigError
+from algm_export.artifacts import ExportFolder
+from algm_export.errors import ConfigError
 from algm_export.lock import locks_export_folder
-from algm_export.manifest import load_manifest, resolve_inside, verify_file, write_json_atomic
 from algm_export.progress import progress_bar
 
 
@@ -55,32 +55,6 @@ def miou(conf: np.ndarray) -> float:
     return float(100.0 * (inter[present] / union[present]).mean()) if present.any() else 100.0
 
 
-def make_backend_runner(backend: str, export_dir: Path, entry: dict, precision: str = "fp32", manifest=None):
-    if backend == "ort":
-        from algm_export.runtimes.onnxruntime import OrtRunner
-
-        key = "onnx" if precision == "fp32" else "onnx_fp16"
-        if not entry.get(key):
-            raise ConfigError(f"{entry['name']} has no {precision} ONNX; re-export with --fp16")
-        hkey = "sha256" if precision == "fp32" else "sha256_fp16"
-        path = verify_file(export_dir, entry[key], entry[hkey], f"{entry['name']}.{key}")
-        return OrtRunner(path, name=f"onnxrt:{entry['name']}")
-    if backend in ("trt", "tensorrt", "tensorrt-rtx"):
-        from algm_export.runtimes.tensorrt.runner import runner_for_entry
-
-        return runner_for_entry(export_dir, manifest, entry["name"], precision)
-    raise ConfigError(f"unknown backend {backend!r}; use ort or trt")
-
-
-def check_input_size(runner, size, name: str):
-    """`runner` if the images it takes are `size` (H, W) as far as it declares a size; else ArtifactError."""
-    have = getattr(runner, "input_size", None)
-    if have and all(h is not None for h in have) and tuple(have) != tuple(size):
-        raise ArtifactError(f"{name}: the exported model takes {have[0]}x{have[1]} images but the manifest's model "
-                            f"runs at {size[0]}x{size[1]} (model.image_size); re-export the folder")
-    return runner
-
-
 def _image_metrics(b: dict, t: dict) -> dict:
     lb, lt = b["logits"], t["logits"]
     diff = np.abs(lb.astype(np.float64) - lt.astype(np.float64))
@@ -97,7 +71,7 @@ def _image_metrics(b: dict, t: dict) -> dict:
 
 
 @locks_export_folder("validate")
-def validate(export_dir, images=None, backend: str = "ort", labels=None, precision: str = "fp32",
+def validate(export_dir, images=None, backend: str = "onnxruntime", labels=None, precision: str = "fp32",
              limits: Optional[Limits] = None, save_outputs: bool = True, limit_images: Optional[int] = None,
              model=None, trust_checkpoint: bool = False) -> dict:
     """Run the parity check; returns the report (also written to DIR/validation/report.<backend>.json).
@@ -107,40 +81,30 @@ def validate(export_dir, images=None, backend: str = "ort", labels=None, precisi
     from polygraphy.comparator import RunResults
     from polygraphy.comparator.struct import IterationResult
 
-    from algm_export.images import load_images, sample_images, to_model_input
-    from algm_export.merging.patch import apply_algm
-    from algm_export.merging.setting import AlgmSetting
-    from algm_export.runtimes.torch import TorchRunner
+    from algm_export.runtimes.registry import make_runner, normalize_backend
 
-    export_dir = Path(export_dir)
-    man = load_manifest(export_dir, verify=True)
+    folder = ExportFolder.load(export_dir, verify=True)
+    export_dir = folder.path
+    backend = normalize_backend(backend)
     limits = limits or Limits.for_precision(precision)
     if model is None:
-        model = model_from_manifest(man, trust_checkpoint, export_dir)
+        model = folder.model(trust_checkpoint)
     cfg = model.cfg
-    entries = [man["baseline"]] + list(man["settings"])
+    entries = folder.entries
     # every backend runner is made (its file parsed) before any image is prepared or output written
-    runners = [check_input_size(make_backend_runner(backend, export_dir, e, precision, man), cfg.image_size, e["name"])
-               for e in entries]
-    pairs = sample_images() if images is None else load_images(images)
-    pairs = [(str(getattr(n, "name", n)), img) for n, img in pairs][: limit_images or None]
-    xs = [to_model_input(img, cfg.image_size, cfg.normalization) for _, img in pairs]
-    resolve_inside(export_dir, "validation", "validation folder")  # a symlink leading out stops here
-    report = {"backend": backend, "precision": precision, "images": [n for n, _ in pairs],
+    runners = [make_runner(backend, e, precision, model=model) for e in entries]
+    inputs = folder.inputs(images, model=model, limit=limit_images)
+    folder.resolve("validation", "validation folder")  # a symlink leading out stops here
+    report = {"backend": backend, "precision": precision, "images": [n for n, _ in inputs],
               "limits": asdict(limits), "entries": []}
-    with progress_bar(total=len(entries) * len(xs), desc=f"validate ({backend})", unit="img") as bar:
+    with progress_bar(total=len(entries) * len(inputs), desc=f"validate ({backend})", unit="img") as bar:
         for e, runner in zip(entries, runners):
-            is_base = e["name"] == "baseline"
-            if is_base:
-                ref = TorchRunner(model, name="torch")
-                dyn = None
-            else:
-                s = AlgmSetting(e["threshold"], tuple(e["window"]), tuple(e["layers"]), "per_image")
-                ref = TorchRunner(apply_algm(model, s, e["capacities"]), name="torch-static")
-                dyn = TorchRunner(apply_algm(model, s), name="torch-dynamic")
+            is_base = e.is_baseline
+            ref = make_runner("torch", e, model=model)
+            dyn = None if is_base else make_runner("torch", e, model=model, static=False)
             per_image, conf = [], np.zeros((cfg.n_cls, cfg.n_cls), dtype=np.int64)
             res_b, res_t = [], []
-            for (name, _), x in zip(pairs, xs):
+            for name, x in inputs:
                 b, t = runner.infer(x), ref.infer(x)
                 m = {"image": name, **_image_metrics(b, t)}
                 if dyn is not None:
@@ -157,23 +121,23 @@ def validate(export_dir, images=None, backend: str = "ort", labels=None, precisi
             summ = summarize(per_image, miou(conf), limits)
             if labels is not None:
                 summ.update(label_miou(labels, model if is_base else ref.model, runner, cfg))
-            entry_report = {"name": e["name"], "threshold": e.get("threshold"), "capacities": e.get("capacities"),
+            entry_report = {"name": e.name, "threshold": e.threshold, "capacities": e.capacities,
                             "summary": summ, "per_image": per_image}
             if save_outputs:
                 rr = RunResults()
                 rr.append((runner.name, res_b))
                 rr.append((ref.name, res_t))
-                rel = f"validation/{e['name']}.{backend}.{precision}.outputs.json"
-                p = resolve_inside(export_dir, rel, "validation output")
+                rel = f"validation/{e.name}.{backend}.{precision}.outputs.json"
+                p = folder.resolve(rel, "validation output")
                 p.parent.mkdir(parents=True, exist_ok=True)
                 rr.save(str(p))
                 entry_report["outputs"] = rel
             report["entries"].append(entry_report)
-            if hasattr(runner, "close"):
-                runner.close()
+            for r in (runner, ref, dyn):
+                if r is not None:
+                    r.close()
     report["pass"] = all(e["summary"]["pass"] for e in report["entries"])
-    write_json_atomic(resolve_inside(export_dir, f"validation/report.{backend}.{precision}.json", "validation report"),
-                      report)
+    folder.write_json(f"validation/report.{backend}.{precision}.json", report, "validation report")
     return report
 
 
@@ -260,69 +224,6 @@ def label_miou(labels_dir, torch_model, runner, cfg) -> dict:
         raise ConfigError(f"--labels {root}: no image in images/ has a matching annotations/<name>.png")
     mt, mb = miou(conf_t), miou(conf_b)
     return {"label_images": count, "miou_torch": mt, "miou_backend": mb, "miou_delta": mb - mt}
-
-
-def checkpoint_file(source: str) -> Path:
-    """The file a checkpoint source names: itself, or in a folder its `checkpoint.pth` (Segmenter)
-    or its one `.pth` (mmsegmentation)."""
-    p = Path(source)
-    if p.is_dir():
-        pths = sorted(p.glob("*.pth"))
-        return p / "checkpoint.pth" if (p / "checkpoint.pth").exists() or len(pths) != 1 else pths[0]
-    return p
-
-
-def model_from_manifest(man: dict, trust_checkpoint: bool = False, export_dir=None):
-    """The PyTorch model an export folder was made from, at the export's image size.
-
-    Every file the manifest names for the model (the checkpoint, its variant.yml, a config file)
-    is sha256-checked against the manifest before it is read, then the checkpoint is loaded
-    weights-only unless `trust_checkpoint`. A run size other than the checkpoint's (`export
-    --image-size`) is confirmed by the baseline ONNX's input shape (with `export_dir`)."""
-    from algm_export.manifest import sha256_file
-    from algm_export.models.registry import resolve_model
-
-    info = man["model"]
-    src = info["source"]
-    config = info.get("config_file")
-    if not src.startswith("builtin:"):
-        want = info.get("checkpoint_sha256")
-        if not want:
-            raise ArtifactError(f"manifest.json: model.checkpoint_sha256 is missing for the checkpoint {src}, so "
-                                "it cannot be checked before loading; re-export the folder")
-        ck = checkpoint_file(src)
-        var = ck.parent / "variant.yml"
-        for path, key in ((ck, "checkpoint_sha256"), (var, "variant_sha256"), (config, "config_sha256")):
-            if path is None or not info.get(key):
-                continue
-            if not Path(path).is_file():
-                raise ArtifactError(f"{path} is missing (the export was made from it); restore it or re-export")
-            if sha256_file(path) != info[key]:
-                raise ArtifactError(f"{path} changed since the export (sha256 differs); re-export")
-        src = str(ck)
-    model = resolve_model(src, config=config, trust_checkpoint=trust_checkpoint)
-    size = tuple(info["image_size"])
-    if size != tuple(model.cfg.image_size):
-        onnx_size = _onnx_image_size(export_dir, man["baseline"]) if export_dir is not None else size
-        if onnx_size != size:
-            raise ArtifactError(f"manifest.json: model.image_size {list(size)} differs from the checkpoint's "
-                                f"{list(model.cfg.image_size)} and from the exported baseline's "
-                                f"{list(onnx_size)}; re-export the folder")
-        model.set_image_size(size)
-    return model
-
-
-def _onnx_image_size(export_dir, entry: dict) -> tuple:
-    """(H, W) of the `image` input of an entry's ONNX (sha256-checked before it is parsed)."""
-    import onnx
-
-    path = verify_file(export_dir, entry["onnx"], entry["sha256"], f"{entry['name']}.onnx")
-    try:
-        graph = onnx.load(str(path), load_external_data=False).graph
-        dims = graph.input[0].type.tensor_type.shape.dim
-        return tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in dims[2:4])
-    except Exception as e:  # noqa: BLE001  (a corrupt file: protobuf errors of every kind)
-        raise ArtifactError(f"{path} is not a readable ONNX model ({type(e).__name__}); re-export it") from None
 
 
 def format_report(report: dict) -> str:

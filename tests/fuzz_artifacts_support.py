@@ -331,7 +331,7 @@ def _json_file(rng, c, rel: str) -> str:
 
 
 def m_reports(rng, c):
-    rel = rng.choice(["validation/report.ort.fp32.json", "bench/bench.json"])
+    rel = rng.choice(["validation/report.onnxruntime.fp32.json", "bench/bench.json"])
     return _json_file(rng, c, rel)
 
 
@@ -409,9 +409,9 @@ def commands(c: dict) -> dict[str, list[str]]:
     return {
         "validate": ["validate", d, "--images", images, "--max-images", "1"],
         "build": ["build", d, "--backend", "tensorrt-rtx", "--compute-capability", "1"],
-        "bench": ["bench", d, "--backends", "ort", "--images", images, "--repeats", "1", "--warmup", "0",
+        "bench": ["bench", d, "--backend", "ort", "--images", images, "--repeats", "1", "--warmup", "0",
                   "--settle-ms", "0"],
-        "report": ["report", d, "--images", "1"],
+        "report": ["report", d, "--merge-pictures", "1"],
         "predict": ["predict", str(next(Path(images).iterdir())), "--model", str(c["ckpt"]), "--threshold", "0.9",
                     "--engine", str(Path(d) / man_onnx), "--out", str(c["root"] / "predictions"), "-q"],
     }

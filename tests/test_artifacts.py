@@ -66,9 +66,9 @@ def commands(d: Path, images: Path) -> dict:
     return {
         "build": ["build", d, "--backend", "tensorrt-rtx", "--compute-capability", "86"],
         "validate": ["validate", d, "--images", images, "--max-images", "1"],
-        "bench": ["bench", d, "--backends", "ort", "--images", images, "--repeats", "1", "--warmup", "0",
+        "bench": ["bench", d, "--backend", "ort", "--images", images, "--repeats", "1", "--warmup", "0",
                   "--settle-ms", "0"],
-        "report": ["report", d, "--images", "1"],
+        "report": ["report", d, "--merge-pictures", "1"],
     }
 
 
@@ -189,10 +189,10 @@ def test_report_escapes_what_the_folder_says(capsys, folder, tiny_export):
     (folder / "bench").mkdir()
     (folder / "bench" / "bench.json").write_text(json.dumps({
         "results": [], "machine": {"cpus": 2, "processor": "x", "threads": 2}, "repeats": 1, "plot": "/etc/hostname"}))
-    code, errors, _ = run(capsys, "report", folder, "--images", "1")
+    code, errors, _ = run(capsys, "report", folder, "--merge-pictures", "1")
     assert code == 2 and "'/etc/hostname' (plot named by bench.json) is not a plain relative path" in errors[0]
     shutil.rmtree(folder / "bench")
-    assert run(capsys, "report", folder, "--images", "1")[0] == 0
+    assert run(capsys, "report", folder, "--merge-pictures", "1")[0] == 0
     page = (folder / "report" / "index.html").read_text()
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
@@ -220,9 +220,9 @@ def test_corrupt_files_are_typed_errors(capsys, folder, tiny_export, tmp_path):
     edit_manifest(folder, lambda m: m["settings"][0].update(sha256=sha256_file(onnx)))
     assert not (folder / "validation").exists()                   # refused before anything was written
     (folder / "validation").mkdir()
-    (folder / "validation" / "report.ort.fp32.json").write_text('{"entries": [{"name": "x", "summary": {}}]}')
-    code, errors, _ = run(capsys, "report", folder, "--images", "1")
-    assert code == 2 and "report.ort.fp32.json is not a validation report of algm-export (KeyError" in errors[0]
+    (folder / "validation" / "report.onnxruntime.fp32.json").write_text('{"entries": [{"name": "x", "summary": {}}]}')
+    code, errors, _ = run(capsys, "report", folder, "--merge-pictures", "1")
+    assert code == 2 and "report.onnxruntime.fp32.json is not a validation report of algm-export (KeyError" in errors[0]
 
 
 def test_checkpoint_named_by_the_manifest_is_checked_before_it_is_read(capsys, folder, tiny_export, tmp_path):
@@ -289,7 +289,7 @@ def test_second_writer_stops_and_names_the_holder(capsys, folder, tiny_export, t
 def test_wait_waits_for_the_holder(capsys, folder):
     holder = hold(folder, 3)
     t0 = time.monotonic()
-    code = main(["report", str(folder), "--images", "1", "--wait"])
+    code = main(["report", str(folder), "--merge-pictures", "1", "--wait"])
     err = capsys.readouterr().err
     holder.wait()
     assert code == 0, err

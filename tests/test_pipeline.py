@@ -112,7 +112,7 @@ def test_bench_and_report(export_dir):
 def test_bench_cli(export_dir, capsys):
     from algm_export.cli import main
 
-    assert main(["bench", str(export_dir), "--backends", "ort", "--repeats", "1", "--warmup", "0",
+    assert main(["bench", str(export_dir), "--backend", "ort", "--repeats", "1", "--warmup", "0",
                  "--settle-ms", "0"]) == 0
     out = capsys.readouterr().out
     assert "t0.850" in out and "0 ms idle before each timed run" in out

@@ -202,7 +202,7 @@ def test_cli_end_to_end_with_an_mmseg_checkpoint(tmp_path, capsys):
     assert m["family"] == "setr" and m["decoder"] == "setr_pup" and m["config_file"] == str(cfg)
     assert m["checkpoint_sha256"] == sha256_file(ckpt) and m["config_sha256"] == sha256_file(cfg)
     assert main(["validate", str(out), "--images", str(imgs)]) == 0
-    report = json.loads((out / "validation" / "report.ort.fp32.json").read_text())
+    report = json.loads((out / "validation" / "report.onnxruntime.fp32.json").read_text())
     assert report["pass"] and len(report["entries"]) == 2
     pred = tmp_path / "pred"
     assert main(["predict", str(imgs / "coffee.png"), "--model", str(ckpt), "--config", str(cfg),

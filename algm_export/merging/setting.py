@@ -42,14 +42,6 @@ class AlgmSetting:
             raise ConfigError(f"policy {self.policy!r} unknown; use one of {POLICIES}")
 
     @property
-    def clap_layer(self) -> int:
-        return self.layers[0]
-
-    @property
-    def gbm_layers(self) -> tuple[int, ...]:
-        return self.layers[1:]
-
-    @property
     def steps(self) -> int:
         return len(self.layers)
 
@@ -65,9 +57,6 @@ class AlgmSetting:
         d["window"] = list(self.window)
         d["layers"] = list(self.layers)
         return d
-
-    def with_threshold(self, t: float) -> "AlgmSetting":
-        return AlgmSetting(t, self.window, self.layers, self.policy)
 
     def check_model(self, n_layers: int, grid: Sequence[int]) -> None:
         """Refuse settings that cannot run on a model with `n_layers` blocks and this patch grid."""
@@ -94,6 +83,21 @@ class AlgmSetting:
             win = (win, win)
         layers = ds.get("selected_layers", (1, 5))
         return cls(float(ds["threshold"]), tuple(win), tuple(layers), policy)
+
+
+def parse_layers(text: "str | Sequence[int] | None") -> Optional[tuple[int, ...]]:
+    """'1,5' -> (1, 5). ConfigError on anything else."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        return tuple(int(v) for v in text)
+    try:
+        vals = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise ConfigError(f"--layers {text!r}: give comma-separated 1-based block numbers, e.g. 1,5") from None
+    if not vals:
+        raise ConfigError("--layers is empty; give e.g. 1,5 (CLAP layer, then GBM layers)")
+    return vals
 
 
 def parse_thresholds(text: str) -> list[float]:

@@ -34,7 +34,7 @@ class KeyMask:
 
 def key_bias_from_size(size: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """[B, T] sizes -> additive attention bias [B, 1, 1, T]: 0 for real tokens, a large negative
-    value for padding (-1e4 * 8: exp() of it is exactly 0 in float32 and float16, and it stays
+    value for padding (-3e4 in float16, -1e9 in float32: exp() of it is exactly 0, and it stays
     finite after the division by the attention scale in `attention_forward`)."""
     low = -3.0e4 if dtype == torch.float16 else -1.0e9
     bias = torch.where(size > 0, torch.zeros((), dtype=dtype, device=size.device),

@@ -14,7 +14,9 @@ from typing import Optional
 
 from algm_export.errors import ArtifactError
 from algm_export.lock import locks_export_folder
-from algm_export.manifest import load_manifest, resolve_inside
+from algm_export.artifacts import ExportFolder
+from algm_export.manifest import resolve_inside
+from algm_export.published import PUBLISHED
 
 
 class _Html(str):
@@ -64,24 +66,24 @@ def merge_pictures(export_dir: Path, man: dict, out_dir: Path, n_images: int = 3
     """One PNG per (sample image, setting): the photo and its CLAP windows and GBM groups."""
     import torch
 
+    from algm_export.artifacts import ExportFolder
     from algm_export.images import sample_images, to_model_input
     from algm_export.merging.patch import apply_algm
-    from algm_export.merging.setting import AlgmSetting
-    from algm_export.validate import model_from_manifest
     from algm_export.visualize import merge_png, step_titles
 
-    model = model or model_from_manifest(man, trust_checkpoint, export_dir)
+    folder = ExportFolder(export_dir, man)
+    model = model or folder.model(trust_checkpoint)
     cfg = model.cfg
     paths = []
     for name, img in sample_images(n_images):
         x = to_model_input(img, cfg.image_size, cfg.normalization)
         shown = _resize(img, cfg.image_size)
-        for e in man["settings"]:
-            s = AlgmSetting(e["threshold"], tuple(e["window"]), tuple(e["layers"]), "per_image")
-            m = apply_algm(model, s, e["capacities"])
+        for e in folder.settings:
+            s = e.setting()
+            m = apply_algm(model, s, e.capacities)
             with torch.no_grad():
                 m(x)
-            p = out_dir / f"merge_{name}_{e['name']}.png"
+            p = out_dir / f"merge_{name}_{e.name}.png"
             titles = [f"{t} ({int(k)} tokens)" for t, k in zip(step_titles(s.layers), m.merge_stats["tokens"][0])]
             merge_png(shown, [a[0] for a in m.assignments], cfg.grid, cfg.patch_size, p, titles=titles)
             paths.append(p)
@@ -163,12 +165,10 @@ def _bench_parts(export_dir: Path, bench: dict, where: Path) -> tuple[list[str],
 def _model_for_pictures(export_dir: Path, man: dict, trust_checkpoint: bool):
     """The export's model for the merge pictures; None when its checkpoint is not on this machine
     (the page is written without pictures). A checkpoint that changed or is refused stops the report."""
-    from algm_export.validate import model_from_manifest
-
     src = man["model"]["source"]
     if not src.startswith("builtin:") and not Path(src).exists():
         return None
-    return model_from_manifest(man, trust_checkpoint, export_dir)
+    return ExportFolder(export_dir, man).model(trust_checkpoint)
 
 
 @locks_export_folder("report")
@@ -181,7 +181,7 @@ def write_report(export_dir, out: Optional[str] = None, n_images: int = 3, model
     import warnings
 
     export_dir = Path(export_dir)
-    man = load_manifest(export_dir)
+    man = ExportFolder.load(export_dir).data
     out_dir = Path(out) if out else resolve_inside(export_dir, "report", "report folder")
     bj = resolve_inside(export_dir, "bench/bench.json", "bench report")
     bench = _read_json(bj, "benchmark report", "run `algm-export bench DIR` again (or delete the file)") \
@@ -217,8 +217,6 @@ def write_report(export_dir, out: Optional[str] = None, n_images: int = 3, model
     parts += validation + speed
 
     # published numbers
-    from algm_export.bench import PUBLISHED
-
     prow = []
     for k, v in PUBLISHED.items():
         b, a = v["base"], v["algm"]

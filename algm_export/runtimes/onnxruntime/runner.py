@@ -8,6 +8,7 @@ import torch
 from algm_export.errors import AlgmError, ArtifactError
 from algm_export.runtimes.onnxruntime.loader import make_session
 from algm_export.merging.patch import check_finite_array
+from algm_export.runtimes.base import RunOutput, Runner
 
 
 def _reason(e: BaseException) -> str:
@@ -15,10 +16,10 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg[:300]}"
 
 
-class OrtRunner:
-    """`infer(image [B,3,H,W] torch or numpy float32) -> {"logits": np, "merge_stats": np?}`."""
+class OrtRunner(Runner):
+    """`infer(image [B,3,H,W] torch or numpy float32) -> RunOutput` (see `runtimes.base`)."""
 
-    backend = "ort"
+    backend = "onnxruntime"
 
     def __init__(self, path, threads=None, providers=None, name=None):
         from polygraphy.backend.onnxrt import OnnxrtRunner
@@ -46,7 +47,7 @@ class OrtRunner:
     def name(self):
         return self.runner.name
 
-    def infer(self, image) -> dict:
+    def _infer(self, image) -> RunOutput:
         if isinstance(image, torch.Tensor):
             image = image.detach().cpu().float().numpy()
         check_finite_array(image)
@@ -57,10 +58,11 @@ class OrtRunner:
         except Exception as e:  # noqa: BLE001
             raise ArtifactError(f"ONNX Runtime failed to run {self.path} on a {list(image.shape)} image batch "
                                 f"({_reason(e)}); the file does not match its manifest's model: re-export it") from None
-        return {k: np.asarray(v) for k, v in out.items()}
+        ms = out.get("merge_stats")
+        return RunOutput(np.asarray(out["logits"], dtype=np.float32), None if ms is None else np.asarray(ms))
 
     def close(self):
-        if self.runner.is_active:
+        if getattr(self, "runner", None) is not None and self.runner.is_active:
             self.runner.deactivate()
 
     def __del__(self):

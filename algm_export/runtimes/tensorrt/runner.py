@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 from algm_export.errors import ArtifactError, BackendUnavailable, ConfigError, InputError
+from algm_export.runtimes.base import RunOutput, Runner
 from algm_export.runtimes.tensorrt import loader
 
 
@@ -102,20 +103,25 @@ class TrtRunner:
 
         The engine file and its plugin library are resolved inside DIR and sha256-checked against
         the record before TensorRT reads them."""
-        from algm_export.build import find_engine_record
-        from algm_export.manifest import load_manifest, verify_file
+        from algm_export.artifacts import EngineRecord, ExportFolder, find_engine_record
 
-        data = load_manifest(export_dir)
+        folder = ExportFolder.load(export_dir)
         if backend is None:
             backend = loader.resolve_backend(None)
         backend = loader.normalize_backend(backend)
         want_plugins = None if plugins is None else bool(plugins)
-        rec = find_engine_record(data, setting, precision, backend, want_plugins)
+        rec = EngineRecord(folder, find_engine_record(folder.data, setting, precision, backend, want_plugins))
+        return cls.from_record(rec, plugins)
+
+    @classmethod
+    def from_record(cls, rec, plugins: str | os.PathLike | bool | None = None) -> "TrtRunner":
+        """The engine of an `artifacts.EngineRecord`: file and plugin library resolved inside the folder and
+        sha256-checked against the record before TensorRT reads them."""
         lib = plugins if isinstance(plugins, (str, os.PathLike)) else None
-        engine = verify_file(export_dir, rec["file"], rec["sha256"], f"engine of {setting}")
-        if lib is None and rec.get("plugin_library"):
-            lib = verify_file(export_dir, rec["plugin_library"], rec["plugin_sha256"], f"plugin library of {setting}")
-        return cls(engine, backend=backend, record=rec, plugins=lib)
+        engine = rec.engine_path()
+        if lib is None:
+            lib = rec.plugin_path()
+        return cls(engine, backend=rec.backend, record=rec.raw, plugins=lib)
 
     def profile(self, name: str = "image") -> tuple:
         return tuple(tuple(s) for s in self.engine.get_tensor_profile_shape(name, 0))
@@ -158,16 +164,15 @@ class TrtRunner:
     __call__ = infer
 
 
-class HostTrtRunner:
-    """`TrtRunner` with the interface of the other runners: numpy / CPU tensors in, numpy out."""
-
-    backend = "trt"
+class HostTrtRunner(Runner):
+    """`TrtRunner` through the `Runner` interface: numpy / CPU tensors in, `RunOutput` (numpy) out."""
 
     def __init__(self, runner: "TrtRunner", name: str):
         self.runner = runner
         self.name = name
+        self.backend = runner.backend
 
-    def infer(self, image) -> dict:
+    def _infer(self, image) -> RunOutput:
         import numpy as np
         import torch
 
@@ -177,10 +182,10 @@ class HostTrtRunner:
             image = torch.from_numpy(image)
         check_finite_array(image.detach().cpu().numpy())
         out = self.runner.infer(image.float().cuda())
-        return {k: v.float().cpu().numpy() if k == "logits" else v.cpu().numpy() for k, v in out.items()}
+        ms = out.get("merge_stats")
+        return RunOutput(out["logits"].float().cpu().numpy(), None if ms is None else ms.cpu().numpy())
 
-
-def runner_for_entry(export_dir, manifest, name: str, precision: str = "fp32", plugins=None) -> HostTrtRunner:
-    """The engine built for setting `name` (see `algm-export build`), wrapped for validate/bench."""
-    r = TrtRunner.from_manifest(export_dir, name, precision, None, plugins)
-    return HostTrtRunner(r, f"trt:{name}")
+    def close(self):
+        r, self.runner = getattr(self, "runner", None), None
+        if r is not None:
+            r.context = r.engine = r.runtime = None

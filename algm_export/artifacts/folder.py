@@ -1,0 +1,279 @@
+"""`ExportFolder`: load (schema-checked), save, resolve paths inside, check sha256s, and give the
+model, the entries with their `AlgmSetting` as exported, their ONNX files, engines and inputs.
+
+    folder = ExportFolder.load("out/vit_s", verify=True)
+    model = folder.model(trust_checkpoint=False)          # checkpoint files sha256-checked first
+    for entry in folder.entries:                          # baseline, then the settings
+        entry.setting()                                   # AlgmSetting with the stored policy
+        entry.onnx_path("fp16")                           # resolved inside, sha256-checked
+        entry.engine("fp32", backend="tensorrt")          # EngineRecord (ArtifactError if none)
+
+An entry keeps its raw manifest dict (`entry.raw`): keys this code does not know (e.g. a
+setting's `token_mode`) are kept and saved back unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from algm_export.errors import AlgmError, ArtifactError, ConfigError
+from algm_export.manifest import (load_manifest, resolve_inside, save_manifest, sha256_file, verify_file,
+                                  write_json_atomic)
+
+PRECISIONS = ("fp32", "fp16")
+_ONNX_KEYS = {"fp32": ("onnx", "sha256"), "fp16": ("onnx_fp16", "sha256_fp16")}
+
+
+def find_engine_record(data: dict, setting: str = "baseline", precision: str = "fp32",
+                       backend: str | None = None, plugins: bool | None = None) -> dict:
+    """The manifest record of one engine (the first match); ArtifactError when none is listed."""
+    for rec in data.get("engines") or []:
+        if rec.get("setting") != setting or rec.get("precision") != precision:
+            continue
+        if backend is not None and rec.get("backend") != backend:
+            continue
+        if plugins is not None and bool(rec.get("plugin_library")) != plugins:
+            continue
+        return rec
+    raise ArtifactError(f"no {precision} engine for {setting!r}"
+                        + (f" built with {backend}" if backend else "")
+                        + " in the manifest; build it first (`algm-export build DIR`).")
+
+
+@dataclass(frozen=True)
+class EngineRecord:
+    """One built engine as the manifest lists it (`raw` is the record)."""
+
+    folder: "ExportFolder"
+    raw: dict
+
+    setting = property(lambda self: self.raw["setting"])
+    backend = property(lambda self: self.raw["backend"])
+    precision = property(lambda self: self.raw["precision"])
+    has_plugins = property(lambda self: bool(self.raw.get("plugin_library")))
+
+    def engine_path(self) -> Path:
+        """The engine file, resolved inside the folder and sha256-checked."""
+        return verify_file(self.folder.path, self.raw["file"], self.raw["sha256"], f"engine of {self.setting}")
+
+    def plugin_path(self) -> Optional[Path]:
+        lib = self.raw.get("plugin_library")
+        if not lib:
+            return None
+        return verify_file(self.folder.path, lib, self.raw["plugin_sha256"], f"plugin library of {self.setting}")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """The baseline or one threshold setting of an export folder."""
+
+    folder: "ExportFolder"
+    raw: dict
+
+    name = property(lambda self: self.raw["name"])
+    is_baseline = property(lambda self: "threshold" not in self.raw)
+    threshold = property(lambda self: self.raw.get("threshold"))
+    capacities = property(lambda self: self.raw.get("capacities"))
+    layers = property(lambda self: self.raw.get("layers"))
+    window = property(lambda self: self.raw.get("window"))
+    policy = property(lambda self: self.raw.get("policy", "per_image"))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.raw.get(key, default)
+
+    def setting(self):
+        """The `AlgmSetting` exactly as exported (threshold, window, layers, stored policy); None for the baseline."""
+        from algm_export.merging.setting import AlgmSetting
+
+        if self.is_baseline:
+            return None
+        try:
+            return AlgmSetting(self.threshold, tuple(self.window), tuple(self.layers), self.policy)
+        except AlgmError as e:
+            raise ArtifactError(f"manifest.json: setting {self.name}: {e}; re-export the folder") from None
+
+    def has_precision(self, precision: str) -> bool:
+        return precision in _ONNX_KEYS and bool(self.raw.get(_ONNX_KEYS[precision][0]))
+
+    def onnx_path(self, precision: str = "fp32") -> Path:
+        """The entry's ONNX of `precision`, resolved inside the folder and sha256-checked before anyone parses it."""
+        if precision not in _ONNX_KEYS:
+            raise ConfigError(f"precision {precision!r} unknown; use one of {', '.join(PRECISIONS)}")
+        key, hkey = _ONNX_KEYS[precision]
+        if not self.raw.get(key):
+            raise ConfigError(f"{self.name} has no {precision} ONNX; re-export with "
+                              f"`algm-export export ... --precision {precision}`")
+        return verify_file(self.folder.path, self.raw[key], self.raw[hkey], f"{self.name}.{key}")
+
+    def engines(self, precision: Optional[str] = None, backend: Optional[str] = None,
+                plugins: Optional[bool] = None) -> list[EngineRecord]:
+        out = []
+        for rec in self.folder.data.get("engines") or []:
+            if rec.get("setting") != self.name:
+                continue
+            if precision is not None and rec.get("precision") != precision:
+                continue
+            if backend is not None and rec.get("backend") != backend:
+                continue
+            if plugins is not None and bool(rec.get("plugin_library")) != plugins:
+                continue
+            out.append(EngineRecord(self.folder, rec))
+        return out
+
+    def engine(self, precision: str = "fp32", backend: Optional[str] = None,
+               plugins: Optional[bool] = None) -> EngineRecord:
+        """The first engine of this entry that matches; ArtifactError when none is listed."""
+        return EngineRecord(self.folder, find_engine_record(self.folder.data, self.name, precision, backend, plugins))
+
+
+class ExportFolder:
+    """An export folder: `manifest.json` (schema-checked on load) and the files it lists."""
+
+    def __init__(self, path: str | os.PathLike, data: dict):
+        self.path = Path(path)
+        self.data = data
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, verify: bool = False) -> "ExportFolder":
+        """Load and schema-check the manifest (ArtifactError when it is missing or malformed);
+        `verify`: also check the sha256 of every file it lists."""
+        return cls(path, load_manifest(path, verify=verify))
+
+    def save(self) -> Path:
+        return save_manifest(self.path, self.data)
+
+    # ---------------------------------------------------------------- contents
+    @property
+    def model_info(self) -> dict:
+        return self.data["model"]
+
+    @property
+    def baseline(self) -> Entry:
+        return Entry(self, self.data["baseline"])
+
+    @property
+    def settings(self) -> list[Entry]:
+        return [Entry(self, s) for s in self.data["settings"]]
+
+    @property
+    def entries(self) -> list[Entry]:
+        """The baseline, then every setting, in manifest order."""
+        return [self.baseline] + self.settings
+
+    def entry(self, name: str) -> Entry:
+        for e in self.entries:
+            if e.name == name:
+                return e
+        raise ConfigError(f"no setting {name} in the manifest (it has {', '.join(e.name for e in self.entries)}).")
+
+    def select(self, only: Optional[Iterable[str]] = None) -> list[Entry]:
+        """The entries named in `only` (all when None); ConfigError for an unknown name."""
+        entries = self.entries
+        if only is None:
+            return entries
+        only = list(only)
+        names = [e.name for e in entries]
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise ConfigError(f"no setting {', '.join(unknown)} in the manifest (it has {', '.join(names)}).")
+        return [e for e in entries if e.name in only]
+
+    @property
+    def engines(self) -> list[EngineRecord]:
+        return [EngineRecord(self, r) for r in self.data.get("engines") or []]
+
+    # ---------------------------------------------------------------- files inside
+    def resolve(self, rel: Any, what: str) -> Path:
+        """`rel` inside the folder (ArtifactError for absolute paths, '..' or a symlink leading out)."""
+        return resolve_inside(self.path, rel, what)
+
+    def verify(self, rel: str, digest: str, what: str) -> Path:
+        return verify_file(self.path, rel, digest, what)
+
+    def write_json(self, rel: str, data: Any, what: str) -> Path:
+        p = self.resolve(rel, what)
+        write_json_atomic(p, data)
+        return p
+
+    # ---------------------------------------------------------------- model and inputs
+    def model(self, trust_checkpoint: bool = False):
+        """The PyTorch model the folder was exported from, at the export's image size (see `model_from_manifest`)."""
+        return model_from_manifest(self.data, trust_checkpoint, self.path)
+
+    def inputs(self, images=None, model=None, limit: Optional[int] = None) -> list[tuple[str, Any]]:
+        """[(name, model input [1,3,H,W] tensor)] of `images` (a folder, files; default the bundled sample
+        photos), at the model's size and normalization (`model`, else the manifest's model record)."""
+        from algm_export.images import load_images, sample_images, to_model_input
+
+        if model is not None:
+            size, norm = model.cfg.image_size, model.cfg.normalization
+        else:
+            size, norm = tuple(self.model_info["image_size"]), self.model_info.get("normalization", "vit")
+        pairs = sample_images() if images is None else load_images(images)
+        pairs = [(str(getattr(n, "name", n)), img) for n, img in pairs][: limit or None]
+        return [(n, to_model_input(img, size, norm)) for n, img in pairs]
+
+
+def checkpoint_file(source: str) -> Path:
+    """The file a checkpoint source names: itself, or in a folder its `checkpoint.pth` (Segmenter)
+    or its one `.pth` (mmsegmentation)."""
+    p = Path(source)
+    if p.is_dir():
+        pths = sorted(p.glob("*.pth"))
+        return p / "checkpoint.pth" if (p / "checkpoint.pth").exists() or len(pths) != 1 else pths[0]
+    return p
+
+
+def model_from_manifest(man: dict, trust_checkpoint: bool = False, export_dir=None):
+    """The PyTorch model an export folder was made from, at the export's image size.
+
+    Every file the manifest names for the model (the checkpoint, its variant.yml, a config file)
+    is sha256-checked against the manifest before it is read, then the checkpoint is loaded
+    weights-only unless `trust_checkpoint`. A run size other than the checkpoint's (`export
+    --image-size`) is confirmed by the baseline ONNX's input shape (with `export_dir`)."""
+    from algm_export.models.registry import resolve_model
+
+    info = man["model"]
+    src = info["source"]
+    config = info.get("config_file")
+    if not src.startswith("builtin:"):
+        want = info.get("checkpoint_sha256")
+        if not want:
+            raise ArtifactError(f"manifest.json: model.checkpoint_sha256 is missing for the checkpoint {src}, so "
+                                "it cannot be checked before loading; re-export the folder")
+        ck = checkpoint_file(src)
+        var = ck.parent / "variant.yml"
+        for path, key in ((ck, "checkpoint_sha256"), (var, "variant_sha256"), (config, "config_sha256")):
+            if path is None or not info.get(key):
+                continue
+            if not Path(path).is_file():
+                raise ArtifactError(f"{path} is missing (the export was made from it); restore it or re-export")
+            if sha256_file(path) != info[key]:
+                raise ArtifactError(f"{path} changed since the export (sha256 differs); re-export")
+        src = str(ck)
+    model = resolve_model(src, config=config, trust_checkpoint=trust_checkpoint)
+    size = tuple(info["image_size"])
+    if size != tuple(model.cfg.image_size):
+        onnx_size = _onnx_image_size(export_dir, man["baseline"]) if export_dir is not None else size
+        if onnx_size != size:
+            raise ArtifactError(f"manifest.json: model.image_size {list(size)} differs from the checkpoint's "
+                                f"{list(model.cfg.image_size)} and from the exported baseline's "
+                                f"{list(onnx_size)}; re-export the folder")
+        model.set_image_size(size)
+    return model
+
+
+def _onnx_image_size(export_dir, entry: dict) -> tuple:
+    """(H, W) of the `image` input of an entry's ONNX (sha256-checked before it is parsed)."""
+    import onnx
+
+    path = verify_file(export_dir, entry["onnx"], entry["sha256"], f"{entry['name']}.onnx")
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+        dims = graph.input[0].type.tensor_type.shape.dim
+        return tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in dims[2:4])
+    except Exception as e:  # noqa: BLE001  (a corrupt file: protobuf errors of every kind)
+        raise ArtifactError(f"{path} is not a readable ONNX model ({type(e).__name__}); re-export it") from None

@@ -1,0 +1,31 @@
+"""`algm-export demo`: export, validate, benchmark and report the built-in default model."""
+
+from __future__ import annotations
+
+from algm_export.commands import args as a
+
+
+def add_parser(sub):
+    p = a.command_parser(sub, "demo", help="the whole story on the built-in default model",
+                         description="Export Segmenter ViT-S/16 512 (seeded weights) with three threshold settings, "
+                                     "validate against PyTorch, benchmark side by side, write the HTML report.",
+                         example="algm-export demo --out algm-demo")
+    p.add_argument("--out", default="algm-demo", help="folder (default: %(default)s)")
+    p.add_argument("--model", default="builtin:vit_s16_512", help="model (default: %(default)s)")
+    p.add_argument("--thresholds", default="0.85,0.88,0.92", help="(default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=5, help="benchmark repeats (default: %(default)s)")
+    a.trust_arg(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    from algm_export.demo import run_demo, summary_lines
+    from algm_export.merging.setting import parse_thresholds
+
+    res = run_demo(args.out, args.model, parse_thresholds(args.thresholds), repeats=args.repeats,
+                   trust_checkpoint=args.trust_checkpoint)
+    print(res["text"])
+    print()
+    print("\n".join(summary_lines(res)))
+    return 0 if all(r["pass"] for r in res["validation"]) else 3

@@ -1,0 +1,102 @@
+"""The one runner interface every runtime implements.
+
+    with make_runner("onnxruntime", entry, precision="fp32") as r:   # runtimes.registry
+        out = r.infer(image)          # numpy or torch [B, 3, H, W] float32
+        out.logits                    # np.ndarray float32 [B, n_cls, H, W]
+        out.merge_stats               # np.ndarray int [B, steps, 2] (merges, forced) or None (baseline)
+        out.tokens                    # np.ndarray int [B, steps] patch tokens after each step, or None
+
+A runtime that reports merge statistics but not token counts (ONNX Runtime, TensorRT) derives
+the tokens from them (`tokens_from_merge_stats`): the CLAP step removes merges*(k-1) patches
+(k patches per window), every GBM step removes one per merge.
+
+`infer(image, threshold=None)`: `threshold` is reserved for graphs that take the CLAP threshold
+as an input (dynamic token mode); runners of static graphs refuse a value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Optional
+
+import numpy as np
+
+from algm_export.errors import ArtifactError, ConfigError
+
+
+@dataclass
+class RunOutput:
+    logits: np.ndarray
+    merge_stats: Optional[np.ndarray] = None
+    tokens: Optional[np.ndarray] = None
+
+    # read-only mapping access (`out["logits"]`, `"merge_stats" in out`) over the fields that are set
+    def keys(self):
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    def __getitem__(self, key: str):
+        if key not in self.keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys()
+
+    def get(self, key: str, default: Any = None):
+        return getattr(self, key) if key in self.keys() else default
+
+    def items(self):
+        return [(k, getattr(self, k)) for k in self.keys()]
+
+
+def tokens_from_merge_stats(merge_stats: np.ndarray, n_patches: int, window: int) -> np.ndarray:
+    """Patch tokens after each step [B, steps] from merge_stats [B, steps, 2]: step 0 is CLAP
+    (each merge folds a window of `window` patches into one), later steps are GBM (one per merge)."""
+    merges = np.asarray(merge_stats)[..., 0].astype(np.int64)
+    removed = merges.copy()
+    removed[:, 0] *= max(int(window) - 1, 0)
+    return n_patches - np.cumsum(removed, axis=1)
+
+
+class Runner:
+    """Base class: subclasses set `name`, `backend` and implement `_infer(image) -> RunOutput`."""
+
+    name: str = "runner"
+    backend: str = "?"
+    #: (H, W) of the images the runtime takes, None where not fixed or not known
+    input_size: Optional[tuple] = None
+    #: set by the registry for runtimes without a token count: (n_patches, CLAP window area)
+    token_geometry: Optional[tuple] = None
+
+    def infer(self, image, threshold: Optional[float] = None) -> RunOutput:
+        if threshold is not None:
+            raise ConfigError(f"{self.name}: this graph has a fixed threshold; it takes no threshold input")
+        out = self._infer(image)
+        if out.tokens is None and out.merge_stats is not None and self.token_geometry is not None:
+            out.tokens = tokens_from_merge_stats(out.merge_stats, *self.token_geometry)
+        return out
+
+    def _infer(self, image) -> RunOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def check_input_size(runner, size, name: str):
+    """`runner` if the images it takes are `size` (H, W) as far as it declares a size; else ArtifactError."""
+    have = getattr(runner, "input_size", None)
+    if have and all(h is not None for h in have) and tuple(have) != tuple(size):
+        raise ArtifactError(f"{name}: the exported model takes {have[0]}x{have[1]} images but the manifest's model "
+                            f"runs at {size[0]}x{size[1]} (model.image_size); re-export the folder")
+    return runner

@@ -1,0 +1,151 @@
+"""One backend vocabulary for every command: the name -> runner table.
+
+    torch          PyTorch reference (static with the entry's capacities; dynamic with `static=False`)
+    onnxruntime    the entry's ONNX in ONNX Runtime (alias: ort)
+    tensorrt       the entry's engine built with TensorRT (alias: trt; needs a CUDA GPU)
+    tensorrt-rtx   the entry's engine built with TensorRT-RTX (needs a CUDA GPU)
+
+Optional runtimes are imported only when a runner is made. A new runtime: a `Runner` subclass
+under `runtimes/<name>/` and one `_factory` entry below (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from algm_export.errors import ConfigError
+from algm_export.runtimes.base import Runner, check_input_size
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "tensorrt-rtx")
+ALIASES = {"ort": "onnxruntime", "trt": "tensorrt"}
+PRECISIONS = ("fp32", "fp16")
+
+
+def normalize_backend(name: str) -> str:
+    """The canonical name of a backend (aliases resolved); ConfigError for an unknown one."""
+    key = str(name).strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in BACKENDS:
+        raise ConfigError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)} "
+                          f"(aliases: {', '.join(f'{a}={b}' for a, b in ALIASES.items())})")
+    return key
+
+
+def parse_backends(text) -> list[str]:
+    """`torch,ort` or a list -> canonical names, duplicates removed."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    out = []
+    for b in items:
+        if str(b).strip():
+            n = normalize_backend(b)
+            if n not in out:
+                out.append(n)
+    return out
+
+
+def available_backends() -> list[str]:
+    """The backends that can run on this machine (TensorRT ones only with a CUDA GPU)."""
+    out = ["torch", "onnxruntime"]
+    try:
+        from algm_export.runtimes.tensorrt.loader import gpu_runtime_available
+
+        if gpu_runtime_available():
+            out.append("tensorrt")
+    except Exception:  # noqa: BLE001  (a broken TensorRT install means: not available)
+        pass
+    return out
+
+
+def _geometry(entry) -> Optional[tuple]:
+    info = entry.folder.model_info
+    grid, win = info.get("grid"), entry.window
+    if entry.is_baseline or not grid or not win:
+        return None
+    return grid[0] * grid[1], win[0] * win[1]
+
+
+def make_runner(backend: str, entry, precision: str = "fp32", model=None, static: bool = True,
+                threads: Optional[int] = None, device: str = "cpu", plugins=None) -> Runner:
+    """The runner of `backend` for one `artifacts.Entry` (ONNX and engine files sha256-checked first).
+
+    torch: `model` is the folder's model (`ExportFolder.model()`); the entry's setting runs static with
+    the exported capacities (`static=False`: dynamic, as PyTorch runs it without capacities)."""
+    backend = normalize_backend(backend)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r} unknown; use one of {', '.join(PRECISIONS)}")
+    if backend == "torch":
+        import torch
+
+        from algm_export.merging.patch import apply_algm
+        from algm_export.runtimes.torch import TorchRunner
+
+        if precision != "fp32":
+            raise ConfigError("the torch backend runs fp32 only; use --precision fp32 with --backend torch")
+        if model is None:
+            raise ConfigError("the torch backend needs the model (ExportFolder.model())")
+        if threads:
+            torch.set_num_threads(threads)
+        if entry.is_baseline:
+            return TorchRunner(model, "torch", device=device)
+        s = entry.setting()
+        if static:
+            return TorchRunner(apply_algm(model, s, entry.capacities), "torch-static", device=device)
+        return TorchRunner(apply_algm(model, s), "torch-dynamic", device=device)
+    if backend == "onnxruntime":
+        from algm_export.runtimes.onnxruntime import OrtRunner
+
+        path = entry.onnx_path(precision)
+        r = OrtRunner(path, threads=threads, name=f"onnxrt:{entry.name}")
+    else:
+        from algm_export.runtimes.tensorrt.runner import HostTrtRunner, TrtRunner
+
+        rec = entry.engine(precision, backend, None if plugins is None else bool(plugins))
+        r = HostTrtRunner(TrtRunner.from_record(rec, plugins), f"trt:{entry.name}")
+    r.token_geometry = _geometry(entry)
+    if model is not None:
+        check_input_size(r, model.cfg.image_size, entry.name)
+    return r
+
+
+def backend_for_file(path) -> str:
+    """The backend that runs a file: .onnx -> onnxruntime, anything else (an engine) -> tensorrt."""
+    from pathlib import Path
+
+    return "onnxruntime" if Path(path).suffix == ".onnx" else "tensorrt"
+
+
+def runner_for_file(path, backend: Optional[str] = None, n_patches: Optional[int] = None,
+                    window: Optional[int] = None, threads: Optional[int] = None) -> Runner:
+    """The runner of one exported .onnx or built engine file outside a folder walk (predict --engine).
+
+    A file that an export folder's manifest lists is sha256-checked against it first (and an
+    engine's plugin library with it). `n_patches`, `window`: for the token counts (`tokens_from_merge_stats`)."""
+    from pathlib import Path
+
+    from algm_export.manifest import find_listing, verify_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--engine {path}: no such file; give an exported .onnx or a built .engine")
+    backend = normalize_backend(backend or backend_for_file(path))
+    onnx_file = path.suffix == ".onnx"
+    if backend == "torch" or onnx_file != (backend == "onnxruntime"):
+        raise ConfigError(f"--engine {path.name} cannot run on --backend {backend}: .onnx files run on onnxruntime, "
+                          "engines on tensorrt or tensorrt-rtx")
+    listing = find_listing(path)  # a file of an export folder: sha256-checked against its manifest
+    if backend == "onnxruntime":
+        from algm_export.runtimes.onnxruntime import OrtRunner
+
+        r = OrtRunner(path, threads=threads)
+    else:
+        from algm_export.runtimes.tensorrt.runner import HostTrtRunner, TrtRunner
+
+        rec = listing[2] if listing else None
+        lib = None
+        if rec and rec.get("plugin_library"):
+            lib = verify_file(listing[0], rec["plugin_library"], rec["plugin_sha256"], "plugin library")
+        r = HostTrtRunner(TrtRunner(path, backend=None if rec else backend, record=rec, plugins=lib),
+                          f"trt:{path.name}")
+    if n_patches and window:
+        r.token_geometry = (n_patches, window)
+    return r
