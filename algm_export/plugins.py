@@ -329,6 +329,14 @@ class KernelLibrary:
         lib.algmGbmCheckAttributes.argtypes = [I32] * 4
         lib.algmGbmForward.restype = I32
         lib.algmGbmForward.argtypes = [P] * 7 + [I32] * 6 + [F32, I32, P, SZ, P]
+        lib.algmClapDynamicWorkspaceSize.restype = SZ
+        lib.algmClapDynamicWorkspaceSize.argtypes = [I32] * 6
+        lib.algmClapDynamicForward.restype = I32
+        lib.algmClapDynamicForward.argtypes = [P] * 7 + [I32] * 8 + [P, SZ, P]
+        lib.algmGbmDynamicWorkspaceSize.restype = SZ
+        lib.algmGbmDynamicWorkspaceSize.argtypes = [I32] * 4
+        lib.algmGbmDynamicForward.restype = I32
+        lib.algmGbmDynamicForward.argtypes = [P] * 8 + [I32] * 5 + [F32, I32, P, SZ, P]
         if emulated:
             lib.algmEmuSetOrder.restype = None
             lib.algmEmuSetOrder.argtypes = [I32]
@@ -373,6 +381,60 @@ class KernelLibrary:
 
     def gbm_workspace_size(self, batch, num_tokens, num_patches, num_prefix, capacity) -> int:
         return int(self.lib.algmGbmWorkspaceSize(batch, num_tokens, num_patches, num_prefix, capacity))
+
+    def clap_dynamic(self, x, threshold, grid_h: int, grid_w: int, window_h: int, window_w: int, num_prefix: int,
+                     workspace=None):
+        """Dynamic token mode: like `merging.static.clap_dynamic` (threshold: float or [B] tensor);
+        returns (y [B, P+K, D], size, assign, stats) cut to the K the kernels wrote."""
+        import torch
+
+        x = x.contiguous()
+        B, T, D = x.shape
+        P, N = num_prefix, grid_h * grid_w
+        dev = x.device
+        thr = torch.as_tensor(threshold, dtype=torch.float32, device=dev).reshape(-1).expand(B).contiguous()
+        y = torch.empty(B * (P + N) * D, dtype=x.dtype, device=dev)        # upper bound, written [B, P+K, D]
+        size = torch.empty(B * (P + N), dtype=torch.float32, device=dev)
+        assign = torch.empty(B, N, dtype=torch.int32, device=dev)
+        stats = torch.empty(B, 2, dtype=torch.int32, device=dev)
+        slots = torch.full((1,), -1, dtype=torch.int32, device=dev)
+        need = int(self.lib.algmClapDynamicWorkspaceSize(B, grid_h, grid_w, window_h, window_w, P))
+        if workspace is None:
+            workspace = torch.empty(max(need, 1), dtype=torch.uint8, device=dev)
+        status = self.lib.algmClapDynamicForward(
+            x.data_ptr(), thr.data_ptr(), y.data_ptr(), size.data_ptr(), assign.data_ptr(), stats.data_ptr(),
+            slots.data_ptr(), B, D, grid_h, grid_w, window_h, window_w, P, self._dtype(x), workspace.data_ptr(),
+            workspace.numel(), self._stream(dev))
+        self._check(status, "algmClapDynamicForward")
+        t = P + int(slots.item())
+        return y[: B * t * D].view(B, t, D), size[: B * t].view(B, t), assign, stats
+
+    def gbm_dynamic(self, x, size, assign, num_prefix: int, divisor: float, workspace=None):
+        """Dynamic token mode: like `merging.static.gbm_dynamic`, cut to the K2 the kernels wrote."""
+        import torch
+
+        x = x.contiguous()
+        size = size.contiguous().float()
+        assign = assign.contiguous().to(torch.int32)
+        B, T, D = x.shape
+        N = assign.shape[1]
+        P = num_prefix
+        dev = x.device
+        y = torch.empty(B * T * D, dtype=x.dtype, device=dev)
+        osize = torch.empty(B * T, dtype=torch.float32, device=dev)
+        oassign = torch.empty(B, N, dtype=torch.int32, device=dev)
+        stats = torch.empty(B, 2, dtype=torch.int32, device=dev)
+        slots = torch.full((1,), -1, dtype=torch.int32, device=dev)
+        need = int(self.lib.algmGbmDynamicWorkspaceSize(B, T, N, P))
+        if workspace is None:
+            workspace = torch.empty(max(need, 1), dtype=torch.uint8, device=dev)
+        status = self.lib.algmGbmDynamicForward(
+            x.data_ptr(), size.data_ptr(), assign.data_ptr(), y.data_ptr(), osize.data_ptr(), oassign.data_ptr(),
+            stats.data_ptr(), slots.data_ptr(), B, T, N, D, P, float(divisor), self._dtype(x), workspace.data_ptr(),
+            workspace.numel(), self._stream(dev))
+        self._check(status, "algmGbmDynamicForward")
+        t = P + int(slots.item())
+        return y[: B * t * D].view(B, t, D), osize[: B * t].view(B, t), oassign, stats
 
     def clap(self, x, grid_h: int, grid_w: int, window_h: int, window_w: int, num_prefix: int,
              capacity: int, threshold: float, workspace=None):

@@ -62,7 +62,7 @@ def test_kernel_library_compiles_with_nvcc(kernel_build):
     # the C API loads and answers without a GPU (cudart is linked statically, used lazily)
     c = ctypes.CDLL(str(lib))
     c.algmKernelsVersion.restype = ctypes.c_int32
-    assert c.algmKernelsVersion() == 1
+    assert c.algmKernelsVersion() == 2
     c.algmClapWorkspaceSize.restype = ctypes.c_size_t
     assert c.algmClapWorkspaceSize(4, 32, 32, 2, 2, 1, 600) > 0
     assert c.algmClapWorkspaceSize(4, 32, 32, 2, 2, 1, 100) == 0   # capacity below W = 256
