@@ -3,7 +3,8 @@
 * ``libalgm_kernels.so``  -- the CUDA kernels of AlgmClap / AlgmGbm behind a small C API
   (``plugins/common/algmKernels.h``); needs only the CUDA toolkit (nvcc).
 * ``libalgm_plugins.so``  -- the TensorRT ``IPluginV3`` plugins ``algm::AlgmClap`` and
-  ``algm::AlgmGbm`` (version "1"), registered through ``getCreators``; needs TensorRT headers
+  ``algm::AlgmGbm``, version "1" (static token mode) and version "2" (dynamic token mode: the
+  token slots of the batch as a size-tensor output), registered through ``getCreators``; needs TensorRT headers
   at build time, links no TensorRT library, loads into TensorRT >= 10 and TensorRT-RTX.
 * ``libalgm_kernels_emu.so`` (optional) -- the same kernel sources compiled for the CPU, used by
   the tests on machines without a GPU.
@@ -26,7 +27,9 @@ from typing import Any, Iterable, Sequence
 from algm_export.errors import BackendUnavailable, ConfigError
 
 PLUGIN_NAMESPACE = "algm"
-PLUGIN_VERSION = "1"
+PLUGIN_VERSION = "1"            # static token mode
+PLUGIN_DYNAMIC_VERSION = "2"    # dynamic token mode (size-tensor outputs)
+PLUGIN_VERSIONS = (PLUGIN_VERSION, PLUGIN_DYNAMIC_VERSION)
 PLUGIN_NAMES = ("AlgmClap", "AlgmGbm")
 
 KERNEL_LIBRARY = "libalgm_kernels.so"
@@ -246,7 +249,7 @@ def _creators(registry) -> set[tuple[str, str, str]]:
 
 def _algm_registered(registry) -> bool:
     have = _creators(registry)
-    return all((PLUGIN_NAMESPACE, n, PLUGIN_VERSION) in have for n in PLUGIN_NAMES)
+    return all((PLUGIN_NAMESPACE, n, v) in have for n in PLUGIN_NAMES for v in PLUGIN_VERSIONS)
 
 
 _LOADED: dict[str, Any] = {}
@@ -258,14 +261,14 @@ def load_plugin_library(trt_module, path: str | os.PathLike | None = None) -> li
 
     `path` default: `find_plugin_library()`. Loading the same path again is a no-op (the
     registry refuses to register a creator twice). Returns the algm creators now registered, as
-    ``"algm::AlgmClap/1"``, ``"algm::AlgmGbm/1"``. Raises BackendUnavailable naming the path and
+    ``"algm::AlgmClap/1"``, ``"algm::AlgmGbm/1"``, ``"algm::AlgmClap/2"``, ``"algm::AlgmGbm/2"``. Raises BackendUnavailable naming the path and
     the fix when the library cannot be registered.
     """
     p = Path(path).expanduser().resolve() if path else find_plugin_library()
     if not p.is_file():
         raise BackendUnavailable(f"plugin library {p} does not exist; build it with `algm-export plugins build` "
                                  "(algm_export.plugins.build_plugins) and pass its path.")
-    names = [f"{PLUGIN_NAMESPACE}::{n}/{PLUGIN_VERSION}" for n in PLUGIN_NAMES]
+    names = [f"{PLUGIN_NAMESPACE}::{n}/{v}" for v in PLUGIN_VERSIONS for n in PLUGIN_NAMES]
     key = f"{trt_module.__name__}:{p}"
     if key in _LOADED:
         return names
@@ -406,7 +409,7 @@ class KernelLibrary:
             slots.data_ptr(), B, D, grid_h, grid_w, window_h, window_w, P, self._dtype(x), workspace.data_ptr(),
             workspace.numel(), self._stream(dev))
         self._check(status, "algmClapDynamicForward")
-        t = P + int(slots.item())
+        t = int(slots.item())  # P + K
         return y[: B * t * D].view(B, t, D), size[: B * t].view(B, t), assign, stats
 
     def gbm_dynamic(self, x, size, assign, num_prefix: int, divisor: float, workspace=None):
@@ -433,7 +436,7 @@ class KernelLibrary:
             stats.data_ptr(), slots.data_ptr(), B, T, N, D, P, float(divisor), self._dtype(x), workspace.data_ptr(),
             workspace.numel(), self._stream(dev))
         self._check(status, "algmGbmDynamicForward")
-        t = P + int(slots.item())
+        t = int(slots.item())  # P + K2
         return y[: B * t * D].view(B, t, D), osize[: B * t].view(B, t), oassign, stats
 
     def clap(self, x, grid_h: int, grid_w: int, window_h: int, window_w: int, num_prefix: int,
@@ -484,7 +487,8 @@ class KernelLibrary:
 
 
 __all__ = [
-    "DEFAULT_ARCHS", "EMULATION_LIBRARY", "KERNEL_LIBRARY", "KernelLibrary", "PLUGIN_LIBRARY", "PLUGIN_NAMES",
+    "DEFAULT_ARCHS", "EMULATION_LIBRARY", "KERNEL_LIBRARY", "KernelLibrary", "PLUGIN_DYNAMIC_VERSION",
+    "PLUGIN_LIBRARY", "PLUGIN_NAMES", "PLUGIN_VERSIONS",
     "PLUGIN_NAMESPACE", "PLUGIN_VERSION", "PluginBuildError", "build_plugins", "default_build_dir",
     "find_kernel_library", "find_plugin_library", "find_tensorrt_include", "load_plugin_library",
     "plugin_source_dir",

@@ -253,8 +253,9 @@ def AlgmGbm(x, size, assign, num_prefix: int, capacity: int, divisor: float, plu
 # ----------------------------------------------------------------------------- dynamic token mode
 # `algm` version 2 (spec 2.2): the same ops with a data-dependent token axis. Each body is the
 # static body above with capacity = every slot (so `need` is 0 and nothing is forced) and the
-# slot table cut to the slots the batch needs, K, computed from the merge counts; K is a fifth
-# output (int32 scalar: the plugin's size tensor). CLAP reads its threshold from an input
+# slot table cut to the slots the batch needs, K, computed from the merge counts; the token
+# dimension P + K is a fifth output (int32 scalar: the plugin's size tensor, which TensorRT
+# takes as the dimension itself). CLAP reads its threshold from an input
 # (float32 [B], one per image). Keep the shared arithmetic in step with the static bodies:
 # tests/test_dynamic_tokens.py checks, bit for bit, that each dynamic body equals its static
 # body at capacity N followed by the cut.
@@ -369,7 +370,7 @@ def AlgmClapDynamic(x, threshold, grid_h: int, grid_w: int, window_h: int, windo
     size = op.Concat(ones_p, op.GatherElements(svals, src, axis=1), axis=1)
     assign = op.Cast(pos_p, to=6)
     stats = op.Cast(op.Concat(r1, op.Unsqueeze(forced, vec), axis=1), to=6)
-    tokens = op.Cast(K, to=6)
+    tokens = op.Cast(P + K, to=6)
     return op.CastLike(y, x), size, assign, stats, tokens
 
 
@@ -489,7 +490,7 @@ def AlgmGbmDynamic(x, size, assign, num_prefix: int, divisor: float, plugin_vers
     osize = op.Where(noop2, op.Slice(sz, start, keep, vec), op.GatherElements(svals, src, axis=1))
     new_assign = op.Cast(op.Where(noop2, op.Cast(assign, to=7), new_pos), to=6)
     stats = op.Cast(op.Concat(r1, op.Unsqueeze(forced, vec), axis=1), to=6)
-    tokens = op.Cast(keep0 - P, to=6)
+    tokens = op.Cast(keep0, to=6)
     return op.CastLike(y, x), osize, new_assign, stats, tokens
 
 

@@ -22,7 +22,7 @@ def register_schemas() -> None:
             S.FormalParameter("assign", "tensor(int32)", "token index holding each original patch"),
             S.FormalParameter("stats", "tensor(int32)", "[merges done, forced merges] per image")]
     tc = [("T", ["tensor(float)", "tensor(float16)"], "token dtype")]
-    tokens = S.FormalParameter("tokens", "tensor(int32)", "K: patch-token slots of the output (max real count)")
+    tokens = S.FormalParameter("tokens", "tensor(int32)", "P + K: token slots of y (K = the largest real count)")
     for schema in (
         S("AlgmClap", "algm", 1, inputs=[S.FormalParameter("x", "T")], outputs=outs, type_constraints=tc,
           attributes=[S.Attribute(n, A.INT, n) for n in
@@ -35,7 +35,7 @@ def register_schemas() -> None:
           attributes=[S.Attribute("num_prefix", A.INT, ""), S.Attribute("capacity", A.INT, ""),
                       S.Attribute("divisor", A.FLOAT, "GBM threshold divisor (layer number)")] + common),
         # version 2: dynamic token mode (spec 2.2): no capacity, the threshold an input, the
-        # slot count K of the batch a fifth output (int32 scalar, the plugin's size tensor)
+        # token slots P + K of the batch a fifth output (int32 scalar, the plugin's size tensor)
         S("AlgmClap", "algm", 2, inputs=[S.FormalParameter("x", "T"),
                                          S.FormalParameter("threshold", "tensor(float)", "[B] one per image")],
           outputs=outs + [tokens], type_constraints=tc,

@@ -15,9 +15,9 @@
  *
  * Dynamic token mode (ClapParams::slotsOut set, capacity N, docs/static-ops.md "Dynamic token
  * mode"): the decision kernel also records every image's real count, `slotCountKernel` writes
- * the slots of the batch K = max real count to slotsOut, and the gather kernel writes
- * y [B, P+K, D] / size [B, P+K] with that row stride (blocks past P+K return at once). The
- * threshold may come per image from device memory (ClapParams::thresholds).
+ * the token slots of the batch P + K (K = max real patch-token count) to slotsOut, and the gather
+ * kernel writes y [B, P+K, D] / size [B, P+K] with that row stride (blocks past P+K return at
+ * once). The threshold may come per image from device memory (ClapParams::thresholds).
  */
 #include "algmClapKernel.h"
 
@@ -302,8 +302,8 @@ ALGM_KERNEL void clapDecisionKernel(float const* __restrict__ scores, int32_t* _
     }
 }
 
-//! dynSlots (dynamic token mode): the slots of the batch K on the device; y and size are then
-//! [B, P+K, ...] and blocks past P+K return (the slot table keeps its stride `capacity`).
+//! dynSlots (dynamic token mode): the token slots of the batch P + K on the device; y and size are
+//! then [B, P+K, ...] and blocks past P+K return (the slot table keeps its stride `capacity`).
 template <typename T>
 ALGM_KERNEL void clapGatherKernel(T const* __restrict__ x, T* __restrict__ y, float* __restrict__ sizeOut,
     int32_t const* __restrict__ slotSrc, int tokens, int dim, int numPrefix, int capacity, int gridW, int windowH,
@@ -313,7 +313,7 @@ ALGM_KERNEL void clapGatherKernel(T const* __restrict__ x, T* __restrict__ y, fl
     int const tid = static_cast<int>(threadIdx.x);
     int const p = static_cast<int>(blockIdx.x);
     int const b = static_cast<int>(blockIdx.y);
-    int const outTokens = numPrefix + (dynSlots != nullptr ? *dynSlots : capacity);
+    int const outTokens = dynSlots != nullptr ? *dynSlots : numPrefix + capacity;
     if (p >= outTokens)
     {
         return; // the whole block: no barrier is reached
@@ -399,7 +399,7 @@ int32_t launchClap(ClapParams const& p, void const* xv, void* yv, float* sizeOut
     if (p.slotsOut != nullptr)
     {
         auto count = slotCountKernel<kDecisionThreads>;
-        ALGM_LAUNCH(count, dim3(1), dim3(kDecisionThreads), 0, stream, ws.realCount, p.batch, 0, p.slotsOut);
+        ALGM_LAUNCH(count, dim3(1), dim3(kDecisionThreads), 0, stream, ws.realCount, p.batch, p.numPrefix, p.slotsOut);
     }
     auto gather = clapGatherKernel<T>;
     ALGM_LAUNCH(gather, dim3(p.numPrefix + p.capacity, p.batch), dim3(kGatherThreads), 0, stream, x, y, sizeOut,

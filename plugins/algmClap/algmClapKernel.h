@@ -24,8 +24,8 @@ struct ClapParams
     float threshold;
     //! Per-image thresholds [batch] on the device (replace `threshold` when set).
     float const* thresholds = nullptr;
-    //! Dynamic token mode (capacity must be N): receives K, the patch-token slots of the batch (an
-    //! int32 on the device); y / size are then written as [B, P+K, ...].
+    //! Dynamic token mode (capacity must be N): receives P + K, the token slots of the batch (K the
+    //! largest real patch-token count; an int32 on the device); y / size are then [B, P+K, ...].
     int32_t* slotsOut = nullptr;
 };
 

@@ -14,9 +14,9 @@
  * No floating-point atomics; integer counts only. Deterministic and batch independent.
  *
  * Dynamic token mode (GbmParams::slotsOut set, capacity = every input slot T - P): the decision
- * kernel also records every image's real output count, `slotCountKernel` writes the slots of the
- * batch K2 = max real count - P to slotsOut, and the gather kernel writes y [B, P+K2, D] /
- * size [B, P+K2] with that row stride.
+ * kernel also records every image's real output count, `slotCountKernel` writes the token slots
+ * of the batch P + K2 (the largest real count, prefix included) to slotsOut, and the gather kernel
+ * writes y [B, P+K2, D] / size [B, P+K2] with that row stride.
  */
 #include "algmGbmKernel.h"
 
@@ -485,18 +485,18 @@ ALGM_KERNEL void gbmDecisionKernel(float const* __restrict__ sizeIn, int32_t con
     }
 }
 
-//! dynSlots (dynamic token mode): K2 on the device; y and size are then [B, P+K2, ...] and blocks
-//! past P+K2 return (the slot table keeps its stride `keep`).
+//! dynSlots (dynamic token mode): P + K2 on the device; y and size are then [B, P+K2, ...] and
+//! blocks past P+K2 return (the slot table keeps its stride `keep`).
 template <typename T>
 ALGM_KERNEL void gbmGatherKernel(T const* __restrict__ x, float const* __restrict__ sizeIn,
     int32_t const* __restrict__ slotSrc, int32_t const* __restrict__ srcStart, int32_t const* __restrict__ srcList,
-    T* __restrict__ y, float* __restrict__ sizeOut, int tokens, int dim, int keep, int nA, int nB, int numPrefix,
+    T* __restrict__ y, float* __restrict__ sizeOut, int tokens, int dim, int keep, int nA, int nB,
     int32_t const* __restrict__ dynSlots)
 {
     int const tid = static_cast<int>(threadIdx.x);
     int const p = static_cast<int>(blockIdx.x);
     int const b = static_cast<int>(blockIdx.y);
-    int const outTokens = dynSlots != nullptr ? numPrefix + *dynSlots : keep;
+    int const outTokens = dynSlots != nullptr ? *dynSlots : keep;
     if (p >= outTokens)
     {
         return;
@@ -621,11 +621,11 @@ int32_t launchGbm(GbmParams const& p, void const* xv, float const* sizeIn, int32
     if (p.slotsOut != nullptr)
     {
         auto count = slotCountKernel<kDecisionThreads>;
-        ALGM_LAUNCH(count, dim3(1), dim3(kDecisionThreads), 0, stream, ws.realCount, p.batch, p.numPrefix, p.slotsOut);
+        ALGM_LAUNCH(count, dim3(1), dim3(kDecisionThreads), 0, stream, ws.realCount, p.batch, 0, p.slotsOut);
     }
     auto gather = gbmGatherKernel<T>;
     ALGM_LAUNCH(gather, dim3(keep, p.batch), dim3(kGatherThreads), 0, stream, x, sizeIn, ws.slotSrc, ws.srcStart,
-        ws.srcList, y, sizeOut, tokens, p.dim, keep, nA, nB, p.numPrefix, p.slotsOut);
+        ws.srcList, y, sizeOut, tokens, p.dim, keep, nA, nB, p.slotsOut);
     return cudaGetLastError() == cudaSuccess ? ALGM_STATUS_SUCCESS : ALGM_STATUS_CUDA_ERROR;
 }
 
@@ -661,15 +661,23 @@ size_t gbmWorkspaceSize(int32_t batch, int32_t numTokens, int32_t numPatches, in
     return c.size();
 }
 
+//! Dynamic token mode: numTokens is the upper bound of a data-dependent T, so the workspace covers
+//! every T' <= numTokens (the similarity tile, hence the layout, depends on T': the size is not
+//! monotonic in it).
 size_t gbmDynamicWorkspaceSize(int32_t batch, int32_t numTokens, int32_t numPatches, int32_t numPrefix)
 {
     if (batch < 0 || gbmCheckAttributes(numTokens, numPatches, numPrefix, numTokens - numPrefix) != ALGM_STATUS_SUCCESS)
     {
         return 0;
     }
-    WorkspaceCarver c;
-    carveGbm(c, batch, numTokens, numPrefix, numTokens - numPrefix, true);
-    return c.size();
+    size_t best = 0;
+    for (int32_t t = numPrefix + 1; t <= numTokens; ++t)
+    {
+        WorkspaceCarver c;
+        carveGbm(c, batch, t, numPrefix, t - numPrefix, true);
+        best = c.size() > best ? c.size() : best;
+    }
+    return best;
 }
 
 int32_t gbmForward(GbmParams const& p, int32_t dtype, void const* x, float const* sizeIn, int32_t const* assignIn,

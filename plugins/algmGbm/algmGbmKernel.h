@@ -20,8 +20,8 @@ struct GbmParams
     int32_t numPrefix;
     int32_t capacity; //!< C2
     float divisor;    //!< L
-    //! Dynamic token mode (capacity must be numTokens - numPrefix): receives K2, the patch-token
-    //! slots of the batch (an int32 on the device); y / size are then written as [B, P+K2, ...].
+    //! Dynamic token mode (capacity must be numTokens - numPrefix): receives P + K2, the token slots
+    //! of the batch (an int32 on the device); y / size are then written as [B, P+K2, ...].
     int32_t* slotsOut = nullptr;
 };
 

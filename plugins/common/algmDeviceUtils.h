@@ -52,10 +52,10 @@ ALGM_DEVICE V blockMax(V v, V* red)
     return best;
 }
 
-//! Dynamic token mode: the patch-token slots a batch needs, max_b counts[b] - offset, written to
-//! *slots (the plugin's size tensor, read back by the gather kernels). One block of BLOCK threads.
+//! Dynamic token mode: the token slots a batch needs, max_b counts[b] + add, written to *slots (the
+//! plugin's size tensor, read back by the gather kernels). One block of BLOCK threads.
 template <int BLOCK>
-ALGM_KERNEL void slotCountKernel(int32_t const* __restrict__ counts, int batch, int offset, int32_t* __restrict__ slots)
+ALGM_KERNEL void slotCountKernel(int32_t const* __restrict__ counts, int batch, int add, int32_t* __restrict__ slots)
 {
     ALGM_SHARED_ARRAY(int, red, BLOCK);
     int best = 0;
@@ -66,7 +66,7 @@ ALGM_KERNEL void slotCountKernel(int32_t const* __restrict__ counts, int batch, 
     best = blockMax<BLOCK>(best, red);
     if (threadIdx.x == 0)
     {
-        *slots = best - offset;
+        *slots = best + add;
     }
 }
 

@@ -13,9 +13,10 @@
  *
  * Dynamic token mode (algmClapDynamicForward, algmGbmDynamicForward; docs/static-ops.md): the
  * same ops with every slot as capacity (C1 = N, C2 = T - P: never a forced merge) and the token
- * axis cut to the slots the batch needs, K = max over the batch of the real patch-token count,
- * which is written to `slotsOut` (one int32 on the device). y and size are written densely as
- * [B, P+K, D] / [B, P+K]; their buffers must hold the upper bound (P+N resp. T rows per image).
+ * axis cut to the slots the batch needs: P + K, K = max over the batch of the real patch-token
+ * count, is written to `slotsOut` (one int32 on the device: the token dimension of y). y and size
+ * are written densely as [B, P+K, D] / [B, P+K]; their buffers must hold the upper bound (P+N
+ * resp. T rows per image).
  * CLAP takes its threshold per image from `thresholds` [B] (float32, on the device).
  */
 #ifndef ALGM_KERNELS_H
