@@ -241,7 +241,7 @@ def _threshold_tensor(threshold, default: float, im: torch.Tensor, check: bool) 
     if threshold is None:
         threshold = default
     if not isinstance(threshold, torch.Tensor):
-        return torch.full((B,), float(threshold), dtype=torch.float32, device=im.device)
+        threshold = torch.tensor(float(threshold))
     t = threshold.to(device=im.device, dtype=torch.float32)
     if t.dim() == 0:
         t = t.expand(B)
