@@ -64,7 +64,7 @@ def main():
 
     from algm_export import AlgmSetting, apply_algm
     from algm_export.calibrate import calibrate
-    from algm_export.flops import model_macs
+    from algm_export.flops import mean_macs, model_macs
     from algm_export.images import sample_images, to_model_input
     from algm_export.merging.static import tokens_from_stats
     from algm_export.models.registry import resolve_model
@@ -147,8 +147,8 @@ def main():
 
     base = model_macs(model)["total"]
     static_macs = model_macs(model, setting.layers, caps)["total"]
-    dyn_macs = [model_macs(model, setting.layers, t)["total"] for t in ref_tokens]
-    flop = {"baseline": 1.0, "static": base / static_macs, "dynamic": base / float(np.mean(dyn_macs))}
+    dyn_mean = mean_macs(model, setting.layers, ref_tokens)["total"]
+    flop = {"baseline": 1.0, "static": base / static_macs, "dynamic": base / dyn_mean}
     mean = {k: float(np.mean(med[k])) for k in order}
     print(f"\nONNX Runtime CPU, batch 1, median of {a.repeats} interleaved rounds per photo, settle {a.settle_ms:g} ms "
           f"(ms):")
@@ -159,7 +159,7 @@ def main():
     print(f"\n  {'model':9s} {'GMACs':>8s} {'FLOP ratio':>11s} {'speed-up':>9s} {'speed-up/FLOP':>14s}")
     summary = {}
     for k in order:
-        g = {"baseline": base, "static": static_macs, "dynamic": float(np.mean(dyn_macs))}[k]
+        g = {"baseline": base, "static": static_macs, "dynamic": dyn_mean}[k]
         sp = mean["baseline"] / mean[k]
         summary[k] = {"gmacs": g, "flop_ratio": flop[k], "speedup": sp, "speedup_vs_flop": sp / flop[k],
                       "mean_ms": mean[k]}

@@ -124,6 +124,17 @@ def test_tokens_from_stats_in_every_mode(tiny_linear, photos_128):
         np.testing.assert_array_equal(tokens_from_stats(model.stats_tensor.numpy(), 64), st["tokens"].numpy())
 
 
+def test_mean_macs_is_the_mean_over_images(tiny_linear):
+    """Per-image FLOP ratio (issue 13): baseline MACs over the mean MACs at each image's real counts."""
+    from algm_export.flops import mean_macs, model_macs
+
+    counts = [[64, 50], [40, 30], [16, 9]]
+    got = mean_macs(tiny_linear, (1, 5), counts)
+    each = [model_macs(tiny_linear, (1, 5), c)["total"] for c in counts]
+    assert abs(got["total"] - sum(each) / 3) < 1e-12
+    assert model_macs(tiny_linear)["total"] > got["total"] > min(each)
+
+
 # ----------------------------------------------------------------------------- op level (ONNX bodies)
 
 def _separated(P, grid=(8, 8), seed=3):
