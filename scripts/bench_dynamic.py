@@ -6,7 +6,8 @@
 
 Exports Segmenter ViT-S/16 512 (`builtin:vit_s16_512`, seeded weights): the baseline, the static
 ALGM model with capacities calibrated on the photos (their maximum: no forced merge), and the
-dynamic token mode model. On the 6 bundled scikit-image photos at batch 1 it then
+dynamic token mode model. On the first 6 bundled scikit-image photos (`--photos`; the set of
+scripts/bench_reference.py and docs/performance.md) at batch 1 it then
 
 * checks parity: each export against the PyTorch reference (`per_image`) -- max |logit error|,
   pixels whose class agrees, and (dynamic) the real token counts from `merge_stats`, which must
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "hubble_deep_field"]
+PHOTOS = "astronaut,coffee,chelsea,rocket,motorcycle_left,motorcycle_right"
 
 
 def _export(path: Path, model, reuse: bool, **kw):
@@ -60,6 +61,7 @@ def main():
     ap.add_argument("--settle-ms", type=float, default=50.0, help="idle time before each timed run (0: back to back)")
     ap.add_argument("--reuse", action="store_true", help="reuse the ONNX files already in --out")
     ap.add_argument("--threshold-check", default="", help="e.g. 0.85,0.88,0.92: threshold-input file vs per-threshold exports")
+    ap.add_argument("--photos", default=PHOTOS, help="bundled photos (algm_export.images.SAMPLE_IMAGES), comma-separated")
     a = ap.parse_args()
 
     from algm_export import AlgmSetting, apply_algm
@@ -77,7 +79,7 @@ def main():
     cfg = model.cfg
     N = cfg.grid[0] * cfg.grid[1]
     setting = AlgmSetting(a.threshold, (2, 2), (1, 5) if cfg.n_layers < 24 else (1, 7))
-    pairs = sample_images(names=PHOTOS)
+    pairs = sample_images(names=[n for n in a.photos.split(",") if n])
     names = [n for n, _ in pairs]
     xs = [to_model_input(img, cfg.image_size, cfg.normalization) for _, img in pairs]
     print(f"{a.model}: {cfg.backbone} {cfg.image_size[0]}x{cfg.image_size[1]}, N={N}, setting {setting.name}, "
@@ -150,8 +152,8 @@ def main():
     dyn_mean = mean_macs(model, setting.layers, ref_tokens)["total"]
     flop = {"baseline": 1.0, "static": base / static_macs, "dynamic": base / dyn_mean}
     mean = {k: float(np.mean(med[k])) for k in order}
-    print(f"\nONNX Runtime CPU, batch 1, median of {a.repeats} interleaved rounds per photo, settle {a.settle_ms:g} ms "
-          f"(ms):")
+    print(f"\nONNX Runtime CPU, {a.threads} threads, batch 1, median of {a.repeats} interleaved rounds per photo, "
+          f"settle {a.settle_ms:g} ms (ms):")
     print("  " + f"{'photo':18s}" + "".join(f"{k:>10s}" for k in order))
     for i, n in enumerate(names):
         print("  " + f"{n:18s}" + "".join(f"{med[k][i]:10.1f}" for k in order))
