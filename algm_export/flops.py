@@ -42,3 +42,13 @@ def model_macs(model, layers: Optional[Sequence[int]] = None, counts: Optional[S
     dmacs = dec.macs([patch_tokens[i] for i in dec.in_layers], (gh, gw))
     total = macs + dmacs + merge
     return {"encoder": macs / 1e9, "decoder": dmacs / 1e9, "merge": merge / 1e9, "total": total / 1e9}
+
+
+def mean_macs(model, layers: Sequence[int], counts: Sequence[Sequence[int]]) -> dict:
+    """GMACs of dynamic token mode over a set of images: the mean of `model_macs` at each image's
+    real token counts (`counts[i]` = patch tokens after each merge step of image i, e.g. from
+    `merging.static.tokens_from_stats`). The per-image FLOP ratio is baseline / this "total"."""
+    rows = [model_macs(model, layers, [int(v) for v in c]) for c in counts]
+    if not rows:
+        raise ValueError("mean_macs needs the token counts of at least one image")
+    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}

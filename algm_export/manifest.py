@@ -198,8 +198,9 @@ ENTRY_SCHEMA = {
 }
 SETTING_SCHEMA = {
     **ENTRY_SCHEMA, "threshold": (NUM, True), "window": (ListOf(SIZE, 2), True),
-    "layers": (ListOf(SIZE, min_length=1), True), "capacities": (ListOf(COUNT, min_length=1), True),
-    "policy": (STR, False), "calibration": (DICT, False),
+    "layers": (ListOf(SIZE, min_length=1), True), "capacities": (Nullable(ListOf(COUNT, min_length=1)), True),
+    "policy": (STR, False), "calibration": (Nullable(DICT), False),
+    "token_mode": (STR, False), "threshold_input": (BOOL, False), "thresholds": (ListOf(NUM), False),
 }
 ENGINE_SCHEMA = {
     "setting": (NAME, True), "file": (PATH, True), "sha256": (SHA256, True), "backend": (STR, True),

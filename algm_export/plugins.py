@@ -3,7 +3,8 @@
 * ``libalgm_kernels.so``  -- the CUDA kernels of AlgmClap / AlgmGbm behind a small C API
   (``plugins/common/algmKernels.h``); needs only the CUDA toolkit (nvcc).
 * ``libalgm_plugins.so``  -- the TensorRT ``IPluginV3`` plugins ``algm::AlgmClap`` and
-  ``algm::AlgmGbm`` (version "1"), registered through ``getCreators``; needs TensorRT headers
+  ``algm::AlgmGbm``, version "1" (static token mode) and version "2" (dynamic token mode: the
+  token slots of the batch as a size-tensor output), registered through ``getCreators``; needs TensorRT headers
   at build time, links no TensorRT library, loads into TensorRT >= 10 and TensorRT-RTX.
 * ``libalgm_kernels_emu.so`` (optional) -- the same kernel sources compiled for the CPU, used by
   the tests on machines without a GPU.
@@ -26,7 +27,9 @@ from typing import Any, Iterable, Sequence
 from algm_export.errors import BackendUnavailable, ConfigError
 
 PLUGIN_NAMESPACE = "algm"
-PLUGIN_VERSION = "1"
+PLUGIN_VERSION = "1"            # static token mode
+PLUGIN_DYNAMIC_VERSION = "2"    # dynamic token mode (size-tensor outputs)
+PLUGIN_VERSIONS = (PLUGIN_VERSION, PLUGIN_DYNAMIC_VERSION)
 PLUGIN_NAMES = ("AlgmClap", "AlgmGbm")
 
 KERNEL_LIBRARY = "libalgm_kernels.so"
@@ -255,7 +258,7 @@ def _creators(registry) -> set[tuple[str, str, str]]:
 
 def _algm_registered(registry) -> bool:
     have = _creators(registry)
-    return all((PLUGIN_NAMESPACE, n, PLUGIN_VERSION) in have for n in PLUGIN_NAMES)
+    return all((PLUGIN_NAMESPACE, n, v) in have for n in PLUGIN_NAMES for v in PLUGIN_VERSIONS)
 
 
 _LOADED: dict[str, Any] = {}
@@ -267,14 +270,14 @@ def load_plugin_library(trt_module, path: str | os.PathLike | None = None) -> li
 
     `path` default: `find_plugin_library()`. Loading the same path again is a no-op (the
     registry refuses to register a creator twice). Returns the algm creators now registered, as
-    ``"algm::AlgmClap/1"``, ``"algm::AlgmGbm/1"``. Raises BackendUnavailable naming the path and
+    ``"algm::AlgmClap/1"``, ``"algm::AlgmGbm/1"``, ``"algm::AlgmClap/2"``, ``"algm::AlgmGbm/2"``. Raises BackendUnavailable naming the path and
     the fix when the library cannot be registered.
     """
     p = Path(path).expanduser().resolve() if path else find_plugin_library()
     if not p.is_file():
         raise BackendUnavailable(f"plugin library {p} does not exist; build it with `algm-export plugins build` "
                                  "(algm_export.plugins.build_plugins) and pass its path.")
-    names = [f"{PLUGIN_NAMESPACE}::{n}/{PLUGIN_VERSION}" for n in PLUGIN_NAMES]
+    names = [f"{PLUGIN_NAMESPACE}::{n}/{v}" for v in PLUGIN_VERSIONS for n in PLUGIN_NAMES]
     key = f"{trt_module.__name__}:{p}"
     if key in _LOADED:
         return names
@@ -338,6 +341,14 @@ class KernelLibrary:
         lib.algmGbmCheckAttributes.argtypes = [I32] * 4
         lib.algmGbmForward.restype = I32
         lib.algmGbmForward.argtypes = [P] * 7 + [I32] * 6 + [F32, I32, P, SZ, P]
+        lib.algmClapDynamicWorkspaceSize.restype = SZ
+        lib.algmClapDynamicWorkspaceSize.argtypes = [I32] * 6
+        lib.algmClapDynamicForward.restype = I32
+        lib.algmClapDynamicForward.argtypes = [P] * 7 + [I32] * 8 + [P, SZ, P]
+        lib.algmGbmDynamicWorkspaceSize.restype = SZ
+        lib.algmGbmDynamicWorkspaceSize.argtypes = [I32] * 4
+        lib.algmGbmDynamicForward.restype = I32
+        lib.algmGbmDynamicForward.argtypes = [P] * 8 + [I32] * 5 + [F32, I32, P, SZ, P]
         if emulated:
             lib.algmEmuSetOrder.restype = None
             lib.algmEmuSetOrder.argtypes = [I32]
@@ -382,6 +393,60 @@ class KernelLibrary:
 
     def gbm_workspace_size(self, batch, num_tokens, num_patches, num_prefix, capacity) -> int:
         return int(self.lib.algmGbmWorkspaceSize(batch, num_tokens, num_patches, num_prefix, capacity))
+
+    def clap_dynamic(self, x, threshold, grid_h: int, grid_w: int, window_h: int, window_w: int, num_prefix: int,
+                     workspace=None):
+        """Dynamic token mode: like `merging.static.clap_dynamic` (threshold: float or [B] tensor);
+        returns (y [B, P+K, D], size, assign, stats) cut to the K the kernels wrote."""
+        import torch
+
+        x = x.contiguous()
+        B, T, D = x.shape
+        P, N = num_prefix, grid_h * grid_w
+        dev = x.device
+        thr = torch.as_tensor(threshold, dtype=torch.float32, device=dev).reshape(-1).expand(B).contiguous()
+        y = torch.empty(B * (P + N) * D, dtype=x.dtype, device=dev)        # upper bound, written [B, P+K, D]
+        size = torch.empty(B * (P + N), dtype=torch.float32, device=dev)
+        assign = torch.empty(B, N, dtype=torch.int32, device=dev)
+        stats = torch.empty(B, 2, dtype=torch.int32, device=dev)
+        slots = torch.full((1,), -1, dtype=torch.int32, device=dev)
+        need = int(self.lib.algmClapDynamicWorkspaceSize(B, grid_h, grid_w, window_h, window_w, P))
+        if workspace is None:
+            workspace = torch.empty(max(need, 1), dtype=torch.uint8, device=dev)
+        status = self.lib.algmClapDynamicForward(
+            x.data_ptr(), thr.data_ptr(), y.data_ptr(), size.data_ptr(), assign.data_ptr(), stats.data_ptr(),
+            slots.data_ptr(), B, D, grid_h, grid_w, window_h, window_w, P, self._dtype(x), workspace.data_ptr(),
+            workspace.numel(), self._stream(dev))
+        self._check(status, "algmClapDynamicForward")
+        t = int(slots.item())  # P + K
+        return y[: B * t * D].view(B, t, D), size[: B * t].view(B, t), assign, stats
+
+    def gbm_dynamic(self, x, size, assign, num_prefix: int, divisor: float, workspace=None):
+        """Dynamic token mode: like `merging.static.gbm_dynamic`, cut to the K2 the kernels wrote."""
+        import torch
+
+        x = x.contiguous()
+        size = size.contiguous().float()
+        assign = assign.contiguous().to(torch.int32)
+        B, T, D = x.shape
+        N = assign.shape[1]
+        P = num_prefix
+        dev = x.device
+        y = torch.empty(B * T * D, dtype=x.dtype, device=dev)
+        osize = torch.empty(B * T, dtype=torch.float32, device=dev)
+        oassign = torch.empty(B, N, dtype=torch.int32, device=dev)
+        stats = torch.empty(B, 2, dtype=torch.int32, device=dev)
+        slots = torch.full((1,), -1, dtype=torch.int32, device=dev)
+        need = int(self.lib.algmGbmDynamicWorkspaceSize(B, T, N, P))
+        if workspace is None:
+            workspace = torch.empty(max(need, 1), dtype=torch.uint8, device=dev)
+        status = self.lib.algmGbmDynamicForward(
+            x.data_ptr(), size.data_ptr(), assign.data_ptr(), y.data_ptr(), osize.data_ptr(), oassign.data_ptr(),
+            stats.data_ptr(), slots.data_ptr(), B, T, N, D, P, float(divisor), self._dtype(x), workspace.data_ptr(),
+            workspace.numel(), self._stream(dev))
+        self._check(status, "algmGbmDynamicForward")
+        t = int(slots.item())  # P + K2
+        return y[: B * t * D].view(B, t, D), osize[: B * t].view(B, t), oassign, stats
 
     def clap(self, x, grid_h: int, grid_w: int, window_h: int, window_w: int, num_prefix: int,
              capacity: int, threshold: float, workspace=None):
@@ -431,7 +496,8 @@ class KernelLibrary:
 
 
 __all__ = [
-    "DEFAULT_ARCHS", "EMULATION_LIBRARY", "KERNEL_LIBRARY", "KernelLibrary", "PLUGIN_LIBRARY", "PLUGIN_NAMES",
+    "DEFAULT_ARCHS", "EMULATION_LIBRARY", "KERNEL_LIBRARY", "KernelLibrary", "PLUGIN_DYNAMIC_VERSION",
+    "PLUGIN_LIBRARY", "PLUGIN_NAMES", "PLUGIN_VERSIONS",
     "PLUGIN_NAMESPACE", "PLUGIN_VERSION", "PluginBuildError", "build_plugins", "default_build_dir",
     "find_kernel_library", "find_plugin_library", "find_tensorrt_include", "load_plugin_library",
     "plugin_source_dir",

@@ -62,7 +62,7 @@ def test_kernel_library_compiles_with_nvcc(kernel_build):
     # the C API loads and answers without a GPU (cudart is linked statically, used lazily)
     c = ctypes.CDLL(str(lib))
     c.algmKernelsVersion.restype = ctypes.c_int32
-    assert c.algmKernelsVersion() == 1
+    assert c.algmKernelsVersion() == 2
     c.algmClapWorkspaceSize.restype = ctypes.c_size_t
     assert c.algmClapWorkspaceSize(4, 32, 32, 2, 2, 1, 600) > 0
     assert c.algmClapWorkspaceSize(4, 32, 32, 2, 2, 1, 100) == 0   # capacity below W = 256
@@ -295,6 +295,54 @@ def test_emulated_gbm_tile_size_never_changes_a_value(emu):
         assert torch.equal(a[0], b[1])
 
 
+# ----------------------------------------------------------------------------------- dynamic token mode
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("P", [0, 1, 2])
+def test_emulated_dynamic_kernels_match_reference(emu, P, dtype):
+    """The dynamic kernels (capacity every slot, per-image thresholds, the slots of the batch
+    written by the kernels) = `merging.static.clap_dynamic` / `gbm_dynamic`: the same cut, the same
+    decisions, tokens within float rounding."""
+    from algm_export.merging.dynamic import window_scores
+    from algm_export.merging.static import clap_dynamic, gbm_dynamic
+
+    gh = gw = 8
+    tol = 1e-5 if dtype == torch.float32 else 1e-3
+    cuts = set()
+    for quantiles in ((2.0,) * 3, (0.5, 0.7, 0.9), (-1.0,) * 3):   # nothing merges, some, every window
+        for s in range(50):
+            x = smooth_tokens(3, gh, gw, P, 32, seed=7 * s + P, noise=0.3, dtype=dtype)
+            score = window_scores(x[:, P:].float(), (gh, gw), (2, 2))
+            thr = [q if abs(q) >= 1 else float(score[b].quantile(q)) + 1e-4 for b, q in enumerate(quantiles)]
+            if all(clap_margin(x[b:b + 1].float(), gh, gw, 2, 2, P, t) > MARGIN for b, t in enumerate(thr)):
+                break
+        t = torch.tensor(thr)
+        ref = clap_dynamic(x, t, gh, gw, 2, 2, P)
+        out = emu.clap_dynamic(x, t, gh, gw, 2, 2, P)
+        assert out[0].shape == ref[0].shape, f"CLAP cut {out[0].shape} != {ref[0].shape} (thresholds {thr})"
+        assert_same(out, ref, tol, f"dynamic CLAP thresholds {thr}")
+        assert (out[3][:, 1] == 0).all()                              # never a forced merge
+        cuts.add(ref[0].shape[1] - P)
+        y, size, assign, _ = ref
+        if gbm_margin(y, size, P, y.shape[1] - P, 5.0) <= MARGIN:
+            continue
+        r2 = gbm_dynamic(y, size, assign, P, 5.0)
+        o2 = emu.gbm_dynamic(y, size, assign, P, 5.0)
+        assert o2[0].shape == r2[0].shape and r2[0].shape[1] < y.shape[1]
+        assert_same(o2, r2, tol, f"dynamic GBM thresholds {thr}")
+    assert len(cuts) == 3 and max(cuts) == 64 and min(cuts) == 16     # no merge, some, every window
+
+
+def test_emulated_dynamic_gbm_workspace_covers_every_token_count(emu):
+    """A dynamic GBM input's token count is only bounded at build time: the workspace sized for the
+    bound covers every smaller count (the similarity tile, hence the layout, changes with it)."""
+    lib = emu.lib
+    for P, n in ((1, 1024), (0, 256), (2, 4096)):
+        bound = lib.algmGbmDynamicWorkspaceSize(4, P + n, n, P)
+        assert bound > 0
+        assert all(lib.algmGbmDynamicWorkspaceSize(4, t, n, P) <= bound for t in range(P + 1, P + n + 1, 7))
+
+
 # ----------------------------------------------------------------------------------- TensorRT plugins
 
 def _need_trt_headers() -> Path:
@@ -352,6 +400,13 @@ def _rtx_env() -> dict:
     env["LD_LIBRARY_PATH"] = os.pathsep.join([str(link_dir)] + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p])
     return env
 
+
+RTX_DYNAMIC_CASES = [  # name, grid, P, D, dtype, profile: version-2 plugins, data-dependent token axes
+    ("dyn-g8p1-fp32", (8, 8), 1, 32, "float32", (1, 2, 8)),
+    ("dyn-g32p1-fp16", (32, 32), 1, 384, "float16", (1, 1, 2)),
+    ("dyn-g8p0-fp32", (8, 8), 0, 32, "float32", (1, 2, 4)),
+    ("dyn-g6x10p2-fp32", (6, 10), 2, 16, "float32", (2, 2, 2)),
+]
 
 RTX_CASES = [  # name, grid, P, D, C1, C2, dtype, profile (min, opt, max)
     ("g8p1-fp32-dyn", (8, 8), 1, 32, 40, 28, "float32", (1, 2, 8)),
@@ -416,6 +471,53 @@ def _rtx_worker(lib: str, out: str) -> int:
             engine = builder.build_serialized_network(net, cfg)
             res["engine_bytes"] = 0 if engine is None else int(engine.nbytes)
         report["cases"][name] = res
+    for name, (gh, gw), P, D, dt, prof in RTX_DYNAMIC_CASES:
+        N = gh * gw
+        et = TensorProto.FLOAT if dt == "float32" else TensorProto.FLOAT16
+        nodes = [
+            helper.make_node("Relu", ["x"], ["xr"], name="pre"),
+            helper.make_node("AlgmClap", ["xr", "thr"], ["y1", "s1", "a1", "st1", "k1"], domain="algm",
+                             name="algm_clap", grid_h=gh, grid_w=gw, window_h=2, window_w=2, num_prefix=P,
+                             plugin_version="2", plugin_namespace="algm"),
+            helper.make_node("AlgmGbm", ["y1", "s1", "a1"], ["y2", "s2", "a2", "st2", "k2"], domain="algm",
+                             name="algm_gbm", num_prefix=P, divisor=5.0, plugin_version="2", plugin_namespace="algm"),
+            # downstream of the data-dependent axis: attention-like scores, a reduction over tokens
+            helper.make_node("Transpose", ["y2"], ["y2t"], perm=[0, 2, 1], name="post_t"),
+            helper.make_node("MatMul", ["y2", "y2t"], ["sc"], name="post_mm"),
+            helper.make_node("Softmax", ["sc"], ["pr"], axis=-1, name="post_sm"),
+            helper.make_node("MatMul", ["pr", "y2"], ["att"], name="post_av"),
+            helper.make_node("ReduceMean", ["att"], ["y"], axes=[1], keepdims=0, name="post_mean"),
+            helper.make_node("Concat", ["st1", "st2"], ["stats"], axis=1, name="stats"),
+        ]
+        batch = "B" if prof[0] != prof[2] else prof[0]
+        graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", et, [batch, P + N, D]),
+                                                helper.make_tensor_value_info("thr", TensorProto.FLOAT, [batch])], [
+            helper.make_tensor_value_info("y", et, None), helper.make_tensor_value_info("a2", TensorProto.INT32, None),
+            helper.make_tensor_value_info("stats", TensorProto.INT32, None)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("algm", 2)])
+        net = builder.create_network(0)
+        parser = trt.OnnxParser(net, logger)
+        ok = parser.parse(model.SerializeToString())
+        res = {"parsed": bool(ok), "errors": [str(parser.get_error(i)) for i in range(parser.num_errors)]}
+        if ok:
+            res["layers"] = {}
+            for i in range(net.num_layers):
+                layer = net.get_layer(i)
+                res["layers"][layer.name] = {
+                    "type": str(layer.type).rsplit(".", 1)[-1],
+                    "outputs": [[list(layer.get_output(j).shape), str(layer.get_output(j).dtype).rsplit(".", 1)[-1]]
+                                for j in range(layer.num_outputs)]}
+            res["outputs"] = {net.get_output(i).name: list(net.get_output(i).shape) for i in range(net.num_outputs)}
+            cfg = builder.create_builder_config()
+            p = builder.create_optimization_profile()
+            p.set_shape("x", (prof[0], P + N, D), (prof[1], P + N, D), (prof[2], P + N, D))
+            p.set_shape("thr", (prof[0],), (prof[1],), (prof[2],))
+            cfg.add_optimization_profile(p)
+            cfg.num_compute_capabilities = 1
+            cfg.set_compute_capability(trt.ComputeCapability.SM86, 0)
+            engine = builder.build_serialized_network(net, cfg)
+            res["engine_bytes"] = 0 if engine is None else int(engine.nbytes)
+        report["cases"][name] = res
     Path(out).write_text(json.dumps(report))
     return 0
 
@@ -432,7 +534,7 @@ def rtx_report(plugin_build, tmp_path_factory):
 
 
 def test_rtx_registers_both_creators(rtx_report):
-    assert rtx_report["creators"] == ["algm::AlgmClap/1", "algm::AlgmGbm/1"]
+    assert rtx_report["creators"] == ["algm::AlgmClap/1", "algm::AlgmClap/2", "algm::AlgmGbm/1", "algm::AlgmGbm/2"]
 
 
 @pytest.mark.parametrize("case", RTX_CASES, ids=[c[0] for c in RTX_CASES])
@@ -455,6 +557,26 @@ def test_rtx_algm_nodes_become_plugin_layers_with_reference_shapes(rtx_report, c
         got = layers[layer]["outputs"]
         want = [[[batch] + list(t.shape[1:]), names[t.dtype]] for t in ref]
         assert got == want, f"{layer}: {got} != {want}"
+    assert res["engine_bytes"] > 0, "TensorRT-RTX did not build an engine for SM86"
+
+
+@pytest.mark.parametrize("case", RTX_DYNAMIC_CASES, ids=[c[0] for c in RTX_DYNAMIC_CASES])
+def test_rtx_dynamic_plugins_declare_size_tensors(rtx_report, case):
+    """Version-2 nodes become PLUGIN_V3 layers whose token axis is data-dependent (a size tensor,
+    -1 in the network) while the rest of each shape is fixed; layers downstream of that axis build,
+    and TensorRT-RTX serialises an SM86 engine."""
+    name, (gh, gw), P, D, dt, prof = case
+    res = rtx_report["cases"][name]
+    assert res["parsed"], res["errors"]
+    layers = res["layers"]
+    assert layers["algm_clap"]["type"] == "PLUGIN_V3" and layers["algm_gbm"]["type"] == "PLUGIN_V3"
+    batch = -1 if prof[0] != prof[2] else prof[0]
+    half = "FLOAT" if dt == "float32" else "HALF"
+    for layer in ("algm_clap", "algm_gbm"):
+        got = layers[layer]["outputs"]
+        assert got == [[[batch, -1, D], half], [[batch, -1], "FLOAT"], [[batch, gh * gw], "INT32"],
+                       [[batch, 2], "INT32"], [[], "INT32"]], f"{layer}: {got}"
+    assert res["outputs"]["y"] == [batch, D] and res["outputs"]["a2"] == [batch, gh * gw]
     assert res["engine_bytes"] > 0, "TensorRT-RTX did not build an engine for SM86"
 
 

@@ -7,7 +7,9 @@ Skipped without CUDA. Checks:
 * against the host emulator build of the same sources: every output bit for bit (both builds
   spell out every fma and use IEEE division and square root), also at ViT sizes (N = 1024 and
   4096) where random inputs always hold near-ties and only the same arithmetic can be compared;
-* determinism (garbage-filled workspaces, repeated runs, other streams) and batch independence.
+* determinism (garbage-filled workspaces, repeated runs, other streams) and batch independence;
+* the dynamic token mode kernels (size tensor, cut, per-image thresholds) against the emulator
+  bit for bit and against `merging.static.clap_dynamic` / `gbm_dynamic`.
 """
 
 from __future__ import annotations
@@ -186,6 +188,38 @@ def test_cuda_fp16_and_fp32_agree_on_exact_fp16_inputs(cuda):
     b = _cuda(cuda.clap(x32.cuda(), 16, 16, 2, 2, 1, 150, 0.6))
     assert torch.equal(a[2], b[2]) and torch.equal(a[3], b[3]) and torch.equal(a[1], b[1])
     assert torch.equal(a[0], b[0].half())
+
+
+@pytest.mark.parametrize("P", [0, 1, 2])
+def test_cuda_dynamic_kernels_match_emulator_and_reference(cuda, emu, P):
+    """Dynamic token mode on the GPU: the size tensor P + K, the cut and every output bit equal the
+    emulator's (same source); the cut and decisions equal the torch dynamic ops on inputs with a
+    margin; per-image thresholds; ViT-S size (N = 1024, D = 384) for the bitwise part."""
+    from algm_export.merging.static import clap_dynamic, gbm_dynamic
+
+    x = smooth_tokens(3, 32, 32, P, 384, seed=3 + P, noise=0.4)
+    thr = torch.tensor([0.3, 0.6, 0.9])
+    c_gpu = _cuda(cuda.clap_dynamic(x.cuda(), thr.cuda(), 32, 32, 2, 2, P))
+    c_emu = emu.clap_dynamic(x, thr, 32, 32, 2, 2, P)
+    for a, b in zip(c_gpu, c_emu):
+        assert a.shape == b.shape and torch.equal(a, b)
+    y, size, assign, _ = c_emu
+    g_gpu = _cuda(cuda.gbm_dynamic(y.cuda(), size.cuda(), assign.cuda(), P, 5.0))
+    g_emu = emu.gbm_dynamic(y, size, assign, P, 5.0)
+    for a, b in zip(g_gpu, g_emu):
+        assert a.shape == b.shape and torch.equal(a, b)
+    for tau in (0.3, 0.7):
+        xs = _robust(lambda s: smooth_tokens(2, 8, 8, P, 64, seed=s), 8, 8, 2, 2, P, tau, seed=40 + P)
+        t = torch.full((2,), tau)
+        ref = clap_dynamic(xs, t, 8, 8, 2, 2, P)
+        got = _cuda(cuda.clap_dynamic(xs.cuda(), t.cuda(), 8, 8, 2, 2, P))
+        assert got[0].shape == ref[0].shape
+        assert_same(got, ref, 1e-5, f"dynamic CLAP tau={tau}")
+        if gbm_margin(ref[0], ref[1], P, ref[0].shape[1] - P, 5.0) > MARGIN:
+            r2 = gbm_dynamic(*ref[:3], P, 5.0)
+            g2 = _cuda(cuda.gbm_dynamic(*(v.cuda() for v in ref[:3]), P, 5.0))
+            assert g2[0].shape == r2[0].shape
+            assert_same(g2, r2, 1e-5, f"dynamic GBM tau={tau}")
 
 
 def test_plugin_enqueue_matches_kernel_api(tmp_path_factory):

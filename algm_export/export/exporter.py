@@ -1,12 +1,16 @@
-"""Export any model family (baseline) or its static ALGM form to ONNX.
+"""Export any model family (baseline) or its ALGM form (static or dynamic token mode) to ONNX.
 
-Graph interface: input `image` float32 [B, 3, H, W] (dynamic batch, fixed H, W); outputs
-`logits` float32 [B, n_cls, H, W] and, for ALGM, `merge_stats` int32 [B, steps, 2]
-(merges done, forced merges per merge step).
+Graph interface: input `image` float32 [B, 3, H, W] (dynamic batch, fixed H, W) and, for a
+dynamic model exported with `threshold_input=True`, `threshold` float32 [B] (CLAP's threshold,
+one per image); outputs `logits` float32 [B, n_cls, H, W] and, for ALGM, `merge_stats` int32
+[B, steps, 2] (merges done, forced merges per merge step; `merging.static.tokens_from_stats`
+turns them into the real token counts).
 
 The merge steps are single `algm::AlgmClap` / `algm::AlgmGbm` nodes carrying the plugin
-attributes; their behaviour is attached as model-local functions (`functions.py`), so ONNX
-Runtime runs the file with no native code. `inline=True` writes the plain standard-op graph.
+attributes: `algm` version 1 (static, capacities) or version 2 (dynamic token mode: a
+data-dependent token axis). Their behaviour is attached as model-local functions
+(`functions.py`), so ONNX Runtime runs the file with no native code. `inline=True` writes the
+plain standard-op graph.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from algm_export.merging.patch import AlgmModel
 from algm_export.models.base import SegModel
 
 ALGM_OPSET = functions.ALGM
+ALGM_DYNAMIC_OPSET = functions.ALGM_DYNAMIC
 
 
 def _clap_translation(x, grid_h, grid_w, window_h, window_w, num_prefix, capacity, threshold):
@@ -39,6 +44,19 @@ def _clap_translation(x, grid_h, grid_w, window_h, window_w, num_prefix, capacit
 def _gbm_translation(x, size, assign, num_prefix, capacity, divisor):
     return ALGM_OPSET.AlgmGbm(x, size, assign, num_prefix=num_prefix, capacity=capacity, divisor=float(divisor),
                               plugin_version="1", plugin_namespace="algm")
+
+
+def _clap_dyn_translation(x, threshold, grid_h, grid_w, window_h, window_w, num_prefix):
+    y, size, assign, stats, _slots = ALGM_DYNAMIC_OPSET.AlgmClap(
+        x, threshold, grid_h=grid_h, grid_w=grid_w, window_h=window_h, window_w=window_w, num_prefix=num_prefix,
+        plugin_version="2", plugin_namespace="algm")
+    return y, size, assign, stats
+
+
+def _gbm_dyn_translation(x, size, assign, num_prefix, divisor):
+    y, osize, oassign, stats, _slots = ALGM_DYNAMIC_OPSET.AlgmGbm(
+        x, size, assign, num_prefix=num_prefix, divisor=float(divisor), plugin_version="2", plugin_namespace="algm")
+    return y, osize, oassign, stats
 
 
 class _ExportBaseline(nn.Module):
@@ -60,17 +78,34 @@ class _ExportAlgm(nn.Module):
         return logits, self.model.stats_tensor
 
 
-def _export_program(module: nn.Module, image_size, batch: int, output_names, opset: int):
+class _ExportAlgmThreshold(_ExportAlgm):
+    def forward(self, image, threshold):
+        logits = self.model(image, threshold)
+        return logits, self.model.stats_tensor
+
+
+def _export_program(module: nn.Module, image_size, batch: int, output_names, opset: int,
+                    threshold_input: bool = False):
     register_schemas()
     H, W = image_size
-    example = torch.randn(batch, 3, H, W)
-    table = {torch.ops.algm.clap.default: _clap_translation, torch.ops.algm.gbm.default: _gbm_translation}
+    args = (torch.randn(batch, 3, H, W),)
+    batch_dim = torch.export.Dim("batch", min=1, max=1024)
+    shapes = ({0: batch_dim},)
+    names = ["image"]
+    if threshold_input:
+        # distinct example thresholds, so that nothing is specialised to one value
+        args += (torch.linspace(0.85, 0.95, batch),)
+        shapes += ({0: batch_dim},)
+        names.append("threshold")
+    table = {torch.ops.algm.clap.default: _clap_translation, torch.ops.algm.gbm.default: _gbm_translation,
+             torch.ops.algm.clap_dyn.default: _clap_dyn_translation,
+             torch.ops.algm.gbm_dyn.default: _gbm_dyn_translation}
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(
-            module.eval(), (example,), dynamo=True, custom_translation_table=table, opset_version=opset,
-            input_names=["image"], output_names=list(output_names),
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},), optimize=True, verbose=False,
+            module.eval(), args, dynamo=True, custom_translation_table=table, opset_version=opset,
+            input_names=names, output_names=list(output_names),
+            dynamic_shapes=shapes, optimize=True, verbose=False,
         )
     for m in module.modules():
         if isinstance(m, AlgmModel):
@@ -78,15 +113,45 @@ def _export_program(module: nn.Module, image_size, batch: int, output_names, ops
     return prog.model_proto
 
 
+def algm_version(model: onnx.ModelProto) -> int | None:
+    """The `algm` domain version a model imports (1 static, 2 dynamic token mode), or None."""
+    for o in model.opset_import:
+        if o.domain == functions.DOMAIN:
+            return int(o.version)
+    return None
+
+
+def token_mode_of(model: onnx.ModelProto) -> str | None:
+    """"static" / "dynamic" for an ALGM graph (from its algm nodes), None for a baseline."""
+    versions = set()
+    for n in model.graph.node:
+        if n.domain == functions.DOMAIN:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+            v = attrs.get("plugin_version", b"1")
+            versions.add(int(v.decode() if isinstance(v, bytes) else v))
+    if not versions:
+        return None
+    if len(versions) > 1:
+        raise ConfigError(f"the graph mixes algm node versions {sorted(versions)}; export it again")
+    return functions.VERSIONS.get(versions.pop(), "unknown")
+
+
 def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Add the `algm` FunctionProtos (once) and the `algm` opset import."""
+    """Add the `algm` FunctionProtos (once) and the `algm` opset import (version 1 or 2, from
+    the nodes)."""
     used = {n.op_type for n in model.graph.node if n.domain == functions.DOMAIN}
+    if not used:
+        return model
+    version = {"static": 1, "dynamic": 2}[token_mode_of(model)]
     have = {(f.domain, f.name) for f in model.functions}
-    for f in functions.function_protos():
+    for f in functions.function_protos(version):
         if f.name in used and (f.domain, f.name) not in have:
             model.functions.append(f)
-    if used and not any(o.domain == functions.DOMAIN for o in model.opset_import):
-        model.opset_import.append(onnx.helper.make_opsetid(functions.DOMAIN, 1))
+    imports = [o for o in model.opset_import if o.domain == functions.DOMAIN]
+    if not imports:
+        model.opset_import.append(onnx.helper.make_opsetid(functions.DOMAIN, version))
+    elif imports[0].version != version:
+        raise ConfigError(f"the graph imports algm version {imports[0].version} but its nodes are version {version}")
     return model
 
 
@@ -114,22 +179,35 @@ def check_model(model: onnx.ModelProto, strict: bool = True) -> onnx.ModelProto:
 
 
 def export_onnx(model, path: str | os.PathLike, image_size=None, inline: bool = False,
-                opset: int = functions.OPSET_VERSION, example_batch: int = 2) -> Path:
-    """Export a `SegModel` (baseline) or a static `AlgmModel` to `path` (written atomically)."""
+                opset: int = functions.OPSET_VERSION, example_batch: int = 2,
+                threshold_input: bool = False) -> Path:
+    """Export a `SegModel` (baseline) or a static / dynamic `AlgmModel` to `path` (atomically).
+
+    threshold_input (dynamic token mode only): the graph takes CLAP's threshold as a second
+    input `threshold` float32 [B] instead of a constant, so one file serves every threshold.
+    """
     from algm_export.manifest import atomic_path
 
     if isinstance(model, AlgmModel):
-        if not model.static:
-            raise ConfigError("only static ALGM models export: apply_algm(model, setting, capacities=(C1, C2, ...))")
-        module, outputs = _ExportAlgm(model), ("logits", "merge_stats")
+        if not model.exportable:
+            raise ConfigError("the reference ALGM model does not export: use static token mode "
+                              "(apply_algm(model, setting, capacities=(C1, C2, ...))) or dynamic token mode "
+                              "(apply_algm(model, setting, token_mode='dynamic'))")
+        if threshold_input and not model.dynamic:
+            raise ConfigError("threshold_input needs dynamic token mode: a static export's capacities are "
+                              "calibrated for one threshold; use apply_algm(model, setting, token_mode='dynamic')")
+        module = _ExportAlgmThreshold(model) if threshold_input else _ExportAlgm(model)
+        outputs = ("logits", "merge_stats")
         cfg = model.cfg
     elif isinstance(model, SegModel):
+        if threshold_input:
+            raise ConfigError("threshold_input applies to dynamic ALGM models only, not to the baseline")
         module, outputs = _ExportBaseline(model), ("logits",)
         cfg = model.cfg
     else:
         raise TypeError(f"cannot export {type(model).__name__}")
     image_size = tuple(image_size or cfg.image_size)
-    proto = _export_program(module, image_size, example_batch, outputs, opset)
+    proto = _export_program(module, image_size, example_batch, outputs, opset, threshold_input)
     proto = attach_functions(proto)
     if inline:
         proto = inline_functions(proto)

@@ -43,7 +43,8 @@ def to_fp16(model):
     return m
 
 
-def export_fp16(model, path: str | os.PathLike):
+def export_fp16(model, path: str | os.PathLike, **kwargs):
+    """`export_onnx` of the float16 copy (kwargs: e.g. threshold_input for a dynamic model)."""
     from algm_export.export.exporter import export_onnx
 
-    return export_onnx(to_fp16(model), path)
+    return export_onnx(to_fp16(model), path, **kwargs)

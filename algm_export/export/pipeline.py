@@ -1,4 +1,11 @@
-"""`algm-export export`: baseline + one ONNX per threshold setting, calibrated, with a manifest."""
+"""`algm-export export`: baseline + one ONNX per threshold setting, calibrated, with a manifest.
+
+Token modes (recorded per setting as ``"token_mode"``): ``static`` (default) calibrates
+capacities per threshold; ``dynamic`` (spec 2.2) needs no capacities and no calibration
+(``"capacities": None``, ``"calibration": None``) and its entries are named ``<setting>_dyn``;
+``dynamic`` with ``threshold_input=True`` writes one file for every threshold, one entry with
+``"threshold_input": True`` and ``"thresholds"`` the operating points it was exported for.
+"""
 
 from __future__ import annotations
 
@@ -69,14 +76,36 @@ def settings_for(model, thresholds: Optional[Sequence[float]], layers=None, wind
     return out
 
 
+TOKEN_MODES = ("static", "dynamic")
+
+
+def dynamic_name(setting: AlgmSetting, threshold_input: bool = False) -> str:
+    """Manifest name of a dynamic-mode entry: `<setting>_dyn`, or `tin_l<layers>[...]_dyn` for the
+    threshold-input file that serves every threshold."""
+    if not threshold_input:
+        return f"{setting.name}_dyn"
+    return "tin" + setting.name[setting.name.index("_"):] + "_dyn"
+
+
 def export_folder(model, source: str, out_dir, thresholds=None, calib_images=None, quantile: float = 1.0,
                   inline: bool = False, force: bool = False, layers=None, window=None, fp16: bool = False,
-                  calib_limit: Optional[int] = None, capacities=None, wait=False) -> dict:
+                  calib_limit: Optional[int] = None, capacities=None, wait=False, token_mode: str = "static",
+                  threshold_input: bool = False) -> dict:
     """Export baseline + settings into out_dir and write out_dir/manifest.json (last, atomically).
 
+    token_mode "static" (capacities calibrated per threshold, or given) or "dynamic" (no
+    capacities: data-dependent token slots); threshold_input (dynamic only): one file whose graph
+    takes the threshold as an input, for all `thresholds`.
     The folder's lock (`algm_export.lock`) is held for the whole export and taken before the
     folder is checked for emptiness, so of two exports into one new folder only one proceeds;
     the other stops with FolderInUse (or, with `wait`, waits and then finds the folder taken)."""
+    if token_mode not in TOKEN_MODES:
+        raise ConfigError(f"token mode {token_mode!r} unknown; use one of {TOKEN_MODES}")
+    if token_mode == "dynamic" and capacities is not None:
+        raise ConfigError("dynamic token mode has no capacities; drop --capacities or use --token-mode static")
+    if threshold_input and token_mode != "dynamic":
+        raise ConfigError("--threshold-input needs --token-mode dynamic (static capacities are calibrated "
+                          "for one threshold)")
     settings = settings_for(model, thresholds, layers, window)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -84,11 +113,11 @@ def export_folder(model, source: str, out_dir, thresholds=None, calib_images=Non
     out.mkdir(parents=True, exist_ok=True)
     with folder_lock(out, "export", wait):
         return _export_locked(model, source, out, settings, calib_images, quantile, inline, force, fp16,
-                              calib_limit, capacities)
+                              calib_limit, capacities, token_mode, threshold_input)
 
 
 def _export_locked(model, source: str, out: Path, settings, calib_images, quantile, inline, force, fp16,
-                   calib_limit, capacities) -> dict:
+                   calib_limit, capacities, token_mode, threshold_input) -> dict:
     if any(p.name != LOCK_NAME for p in out.iterdir()) and not force:
         raise ArtifactError(f"{out} is not empty; pass --force to re-export into it (the old manifest stays "
                             "valid until the new export is complete)")
@@ -101,12 +130,19 @@ def _export_locked(model, source: str, out: Path, settings, calib_images, quanti
         "versions": tool_versions(),
     }
 
-    names, images = calibration_tensors(model, calib_images, calib_limit)
-    total = 1 + len(settings)
+    if token_mode == "dynamic":
+        names, images = [], []  # nothing to calibrate
+    else:
+        names, images = calibration_tensors(model, calib_images, calib_limit)
+    total = 1 + (1 if threshold_input else len(settings))
     with progress_bar(total=total, desc="export", unit="model") as bar:
         entry = _export_entry(model, out / "baseline.onnx", inline, fp16)
         manifest["baseline"] = {"name": "baseline", **entry}
         bar.update(1)
+        if token_mode == "dynamic":
+            manifest["settings"] = _export_dynamic(model, out, settings, threshold_input, inline, fp16, bar)
+            save_manifest(out, manifest)
+            return manifest
         for s in settings:
             status(f"calibrating {s.name} on {len(images)} images")
             if capacities is not None:
@@ -117,26 +153,47 @@ def _export_locked(model, source: str, out: Path, settings, calib_images, quanti
                 cal = calibrate(model, s, images, names, quantile)
             static = apply_algm(model, s, cal["capacities"])
             entry = _export_entry(static, out / f"{s.name}.onnx", inline, fp16)
-            manifest["settings"].append({"name": s.name, **s.to_dict(), "capacities": cal["capacities"],
-                                         "calibration": cal, **entry})
+            manifest["settings"].append({"name": s.name, **s.to_dict(), "token_mode": "static",
+                                         "capacities": cal["capacities"], "calibration": cal, **entry})
             bar.update(1)
     save_manifest(out, manifest)
     return manifest
 
 
-def _export_entry(model, path: Path, inline: bool, fp16: bool) -> dict:
-    export_onnx(model, path)
+def _export_dynamic(model, out: Path, settings: list, threshold_input: bool, inline: bool, fp16: bool,
+                    bar) -> list[dict]:
+    """Dynamic token mode: one entry per threshold, or one threshold-input entry for all."""
+    entries = []
+    todo = settings[:1] if threshold_input else settings
+    for s in todo:
+        name = dynamic_name(s, threshold_input)
+        status(f"exporting {name} (dynamic token mode)")
+        dyn = apply_algm(model, s, token_mode="dynamic")
+        entry = _export_entry(dyn, out / f"{name}.onnx", inline, fp16, threshold_input=threshold_input)
+        record = {"name": name, **s.to_dict(), "token_mode": "dynamic", "capacities": None, "calibration": None,
+                  "threshold_input": threshold_input, **entry}
+        if threshold_input:
+            record["thresholds"] = sorted({t.threshold for t in settings})
+        entries.append(record)
+        bar.update(1)
+    return entries
+
+
+def _export_entry(model, path: Path, inline: bool, fp16: bool, threshold_input: bool = False) -> dict:
+    kw = {"threshold_input": True} if threshold_input else {}
+    export_onnx(model, path, **kw)
     ready = check_readiness(onnx.load(str(path), load_external_data=False))
     entry = {"onnx": path.name, "sha256": sha256_file(path), "precision": "fp32", "tensorrt_ready": ready["ready"],
-             "tensorrt_problems": ready["problems"], "algm_nodes": ready["algm_nodes"]}
+             "tensorrt_problems": ready["problems"], "algm_nodes": ready["algm_nodes"],
+             "inputs": ["image", "threshold"] if threshold_input else ["image"]}
     if inline:
         p = path.with_name(path.stem + ".inlined.onnx")
-        export_onnx(model, p, inline=True)
+        export_onnx(model, p, inline=True, **kw)
         entry.update(onnx_inlined=p.name, sha256_inlined=sha256_file(p))
     if fp16:
         from algm_export.export.fp16 import export_fp16
 
         p = path.with_name(path.stem + ".fp16.onnx")
-        export_fp16(model, p)
+        export_fp16(model, p, **kw)
         entry.update(onnx_fp16=p.name, sha256_fp16=sha256_file(p))
     return entry

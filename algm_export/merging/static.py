@@ -57,8 +57,10 @@ def first_argmax(s: torch.Tensor, vmax: torch.Tensor) -> torch.Tensor:
 
 
 def clap_static(x: torch.Tensor, grid_h: int, grid_w: int, window_h: int, window_w: int,
-                num_prefix: int, capacity: int, threshold: float):
-    """Static CLAP. x [B, P+N, D] -> (y [B,P+C1,D], size [B,P+C1], assign [B,N] i32, stats [B,2] i32)."""
+                num_prefix: int, capacity: int, threshold):
+    """Static CLAP. x [B, P+N, D] -> (y [B,P+C1,D], size [B,P+C1], assign [B,N] i32, stats [B,2] i32).
+
+    threshold: a float, or a float32 tensor [B] with one threshold per image."""
     B, T, D = x.shape
     P, C1 = num_prefix, capacity
     grid, window = (grid_h, grid_w), (window_h, window_w)
@@ -68,6 +70,8 @@ def clap_static(x: torch.Tensor, grid_h: int, grid_w: int, window_h: int, window
     dev = x.device
     patches = x[:, P:].float()
     score = window_scores(patches, grid, window)                               # [B, W]
+    if isinstance(threshold, torch.Tensor):
+        threshold = threshold.to(torch.float32).reshape(-1, 1)                 # [B, 1] (or [1, 1])
     m = (score >= threshold).sum(dim=1)                                        # [B]
     need = max(0, math.ceil((N - C1) / (k - 1)))
     r = m.clamp(min=need).clamp(max=W)
@@ -186,6 +190,57 @@ def gbm_static(x: torch.Tensor, size: torch.Tensor, assign: torch.Tensor, num_pr
     new_assign = torch.where(noop.view(B, 1), assign.long(), new_pos).to(torch.int32)
     stats = torch.stack([r, forced], dim=1).to(torch.int32)
     return y, osize, new_assign, stats
+
+
+# ----------------------------------------------------------------------------- dynamic token mode
+
+def real_slots(size: torch.Tensor, num_prefix: int) -> int:
+    """The token slots a batch needs after a step: P + the largest real patch-token count.
+
+    Real tokens come first in every image (the static ops' contract), so cutting the token axis
+    here drops padding only.
+    """
+    return num_prefix + int((size[:, num_prefix:] > 0).sum(dim=1).max())
+
+
+def clap_dynamic(x: torch.Tensor, threshold: torch.Tensor, grid_h: int, grid_w: int, window_h: int, window_w: int,
+                 num_prefix: int):
+    """CLAP in dynamic token mode (spec 2.2): the static op with capacity N (so never a forced
+    merge), the token axis cut to the slots the batch needs. threshold: float32 [B] (per image).
+
+    x [B, P+N, D] -> y [B, P+K, D], size [B, P+K], assign [B, N] i32, stats [B, 2] i32, with
+    K = max_b (real patch tokens of image b).
+    """
+    n = grid_h * grid_w
+    y, size, assign, stats = clap_static(x, grid_h, grid_w, window_h, window_w, num_prefix, n, threshold)
+    keep = real_slots(size, num_prefix)
+    return y[:, :keep].contiguous(), size[:, :keep].contiguous(), assign, stats
+
+
+def gbm_dynamic(x: torch.Tensor, size: torch.Tensor, assign: torch.Tensor, num_prefix: int, divisor: float):
+    """GBM in dynamic token mode: the static op with capacity = every input slot (never forced),
+    cut to the slots the batch needs. Shapes as `gbm_static` with C2 = K2 = max_b real count."""
+    y, osize, oassign, stats = gbm_static(x, size, assign, num_prefix, x.shape[1] - num_prefix, divisor)
+    keep = real_slots(osize, num_prefix)
+    return y[:, :keep].contiguous(), osize[:, :keep].contiguous(), oassign, stats
+
+
+def tokens_from_stats(stats, n_patches: int, window=(2, 2)):
+    """Real patch-token count after every merge step from a `merge_stats` output [B, steps, 2].
+
+    CLAP leaves `N - r (k - 1)` tokens, every GBM step `r` fewer than it got. Exact in every
+    mode (forced merges are part of `r`): what `AlgmModel.merge_stats["tokens"]` holds, computed
+    from an ONNX / engine output. Works on numpy arrays and torch tensors alike; returns int64.
+    """
+    import numpy as np
+
+    is_torch = isinstance(stats, torch.Tensor)
+    r = stats[..., 0].long() if is_torch else np.asarray(stats)[..., 0].astype(np.int64)
+    k = int(window[0]) * int(window[1])
+    removed = r.clone() if is_torch else r.copy()
+    removed[..., 0] = r[..., 0] * (k - 1)
+    cum = removed.cumsum(-1) if is_torch else np.cumsum(removed, axis=-1)
+    return n_patches - cum
 
 
 # ----------------------------------------------------------------------------- capacity rules

@@ -71,15 +71,21 @@ class Runner:
     #: set by the registry for runtimes without a token count: (n_patches, CLAP window area)
     token_geometry: Optional[tuple] = None
 
-    def infer(self, image, threshold: Optional[float] = None) -> RunOutput:
-        if threshold is not None:
-            raise ConfigError(f"{self.name}: this graph has a fixed threshold; it takes no threshold input")
-        out = self._infer(image)
+    #: the graph takes the CLAP threshold as an input (dynamic token mode, `--threshold-input`)
+    takes_threshold: bool = False
+
+    def infer(self, image, threshold=None) -> RunOutput:
+        """`threshold`: a float for the batch or one per image, for graphs that take it (required
+        there, refused elsewhere)."""
+        if threshold is not None and not self.takes_threshold:
+            raise ConfigError(f"{self.name}: its threshold is built in (the graph takes no threshold input); "
+                              "export with --token-mode dynamic --threshold-input to choose it at run time")
+        out = self._infer(image) if not self.takes_threshold else self._infer(image, threshold)
         if out.tokens is None and out.merge_stats is not None and self.token_geometry is not None:
             out.tokens = tokens_from_merge_stats(out.merge_stats, *self.token_geometry)
         return out
 
-    def _infer(self, image) -> RunOutput:  # pragma: no cover - abstract
+    def _infer(self, image, threshold=None) -> RunOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def close(self) -> None:

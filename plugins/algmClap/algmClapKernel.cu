@@ -12,6 +12,12 @@
  *   3. clapGatherKernel    one block per (output slot, image): prefix copy, window mean,
  *                          patch copy or zero padding.
  * Every sum has a fixed order, so results are deterministic and independent of the batch.
+ *
+ * Dynamic token mode (ClapParams::slotsOut set, capacity N, docs/static-ops.md "Dynamic token
+ * mode"): the decision kernel also records every image's real count, `slotCountKernel` writes
+ * the token slots of the batch P + K (K = max real patch-token count) to slotsOut, and the gather
+ * kernel writes y [B, P+K, D] / size [B, P+K] with that row stride (blocks past P+K return at
+ * once). The threshold may come per image from device memory (ClapParams::thresholds).
  */
 #include "algmClapKernel.h"
 
@@ -205,7 +211,8 @@ ALGM_KERNEL void clapScoreKernel(T const* __restrict__ x, float* __restrict__ sc
 //! Slot table entries: >= 0 copy patch i; -1 padding; <= -2 merged window (-2 - w).
 ALGM_KERNEL void clapDecisionKernel(float const* __restrict__ scores, int32_t* __restrict__ assignOut,
     int32_t* __restrict__ statsOut, int32_t* __restrict__ slotSrc, int numPatches, int gridW, int windowH,
-    int windowW, int winGridW, int numWindows, int capacity, int need, float threshold)
+    int windowW, int winGridW, int numWindows, int capacity, int need, float threshold,
+    float const* __restrict__ thresholds, int32_t* __restrict__ realCount)
 {
     ALGM_SHARED_ARRAY(int, ired, 2 * kDecisionThreads);
     ALGM_DYNAMIC_SHARED(unsigned char, dyn);
@@ -215,13 +222,14 @@ ALGM_KERNEL void clapDecisionKernel(float const* __restrict__ scores, int32_t* _
     int const tid = static_cast<int>(threadIdx.x);
     int const b = static_cast<int>(blockIdx.x);
     int const W = numWindows;
+    float const tau = thresholds != nullptr ? thresholds[b] : threshold;
 
     int above = 0;
     for (int w = tid; w < W; w += kDecisionThreads)
     {
         float const s = scores[static_cast<long long>(b) * W + w];
         sScore[w] = s;
-        above += s >= threshold ? 1 : 0;
+        above += s >= tau ? 1 : 0;
     }
     int const m = blockSum<kDecisionThreads>(above, ired);
     int r = m > need ? m : need;
@@ -288,18 +296,28 @@ ALGM_KERNEL void clapDecisionKernel(float const* __restrict__ scores, int32_t* _
     {
         slots[s] = -1;
     }
+    if (realCount != nullptr && tid == 0)
+    {
+        realCount[b] = nOut;
+    }
 }
 
+//! dynSlots (dynamic token mode): the token slots of the batch P + K on the device; y and size are
+//! then [B, P+K, ...] and blocks past P+K return (the slot table keeps its stride `capacity`).
 template <typename T>
 ALGM_KERNEL void clapGatherKernel(T const* __restrict__ x, T* __restrict__ y, float* __restrict__ sizeOut,
     int32_t const* __restrict__ slotSrc, int tokens, int dim, int numPrefix, int capacity, int gridW, int windowH,
-    int windowW, int winGridW)
+    int windowW, int winGridW, int32_t const* __restrict__ dynSlots)
 {
     ALGM_SHARED_ARRAY(long long, tokOff, kMaxWindowArea);
     int const tid = static_cast<int>(threadIdx.x);
     int const p = static_cast<int>(blockIdx.x);
     int const b = static_cast<int>(blockIdx.y);
-    int const outTokens = numPrefix + capacity;
+    int const outTokens = dynSlots != nullptr ? *dynSlots : numPrefix + capacity;
+    if (p >= outTokens)
+    {
+        return; // the whole block: no barrier is reached
+    }
     T* yRow = y + (static_cast<long long>(b) * outTokens + p) * dim;
     float* sizeSlot = sizeOut + static_cast<long long>(b) * outTokens + p;
     T const* xImg = x + static_cast<long long>(b) * tokens * dim;
@@ -346,13 +364,15 @@ struct ClapLayout
 {
     float* scores;
     int32_t* slotSrc;
+    int32_t* realCount; //!< dynamic token mode only: real patch tokens of every image
 };
 
-ClapLayout carveClap(WorkspaceCarver& c, int batch, int numWindows, int capacity)
+ClapLayout carveClap(WorkspaceCarver& c, int batch, int numWindows, int capacity, bool dynamic)
 {
     ClapLayout l;
     l.scores = c.take<float>(static_cast<size_t>(batch) * numWindows);
     l.slotSrc = c.take<int32_t>(static_cast<size_t>(batch) * capacity);
+    l.realCount = dynamic ? c.take<int32_t>(static_cast<size_t>(batch)) : nullptr;
     return l;
 }
 
@@ -374,10 +394,16 @@ int32_t launchClap(ClapParams const& p, void const* xv, void* yv, float* sizeOut
         p.gridW, p.windowH, p.windowW, winGridW, W);
     size_t const smem = static_cast<size_t>(W) * (sizeof(float) + sizeof(int));
     ALGM_LAUNCH(clapDecisionKernel, dim3(p.batch), dim3(kDecisionThreads), smem, stream, ws.scores, assignOut,
-        statsOut, ws.slotSrc, N, p.gridW, p.windowH, p.windowW, winGridW, W, p.capacity, need, p.threshold);
+        statsOut, ws.slotSrc, N, p.gridW, p.windowH, p.windowW, winGridW, W, p.capacity, need, p.threshold,
+        p.thresholds, ws.realCount);
+    if (p.slotsOut != nullptr)
+    {
+        auto count = slotCountKernel<kDecisionThreads>;
+        ALGM_LAUNCH(count, dim3(1), dim3(kDecisionThreads), 0, stream, ws.realCount, p.batch, p.numPrefix, p.slotsOut);
+    }
     auto gather = clapGatherKernel<T>;
     ALGM_LAUNCH(gather, dim3(p.numPrefix + p.capacity, p.batch), dim3(kGatherThreads), 0, stream, x, y, sizeOut,
-        ws.slotSrc, tokens, p.dim, p.numPrefix, p.capacity, p.gridW, p.windowH, p.windowW, winGridW);
+        ws.slotSrc, tokens, p.dim, p.numPrefix, p.capacity, p.gridW, p.windowH, p.windowW, winGridW, p.slotsOut);
     return cudaGetLastError() == cudaSuccess ? ALGM_STATUS_SUCCESS : ALGM_STATUS_CUDA_ERROR;
 }
 
@@ -417,15 +443,30 @@ size_t clapWorkspaceSize(
         return 0;
     }
     WorkspaceCarver c;
-    carveClap(c, batch, gridH * gridW / (windowH * windowW), capacity);
+    carveClap(c, batch, gridH * gridW / (windowH * windowW), capacity, false);
+    return c.size();
+}
+
+size_t clapDynamicWorkspaceSize(
+    int32_t batch, int32_t gridH, int32_t gridW, int32_t windowH, int32_t windowW, int32_t numPrefix)
+{
+    int32_t const n = gridH * gridW;
+    if (batch < 0 || clapCheckAttributes(gridH, gridW, windowH, windowW, numPrefix, n) != ALGM_STATUS_SUCCESS)
+    {
+        return 0;
+    }
+    WorkspaceCarver c;
+    carveClap(c, batch, n / (windowH * windowW), n, true);
     return c.size();
 }
 
 int32_t clapForward(ClapParams const& p, int32_t dtype, void const* x, void* y, float* sizeOut, int32_t* assignOut,
     int32_t* statsOut, void* workspace, size_t workspaceSize, void* stream)
 {
+    bool const dynamic = p.slotsOut != nullptr;
     if (clapCheckAttributes(p.gridH, p.gridW, p.windowH, p.windowW, p.numPrefix, p.capacity) != ALGM_STATUS_SUCCESS
-        || p.batch < 0 || p.dim < 1 || (dtype != ALGM_DTYPE_FLOAT32 && dtype != ALGM_DTYPE_FLOAT16))
+        || p.batch < 0 || p.dim < 1 || (dtype != ALGM_DTYPE_FLOAT32 && dtype != ALGM_DTYPE_FLOAT16)
+        || (dynamic && p.capacity != p.gridH * p.gridW))
     {
         return ALGM_STATUS_INVALID_ARGUMENT;
     }
@@ -439,13 +480,13 @@ int32_t clapForward(ClapParams const& p, int32_t dtype, void const* x, void* y, 
     }
     int const W = p.gridH * p.gridW / (p.windowH * p.windowW);
     WorkspaceCarver sizer;
-    carveClap(sizer, p.batch, W, p.capacity);
+    carveClap(sizer, p.batch, W, p.capacity, dynamic);
     if (workspace == nullptr || workspaceSize < sizer.size())
     {
         return ALGM_STATUS_WORKSPACE_TOO_SMALL;
     }
     WorkspaceCarver carver(workspace);
-    ClapLayout const ws = carveClap(carver, p.batch, W, p.capacity);
+    ClapLayout const ws = carveClap(carver, p.batch, W, p.capacity, dynamic);
     cudaStream_t const s = reinterpret_cast<cudaStream_t>(stream);
     if (dtype == ALGM_DTYPE_FLOAT16)
     {

@@ -12,6 +12,11 @@
  *   3. gbmGatherKernel    one block per (output slot, image): A copy, size-weighted B merge
  *                         (sources in ascending A order) or zero padding.
  * No floating-point atomics; integer counts only. Deterministic and batch independent.
+ *
+ * Dynamic token mode (GbmParams::slotsOut set, capacity = every input slot T - P): the decision
+ * kernel also records every image's real output count, `slotCountKernel` writes the token slots
+ * of the batch P + K2 (the largest real count, prefix included) to slotsOut, and the gather kernel
+ * writes y [B, P+K2, D] / size [B, P+K2] with that row stride.
  */
 #include "algmGbmKernel.h"
 
@@ -237,7 +242,7 @@ ALGM_KERNEL void gbmDecisionKernel(float const* __restrict__ sizeIn, int32_t con
     int32_t* __restrict__ posA, int32_t* __restrict__ posB, int32_t* __restrict__ srcStart,
     int32_t* __restrict__ srcList, int32_t* __restrict__ slotSrc, int32_t* __restrict__ assignOut,
     int32_t* __restrict__ statsOut, int tokens, int numPatches, int numPrefix, int capacity, int nA, int nB,
-    int nTiles, int tileStride, float divisor)
+    int nTiles, int tileStride, float divisor, int32_t* __restrict__ realCount)
 {
     ALGM_SHARED_ARRAY(int, ired, 2 * kDecisionThreads);
     ALGM_SHARED_ARRAY(float, fred, kDecisionThreads);
@@ -430,6 +435,7 @@ ALGM_KERNEL void gbmDecisionKernel(float const* __restrict__ sizeIn, int32_t con
     }
 
     // 7. padding slots (or the pass-through table of a no-op)
+    int const nOut = noop ? nReal : U + nReal / 2; // real tokens out, prefix included
     if (noop)
     {
         for (int p = tid; p < keep; p += kDecisionThreads)
@@ -439,11 +445,14 @@ ALGM_KERNEL void gbmDecisionKernel(float const* __restrict__ sizeIn, int32_t con
     }
     else
     {
-        int const nOut = U + nReal / 2;
         for (int p = nOut + tid; p < keep; p += kDecisionThreads)
         {
             slots[p] = -1;
         }
+    }
+    if (realCount != nullptr && tid == 0)
+    {
+        realCount[b] = nOut;
     }
 
     // 8. assignment map
@@ -476,18 +485,26 @@ ALGM_KERNEL void gbmDecisionKernel(float const* __restrict__ sizeIn, int32_t con
     }
 }
 
+//! dynSlots (dynamic token mode): P + K2 on the device; y and size are then [B, P+K2, ...] and
+//! blocks past P+K2 return (the slot table keeps its stride `keep`).
 template <typename T>
 ALGM_KERNEL void gbmGatherKernel(T const* __restrict__ x, float const* __restrict__ sizeIn,
     int32_t const* __restrict__ slotSrc, int32_t const* __restrict__ srcStart, int32_t const* __restrict__ srcList,
-    T* __restrict__ y, float* __restrict__ sizeOut, int tokens, int dim, int keep, int nA, int nB)
+    T* __restrict__ y, float* __restrict__ sizeOut, int tokens, int dim, int keep, int nA, int nB,
+    int32_t const* __restrict__ dynSlots)
 {
     int const tid = static_cast<int>(threadIdx.x);
     int const p = static_cast<int>(blockIdx.x);
     int const b = static_cast<int>(blockIdx.y);
+    int const outTokens = dynSlots != nullptr ? *dynSlots : keep;
+    if (p >= outTokens)
+    {
+        return;
+    }
     T const* xImg = x + static_cast<long long>(b) * tokens * dim;
     float const* sImg = sizeIn + static_cast<long long>(b) * tokens;
-    T* yRow = y + (static_cast<long long>(b) * keep + p) * dim;
-    float* sizeSlot = sizeOut + static_cast<long long>(b) * keep + p;
+    T* yRow = y + (static_cast<long long>(b) * outTokens + p) * dim;
+    float* sizeSlot = sizeOut + static_cast<long long>(b) * outTokens + p;
     int const src = slotSrc[static_cast<long long>(b) * keep + p];
 
     if (src >= 0)
@@ -544,10 +561,11 @@ struct GbmLayout
     int32_t* srcStart;
     int32_t* srcList;
     int32_t* slotSrc;
+    int32_t* realCount; //!< dynamic token mode only: real tokens out of every image
     int tileStride;
 };
 
-GbmLayout carveGbm(WorkspaceCarver& c, int batch, int numTokens, int numPrefix, int capacity)
+GbmLayout carveGbm(WorkspaceCarver& c, int batch, int numTokens, int numPrefix, int capacity, bool dynamic)
 {
     GbmLayout l;
     size_t const B = static_cast<size_t>(batch);
@@ -562,6 +580,7 @@ GbmLayout carveGbm(WorkspaceCarver& c, int batch, int numTokens, int numPrefix, 
     l.srcStart = c.take<int32_t>(B * (nB + 1));
     l.srcList = c.take<int32_t>(B * nA);
     l.slotSrc = c.take<int32_t>(B * (numPrefix + capacity));
+    l.realCount = dynamic ? c.take<int32_t>(B) : nullptr;
     return l;
 }
 
@@ -598,10 +617,15 @@ int32_t launchGbm(GbmParams const& p, void const* xv, float const* sizeIn, int32
     size_t const smem = static_cast<size_t>(nA) * (sizeof(float) + 2) + static_cast<size_t>(nB) * sizeof(int);
     ALGM_LAUNCH(gbmDecisionKernel, dim3(p.batch), dim3(kDecisionThreads), smem, stream, sizeIn, assignIn, ws.pmax,
         ws.pidx, ws.nodeIdx, ws.posA, ws.posB, ws.srcStart, ws.srcList, ws.slotSrc, assignOut, statsOut, tokens,
-        p.numPatches, p.numPrefix, p.capacity, nA, nB, nTiles, ws.tileStride, p.divisor);
+        p.numPatches, p.numPrefix, p.capacity, nA, nB, nTiles, ws.tileStride, p.divisor, ws.realCount);
+    if (p.slotsOut != nullptr)
+    {
+        auto count = slotCountKernel<kDecisionThreads>;
+        ALGM_LAUNCH(count, dim3(1), dim3(kDecisionThreads), 0, stream, ws.realCount, p.batch, 0, p.slotsOut);
+    }
     auto gather = gbmGatherKernel<T>;
     ALGM_LAUNCH(gather, dim3(keep, p.batch), dim3(kGatherThreads), 0, stream, x, sizeIn, ws.slotSrc, ws.srcStart,
-        ws.srcList, y, sizeOut, tokens, p.dim, keep, nA, nB);
+        ws.srcList, y, sizeOut, tokens, p.dim, keep, nA, nB, p.slotsOut);
     return cudaGetLastError() == cudaSuccess ? ALGM_STATUS_SUCCESS : ALGM_STATUS_CUDA_ERROR;
 }
 
@@ -633,16 +657,37 @@ size_t gbmWorkspaceSize(int32_t batch, int32_t numTokens, int32_t numPatches, in
         return 0;
     }
     WorkspaceCarver c;
-    carveGbm(c, batch, numTokens, numPrefix, capacity);
+    carveGbm(c, batch, numTokens, numPrefix, capacity, false);
     return c.size();
+}
+
+//! Dynamic token mode: numTokens is the upper bound of a data-dependent T, so the workspace covers
+//! every T' <= numTokens (the similarity tile, hence the layout, depends on T': the size is not
+//! monotonic in it).
+size_t gbmDynamicWorkspaceSize(int32_t batch, int32_t numTokens, int32_t numPatches, int32_t numPrefix)
+{
+    if (batch < 0 || gbmCheckAttributes(numTokens, numPatches, numPrefix, numTokens - numPrefix) != ALGM_STATUS_SUCCESS)
+    {
+        return 0;
+    }
+    size_t best = 0;
+    for (int32_t t = numPrefix + 1; t <= numTokens; ++t)
+    {
+        WorkspaceCarver c;
+        carveGbm(c, batch, t, numPrefix, t - numPrefix, true);
+        best = c.size() > best ? c.size() : best;
+    }
+    return best;
 }
 
 int32_t gbmForward(GbmParams const& p, int32_t dtype, void const* x, float const* sizeIn, int32_t const* assignIn,
     void* y, float* sizeOut, int32_t* assignOut, int32_t* statsOut, void* workspace, size_t workspaceSize,
     void* stream)
 {
+    bool const dynamic = p.slotsOut != nullptr;
     if (gbmCheckAttributes(p.numTokens, p.numPatches, p.numPrefix, p.capacity) != ALGM_STATUS_SUCCESS || p.batch < 0
-        || p.dim < 1 || (dtype != ALGM_DTYPE_FLOAT32 && dtype != ALGM_DTYPE_FLOAT16))
+        || p.dim < 1 || (dtype != ALGM_DTYPE_FLOAT32 && dtype != ALGM_DTYPE_FLOAT16)
+        || (dynamic && p.capacity != p.numTokens - p.numPrefix))
     {
         return ALGM_STATUS_INVALID_ARGUMENT;
     }
@@ -655,13 +700,13 @@ int32_t gbmForward(GbmParams const& p, int32_t dtype, void const* x, float const
         return ALGM_STATUS_INVALID_ARGUMENT;
     }
     WorkspaceCarver sizer;
-    carveGbm(sizer, p.batch, p.numTokens, p.numPrefix, p.capacity);
+    carveGbm(sizer, p.batch, p.numTokens, p.numPrefix, p.capacity, dynamic);
     if (workspace == nullptr || workspaceSize < sizer.size())
     {
         return ALGM_STATUS_WORKSPACE_TOO_SMALL;
     }
     WorkspaceCarver carver(workspace);
-    GbmLayout const ws = carveGbm(carver, p.batch, p.numTokens, p.numPrefix, p.capacity);
+    GbmLayout const ws = carveGbm(carver, p.batch, p.numTokens, p.numPrefix, p.capacity, dynamic);
     cudaStream_t const s = reinterpret_cast<cudaStream_t>(stream);
     if (dtype == ALGM_DTYPE_FLOAT16)
     {

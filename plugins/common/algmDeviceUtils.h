@@ -32,6 +32,44 @@ ALGM_DEVICE V blockSum(V v, V* red)
     return total;
 }
 
+//! Maximum of `v` over the block (fixed tree). `red` holds BLOCK values of shared memory.
+template <int BLOCK, typename V>
+ALGM_DEVICE V blockMax(V v, V* red)
+{
+    int const tid = static_cast<int>(threadIdx.x);
+    red[tid] = v;
+    ALGM_SYNC();
+    for (int s = BLOCK / 2; s > 0; s >>= 1)
+    {
+        if (tid < s)
+        {
+            red[tid] = red[tid] > red[tid + s] ? red[tid] : red[tid + s];
+        }
+        ALGM_SYNC();
+    }
+    V const best = red[0];
+    ALGM_SYNC();
+    return best;
+}
+
+//! Dynamic token mode: the token slots a batch needs, max_b counts[b] + add, written to *slots (the
+//! plugin's size tensor, read back by the gather kernels). One block of BLOCK threads.
+template <int BLOCK>
+ALGM_KERNEL void slotCountKernel(int32_t const* __restrict__ counts, int batch, int add, int32_t* __restrict__ slots)
+{
+    ALGM_SHARED_ARRAY(int, red, BLOCK);
+    int best = 0;
+    for (int b = static_cast<int>(threadIdx.x); b < batch; b += BLOCK)
+    {
+        best = counts[b] > best ? counts[b] : best;
+    }
+    best = blockMax<BLOCK>(best, red);
+    if (threadIdx.x == 0)
+    {
+        *slots = best + add;
+    }
+}
+
 //! Exclusive prefix sum of `v` over the threads of the block (Hillis-Steele on 2*BLOCK ints).
 //! Returns the sum of the values of threads 0..tid-1; `total` receives the block sum.
 template <int BLOCK>

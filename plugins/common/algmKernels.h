@@ -10,6 +10,14 @@
  *   AlgmGbm:  x [B, T, D], size [B, T] f32, assign [B, N] i32 (T = P + C1)
  *             -> y [B, P+C2, D], size [B, P+C2] f32, assign [B, N] i32, stats [B, 2] i32
  * x and y share the dtype (float32 or float16); all arithmetic is float32.
+ *
+ * Dynamic token mode (algmClapDynamicForward, algmGbmDynamicForward; docs/static-ops.md): the
+ * same ops with every slot as capacity (C1 = N, C2 = T - P: never a forced merge) and the token
+ * axis cut to the slots the batch needs: P + K, K = max over the batch of the real patch-token
+ * count, is written to `slotsOut` (one int32 on the device: the token dimension of y). y and size
+ * are written densely as [B, P+K, D] / [B, P+K]; their buffers must hold the upper bound (P+N
+ * resp. T rows per image).
+ * CLAP takes its threshold per image from `thresholds` [B] (float32, on the device).
  */
 #ifndef ALGM_KERNELS_H
 #define ALGM_KERNELS_H
@@ -62,6 +70,15 @@ ALGM_KERNELS_API int32_t algmClapForward(const void* x, void* y, float* sizeOut,
     int32_t numPrefix, int32_t capacity, float threshold, int32_t dtype, void* workspace, size_t workspaceSize,
     void* stream);
 
+/* Dynamic token mode (API version 2). */
+ALGM_KERNELS_API size_t algmClapDynamicWorkspaceSize(
+    int32_t batch, int32_t gridH, int32_t gridW, int32_t windowH, int32_t windowW, int32_t numPrefix);
+
+ALGM_KERNELS_API int32_t algmClapDynamicForward(const void* x, const float* thresholds, void* y, float* sizeOut,
+    int32_t* assignOut, int32_t* statsOut, int32_t* slotsOut, int32_t batch, int32_t dim, int32_t gridH,
+    int32_t gridW, int32_t windowH, int32_t windowW, int32_t numPrefix, int32_t dtype, void* workspace,
+    size_t workspaceSize, void* stream);
+
 /* Bytes of workspace AlgmGbm needs for `batch` images with numTokens = T = P + C1 input tokens. */
 ALGM_KERNELS_API size_t algmGbmWorkspaceSize(
     int32_t batch, int32_t numTokens, int32_t numPatches, int32_t numPrefix, int32_t capacity);
@@ -73,6 +90,15 @@ ALGM_KERNELS_API int32_t algmGbmCheckAttributes(
 ALGM_KERNELS_API int32_t algmGbmForward(const void* x, const float* sizeIn, const int32_t* assignIn, void* y,
     float* sizeOut, int32_t* assignOut, int32_t* statsOut, int32_t batch, int32_t numTokens, int32_t numPatches,
     int32_t dim, int32_t numPrefix, int32_t capacity, float divisor, int32_t dtype, void* workspace,
+    size_t workspaceSize, void* stream);
+
+/* Dynamic token mode (API version 2): numTokens = T = P + K1 input tokens. */
+ALGM_KERNELS_API size_t algmGbmDynamicWorkspaceSize(
+    int32_t batch, int32_t numTokens, int32_t numPatches, int32_t numPrefix);
+
+ALGM_KERNELS_API int32_t algmGbmDynamicForward(const void* x, const float* sizeIn, const int32_t* assignIn, void* y,
+    float* sizeOut, int32_t* assignOut, int32_t* statsOut, int32_t* slotsOut, int32_t batch, int32_t numTokens,
+    int32_t numPatches, int32_t dim, int32_t numPrefix, float divisor, int32_t dtype, void* workspace,
     size_t workspaceSize, void* stream);
 
 #ifdef __cplusplus

@@ -8,7 +8,7 @@ extern "C" {
 
 int32_t algmKernelsVersion(void)
 {
-    return 1;
+    return 2; // 2: the dynamic token mode functions
 }
 
 const char* algmStatusString(int32_t status)
@@ -43,6 +43,26 @@ int32_t algmClapForward(const void* x, void* y, float* sizeOut, int32_t* assignO
     return algm::clapForward(p, dtype, x, y, sizeOut, assignOut, statsOut, workspace, workspaceSize, stream);
 }
 
+size_t algmClapDynamicWorkspaceSize(
+    int32_t batch, int32_t gridH, int32_t gridW, int32_t windowH, int32_t windowW, int32_t numPrefix)
+{
+    return algm::clapDynamicWorkspaceSize(batch, gridH, gridW, windowH, windowW, numPrefix);
+}
+
+int32_t algmClapDynamicForward(const void* x, const float* thresholds, void* y, float* sizeOut, int32_t* assignOut,
+    int32_t* statsOut, int32_t* slotsOut, int32_t batch, int32_t dim, int32_t gridH, int32_t gridW, int32_t windowH,
+    int32_t windowW, int32_t numPrefix, int32_t dtype, void* workspace, size_t workspaceSize, void* stream)
+{
+    if (thresholds == nullptr || slotsOut == nullptr)
+    {
+        return ALGM_STATUS_INVALID_ARGUMENT;
+    }
+    algm::ClapParams p{batch, dim, gridH, gridW, windowH, windowW, numPrefix, gridH * gridW, 0.0f};
+    p.thresholds = thresholds;
+    p.slotsOut = slotsOut;
+    return algm::clapForward(p, dtype, x, y, sizeOut, assignOut, statsOut, workspace, workspaceSize, stream);
+}
+
 size_t algmGbmWorkspaceSize(
     int32_t batch, int32_t numTokens, int32_t numPatches, int32_t numPrefix, int32_t capacity)
 {
@@ -60,6 +80,25 @@ int32_t algmGbmForward(const void* x, const float* sizeIn, const int32_t* assign
     void* stream)
 {
     algm::GbmParams p{batch, numTokens, numPatches, dim, numPrefix, capacity, divisor};
+    return algm::gbmForward(
+        p, dtype, x, sizeIn, assignIn, y, sizeOut, assignOut, statsOut, workspace, workspaceSize, stream);
+}
+
+size_t algmGbmDynamicWorkspaceSize(int32_t batch, int32_t numTokens, int32_t numPatches, int32_t numPrefix)
+{
+    return algm::gbmDynamicWorkspaceSize(batch, numTokens, numPatches, numPrefix);
+}
+
+int32_t algmGbmDynamicForward(const void* x, const float* sizeIn, const int32_t* assignIn, void* y, float* sizeOut,
+    int32_t* assignOut, int32_t* statsOut, int32_t* slotsOut, int32_t batch, int32_t numTokens, int32_t numPatches,
+    int32_t dim, int32_t numPrefix, float divisor, int32_t dtype, void* workspace, size_t workspaceSize, void* stream)
+{
+    if (slotsOut == nullptr)
+    {
+        return ALGM_STATUS_INVALID_ARGUMENT;
+    }
+    algm::GbmParams p{batch, numTokens, numPatches, dim, numPrefix, numTokens - numPrefix, divisor};
+    p.slotsOut = slotsOut;
     return algm::gbmForward(
         p, dtype, x, sizeIn, assignIn, y, sizeOut, assignOut, statsOut, workspace, workspaceSize, stream);
 }

@@ -187,7 +187,7 @@ bool isVersionFieldName(char const* name) noexcept
     return name != nullptr && (std::strcmp(name, "plugin_version") == 0 || std::strcmp(name, "plugin_namespace") == 0);
 }
 
-bool checkVersionFields(nvinfer1::PluginField const& field, char const* pluginName) noexcept
+bool checkVersionFields(nvinfer1::PluginField const& field, char const* pluginName, char const* pluginVersion) noexcept
 {
     if (field.name == nullptr)
     {
@@ -204,7 +204,7 @@ bool checkVersionFields(nvinfer1::PluginField const& field, char const* pluginNa
     {
         return true; // not a string: ignore, the registry already matched name/version/namespace
     }
-    char const* expected = isVersion ? kPluginVersion : kPluginNamespace;
+    char const* expected = isVersion ? pluginVersion : kPluginNamespace;
     if (!value.empty() && value != expected)
     {
         logError(std::string(pluginName) + ": field " + field.name + " is '" + value + "', this library implements '"
@@ -223,7 +223,7 @@ char const* AlgmPluginCreatorBase::getPluginName() const noexcept
 
 char const* AlgmPluginCreatorBase::getPluginVersion() const noexcept
 {
-    return kPluginVersion;
+    return mPluginVersion;
 }
 
 char const* AlgmPluginCreatorBase::getPluginNamespace() const noexcept

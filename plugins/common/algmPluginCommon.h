@@ -20,7 +20,8 @@ namespace plugin
 {
 
 constexpr char const* kPluginNamespace = "algm";
-constexpr char const* kPluginVersion = "1";
+constexpr char const* kPluginVersion = "1";        //!< static token mode (capacities)
+constexpr char const* kDynamicPluginVersion = "2"; //!< dynamic token mode (data-dependent token slots)
 
 //! Stores the logger finder TensorRT hands to the library (setLoggerFinder).
 void setLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept;
@@ -49,8 +50,9 @@ int32_t toAlgmDtype(nvinfer1::DataType type) noexcept;
 //! True for the optional "plugin_version" / "plugin_namespace" fields every creator accepts.
 bool isVersionFieldName(char const* name) noexcept;
 
-//! Checks the plugin_version / plugin_namespace fields, if present. Returns false (and logs) on mismatch.
-bool checkVersionFields(nvinfer1::PluginField const& field, char const* pluginName) noexcept;
+//! Checks the plugin_version / plugin_namespace fields, if present, against `pluginVersion` and the
+//! namespace. Returns false (and logs) on mismatch.
+bool checkVersionFields(nvinfer1::PluginField const& field, char const* pluginName, char const* pluginVersion) noexcept;
 
 //! A plugin field descriptor list (name, type) for IPluginCreatorV3One::getFieldNames.
 class FieldList
@@ -85,8 +87,8 @@ enum class FieldStatus
 //! and hands every other field to `visit(field) -> FieldStatus`. Returns false on a version mismatch
 //! or when `visit` reports kERROR.
 template <typename Visit>
-bool visitPluginFields(nvinfer1::PluginFieldCollection const& fc, char const* pluginName, std::string const& layer,
-    Visit&& visit)
+bool visitPluginFields(nvinfer1::PluginFieldCollection const& fc, char const* pluginName, char const* pluginVersion,
+    std::string const& layer, Visit&& visit)
 {
     for (int32_t i = 0; i < fc.nbFields; ++i)
     {
@@ -95,7 +97,7 @@ bool visitPluginFields(nvinfer1::PluginFieldCollection const& fc, char const* pl
         {
             continue;
         }
-        if (!checkVersionFields(f, pluginName))
+        if (!checkVersionFields(f, pluginName, pluginVersion))
         {
             return false;
         }
@@ -117,7 +119,7 @@ bool visitPluginFields(nvinfer1::PluginFieldCollection const& fc, char const* pl
 }
 
 //! The IPluginV3 plumbing both ops share. `Derived` provides `static constexpr char const* kName`,
-//! `static constexpr int32_t kNbOutputs`, a copy constructor, and the build/runtime methods that
+//! `kVersion` ("1" static, "2" dynamic token mode), `static constexpr int32_t kNbOutputs`, a copy constructor, and the build/runtime methods that
 //! differ per op; it fills mMetadata and the serialised fields (mFields, then publishFields()).
 template <typename Derived>
 class AlgmPluginBase : public nvinfer1::IPluginV3,
@@ -162,7 +164,7 @@ public:
 
     char const* getPluginVersion() const noexcept override
     {
-        return kPluginVersion;
+        return Derived::kVersion;
     }
 
     char const* getPluginNamespace() const noexcept override
@@ -232,8 +234,9 @@ public:
         char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
 
 protected:
-    explicit AlgmPluginCreatorBase(char const* pluginName) noexcept
+    AlgmPluginCreatorBase(char const* pluginName, char const* pluginVersion) noexcept
         : mPluginName(pluginName)
+        , mPluginVersion(pluginVersion)
     {
     }
 
@@ -243,6 +246,7 @@ protected:
         std::string const& layer, nvinfer1::PluginFieldCollection const& fc) = 0;
 
     char const* mPluginName;
+    char const* mPluginVersion;
     FieldList mFieldNames;
 };
 

@@ -27,7 +27,10 @@ ALGM_PLUGIN_API nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& n
 {
     static algm::plugin::AlgmClapPluginCreator clapCreator;
     static algm::plugin::AlgmGbmPluginCreator gbmCreator;
-    static nvinfer1::IPluginCreatorInterface* const creators[] = {&clapCreator, &gbmCreator};
+    static algm::plugin::AlgmClapDynamicPluginCreator clapDynamicCreator;
+    static algm::plugin::AlgmGbmDynamicPluginCreator gbmDynamicCreator;
+    static nvinfer1::IPluginCreatorInterface* const creators[]
+        = {&clapCreator, &gbmCreator, &clapDynamicCreator, &gbmDynamicCreator};
     nbCreators = static_cast<int32_t>(sizeof(creators) / sizeof(creators[0]));
     return creators;
 }

@@ -2,8 +2,10 @@
  * Self-test of libalgm_plugins.so without a TensorRT runtime: loads the library with dlopen,
  * takes the creators from getCreators and drives the IPluginV3 interfaces the way TensorRT
  * does (fields, serialisation round trip, output types and shapes through a stand-in
- * IExprBuilder, format combinations, workspace, configure/onShapeChange, clone). With --gpu and
- * a CUDA device it also runs enqueue and compares every output byte with the kernel C API.
+ * IExprBuilder, format combinations, workspace, configure/onShapeChange, clone), for the static
+ * plugins (version "1") and the dynamic token mode plugins (version "2": the size tensor K through
+ * declareSizeTensor). With --gpu and a CUDA device it also runs enqueue and compares every output
+ * byte with the kernel C API.
  *
  *   algm_plugin_selftest path/to/libalgm_plugins.so [--gpu]      exit status = failed checks
  */
@@ -44,9 +46,10 @@ using namespace nvinfer1;
 class ConstExprImpl : public apiv::VDimensionExpr
 {
 public:
-    ConstExprImpl(bool constant, int64_t value)
+    ConstExprImpl(bool constant, int64_t value, bool sizeTensor = false)
         : mConstant(constant)
         , mValue(value)
+        , mSizeTensor(sizeTensor)
     {
     }
     bool isConstant() const override
@@ -59,19 +62,20 @@ public:
     }
     bool isSizeTensor() const override
     {
-        return false;
+        return mSizeTensor;
     }
 
 private:
     bool mConstant;
     int64_t mValue;
+    bool mSizeTensor;
 };
 
 class Expr : public IDimensionExpr
 {
 public:
-    Expr(bool constant, int64_t value)
-        : mOwn(constant, value)
+    Expr(bool constant, int64_t value, bool sizeTensor = false)
+        : mOwn(constant, value, sizeTensor)
     {
         mImpl = &mOwn;
     }
@@ -81,12 +85,24 @@ private:
     ConstExprImpl mOwn;
 };
 
+//! What a plugin declared through declareSizeTensor (the last call).
+struct SizeTensorDecl
+{
+    int32_t calls{0};
+    int32_t outputIndex{-1};
+    int64_t opt{-1};   //!< constant value of the opt expression, -1 when not constant
+    int64_t upper{-1}; //!< constant value of the upper bound, -1 when not constant
+    IDimensionExpr const* expr{nullptr};
+};
+
 class ExprBuilderImpl : public apiv::VExprBuilder
 {
 public:
-    IDimensionExpr const* make(bool constant, int64_t value)
+    SizeTensorDecl sizeTensor;
+
+    IDimensionExpr const* make(bool constant, int64_t value, bool isSize = false)
     {
-        mExprs.emplace_back(new Expr(constant, value));
+        mExprs.emplace_back(new Expr(constant, value, isSize));
         return mExprs.back().get();
     }
     IDimensionExpr const* constant(int64_t value) override
@@ -97,9 +113,14 @@ public:
     {
         return make(false, 0);
     }
-    IDimensionExpr const* declareSizeTensor(int32_t, IDimensionExpr const&, IDimensionExpr const&) override
+    IDimensionExpr const* declareSizeTensor(int32_t index, IDimensionExpr const& opt, IDimensionExpr const& upper) override
     {
-        return make(false, 0);
+        ++sizeTensor.calls;
+        sizeTensor.outputIndex = index;
+        sizeTensor.opt = opt.isConstant() ? opt.getConstantValue() : -1;
+        sizeTensor.upper = upper.isConstant() ? upper.getConstantValue() : -1;
+        sizeTensor.expr = make(false, 0, true);
+        return sizeTensor.expr;
     }
 
 private:
@@ -117,6 +138,10 @@ public:
     IDimensionExpr const* symbolic()
     {
         return mOwn.make(false, 0);
+    }
+    SizeTensorDecl const& sizeTensor() const
+    {
+        return mOwn.sizeTensor;
     }
 
 private:
@@ -218,12 +243,20 @@ using ClapFwdFn = int32_t (*)(void const*, void*, float*, int32_t*, int32_t*, in
 using GbmFwdFn = int32_t (*)(void const*, float const*, int32_t const*, void*, float*, int32_t*, int32_t*, int32_t,
     int32_t, int32_t, int32_t, int32_t, int32_t, float, int32_t, void*, size_t, void*);
 
-IPluginCreatorV3One* findCreator(IPluginCreatorInterface* const* creators, int32_t n, char const* name)
+using ClapDynWsFn = size_t (*)(int32_t, int32_t, int32_t, int32_t, int32_t, int32_t);
+using GbmDynWsFn = size_t (*)(int32_t, int32_t, int32_t, int32_t);
+using ClapDynFwdFn = int32_t (*)(void const*, float const*, void*, float*, int32_t*, int32_t*, int32_t*, int32_t,
+    int32_t, int32_t, int32_t, int32_t, int32_t, int32_t, int32_t, void*, size_t, void*);
+using GbmDynFwdFn = int32_t (*)(void const*, float const*, int32_t const*, void*, float*, int32_t*, int32_t*,
+    int32_t*, int32_t, int32_t, int32_t, int32_t, int32_t, float, int32_t, void*, size_t, void*);
+
+IPluginCreatorV3One* findCreator(
+    IPluginCreatorInterface* const* creators, int32_t n, char const* name, char const* version = "1")
 {
     for (int32_t i = 0; i < n; ++i)
     {
         auto* c = static_cast<IPluginCreatorV3One*>(creators[i]);
-        if (std::strcmp(c->getPluginName(), name) == 0)
+        if (std::strcmp(c->getPluginName(), name) == 0 && std::strcmp(c->getPluginVersion(), version) == 0)
         {
             return c;
         }
@@ -259,20 +292,27 @@ void fillGbm(Fields& f, int capacity = kC2)
 
 void testCreators(IPluginCreatorInterface* const* creators, int32_t n)
 {
-    CHECK(n == 2);
-    for (char const* name : {"AlgmClap", "AlgmGbm"})
+    CHECK(n == 4);
+    struct Want
     {
-        IPluginCreatorV3One* c = findCreator(creators, n, name);
+        char const* name;
+        char const* version;
+        int32_t fields;
+    };
+    for (Want const& w : {Want{"AlgmClap", "1", 9}, Want{"AlgmGbm", "1", 5}, Want{"AlgmClap", "2", 7},
+             Want{"AlgmGbm", "2", 4}})
+    {
+        IPluginCreatorV3One* c = findCreator(creators, n, w.name, w.version);
         CHECK(c != nullptr);
         if (c == nullptr)
         {
             continue;
         }
         CHECK(std::strcmp(c->getInterfaceInfo().kind, "PLUGIN CREATOR_V3ONE") == 0);
-        CHECK(std::strcmp(c->getPluginVersion(), "1") == 0);
+        CHECK(std::strcmp(c->getPluginVersion(), w.version) == 0);
         CHECK(std::strcmp(c->getPluginNamespace(), "algm") == 0);
         PluginFieldCollection const* fn = c->getFieldNames();
-        CHECK(fn != nullptr && fn->nbFields == (std::strcmp(name, "AlgmClap") == 0 ? 9 : 5));
+        CHECK(fn != nullptr && fn->nbFields == w.fields);
     }
 }
 
@@ -535,6 +575,246 @@ void testGbm(IPluginCreatorV3One* c, GbmWsFn gbmWs)
     }
 }
 
+// ------------------------------------------------------------------ dynamic token mode (version "2")
+
+void fillClapDynamic(Fields& f)
+{
+    f.i("grid_h", kGh);
+    f.i("grid_w", kGw);
+    f.i("window_h", 2);
+    f.i("window_w", 2);
+    f.i("num_prefix", kP);
+    f.s("plugin_version", "2");
+    f.s("plugin_namespace", "algm");
+}
+
+void fillGbmDynamic(Fields& f)
+{
+    f.i("num_prefix", kP);
+    f.f("divisor", 5.0F);
+    f.s("plugin_version", "2");
+    f.s("plugin_namespace", "algm");
+}
+
+void testClapDynamic(IPluginCreatorV3One* c, ClapDynWsFn ws)
+{
+    Fields good;
+    fillClapDynamic(good);
+    IPluginV3* p = create(c, good);
+    CHECK(p != nullptr);
+    if (p == nullptr)
+    {
+        return;
+    }
+    auto* core = static_cast<IPluginV3OneCore*>(p->getCapabilityInterface(PluginCapabilityType::kCORE));
+    auto* build = static_cast<IPluginV3OneBuild*>(p->getCapabilityInterface(PluginCapabilityType::kBUILD));
+    auto* rt = static_cast<IPluginV3OneRuntime*>(p->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    CHECK(std::strcmp(core->getPluginName(), "AlgmClap") == 0 && std::strcmp(core->getPluginVersion(), "2") == 0);
+    CHECK(build->getNbOutputs() == 5);
+
+    DataType in[2] = {DataType::kHALF, DataType::kFLOAT};
+    DataType out[5];
+    CHECK(build->getOutputDataTypes(out, 5, in, 2) == 0);
+    CHECK(out[0] == DataType::kHALF && out[1] == DataType::kFLOAT && out[2] == DataType::kINT32
+        && out[3] == DataType::kINT32 && out[4] == DataType::kINT32);
+    in[1] = DataType::kHALF; // the threshold is float32
+    CHECK(build->getOutputDataTypes(out, 5, in, 2) != 0);
+
+    // output shapes: the token axis P + K is a size tensor (output 4, 0-D), upper bound P + N
+    ExprBuilder eb;
+    DimsExprs xs[2]{};
+    xs[0].nbDims = 3;
+    xs[0].d[0] = eb.symbolic();
+    xs[0].d[1] = eb.constant(kP + kGh * kGw);
+    xs[0].d[2] = eb.constant(kD);
+    xs[1].nbDims = 1;
+    xs[1].d[0] = xs[0].d[0];
+    DimsExprs outs[5];
+    CHECK(build->getOutputShapes(xs, 2, nullptr, 0, outs, 5, eb) == 0);
+    SizeTensorDecl const& st = eb.sizeTensor();
+    CHECK(st.calls == 1 && st.outputIndex == 4 && st.upper == kP + kGh * kGw && st.opt > kP && st.opt <= st.upper);
+    CHECK(outs[0].nbDims == 3 && outs[0].d[0] == xs[0].d[0] && outs[0].d[1] == st.expr && outs[0].d[2] == xs[0].d[2]);
+    CHECK(outs[1].nbDims == 2 && outs[1].d[1] == outs[0].d[1]);
+    CHECK(outs[2].nbDims == 2 && outs[2].d[1]->getConstantValue() == kGh * kGw);
+    CHECK(outs[3].nbDims == 2 && outs[3].d[1]->getConstantValue() == 2);
+    CHECK(outs[4].nbDims == 0);
+    xs[0].d[1] = eb.constant(kP + kGh * kGw + 1);
+    CHECK(build->getOutputShapes(xs, 2, nullptr, 0, outs, 5, eb) != 0);
+    xs[0].d[1] = eb.constant(kP + kGh * kGw);
+    xs[1].nbDims = 2; // threshold must be [B]
+    CHECK(build->getOutputShapes(xs, 2, nullptr, 0, outs, 5, eb) != 0);
+
+    // formats: x, threshold | y, size, assign, stats, K
+    DynamicPluginTensorDesc io[7] = {dyn(dims({-1, 65, kD}), DataType::kFLOAT, 1, 4),
+        dyn(dims({-1}), DataType::kFLOAT, 1, 4), dyn(dims({-1, -1, kD}), DataType::kFLOAT, 1, 4),
+        dyn(dims({-1, -1}), DataType::kFLOAT, 1, 4), dyn(dims({-1, 64}), DataType::kINT32, 1, 4),
+        dyn(dims({-1, 2}), DataType::kINT32, 1, 4), DynamicPluginTensorDesc{}};
+    io[6].desc.type = DataType::kINT32;
+    io[6].desc.format = TensorFormat::kLINEAR;
+    for (int pos = 0; pos < 7; ++pos)
+    {
+        CHECK(build->supportsFormatCombination(pos, io, 2, 5));
+    }
+    io[1].desc.type = DataType::kHALF;
+    CHECK(!build->supportsFormatCombination(1, io, 2, 5));
+    io[1].desc.type = DataType::kFLOAT;
+    io[2].desc.type = DataType::kHALF;
+    CHECK(!build->supportsFormatCombination(2, io, 2, 5)); // y follows x
+    io[2].desc.type = DataType::kFLOAT;
+    io[6].desc.type = DataType::kINT64;
+    CHECK(!build->supportsFormatCombination(6, io, 2, 5)); // size tensors are int32
+    io[6].desc.type = DataType::kINT32;
+
+    CHECK(build->configurePlugin(io, 2, io + 2, 5) == 0);
+    CHECK(build->getWorkspaceSize(io, 2, io + 2, 5) == ws(4, kGh, kGw, 2, 2, kP));
+    CHECK(ws(4, kGh, kGw, 2, 2, kP) > 0);
+    PluginTensorDesc rin[2] = {desc(dims({3, 65, kD}), DataType::kFLOAT), desc(dims({3}), DataType::kFLOAT)};
+    CHECK(rt->onShapeChange(rin, 2, nullptr, 5) == 0);
+    rin[1].dims.d[0] = 2; // one threshold per image
+    CHECK(rt->onShapeChange(rin, 2, nullptr, 5) != 0);
+
+    PluginFieldCollection const* ser = rt->getFieldsToSerialize();
+    CHECK(ser != nullptr && ser->nbFields == 5);
+    IPluginV3* p2 = c->createPlugin("selftest-runtime", ser, TensorRTPhase::kRUNTIME);
+    CHECK(p2 != nullptr);
+    if (p2 != nullptr)
+    {
+        auto* rt2 = static_cast<IPluginV3OneRuntime*>(p2->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+        CHECK(sameFields(ser, rt2->getFieldsToSerialize()));
+        delete p2;
+    }
+    IPluginV3* cl = p->clone();
+    CHECK(cl != nullptr && cl != p);
+    delete p;
+    delete cl;
+    {
+        Fields f;
+        fillClapDynamic(f);
+        f.list[5] = PluginField("plugin_version", "1", PluginFieldType::kCHAR, 2); // a static node
+        CHECK(create(c, f) == nullptr);
+    }
+    {
+        Fields f;
+        fillClapDynamic(f);
+        f.i("window_h", 3);
+        CHECK(create(c, f) == nullptr);
+    }
+    {
+        Fields f;
+        f.i("grid_h", kGh);
+        CHECK(create(c, f) == nullptr); // missing fields
+    }
+    {
+        Fields f;
+        fillClapDynamic(f);
+        f.i("num_prefix", 0);
+        IPluginV3* q = create(c, f);
+        CHECK(q != nullptr);
+        delete q;
+    }
+}
+
+void testGbmDynamic(IPluginCreatorV3One* c, GbmDynWsFn ws)
+{
+    Fields good;
+    fillGbmDynamic(good);
+    IPluginV3* p = create(c, good);
+    CHECK(p != nullptr);
+    if (p == nullptr)
+    {
+        return;
+    }
+    auto* build = static_cast<IPluginV3OneBuild*>(p->getCapabilityInterface(PluginCapabilityType::kBUILD));
+    auto* rt = static_cast<IPluginV3OneRuntime*>(p->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    CHECK(build->getNbOutputs() == 5);
+    DataType in[3] = {DataType::kFLOAT, DataType::kFLOAT, DataType::kINT32};
+    DataType out[5];
+    CHECK(build->getOutputDataTypes(out, 5, in, 3) == 0);
+    CHECK(out[0] == DataType::kFLOAT && out[4] == DataType::kINT32);
+
+    // the input token axis is itself data-dependent (CLAP's P + K1)
+    ExprBuilder eb;
+    DimsExprs xs[3]{};
+    IDimensionExpr const* batch = eb.symbolic();
+    IDimensionExpr const* tokens = eb.symbolic();
+    xs[0].nbDims = 3;
+    xs[0].d[0] = batch;
+    xs[0].d[1] = tokens;
+    xs[0].d[2] = eb.constant(kD);
+    xs[1].nbDims = 2;
+    xs[1].d[0] = batch;
+    xs[1].d[1] = tokens;
+    xs[2].nbDims = 2;
+    xs[2].d[0] = batch;
+    xs[2].d[1] = eb.constant(kGh * kGw);
+    DimsExprs outs[5];
+    CHECK(build->getOutputShapes(xs, 3, nullptr, 0, outs, 5, eb) == 0);
+    SizeTensorDecl const& st = eb.sizeTensor();
+    CHECK(st.calls == 1 && st.outputIndex == 4 && st.upper == kP + kGh * kGw && st.opt > kP && st.opt <= st.upper);
+    CHECK(outs[0].nbDims == 3 && outs[0].d[0] == batch && outs[0].d[1] == st.expr);
+    CHECK(outs[2].d[1] == xs[2].d[1] && outs[3].d[1]->getConstantValue() == 2 && outs[4].nbDims == 0);
+
+    int const tMax = kP + kGh * kGw;
+    DynamicPluginTensorDesc io[8] = {dyn(dims({-1, -1, kD}), DataType::kHALF, 1, 8),
+        dyn(dims({-1, -1}), DataType::kFLOAT, 1, 8), dyn(dims({-1, 64}), DataType::kINT32, 1, 8),
+        dyn(dims({-1, -1, kD}), DataType::kHALF, 1, 8), dyn(dims({-1, -1}), DataType::kFLOAT, 1, 8),
+        dyn(dims({-1, 64}), DataType::kINT32, 1, 8), dyn(dims({-1, 2}), DataType::kINT32, 1, 8),
+        DynamicPluginTensorDesc{}};
+    io[7].desc.type = DataType::kINT32;
+    io[7].desc.format = TensorFormat::kLINEAR;
+    for (int i : {0, 1})
+    {
+        io[i].max.d[1] = tMax; // the upper bound TensorRT derives from CLAP's size tensor
+        io[i].min.d[1] = 17;
+        io[i].opt.d[1] = 49;
+    }
+    for (int pos = 0; pos < 8; ++pos)
+    {
+        CHECK(build->supportsFormatCombination(pos, io, 3, 5));
+    }
+    io[3].desc.type = DataType::kFLOAT;
+    CHECK(!build->supportsFormatCombination(3, io, 3, 5));
+    io[3].desc.type = DataType::kHALF;
+    CHECK(build->configurePlugin(io, 3, io + 3, 5) == 0);
+    size_t const need = ws(8, tMax, kGh * kGw, kP);
+    CHECK(build->getWorkspaceSize(io, 3, io + 3, 5) == need && need > 0);
+    // any T below the bound fits the workspace sized for the bound
+    bool fits = true;
+    for (int t = kP + 1; t <= tMax; ++t)
+    {
+        fits = fits && ws(8, t, kGh * kGw, kP) <= need;
+    }
+    CHECK(fits);
+    PluginTensorDesc rin[3] = {desc(dims({2, 37, kD}), DataType::kHALF), desc(dims({2, 37}), DataType::kFLOAT),
+        desc(dims({2, 64}), DataType::kINT32)};
+    CHECK(rt->onShapeChange(rin, 3, nullptr, 5) == 0);
+    rin[1].dims.d[1] = 36;
+    CHECK(rt->onShapeChange(rin, 3, nullptr, 5) != 0);
+
+    PluginFieldCollection const* ser = rt->getFieldsToSerialize();
+    CHECK(ser != nullptr && ser->nbFields == 2);
+    IPluginV3* p2 = c->createPlugin("selftest-runtime", ser, TensorRTPhase::kRUNTIME);
+    CHECK(p2 != nullptr);
+    if (p2 != nullptr)
+    {
+        auto* rt2 = static_cast<IPluginV3OneRuntime*>(p2->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+        CHECK(sameFields(ser, rt2->getFieldsToSerialize()));
+        delete p2;
+    }
+    delete p;
+    {
+        Fields f;
+        f.i("num_prefix", 1);
+        CHECK(create(c, f) == nullptr); // divisor missing
+    }
+    {
+        Fields f;
+        f.i("num_prefix", 3);
+        f.f("divisor", 5.0F);
+        CHECK(create(c, f) == nullptr);
+    }
+}
+
 // ------------------------------------------------------------------ GPU: enqueue == C API
 
 template <typename T>
@@ -643,6 +923,126 @@ void testGpu(IPluginCreatorV3One* clapC, IPluginCreatorV3One* gbmC, void* lib)
     }
 }
 
+//! Dynamic token mode on the GPU: the version-2 plugins' enqueue writes the bytes of the C API
+//! (y / size as [B, P+K, ...] inside buffers of the upper-bound size, K in the size tensor).
+void testGpuDynamic(IPluginCreatorV3One* clapC, IPluginCreatorV3One* gbmC, void* lib)
+{
+    auto clapWs = reinterpret_cast<ClapDynWsFn>(dlsym(lib, "algmClapDynamicWorkspaceSize"));
+    auto gbmWs = reinterpret_cast<GbmDynWsFn>(dlsym(lib, "algmGbmDynamicWorkspaceSize"));
+    auto clapFwd = reinterpret_cast<ClapDynFwdFn>(dlsym(lib, "algmClapDynamicForward"));
+    auto gbmFwd = reinterpret_cast<GbmDynFwdFn>(dlsym(lib, "algmGbmDynamicForward"));
+    CHECK(clapWs && gbmWs && clapFwd && gbmFwd);
+    if (!(clapWs && gbmWs && clapFwd && gbmFwd))
+    {
+        return;
+    }
+    int const B = 3, N = kGh * kGw, T = kP + N;
+    std::vector<float> hx(static_cast<size_t>(B) * T * kD);
+    std::mt19937 rng(2);
+    std::normal_distribution<float> nd;
+    for (size_t i = 0; i < hx.size(); ++i)
+    {
+        size_t const tok = (i / kD) % T;
+        hx[i] = nd(rng) * 0.1F + static_cast<float>((tok / 3) % 5) * 0.5F;
+    }
+    float const hthr[B] = {0.6F, 0.8F, 0.95F}; // one threshold per image
+    float* x = devAlloc<float>(hx.size());
+    float* thr = devAlloc<float>(B);
+    cudaMemcpy(x, hx.data(), hx.size() * sizeof(float), cudaMemcpyHostToDevice);
+    cudaMemcpy(thr, hthr, sizeof(hthr), cudaMemcpyHostToDevice);
+    // [plugin, C API] x [y1, s1, a1, st1, k1, y2, s2, a2, st2, k2]; buffers of the upper bound
+    std::vector<void*> bufs;
+    auto alloc = [&](size_t bytes) {
+        void* q = devAlloc<unsigned char>(bytes);
+        cudaMemset(q, 0, bytes);
+        bufs.push_back(q);
+        return q;
+    };
+    void* out[2][10];
+    for (auto& o : out)
+    {
+        o[0] = alloc(sizeof(float) * B * T * kD);
+        o[1] = alloc(sizeof(float) * B * T);
+        o[2] = alloc(sizeof(int32_t) * B * N);
+        o[3] = alloc(sizeof(int32_t) * B * 2);
+        o[4] = alloc(sizeof(int32_t));
+        o[5] = alloc(sizeof(float) * B * T * kD);
+        o[6] = alloc(sizeof(float) * B * T);
+        o[7] = alloc(sizeof(int32_t) * B * N);
+        o[8] = alloc(sizeof(int32_t) * B * 2);
+        o[9] = alloc(sizeof(int32_t));
+    }
+    size_t const wsBytes = clapWs(B, kGh, kGw, 2, 2, kP) + gbmWs(B, T, N, kP);
+    void* ws = alloc(wsBytes);
+    cudaStream_t stream;
+    cudaStreamCreate(&stream);
+
+    Fields fc;
+    fillClapDynamic(fc);
+    Fields fg;
+    fillGbmDynamic(fg);
+    IPluginV3* clap = create(clapC, fc, TensorRTPhase::kRUNTIME);
+    IPluginV3* gbm = create(gbmC, fg, TensorRTPhase::kRUNTIME);
+    CHECK(clap != nullptr && gbm != nullptr);
+    if (clap == nullptr || gbm == nullptr)
+    {
+        return;
+    }
+    auto* rc = static_cast<IPluginV3OneRuntime*>(clap->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    auto* rg = static_cast<IPluginV3OneRuntime*>(gbm->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    PluginTensorDesc cin[2] = {desc(dims({B, T, kD}), DataType::kFLOAT), desc(dims({B}), DataType::kFLOAT)};
+    PluginTensorDesc cout[5] = {desc(dims({B, -1, kD}), DataType::kFLOAT), desc(dims({B, -1}), DataType::kFLOAT),
+        desc(dims({B, N}), DataType::kINT32), desc(dims({B, 2}), DataType::kINT32), desc(dims({}), DataType::kINT32)};
+    void const* cins[2] = {x, thr};
+    CHECK(rc->onShapeChange(cin, 2, cout, 5) == 0);
+    CHECK(rc->enqueue(cin, cout, cins, out[0], ws, stream) == 0);
+    CHECK(clapFwd(x, thr, out[1][0], static_cast<float*>(out[1][1]), static_cast<int32_t*>(out[1][2]),
+              static_cast<int32_t*>(out[1][3]), static_cast<int32_t*>(out[1][4]), B, kD, kGh, kGw, 2, 2, kP, 0, ws,
+              wsBytes, stream)
+        == 0);
+    CHECK(cudaStreamSynchronize(stream) == cudaSuccess);
+    int32_t t1 = -1; // P + K1
+    cudaMemcpy(&t1, out[0][4], sizeof(int32_t), cudaMemcpyDeviceToHost);
+    CHECK(t1 >= kP + N / 4 && t1 <= kP + N);
+    int const T1 = t1;
+    CHECK(sameDevice(out[0][4], out[1][4], sizeof(int32_t)));
+    CHECK(sameDevice(out[0][0], out[1][0], sizeof(float) * B * T1 * kD));
+    CHECK(sameDevice(out[0][1], out[1][1], sizeof(float) * B * T1));
+    CHECK(sameDevice(out[0][2], out[1][2], sizeof(int32_t) * B * N));
+    CHECK(sameDevice(out[0][3], out[1][3], sizeof(int32_t) * B * 2));
+
+    PluginTensorDesc gin[3] = {desc(dims({B, T1, kD}), DataType::kFLOAT), desc(dims({B, T1}), DataType::kFLOAT),
+        desc(dims({B, N}), DataType::kINT32)};
+    PluginTensorDesc gout[5] = {desc(dims({B, -1, kD}), DataType::kFLOAT), desc(dims({B, -1}), DataType::kFLOAT),
+        desc(dims({B, N}), DataType::kINT32), desc(dims({B, 2}), DataType::kINT32), desc(dims({}), DataType::kINT32)};
+    void const* gins[3] = {out[0][0], out[0][1], out[0][2]};
+    CHECK(rg->onShapeChange(gin, 3, gout, 5) == 0);
+    CHECK(rg->enqueue(gin, gout, gins, out[0] + 5, ws, stream) == 0);
+    CHECK(gbmFwd(out[0][0], static_cast<float const*>(out[0][1]), static_cast<int32_t const*>(out[0][2]), out[1][5],
+              static_cast<float*>(out[1][6]), static_cast<int32_t*>(out[1][7]), static_cast<int32_t*>(out[1][8]),
+              static_cast<int32_t*>(out[1][9]), B, T1, N, kD, kP, 5.0F, 0, ws, wsBytes, stream)
+        == 0);
+    CHECK(cudaStreamSynchronize(stream) == cudaSuccess);
+    int32_t t2 = -1; // P + K2
+    cudaMemcpy(&t2, out[0][9], sizeof(int32_t), cudaMemcpyDeviceToHost);
+    CHECK(t2 >= kP + 1 && t2 <= T1);
+    int const T2 = t2;
+    CHECK(sameDevice(out[0][9], out[1][9], sizeof(int32_t)));
+    CHECK(sameDevice(out[0][5], out[1][5], sizeof(float) * B * T2 * kD));
+    CHECK(sameDevice(out[0][6], out[1][6], sizeof(float) * B * T2));
+    CHECK(sameDevice(out[0][7], out[1][7], sizeof(int32_t) * B * N));
+    CHECK(sameDevice(out[0][8], out[1][8], sizeof(int32_t) * B * 2));
+    delete clap;
+    delete gbm;
+    cudaStreamDestroy(stream);
+    cudaFree(x);
+    cudaFree(thr);
+    for (void* q : bufs)
+    {
+        cudaFree(q);
+    }
+}
+
 } // namespace
 
 int main(int argc, char** argv)
@@ -673,6 +1073,13 @@ int main(int argc, char** argv)
     testCreators(creators, n);
     IPluginCreatorV3One* clap = findCreator(creators, n, "AlgmClap");
     IPluginCreatorV3One* gbm = findCreator(creators, n, "AlgmGbm");
+    IPluginCreatorV3One* clapDyn = findCreator(creators, n, "AlgmClap", "2");
+    IPluginCreatorV3One* gbmDyn = findCreator(creators, n, "AlgmGbm", "2");
+    if (clapDyn != nullptr && gbmDyn != nullptr)
+    {
+        testClapDynamic(clapDyn, reinterpret_cast<ClapDynWsFn>(dlsym(lib, "algmClapDynamicWorkspaceSize")));
+        testGbmDynamic(gbmDyn, reinterpret_cast<GbmDynWsFn>(dlsym(lib, "algmGbmDynamicWorkspaceSize")));
+    }
     if (clap != nullptr && gbm != nullptr)
     {
         testClap(clap, reinterpret_cast<ClapWsFn>(dlsym(lib, "algmClapWorkspaceSize")));
@@ -683,6 +1090,10 @@ int main(int argc, char** argv)
             if (cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0)
             {
                 testGpu(clap, gbm, lib);
+                if (clapDyn != nullptr && gbmDyn != nullptr)
+                {
+                    testGpuDynamic(clapDyn, gbmDyn, lib);
+                }
             }
             else
             {

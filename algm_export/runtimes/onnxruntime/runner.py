@@ -36,23 +36,43 @@ class OrtRunner(Runner):
         except Exception as e:  # noqa: BLE001  (the file is what is wrong: ORT's parser refused it)
             raise ArtifactError(f"ONNX Runtime cannot load {self.path} ({_reason(e)}); the file is corrupt or not "
                                 "an algm-export ONNX: re-export it") from None
-        if [i.name for i in inputs] != ["image"] or "logits" not in self.output_names:
+        if [i.name for i in inputs] not in (["image"], ["image", "threshold"]) or "logits" not in self.output_names:
             raise ArtifactError(f"{self.path} has inputs {[i.name for i in inputs]} and outputs {self.output_names}, "
                                 "not the input `image` and output `logits` of an algm-export ONNX; re-export it")
         shape = inputs[0].shape
         #: (H, W) of the images the graph takes, None where a dimension is symbolic
         self.input_size = tuple(d if isinstance(d, int) else None for d in shape[2:4]) if len(shape) == 4 else None
+        self.input_names = [i.name for i in inputs]
 
     @property
     def name(self):
         return self.runner.name
 
-    def _infer(self, image) -> RunOutput:
+    @property
+    def takes_threshold(self) -> bool:
+        return "threshold" in self.input_names
+
+    def _infer(self, image, threshold=None) -> RunOutput:
+        from algm_export.errors import InputError
+
         if isinstance(image, torch.Tensor):
             image = image.detach().cpu().float().numpy()
         check_finite_array(image)
+        feeds = {"image": np.ascontiguousarray(image, dtype=np.float32)}
+        if self.takes_threshold:
+            if threshold is None:
+                raise InputError(f"{self.path} takes the CLAP threshold as an input: pass threshold=<float> "
+                                 "or one per image")
+            t = np.asarray(threshold.detach().cpu() if isinstance(threshold, torch.Tensor) else threshold,
+                           dtype=np.float32).reshape(-1)
+            if t.size == 1:
+                t = np.full(image.shape[0], t[0], np.float32)
+            if t.size != image.shape[0] or not np.isfinite(t).all() or (np.abs(t) > 1).any():
+                raise InputError(f"threshold {t.tolist()}: give one value, or one per image ({image.shape[0]}), "
+                                 "finite and within [-1, 1]")
+            feeds["threshold"] = t
         try:
-            out = self.runner.infer({"image": np.ascontiguousarray(image, dtype=np.float32)})
+            out = self.runner.infer(feeds)
         except AlgmError:
             raise
         except Exception as e:  # noqa: BLE001

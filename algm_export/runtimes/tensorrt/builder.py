@@ -13,6 +13,13 @@ Custom ``algm`` nodes:
 * with a plugin library: the library is registered (``getCreators``), the ``algm`` function
   bodies are removed from the model so the parser cannot fall back to them, and the build
   fails unless every ``algm`` node became a ``PLUGIN_V3`` layer.
+
+Dynamic token mode (``algm`` version 2, plugin version "2"): the token axis after every merge
+step is a data-dependent shape. Without plugins the parser takes the function bodies' ``Slice``
+with a computed end as one (``NonZero`` is refused by TensorRT-RTX 1.7: it needs a NonZero
+plugin it does not ship); with plugins every step declares its token dimension through a size
+tensor. The graph inputs other than ``image`` (``threshold`` [B] of a threshold-input export)
+get the same batch range in the optimisation profile.
 """
 
 from __future__ import annotations
@@ -49,6 +56,16 @@ def algm_nodes(model) -> list[tuple[str, str]]:
                     walk(g)
 
     walk(model.graph)
+    return out
+
+
+def algm_node_versions(model) -> set[tuple[str, str]]:
+    """(op_type, plugin_version) of every ``algm`` node of the main graph ("1" static, "2" dynamic)."""
+    out = set()
+    for node in model.graph.node:
+        if node.domain == ALGM_DOMAIN:
+            v = next((a.s.decode() for a in node.attribute if a.name == "plugin_version"), "1")
+            out.add((node.op_type, v))
     return out
 
 
@@ -156,6 +173,8 @@ def _io(trt, network) -> dict:
 # --------------------------------------------------------------------------- config
 
 def _profile(builder, network, input_name: str, batch: list[int]):
+    """One profile over the batch: every input whose first dimension is dynamic (``image``, and the
+    ``threshold`` [B] of a threshold-input export) gets (min, opt, max) = `batch` there."""
     names = [network.get_input(i).name for i in range(network.num_inputs)]
     if input_name not in names:
         raise ConfigError(f"the ONNX has no input {input_name!r} (inputs: {', '.join(names)}).")
@@ -215,10 +234,13 @@ def build_engine(job: dict):
         raise EngineBuildError(f"{onnx_path} is not a readable ONNX model ({type(e).__name__}: {e}); "
                                "re-export it.") from e
     nodes = algm_nodes(model)
+    versions = {v for _, v in algm_node_versions(model)}
     plugin_lib = job.get("plugin_library")
     weak_ok = not rtx and hasattr(trt.BuilderFlag, "FP16")  # TensorRT 10; RTX and TensorRT 11 are strongly typed
     strongly_typed = not weak_ok or bool(job.get("strongly_typed", True))
-    result: dict = {"backend": backend, "backend_version": str(trt.__version__)}
+    result: dict = {"backend": backend, "backend_version": str(trt.__version__),
+                    "token_mode": ("dynamic" if versions == {"2"} else "static" if versions == {"1"}
+                                   else None if not versions else "mixed")}
 
     # Plugin mode: a library to register, or (job["registered_plugins"]) creators that the
     # calling process already registered, e.g. TensorRT Python plugins.
@@ -230,13 +252,14 @@ def build_engine(job: dict):
         else:
             creators = sorted(c for c in creator_names(trt.get_plugin_registry())
                               if c.startswith(f"{ALGM_DOMAIN}::"))
-        provided = {c.split("::", 1)[1].split("/")[0] for c in creators if c.startswith(f"{ALGM_DOMAIN}::")}
-        missing = sorted({op for _, op in nodes} - provided)
+        provided = {tuple(c.split("::", 1)[1].split("/", 1)) for c in creators if c.startswith(f"{ALGM_DOMAIN}::")}
+        missing = sorted(algm_node_versions(model) - provided)
         if missing:
             raise BackendUnavailable(
                 f"plugin library {plugin_lib or '(registered plugins)'} does not register "
-                f"{', '.join(missing)} in namespace {ALGM_DOMAIN!r} (it registered: "
-                f"{', '.join(creators) or 'nothing'}).")
+                f"{', '.join(f'{op}/{v}' for op, v in missing)} in namespace {ALGM_DOMAIN!r} (it registered: "
+                f"{', '.join(creators) or 'nothing'}); version 2 is the dynamic token mode: rebuild the "
+                "plugin library from this checkout.")
         if job.get("strip_functions", True):
             result["functions_removed"] = strip_algm_functions(model)
     result["plugin_creators"] = creators

@@ -6,6 +6,14 @@
 
 Dynamic batch through ``set_input_shape`` within the engine's profile; outputs are allocated
 as torch tensors on the image's device and the engine runs on torch's current stream.
+
+Dynamic token mode engines (``algm`` version 2): the token axis inside the engine is
+data-dependent, the graph outputs are not (``logits`` [B, n_cls, H, W], ``merge_stats``
+[B, steps, 2]), so they are preallocated as usual. An output whose shape TensorRT cannot know
+before running (a -1 left after the input shapes are set) goes through an ``IOutputAllocator``
+(`make_output_allocator`): TensorRT asks for its memory during ``execute_async_v3`` and reports
+its shape, and the returned tensor is that shape. A threshold-input engine takes the CLAP
+threshold as a second input (``infer(image, threshold=0.88)`` or a [B] tensor).
 Before deserialising, the engine's manifest record is checked against what is installed
 (backend, version, compute capability, sha256), so a mismatch is an ArtifactError that says
 why, not a TensorRT failure. TensorRT-RTX compiles kernels for the GPU on first use: the
@@ -32,6 +40,49 @@ def _torch_dtype(trt, torch, dt):
     if dt not in table:
         raise ConfigError(f"engine tensor dtype {dt} is not supported by TrtRunner.")
     return table[dt]
+
+
+def make_output_allocator(trt, torch, device):
+    """A TensorRT ``IOutputAllocator`` for outputs with data-dependent shapes: TensorRT asks for
+    their memory during ``execute_async_v3`` (a torch CUDA byte buffer, reused while it is large
+    enough) and reports their shape; `tensor(name, dtype)` then returns the output. Built on call,
+    because the TensorRT base class exists only once a backend is imported."""
+
+    class TorchOutputAllocator(trt.IOutputAllocator):
+        def __init__(self):
+            trt.IOutputAllocator.__init__(self)
+            self.buffers: dict = {}   # name -> (byte buffer, offset of the aligned start)
+            self.shapes: dict = {}
+
+        def reallocate_output(self, tensor_name, memory, size, alignment):
+            return self._alloc(tensor_name, int(size), max(int(alignment), 1))
+
+        def reallocate_output_async(self, tensor_name, memory, size, alignment, stream):
+            return self._alloc(tensor_name, int(size), max(int(alignment), 1))
+
+        def _alloc(self, name, size, alignment):
+            have = self.buffers.get(name)
+            if have is None or have[0].numel() - have[1] < size:
+                buf = torch.empty(max(size, 1) + alignment, dtype=torch.uint8, device=device)
+                ptr = buf.data_ptr()
+                have = (buf, (-ptr) % alignment)
+                self.buffers[name] = have
+            return have[0].data_ptr() + have[1]
+
+        def notify_shape(self, tensor_name, shape):
+            self.shapes[tensor_name] = tuple(int(d) for d in shape)
+
+        def tensor(self, name, dtype):
+            """Output `name` with its notified shape (a copy: the buffer serves the next run)."""
+            shape = self.shapes[name]
+            n = 1
+            for d in shape:
+                n *= d
+            buf, off = self.buffers[name]
+            nbytes = n * torch.empty((), dtype=dtype).element_size()
+            return buf[off: off + nbytes].view(dtype).reshape(shape).clone()
+
+    return TorchOutputAllocator()
 
 
 class TrtRunner:
@@ -94,6 +145,7 @@ class TrtRunner:
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self.record = record
+        self._allocator = None
 
     @classmethod
     def from_manifest(cls, export_dir: str | os.PathLike, setting: str = "baseline",
@@ -126,12 +178,40 @@ class TrtRunner:
     def profile(self, name: str = "image") -> tuple:
         return tuple(tuple(s) for s in self.engine.get_tensor_profile_shape(name, 0))
 
-    def infer(self, image, stream=None) -> dict:
-        """Run the engine on `image` ([B, 3, H, W] CUDA tensor); returns new output tensors."""
+    @property
+    def threshold_input(self) -> bool:
+        """Whether the engine takes the CLAP threshold as an input (a threshold-input export)."""
+        return "threshold" in self.inputs
+
+    def _threshold(self, threshold, image):
+        """The engine's `threshold` input: float32 [B] on the image's device."""
         torch = self.torch
-        if len(self.inputs) != 1:
-            raise ConfigError(f"engine has inputs {self.inputs}; TrtRunner.infer takes one image tensor.")
-        name = self.inputs[0]
+        B = image.shape[0]
+        if threshold is None:
+            raise InputError("this engine takes the CLAP threshold as an input: pass threshold=<float> or a "
+                             f"tensor of shape [{B}] (one per image)")
+        t = torch.as_tensor(threshold, dtype=torch.float32, device=image.device).reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(B)
+        if t.numel() != B:
+            raise InputError(f"threshold has {t.numel()} values for a batch of {B}; give one, or one per image")
+        if not bool(torch.isfinite(t).all()) or bool((t.abs() > 1).any()):
+            raise InputError("thresholds must be finite and within [-1, 1] (cosine similarities)")
+        return t.contiguous()
+
+    def infer(self, image, stream=None, threshold=None) -> dict:
+        """Run the engine on `image` ([B, 3, H, W] CUDA tensor); returns new output tensors.
+
+        threshold: the CLAP threshold(s) of a threshold-input engine (float or [B]); refused by
+        other engines, whose threshold is built in."""
+        torch = self.torch
+        extra = [n for n in self.inputs if n not in ("image", "threshold")]
+        if extra or ("image" not in self.inputs and len(self.inputs) != 1):
+            raise ConfigError(f"engine has inputs {self.inputs}; TrtRunner.infer takes an image (and a threshold).")
+        name = "image" if "image" in self.inputs else self.inputs[0]
+        if threshold is not None and not self.threshold_input:
+            raise ConfigError(f"{self.path.name} has its threshold built in (inputs {self.inputs}); build a "
+                              "threshold-input export to choose it at run time")
         if not isinstance(image, torch.Tensor) or not image.is_cuda:
             raise InputError("TrtRunner.infer needs a CUDA torch tensor (image.cuda()).")
         want = _torch_dtype(self.trt, torch, self.engine.get_tensor_dtype(name))
@@ -144,21 +224,39 @@ class TrtRunner:
         if not self.context.set_input_shape(name, shape):
             raise InputError(f"TensorRT rejected input shape {shape} for {name}.")
         self.context.set_tensor_address(name, image.data_ptr())
-        out = {}
+        keep = [image]
+        if self.threshold_input:
+            thr = self._threshold(threshold, image)
+            if not self.context.set_input_shape("threshold", tuple(thr.shape)):
+                raise InputError(f"TensorRT rejected threshold shape {tuple(thr.shape)}.")
+            self.context.set_tensor_address("threshold", thr.data_ptr())
+            keep.append(thr)
+        out, deferred = {}, []
         for o in self.outputs:
             oshape = tuple(self.context.get_tensor_shape(o))
-            t = torch.empty(oshape, dtype=_torch_dtype(self.trt, torch, self.engine.get_tensor_dtype(o)),
-                            device=image.device)
+            dtype = _torch_dtype(self.trt, torch, self.engine.get_tensor_dtype(o))
+            if any(d < 0 for d in oshape):
+                # data-dependent shape: TensorRT allocates through the output allocator while it runs
+                if self._allocator is None:
+                    self._allocator = make_output_allocator(self.trt, torch, image.device)
+                self.context.set_output_allocator(o, self._allocator)
+                deferred.append((o, dtype))
+                continue
+            t = torch.empty(oshape, dtype=dtype, device=image.device)
             self.context.set_tensor_address(o, t.data_ptr())
             out[o] = t
         if stream is None:
             stream = torch.cuda.current_stream(image.device)
         else:  # keep the caching allocator from reusing these buffers before the stream is done
-            for t in [image, *out.values()]:
+            for t in [*keep, *out.values()]:
                 t.record_stream(stream)
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise BackendUnavailable(f"TensorRT failed to run {self.path}: "
                                      + "; ".join(self.logger.errors()[-3:]))
+        if deferred:
+            stream.synchronize()  # the shapes are known once the engine has run
+            for o, dtype in deferred:
+                out[o] = self._allocator.tensor(o, dtype)
         return out
 
     __call__ = infer
@@ -172,7 +270,11 @@ class HostTrtRunner(Runner):
         self.name = name
         self.backend = runner.backend
 
-    def _infer(self, image) -> RunOutput:
+    @property
+    def takes_threshold(self) -> bool:
+        return self.runner.threshold_input
+
+    def _infer(self, image, threshold=None) -> RunOutput:
         import numpy as np
         import torch
 
@@ -181,7 +283,7 @@ class HostTrtRunner(Runner):
         if isinstance(image, np.ndarray):
             image = torch.from_numpy(image)
         check_finite_array(image.detach().cpu().numpy())
-        out = self.runner.infer(image.float().cuda())
+        out = self.runner.infer(image.float().cuda(), threshold=threshold)
         ms = out.get("merge_stats")
         return RunOutput(out["logits"].float().cpu().numpy(), None if ms is None else ms.cpu().numpy())
 
