@@ -52,7 +52,7 @@ def test_runner_is_a_context_manager_and_refuses_a_threshold():
     with _Fixed() as r:
         r.token_geometry = (16, 4)
         assert r.infer(np.zeros((1, 3, 8, 8), np.float32)).tokens.tolist() == [[10]]
-        with pytest.raises(ConfigError, match="fixed threshold"):
+        with pytest.raises(ConfigError, match="threshold is built in"):
             r.infer(np.zeros((1, 3, 8, 8), np.float32), threshold=0.9)
     assert r.closed
 

@@ -30,6 +30,12 @@ def add_parser(sub):
     a.precision_arg(p, help="fp16: also write float16 graphs, for strongly typed engines (the fp32 graphs are always "
                             "written); default: %(default)s")
     p.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help=argparse.SUPPRESS)
+    p.add_argument("--token-mode", default="static", choices=["static", "dynamic"],
+                   help="static: calibrated capacities per setting (fixed shapes; default); dynamic: as many token "
+                        "slots as the batch needs, computed at run time (no calibration, never a forced merge)")
+    p.add_argument("--threshold-input", action="store_true",
+                   help="with --token-mode dynamic: one ONNX whose graph takes the CLAP threshold as an input "
+                        "(`threshold`, float32 [B]) and serves every threshold")
     p.add_argument("--force", action="store_true", help="re-export into a non-empty folder")
     a.trust_arg(p)
     a.wait_arg(p)
@@ -52,12 +58,15 @@ def run(args) -> int:
                         calib_images=args.calib_images, quantile=args.quantile, inline=args.inline, force=args.force,
                         layers=parse_layers(args.layers), fp16=args.precision == "fp16",
                         capacities=None if args.capacities is None else parse_capacities(args.capacities),
-                        wait=args.wait)
+                        wait=args.wait, token_mode=args.token_mode, threshold_input=args.threshold_input)
     rows = [["baseline", "-", "-", "-", man["baseline"]["onnx"], "yes" if man["baseline"]["tensorrt_ready"] else "NO"]]
     for s in man["settings"]:
-        cal = s["calibration"]
+        cal = s.get("calibration") or {}
         mx = "-" if not cal.get("counts") else "/".join(str(max(c)) for c in cal["counts"])
-        rows.append([s["name"], f"{s['threshold']:.3f}", ",".join(map(str, s["capacities"])), mx, s["onnx"],
+        caps = "dynamic" if s.get("capacities") is None else ",".join(map(str, s["capacities"]))
+        tau = (f"{min(s['thresholds']):.3f}-{max(s['thresholds']):.3f}" if s.get("threshold_input")
+               else f"{s['threshold']:.3f}")
+        rows.append([s["name"], tau, caps, mx, s["onnx"],
                      "yes" if s["tensorrt_ready"] else "NO: " + "; ".join(s["tensorrt_problems"][:2])])
     print(format_table(["setting", "tau", "capacities", "max counts", "onnx", "TensorRT-ready"], rows))
     print(f"\nmanifest: {args.out}/manifest.json")

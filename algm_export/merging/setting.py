@@ -52,6 +52,10 @@ class AlgmSetting:
         extra += "" if self.policy == "per_image" else "_bmin"
         return f"t{self.threshold:.3f}_l{lay}{extra}"
 
+    def with_threshold(self, t: float) -> "AlgmSetting":
+        """The same setting at another CLAP threshold (threshold-input graphs serve several)."""
+        return AlgmSetting(t, self.window, self.layers, self.policy)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["window"] = list(self.window)
