@@ -11,6 +11,7 @@ line.
 from __future__ import annotations
 
 import copy
+import math
 import os
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -139,6 +140,30 @@ def read_mmseg(config_path_or_text=None, checkpoint_path=None, who: str = "the m
             "the checkpoint has a patch-embedding bias (mmseg 0.x default), so the conv has one" if has_bias else
             "the checkpoint has no patch-embedding bias (mmseg 1.x default)"))
     return config, model_cfg, sd, notes, config_path, where
+
+
+class MMSegViTConfig:
+    """Methods shared by the configs of the families on mmsegmentation's ViT (SETR, SegViT): the
+    uniform `grid`, `num_prefix` and `to_dict` (dataclass subclasses hold the fields)."""
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The token grid at the run size (the patch embedding pads up to whole patches)."""
+        p = self.patch_size
+        return (math.ceil(self.image_size[0] / p), math.ceil(self.image_size[1] / p))
+
+    @property
+    def num_prefix(self) -> int:
+        return 1 if self.with_cls_token else 0
+
+    def to_dict(self) -> dict:
+        d = {k: copy.deepcopy(getattr(self, k)) for k in self.__dataclass_fields__}
+        for k in ("image_size", "built_image_size", "decoder_layers"):
+            d[k] = list(d[k])
+        d["normalization"] = {k: list(v) for k, v in self.normalization.items()}
+        d["grid"] = list(self.grid)
+        d["num_prefix"] = self.num_prefix
+        return d
 
 
 # ----------------------------------------------------------------------------- files and dispatch

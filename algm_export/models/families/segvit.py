@@ -47,7 +47,7 @@ from algm_export.models.backbones.mmseg_vit import MMSegViT, _pair
 from algm_export.models.base import SegModel
 from algm_export.models.decoders.atm import ATMDecoder
 from algm_export.models.families import mmseg
-from algm_export.models.families.mmseg import build_vit, load_state_dict_checked, read_mmseg
+from algm_export.models.families.mmseg import MMSegViTConfig, build_vit, load_state_dict_checked, read_mmseg
 from algm_export.models.families.setr import (
     IGNORED_PREFIXES as SETR_IGNORED,
     IMAGENET_MEAN_255,
@@ -82,7 +82,7 @@ _OTHER_HEADS = {
 # ----------------------------------------------------------------------------- configuration
 
 @dataclass
-class SegViTConfig:
+class SegViTConfig(MMSegViTConfig):
     """The uniform family fields plus what SegViT needs. `image_size` is the run size (H, W)."""
 
     n_cls: int
@@ -107,23 +107,6 @@ class SegViTConfig:
     model_cfg: dict = field(default_factory=dict)  # the parsed mmseg `model` dict
     family: str = FAMILY
 
-    @property
-    def grid(self) -> tuple[int, int]:
-        p = self.patch_size
-        return (math.ceil(self.image_size[0] / p), math.ceil(self.image_size[1] / p))
-
-    @property
-    def num_prefix(self) -> int:
-        return 1 if self.with_cls_token else 0
-
-    def to_dict(self) -> dict:
-        d = {k: copy.deepcopy(getattr(self, k)) for k in self.__dataclass_fields__}
-        for k in ("image_size", "built_image_size", "decoder_layers"):
-            d[k] = list(d[k])
-        d["normalization"] = {k: list(v) for k, v in self.normalization.items()}
-        d["grid"] = list(self.grid)
-        d["num_prefix"] = self.num_prefix
-        return d
 
 
 def check_head_type(head_cfg: Mapping) -> None:

@@ -49,7 +49,7 @@ from algm_export.models.base import SegModel
 from algm_export.models.decoders.setr import SETRDecoder, SETRMLAHead, SETRUPHead, build_head, build_neck
 from algm_export.models.layers import bilinear_upsample
 from algm_export.models.families.mmseg import PATCH_BIAS_KEY, VIT_ARGS as _BACKBONE_ARGS  # noqa: F401
-from algm_export.models.families.mmseg import build_vit, load_state_dict_checked, read_checkpoint, read_mmseg
+from algm_export.models.families.mmseg import MMSegViTConfig, build_vit, load_state_dict_checked, read_checkpoint, read_mmseg
 from algm_export.models.families.mmseg import short as _short  # noqa: F401
 from algm_export.models.families.mmseg import state_dict_of as _state_dict_of  # noqa: F401
 
@@ -65,7 +65,7 @@ IMAGENET_STD_255 = (58.395, 57.12, 57.375)
 # ----------------------------------------------------------------------------- configuration
 
 @dataclass
-class SETRConfig:
+class SETRConfig(MMSegViTConfig):
     """The uniform family fields plus what SETR needs. `image_size` is the run size (H, W)."""
 
     n_cls: int
@@ -89,24 +89,6 @@ class SETRConfig:
     model_cfg: dict = field(default_factory=dict)  # the parsed mmseg `model` dict
     family: str = FAMILY
 
-    @property
-    def grid(self) -> tuple[int, int]:
-        """The token grid at the run size (the patch embedding pads up to whole patches)."""
-        p = self.patch_size
-        return (math.ceil(self.image_size[0] / p), math.ceil(self.image_size[1] / p))
-
-    @property
-    def num_prefix(self) -> int:
-        return 1 if self.with_cls_token else 0
-
-    def to_dict(self) -> dict:
-        d = {k: copy.deepcopy(getattr(self, k)) for k in self.__dataclass_fields__}
-        for k in ("image_size", "built_image_size", "decoder_layers"):
-            d[k] = list(d[k])
-        d["normalization"] = {k: list(v) for k, v in self.normalization.items()}
-        d["grid"] = list(self.grid)
-        d["num_prefix"] = self.num_prefix
-        return d
 
 
 def _typename(cfg: Optional[dict]) -> str:
