@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ from algm_export.errors import BackendUnavailable, ConfigError, InputError
 from algm_export.export.exporter import export_onnx, inline_functions
 from algm_export.export.opmodels import clap_dynamic_model, clap_model, gbm_dynamic_model, gbm_model
 from algm_export.export.readiness import check_readiness
-from algm_export.merging.static import clap_dynamic, clap_static, gbm_dynamic, gbm_static, tokens_from_stats
+from algm_export.merging.static import clap_dynamic, gbm_dynamic, tokens_from_stats
 from algm_export.models.configs import make_config
 from algm_export.models.segmenter import Segmenter
 from test_plugins_support import MARGIN, clap_margin, gbm_margin, separated_tokens
