@@ -166,6 +166,34 @@ class MMSegViTConfig:
         return d
 
 
+class MMSegWholeInference:
+    """`finish` and `inference` shared by the mmseg families whose heads return one map (SETR, SegViT):
+    mmseg's whole inference resizes the head's output straight to the input size with the head's
+    `align_corners`; `inference` runs whole or slide as the config's `test_cfg` says."""
+
+    def finish(self, logits, padded_hw, out_hw):
+        logits = logits.float()
+        out_hw = (int(out_hw[0]), int(out_hw[1]))
+        if tuple(logits.shape[-2:]) == out_hw:
+            return logits
+        if not self.cfg.align_corners:
+            from algm_export.models.layers import bilinear_upsample
+
+            return bilinear_upsample(logits, out_hw)
+        import torch.nn.functional as F
+
+        return F.interpolate(logits, size=out_hw, mode="bilinear", align_corners=True)
+
+    def inference(self, im):
+        """mmseg `EncoderDecoder.inference`: whole or slide per the config's `test_cfg`."""
+        from algm_export.models.families.setr import mmseg_slide_inference
+
+        inf = self.cfg.inference
+        if inf["mode"] == "slide":
+            return mmseg_slide_inference(self, im, inf["crop_size"], inf["stride"], self.cfg.n_cls)
+        return self(im)
+
+
 # ----------------------------------------------------------------------------- files and dispatch
 
 def find_files(p: Path, config: Optional[Path]) -> tuple[Optional[Path], Path]:

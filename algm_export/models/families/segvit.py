@@ -40,14 +40,13 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional
 
 import torch
-import torch.nn.functional as F
 
 from algm_export.errors import ConfigError
 from algm_export.models.backbones.mmseg_vit import MMSegViT, _pair
 from algm_export.models.base import SegModel
 from algm_export.models.decoders.atm import ATMDecoder
 from algm_export.models.families import mmseg
-from algm_export.models.families.mmseg import MMSegViTConfig, build_vit, load_state_dict_checked, read_mmseg
+from algm_export.models.families.mmseg import MMSegViTConfig, MMSegWholeInference, build_vit, load_state_dict_checked, read_mmseg
 from algm_export.models.families.setr import (
     IGNORED_PREFIXES as SETR_IGNORED,
     IMAGENET_MEAN_255,
@@ -60,7 +59,6 @@ from algm_export.models.families.setr import (
     normalization_from_config,
     randomize_,
 )
-from algm_export.models.layers import bilinear_upsample
 from algm_export.models.registry import Family, register
 
 FAMILY = "segvit"
@@ -198,7 +196,7 @@ def build_segvit(model_cfg: Mapping, image_size=None, config: Optional[Mapping] 
 
 # ----------------------------------------------------------------------------- the model
 
-class SegViT(SegModel):
+class SegViT(MMSegWholeInference, SegModel):
     """SegViT: mmseg ViT + ATM head. `forward(im)` = mmseg's whole inference on a normalised batch."""
 
     family = FAMILY
@@ -219,24 +217,6 @@ class SegViT(SegModel):
         if self.cfg.channel_order == "bgr":
             im = im.flip(1)
         return self.backbone.patch_embed.pad(im)
-
-    def finish(self, probs: torch.Tensor, padded_hw, out_hw) -> torch.Tensor:
-        """mmseg 0.x `encode_decode`: the head's output resized to the input size (bilinear, the
-        head's `align_corners`); identity when the sizes agree (a crop of the head's img_size)."""
-        probs = probs.float()
-        out_hw = (int(out_hw[0]), int(out_hw[1]))
-        if tuple(probs.shape[-2:]) == out_hw:
-            return probs
-        if not self.cfg.align_corners:
-            return bilinear_upsample(probs, out_hw)
-        return F.interpolate(probs, size=out_hw, mode="bilinear", align_corners=True)
-
-    def inference(self, im: torch.Tensor) -> torch.Tensor:
-        """mmseg `EncoderDecoder.inference`: whole or slide per the config's `test_cfg`."""
-        inf = self.cfg.inference
-        if inf["mode"] == "slide":
-            return mmseg_slide_inference(self, im, inf["crop_size"], inf["stride"], self.cfg.n_cls)
-        return self(im)
 
     def macs(self, image_size=None) -> int:
         """Multiply-accumulates of one whole-image forward (no merging)."""

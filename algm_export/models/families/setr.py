@@ -47,9 +47,8 @@ from algm_export.errors import ConfigError
 from algm_export.models.backbones.mmseg_vit import MMSegViT, _pair
 from algm_export.models.base import SegModel
 from algm_export.models.decoders.setr import SETRDecoder, SETRMLAHead, SETRUPHead, build_head, build_neck
-from algm_export.models.layers import bilinear_upsample
 from algm_export.models.families.mmseg import PATCH_BIAS_KEY, VIT_ARGS as _BACKBONE_ARGS  # noqa: F401
-from algm_export.models.families.mmseg import MMSegViTConfig, build_vit, load_state_dict_checked, read_checkpoint, read_mmseg
+from algm_export.models.families.mmseg import MMSegViTConfig, MMSegWholeInference, build_vit, load_state_dict_checked, read_checkpoint, read_mmseg
 from algm_export.models.families.mmseg import short as _short  # noqa: F401
 from algm_export.models.families.mmseg import state_dict_of as _state_dict_of  # noqa: F401
 
@@ -197,7 +196,7 @@ def build_setr(model_cfg: Mapping, image_size=None, config: Optional[Mapping] = 
 
 # ----------------------------------------------------------------------------- the model
 
-class SETR(SegModel):
+class SETR(MMSegWholeInference, SegModel):
     """SETR: mmseg ViT + SETR decoder. `forward(im)` = mmseg's whole inference on a normalised batch."""
 
     family = FAMILY
@@ -227,24 +226,6 @@ class SETR(SegModel):
         if self.cfg.channel_order == "bgr":
             im = im.flip(1)
         return self.backbone.patch_embed.pad(im)
-
-    def finish(self, logits: torch.Tensor, padded_hw, out_hw) -> torch.Tensor:
-        """mmseg whole inference: the decoder's logits (covering the padded image) resized straight to
-        the input size with the configured `align_corners` (`BaseDecodeHead.predict_by_feat`)."""
-        logits = logits.float()
-        out_hw = (int(out_hw[0]), int(out_hw[1]))
-        if tuple(logits.shape[-2:]) == out_hw:
-            return logits
-        if not self.cfg.align_corners:
-            return bilinear_upsample(logits, out_hw)
-        return F.interpolate(logits, size=out_hw, mode="bilinear", align_corners=True)
-
-    def inference(self, im: torch.Tensor) -> torch.Tensor:
-        """mmseg `EncoderDecoder.inference`: whole or slide per the config's `test_cfg`."""
-        inf = self.cfg.inference
-        if inf["mode"] == "slide":
-            return mmseg_slide_inference(self, im, inf["crop_size"], inf["stride"], self.cfg.n_cls)
-        return self(im)
 
     def macs(self, image_size=None) -> int:
         """Multiply-accumulates of one whole-image forward (no merging)."""
