@@ -11,6 +11,7 @@
 #include <NvInferRuntime.h>
 
 #include <string>
+#include <vector>
 
 namespace algm
 {
@@ -28,16 +29,28 @@ struct ClapAttributes
     float threshold{0.0f};
 };
 
-class AlgmClapPlugin : public AlgmPluginBase<AlgmClapPlugin>
+//! AlgmClap, both token modes in one class (`Dynamic`):
+//! * version "1" (static, AlgmClapPlugin): input x [B, P+N, D]; outputs y [B, P+C1, D],
+//!   size [B, P+C1], assign [B, N], stats [B, 2]; fields grid_h, grid_w, window_h, window_w,
+//!   num_prefix, capacity, threshold.
+//! * version "2" (dynamic, AlgmClapDynamicPlugin): inputs x [B, P+N, D], threshold [B] float32;
+//!   the same outputs with P+K token slots (the batch's largest real count) and a fifth, P + K as
+//!   an int32 size tensor (0-D); fields without capacity and threshold (capacity N, threshold input).
+template <bool Dynamic>
+class AlgmClapPluginT : public AlgmPluginBase<AlgmClapPluginT<Dynamic>>
 {
 public:
     static constexpr char const* kName = "AlgmClap";
-    static constexpr char const* kVersion = kPluginVersion;
-    static constexpr int32_t kNbInputs = 1;
-    static constexpr int32_t kNbOutputs = 4;
+    static constexpr char const* kVersion = Dynamic ? kDynamicPluginVersion : kPluginVersion;
+    static constexpr int32_t kNbInputs = Dynamic ? 2 : 1;
+    static constexpr int32_t kNbOutputs = Dynamic ? 5 : 4;
 
-    explicit AlgmClapPlugin(ClapAttributes const& attrs);
-    AlgmClapPlugin(AlgmClapPlugin const& other);
+    //! The op's fields in this token mode (serialised, advertised and read by the creator).
+    static std::vector<AttributeField<ClapAttributes>> const& fields();
+
+    //! Dynamic: attrs.capacity and attrs.threshold are ignored (capacity N, threshold from the input).
+    explicit AlgmClapPluginT(ClapAttributes const& attrs);
+    AlgmClapPluginT(AlgmClapPluginT const& other);
 
     // IPluginV3OneBuild
     int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
@@ -65,76 +78,32 @@ public:
 
 private:
     void initFields();
-    bool checkInputDims(nvinfer1::Dims const& dims, bool allowWildcards) const noexcept;
+    //! dims: the inputs (x, and threshold when Dynamic). With allowWildcards, -1 extents are not checked.
+    bool checkInputDims(nvinfer1::Dims const* dims, bool allowWildcards) const noexcept;
 
     ClapAttributes mAttrs;
 };
 
-class AlgmClapPluginCreator : public AlgmPluginCreatorBase
+template <bool Dynamic>
+class AlgmClapPluginCreatorT : public AlgmPluginCreatorBase
 {
 public:
-    AlgmClapPluginCreator();
+    AlgmClapPluginCreatorT();
 
 protected:
     nvinfer1::IPluginV3* createFromFields(
         std::string const& layer, nvinfer1::PluginFieldCollection const& fc) override;
 };
 
-//! Dynamic token mode (version "2"): inputs x [B, P+N, D], threshold [B] float32; outputs
-//! y [B, P+K, D], size [B, P+K], assign [B, N], stats [B, 2], P + K (int32 size tensor, 0-D: the
-//! token dimension of y itself).
-class AlgmClapDynamicPlugin : public AlgmPluginBase<AlgmClapDynamicPlugin>
-{
-public:
-    static constexpr char const* kName = "AlgmClap";
-    static constexpr char const* kVersion = kDynamicPluginVersion;
-    static constexpr int32_t kNbInputs = 2;
-    static constexpr int32_t kNbOutputs = 5;
+using AlgmClapPlugin = AlgmClapPluginT<false>;
+using AlgmClapDynamicPlugin = AlgmClapPluginT<true>;
+using AlgmClapPluginCreator = AlgmClapPluginCreatorT<false>;
+using AlgmClapDynamicPluginCreator = AlgmClapPluginCreatorT<true>;
 
-    //! attrs.capacity and attrs.threshold are unused (capacity N, threshold from the input).
-    explicit AlgmClapDynamicPlugin(ClapAttributes const& attrs);
-    AlgmClapDynamicPlugin(AlgmClapDynamicPlugin const& other);
-
-    // IPluginV3OneBuild
-    int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
-        nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
-    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
-        nvinfer1::DataType const* inputTypes, int32_t nbInputs) const noexcept override;
-    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
-        int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
-        nvinfer1::IExprBuilder& exprBuilder) noexcept override;
-    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
-        int32_t nbOutputs) noexcept override;
-    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
-        nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
-
-    // IPluginV3OneRuntime
-    int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const* out,
-        int32_t nbOutputs) noexcept override;
-    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
-        void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
-
-    ClapAttributes const& attributes() const noexcept
-    {
-        return mAttrs;
-    }
-
-private:
-    void initFields();
-    bool checkInputDims(nvinfer1::Dims const& x, nvinfer1::Dims const& threshold, bool allowWildcards) const noexcept;
-
-    ClapAttributes mAttrs;
-};
-
-class AlgmClapDynamicPluginCreator : public AlgmPluginCreatorBase
-{
-public:
-    AlgmClapDynamicPluginCreator();
-
-protected:
-    nvinfer1::IPluginV3* createFromFields(
-        std::string const& layer, nvinfer1::PluginFieldCollection const& fc) override;
-};
+extern template class AlgmClapPluginT<false>;
+extern template class AlgmClapPluginT<true>;
+extern template class AlgmClapPluginCreatorT<false>;
+extern template class AlgmClapPluginCreatorT<true>;
 
 } // namespace plugin
 } // namespace algm

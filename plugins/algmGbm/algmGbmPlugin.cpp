@@ -22,64 +22,98 @@ namespace algm
 namespace plugin
 {
 
-AlgmGbmPlugin::AlgmGbmPlugin(GbmAttributes const& attrs)
+namespace
+{
+
+using Field = AttributeField<GbmAttributes>;
+
+std::string modeName(bool dynamic)
+{
+    return dynamic ? std::string(AlgmGbmPlugin::kName) + " (dynamic)" : std::string(AlgmGbmPlugin::kName);
+}
+
+} // namespace
+
+template <bool Dynamic>
+std::vector<AttributeField<GbmAttributes>> const& AlgmGbmPluginT<Dynamic>::fields()
+{
+    static std::vector<Field> const table = [] {
+        std::vector<Field> t{{"num_prefix", &GbmAttributes::numPrefix, nullptr}};
+        if (!Dynamic)
+        {
+            t.push_back({"capacity", &GbmAttributes::capacity, nullptr});
+        }
+        t.push_back({"divisor", nullptr, &GbmAttributes::divisor});
+        return t;
+    }();
+    return table;
+}
+
+template <bool Dynamic>
+AlgmGbmPluginT<Dynamic>::AlgmGbmPluginT(GbmAttributes const& attrs)
     : mAttrs(attrs)
 {
+    if (Dynamic)
+    {
+        mAttrs.capacity = 0;
+    }
     initFields();
 }
 
-AlgmGbmPlugin::AlgmGbmPlugin(AlgmGbmPlugin const& other)
-    : AlgmPluginBase(other)
+template <bool Dynamic>
+AlgmGbmPluginT<Dynamic>::AlgmGbmPluginT(AlgmGbmPluginT const& other)
+    : AlgmPluginBase<AlgmGbmPluginT<Dynamic>>(other)
     , mAttrs(other.mAttrs)
 {
     initFields();
 }
 
-void AlgmGbmPlugin::initFields()
+template <bool Dynamic>
+void AlgmGbmPluginT<Dynamic>::initFields()
 {
-    mFields.clear();
-    mFields.emplace_back("num_prefix", &mAttrs.numPrefix, nvinfer1::PluginFieldType::kINT32, 1);
-    mFields.emplace_back("capacity", &mAttrs.capacity, nvinfer1::PluginFieldType::kINT32, 1);
-    mFields.emplace_back("divisor", &mAttrs.divisor, nvinfer1::PluginFieldType::kFLOAT32, 1);
-    publishFields();
-    std::ostringstream s;
-    s << kName << " num_prefix=" << mAttrs.numPrefix << " capacity=" << mAttrs.capacity
-      << " divisor=" << mAttrs.divisor;
-    mMetadata = s.str();
+    serialiseAttributes(this->mFields, mAttrs, fields());
+    this->publishFields();
+    this->mMetadata = describeAttributes(kName, Dynamic, mAttrs, fields());
 }
 
-// dims: x, size, assign. With allowWildcards, -1 extents (build time) are not checked.
-bool AlgmGbmPlugin::checkInputDims(nvinfer1::Dims const* dims, bool allowWildcards) const noexcept
+template <bool Dynamic>
+bool AlgmGbmPluginT<Dynamic>::checkInputDims(nvinfer1::Dims const* dims, bool allowWildcards) const noexcept
 {
     nvinfer1::Dims const& x = dims[0];
     nvinfer1::Dims const& s = dims[1];
     nvinfer1::Dims const& a = dims[2];
     if (x.nbDims != 3 || s.nbDims != 2 || a.nbDims != 2)
     {
-        logError(std::string(kName) + ": expected x [B, T, D], size [B, T], assign [B, N]");
+        logError(modeName(Dynamic) + ": expected x [B, T, D], size [B, T], assign [B, N]");
         return false;
     }
     auto known = [allowWildcards](int64_t v) { return !(allowWildcards && v == -1); };
     if (known(x.d[1]) && known(s.d[1]) && x.d[1] != s.d[1])
     {
-        logError(std::string(kName) + ": x and size disagree on the token count");
+        logError(modeName(Dynamic) + ": x and size disagree on the token count");
         return false;
     }
-    if (known(x.d[1]) && known(a.d[1])
-        && algmGbmCheckAttributes(static_cast<int32_t>(x.d[1]), static_cast<int32_t>(a.d[1]), mAttrs.numPrefix,
-               mAttrs.capacity)
-            != ALGM_STATUS_SUCCESS)
+    if (!known(x.d[1]) || !known(a.d[1]))
     {
-        logError(std::string(kName) + ": unsupported sizes T=" + std::to_string(x.d[1]) + " N="
-            + std::to_string(a.d[1]) + " num_prefix=" + std::to_string(mAttrs.numPrefix) + " capacity="
-            + std::to_string(mAttrs.capacity)
-            + " (need 1 <= capacity <= T - num_prefix, T <= 8192 + num_prefix, N <= 8192)");
+        return true;
+    }
+    int32_t const tokens = static_cast<int32_t>(x.d[1]);
+    // dynamic: every input slot may be kept (capacity T - P)
+    int32_t const capacity = Dynamic ? tokens - mAttrs.numPrefix : mAttrs.capacity;
+    if (algmGbmCheckAttributes(tokens, static_cast<int32_t>(a.d[1]), mAttrs.numPrefix, capacity) != ALGM_STATUS_SUCCESS)
+    {
+        logError(modeName(Dynamic) + ": unsupported sizes T=" + std::to_string(x.d[1]) + " N=" + std::to_string(a.d[1])
+            + " num_prefix=" + std::to_string(mAttrs.numPrefix)
+            + (Dynamic ? " (need num_prefix < T <= 8192 + num_prefix, N <= 8192)"
+                       : " capacity=" + std::to_string(mAttrs.capacity)
+                           + " (need 1 <= capacity <= T - num_prefix, T <= 8192 + num_prefix, N <= 8192)"));
         return false;
     }
     return true;
 }
 
-int32_t AlgmGbmPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
+template <bool Dynamic>
+int32_t AlgmGbmPluginT<Dynamic>::configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
     nvinfer1::DynamicPluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
 {
     if (nbInputs != kNbInputs || nbOutputs != kNbOutputs || in == nullptr)
@@ -90,7 +124,8 @@ int32_t AlgmGbmPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc const* 
     return checkInputDims(dims, true) ? 0 : -1;
 }
 
-int32_t AlgmGbmPlugin::getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
+template <bool Dynamic>
+int32_t AlgmGbmPluginT<Dynamic>::getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
     nvinfer1::DataType const* inputTypes, int32_t nbInputs) const noexcept
 {
     if (nbInputs != kNbInputs || nbOutputs != kNbOutputs || outputTypes == nullptr || inputTypes == nullptr)
@@ -100,17 +135,15 @@ int32_t AlgmGbmPlugin::getOutputDataTypes(nvinfer1::DataType* outputTypes, int32
     if (toAlgmDtype(inputTypes[0]) < 0 || inputTypes[1] != nvinfer1::DataType::kFLOAT
         || inputTypes[2] != nvinfer1::DataType::kINT32)
     {
-        logError(std::string(kName) + ": inputs must be x float32|float16, size float32, assign int32");
+        logError(modeName(Dynamic) + ": inputs must be x float32|float16, size float32, assign int32");
         return -1;
     }
-    outputTypes[0] = inputTypes[0];
-    outputTypes[1] = nvinfer1::DataType::kFLOAT;
-    outputTypes[2] = nvinfer1::DataType::kINT32;
-    outputTypes[3] = nvinfer1::DataType::kINT32;
+    setMergeOutputTypes(outputTypes, nbOutputs, inputTypes[0]);
     return 0;
 }
 
-int32_t AlgmGbmPlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs,
+template <bool Dynamic>
+int32_t AlgmGbmPluginT<Dynamic>::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs,
     nvinfer1::DimsExprs const* /*shapeInputs*/, int32_t /*nbShapeInputs*/, nvinfer1::DimsExprs* outputs,
     int32_t nbOutputs, nvinfer1::IExprBuilder& exprBuilder) noexcept
 {
@@ -120,59 +153,51 @@ int32_t AlgmGbmPlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_
     }
     nvinfer1::DimsExprs const& x = inputs[0];
     nvinfer1::DimsExprs const& assign = inputs[2];
-    if (x.nbDims != 3 || inputs[1].nbDims != 2 || assign.nbDims != 2)
+    if (x.nbDims != 3 || inputs[1].nbDims != 2 || assign.nbDims != 2 || (Dynamic && !assign.d[1]->isConstant()))
     {
-        logError(std::string(kName) + ": expected x [B, T, D], size [B, T], assign [B, N]");
+        logError(modeName(Dynamic) + ": expected x [B, T, D], size [B, T], assign [B, N]"
+            + (Dynamic ? " with N fixed" : ""));
         return -1;
     }
-    if (x.d[1]->isConstant() && x.d[1]->getConstantValue() - mAttrs.numPrefix < mAttrs.capacity)
+    nvinfer1::IDimensionExpr const* outTokens = nullptr;
+    if (Dynamic)
     {
-        logError(std::string(kName) + ": capacity " + std::to_string(mAttrs.capacity)
-            + " exceeds the input token capacity " + std::to_string(x.d[1]->getConstantValue() - mAttrs.numPrefix));
-        return -1;
+        // P + K2 <= P + K1 <= P + N, the size tensor itself (no arithmetic on size tensors). Its
+        // auto-tuning value must not depend on a size tensor (T is CLAP's): P + half the patches,
+        // about what the published GBM keeps after CLAP.
+        int64_t const n = assign.d[1]->getConstantValue();
+        auto const* opt = exprBuilder.constant(mAttrs.numPrefix + (n + 1) / 2);
+        auto const* upper = exprBuilder.constant(mAttrs.numPrefix + n);
+        outTokens = exprBuilder.declareSizeTensor(4, *opt, *upper);
+        if (outTokens == nullptr)
+        {
+            return -1;
+        }
     }
-    auto const* outTokens = exprBuilder.constant(static_cast<int64_t>(mAttrs.numPrefix) + mAttrs.capacity);
-    outputs[0].nbDims = 3;
-    outputs[0].d[0] = x.d[0];
-    outputs[0].d[1] = outTokens;
-    outputs[0].d[2] = x.d[2];
-    outputs[1].nbDims = 2;
-    outputs[1].d[0] = x.d[0];
-    outputs[1].d[1] = outTokens;
-    outputs[2].nbDims = 2;
-    outputs[2].d[0] = x.d[0];
-    outputs[2].d[1] = assign.d[1];
-    outputs[3].nbDims = 2;
-    outputs[3].d[0] = x.d[0];
-    outputs[3].d[1] = exprBuilder.constant(2);
+    else
+    {
+        if (x.d[1]->isConstant() && x.d[1]->getConstantValue() - mAttrs.numPrefix < mAttrs.capacity)
+        {
+            logError(modeName(Dynamic) + ": capacity " + std::to_string(mAttrs.capacity)
+                + " exceeds the input token capacity " + std::to_string(x.d[1]->getConstantValue() - mAttrs.numPrefix));
+            return -1;
+        }
+        outTokens = exprBuilder.constant(static_cast<int64_t>(mAttrs.numPrefix) + mAttrs.capacity);
+    }
+    setMergeOutputShapes(outputs, x, outTokens, assign.d[1], Dynamic, exprBuilder);
     return 0;
 }
 
-bool AlgmGbmPlugin::supportsFormatCombination(
+template <bool Dynamic>
+bool AlgmGbmPluginT<Dynamic>::supportsFormatCombination(
     int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
 {
-    if (inOut == nullptr || nbInputs != kNbInputs || nbOutputs != kNbOutputs || pos < 0
-        || pos >= kNbInputs + kNbOutputs)
-    {
-        return false;
-    }
-    nvinfer1::PluginTensorDesc const& desc = inOut[pos].desc;
-    if (desc.format != nvinfer1::TensorFormat::kLINEAR)
-    {
-        return false;
-    }
-    switch (pos)
-    {
-    case 0: return desc.type == nvinfer1::DataType::kFLOAT || desc.type == nvinfer1::DataType::kHALF;
-    case 1: return desc.type == nvinfer1::DataType::kFLOAT;
-    case 2: return desc.type == nvinfer1::DataType::kINT32;
-    case 3: return desc.type == inOut[0].desc.type;
-    case 4: return desc.type == nvinfer1::DataType::kFLOAT;
-    default: return desc.type == nvinfer1::DataType::kINT32;
-    }
+    // x; size float32; assign int32; outputs y, size, assign, stats (, P + K2)
+    return nbInputs == kNbInputs && nbOutputs == kNbOutputs && mergeFormatSupported(pos, inOut, nbInputs, nbOutputs, 1);
 }
 
-size_t AlgmGbmPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
+template <bool Dynamic>
+size_t AlgmGbmPluginT<Dynamic>::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
     nvinfer1::DynamicPluginTensorDesc const* /*outputs*/, int32_t /*nbOutputs*/) const noexcept
 {
     if (inputs == nullptr || nbInputs != kNbInputs || inputs[0].max.nbDims != 3 || inputs[2].max.nbDims != 2)
@@ -180,17 +205,21 @@ size_t AlgmGbmPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* 
         return 0;
     }
     int64_t const maxBatch = inputs[0].max.d[0];
-    int64_t const tokens = inputs[0].max.d[1];
+    int64_t const tokens = inputs[0].max.d[1]; // dynamic: the upper bound of the data-dependent T
     int64_t const patches = inputs[2].max.d[1];
     if (maxBatch < 0 || maxBatch > INT32_MAX || tokens < 0 || tokens > INT32_MAX || patches < 0 || patches > INT32_MAX)
     {
         return 0;
     }
-    return algmGbmWorkspaceSize(static_cast<int32_t>(maxBatch), static_cast<int32_t>(tokens),
-        static_cast<int32_t>(patches), mAttrs.numPrefix, mAttrs.capacity);
+    auto const b = static_cast<int32_t>(maxBatch);
+    auto const t = static_cast<int32_t>(tokens);
+    auto const n = static_cast<int32_t>(patches);
+    return Dynamic ? algmGbmDynamicWorkspaceSize(b, t, n, mAttrs.numPrefix)
+                   : algmGbmWorkspaceSize(b, t, n, mAttrs.numPrefix, mAttrs.capacity);
 }
 
-int32_t AlgmGbmPlugin::onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
+template <bool Dynamic>
+int32_t AlgmGbmPluginT<Dynamic>::onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
     nvinfer1::PluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
 {
     if (in == nullptr || nbInputs != kNbInputs || nbOutputs != kNbOutputs)
@@ -201,278 +230,8 @@ int32_t AlgmGbmPlugin::onShapeChange(nvinfer1::PluginTensorDesc const* in, int32
     return checkInputDims(dims, false) ? 0 : -1;
 }
 
-int32_t AlgmGbmPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
-    nvinfer1::PluginTensorDesc const* /*outputDesc*/, void const* const* inputs, void* const* outputs, void* workspace,
-    cudaStream_t stream) noexcept
-{
-    if (inputDesc == nullptr || inputs == nullptr || outputs == nullptr)
-    {
-        return -1;
-    }
-    nvinfer1::Dims const& x = inputDesc[0].dims;
-    nvinfer1::Dims const& a = inputDesc[2].dims;
-    int32_t const dtype = toAlgmDtype(inputDesc[0].type);
-    if (x.nbDims != 3 || a.nbDims != 2 || dtype < 0)
-    {
-        return -1;
-    }
-    GbmParams p{static_cast<int32_t>(x.d[0]), static_cast<int32_t>(x.d[1]), static_cast<int32_t>(a.d[1]),
-        static_cast<int32_t>(x.d[2]), mAttrs.numPrefix, mAttrs.capacity, mAttrs.divisor};
-    size_t const wsSize = gbmWorkspaceSize(p.batch, p.numTokens, p.numPatches, p.numPrefix, p.capacity);
-    int32_t const status = gbmForward(p, dtype, inputs[0], static_cast<float const*>(inputs[1]),
-        static_cast<int32_t const*>(inputs[2]), outputs[0], static_cast<float*>(outputs[1]),
-        static_cast<int32_t*>(outputs[2]), static_cast<int32_t*>(outputs[3]), workspace, wsSize,
-        reinterpret_cast<void*>(stream));
-    if (status != ALGM_STATUS_SUCCESS)
-    {
-        logError(std::string(kName) + ": enqueue failed: " + algmStatusString(status));
-        return -1;
-    }
-    return 0;
-}
-
-// ---------------------------------------------------------------------------------------------- creator
-
-AlgmGbmPluginCreator::AlgmGbmPluginCreator()
-    : AlgmPluginCreatorBase(AlgmGbmPlugin::kName, AlgmGbmPlugin::kVersion)
-{
-    mFieldNames.add("num_prefix", nvinfer1::PluginFieldType::kINT32);
-    mFieldNames.add("capacity", nvinfer1::PluginFieldType::kINT32);
-    mFieldNames.add("divisor", nvinfer1::PluginFieldType::kFLOAT32);
-    mFieldNames.add("plugin_version", nvinfer1::PluginFieldType::kCHAR);
-    mFieldNames.add("plugin_namespace", nvinfer1::PluginFieldType::kCHAR);
-}
-
-nvinfer1::IPluginV3* AlgmGbmPluginCreator::createFromFields(
-    std::string const& layer, nvinfer1::PluginFieldCollection const& fc)
-{
-    GbmAttributes a;
-    bool seenPrefix = false;
-    bool seenCapacity = false;
-    bool seenDivisor = false;
-    bool const fieldsOk = visitPluginFields(fc, AlgmGbmPlugin::kName, AlgmGbmPlugin::kVersion, layer, [&](nvinfer1::PluginField const& f) {
-        if (std::strcmp(f.name, "num_prefix") == 0)
-        {
-            seenPrefix = readIntField(f, a.numPrefix);
-        }
-        else if (std::strcmp(f.name, "capacity") == 0)
-        {
-            seenCapacity = readIntField(f, a.capacity);
-        }
-        else if (std::strcmp(f.name, "divisor") == 0)
-        {
-            seenDivisor = readFloatField(f, a.divisor);
-        }
-        else
-        {
-            return FieldStatus::kUNKNOWN;
-        }
-        return FieldStatus::kKNOWN;
-    });
-    if (!fieldsOk)
-    {
-        return nullptr;
-    }
-    if (!seenPrefix || !seenCapacity || !seenDivisor)
-    {
-        logError(layer + ": fields num_prefix (int), capacity (int) and divisor (float) are required");
-        return nullptr;
-    }
-    if (a.numPrefix < 0 || a.numPrefix > 2 || a.capacity < 1 || !(a.divisor > 0.0f))
-    {
-        logError(layer + ": unsupported attributes num_prefix=" + std::to_string(a.numPrefix) + " capacity="
-            + std::to_string(a.capacity) + " divisor=" + std::to_string(a.divisor)
-            + " (need num_prefix in {0, 1, 2}, capacity >= 1, divisor > 0)");
-        return nullptr;
-    }
-    return new AlgmGbmPlugin(a);
-}
-
-// ============================================================================ dynamic token mode
-
-AlgmGbmDynamicPlugin::AlgmGbmDynamicPlugin(GbmAttributes const& attrs)
-    : mAttrs(attrs)
-{
-    mAttrs.capacity = 0;
-    initFields();
-}
-
-AlgmGbmDynamicPlugin::AlgmGbmDynamicPlugin(AlgmGbmDynamicPlugin const& other)
-    : AlgmPluginBase(other)
-    , mAttrs(other.mAttrs)
-{
-    initFields();
-}
-
-void AlgmGbmDynamicPlugin::initFields()
-{
-    mFields.clear();
-    mFields.emplace_back("num_prefix", &mAttrs.numPrefix, nvinfer1::PluginFieldType::kINT32, 1);
-    mFields.emplace_back("divisor", &mAttrs.divisor, nvinfer1::PluginFieldType::kFLOAT32, 1);
-    publishFields();
-    std::ostringstream s;
-    s << kName << " (dynamic) num_prefix=" << mAttrs.numPrefix << " divisor=" << mAttrs.divisor;
-    mMetadata = s.str();
-}
-
-bool AlgmGbmDynamicPlugin::checkInputDims(nvinfer1::Dims const* dims, bool allowWildcards) const noexcept
-{
-    nvinfer1::Dims const& x = dims[0];
-    nvinfer1::Dims const& s = dims[1];
-    nvinfer1::Dims const& a = dims[2];
-    if (x.nbDims != 3 || s.nbDims != 2 || a.nbDims != 2)
-    {
-        logError(std::string(kName) + " (dynamic): expected x [B, T, D], size [B, T], assign [B, N]");
-        return false;
-    }
-    auto known = [allowWildcards](int64_t v) { return !(allowWildcards && v == -1); };
-    if (known(x.d[1]) && known(s.d[1]) && x.d[1] != s.d[1])
-    {
-        logError(std::string(kName) + " (dynamic): x and size disagree on the token count");
-        return false;
-    }
-    if (known(x.d[1]) && known(a.d[1])
-        && algmGbmCheckAttributes(static_cast<int32_t>(x.d[1]), static_cast<int32_t>(a.d[1]), mAttrs.numPrefix,
-               static_cast<int32_t>(x.d[1]) - mAttrs.numPrefix)
-            != ALGM_STATUS_SUCCESS)
-    {
-        logError(std::string(kName) + " (dynamic): unsupported sizes T=" + std::to_string(x.d[1]) + " N="
-            + std::to_string(a.d[1]) + " num_prefix=" + std::to_string(mAttrs.numPrefix)
-            + " (need num_prefix < T <= 8192 + num_prefix, N <= 8192)");
-        return false;
-    }
-    return true;
-}
-
-int32_t AlgmGbmDynamicPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
-    nvinfer1::DynamicPluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
-{
-    if (nbInputs != kNbInputs || nbOutputs != kNbOutputs || in == nullptr)
-    {
-        return -1;
-    }
-    nvinfer1::Dims dims[kNbInputs] = {in[0].desc.dims, in[1].desc.dims, in[2].desc.dims};
-    return checkInputDims(dims, true) ? 0 : -1;
-}
-
-int32_t AlgmGbmDynamicPlugin::getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
-    nvinfer1::DataType const* inputTypes, int32_t nbInputs) const noexcept
-{
-    if (nbInputs != kNbInputs || nbOutputs != kNbOutputs || outputTypes == nullptr || inputTypes == nullptr)
-    {
-        return -1;
-    }
-    if (toAlgmDtype(inputTypes[0]) < 0 || inputTypes[1] != nvinfer1::DataType::kFLOAT
-        || inputTypes[2] != nvinfer1::DataType::kINT32)
-    {
-        logError(std::string(kName) + " (dynamic): inputs must be x float32|float16, size float32, assign int32");
-        return -1;
-    }
-    outputTypes[0] = inputTypes[0];
-    outputTypes[1] = nvinfer1::DataType::kFLOAT;
-    outputTypes[2] = nvinfer1::DataType::kINT32;
-    outputTypes[3] = nvinfer1::DataType::kINT32;
-    outputTypes[4] = nvinfer1::DataType::kINT32;
-    return 0;
-}
-
-int32_t AlgmGbmDynamicPlugin::getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs,
-    nvinfer1::DimsExprs const* /*shapeInputs*/, int32_t /*nbShapeInputs*/, nvinfer1::DimsExprs* outputs,
-    int32_t nbOutputs, nvinfer1::IExprBuilder& exprBuilder) noexcept
-{
-    if (nbInputs != kNbInputs || nbOutputs != kNbOutputs || inputs == nullptr || outputs == nullptr)
-    {
-        return -1;
-    }
-    nvinfer1::DimsExprs const& x = inputs[0];
-    nvinfer1::DimsExprs const& assign = inputs[2];
-    if (x.nbDims != 3 || inputs[1].nbDims != 2 || assign.nbDims != 2 || !assign.d[1]->isConstant())
-    {
-        logError(std::string(kName) + " (dynamic): expected x [B, T, D], size [B, T], assign [B, N] with N fixed");
-        return -1;
-    }
-    // P + K2 <= P + K1 <= P + N, the size tensor itself (no arithmetic on size tensors). Its
-    // auto-tuning value must not depend on a size tensor (T is CLAP's): P + half the patches,
-    // about what the published GBM keeps after CLAP.
-    int64_t const n = assign.d[1]->getConstantValue();
-    auto const* opt = exprBuilder.constant(mAttrs.numPrefix + (n + 1) / 2);
-    auto const* upper = exprBuilder.constant(mAttrs.numPrefix + n);
-    auto const* outTokens = exprBuilder.declareSizeTensor(4, *opt, *upper);
-    if (outTokens == nullptr)
-    {
-        return -1;
-    }
-    outputs[0].nbDims = 3;
-    outputs[0].d[0] = x.d[0];
-    outputs[0].d[1] = outTokens;
-    outputs[0].d[2] = x.d[2];
-    outputs[1].nbDims = 2;
-    outputs[1].d[0] = x.d[0];
-    outputs[1].d[1] = outTokens;
-    outputs[2].nbDims = 2;
-    outputs[2].d[0] = x.d[0];
-    outputs[2].d[1] = assign.d[1];
-    outputs[3].nbDims = 2;
-    outputs[3].d[0] = x.d[0];
-    outputs[3].d[1] = exprBuilder.constant(2);
-    outputs[4].nbDims = 0;
-    return 0;
-}
-
-bool AlgmGbmDynamicPlugin::supportsFormatCombination(
-    int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
-{
-    if (inOut == nullptr || nbInputs != kNbInputs || nbOutputs != kNbOutputs || pos < 0
-        || pos >= kNbInputs + kNbOutputs)
-    {
-        return false;
-    }
-    nvinfer1::PluginTensorDesc const& desc = inOut[pos].desc;
-    if (desc.format != nvinfer1::TensorFormat::kLINEAR)
-    {
-        return false;
-    }
-    switch (pos)
-    {
-    case 0: return desc.type == nvinfer1::DataType::kFLOAT || desc.type == nvinfer1::DataType::kHALF;
-    case 1: return desc.type == nvinfer1::DataType::kFLOAT;
-    case 2: return desc.type == nvinfer1::DataType::kINT32;
-    case 3: return desc.type == inOut[0].desc.type;
-    case 4: return desc.type == nvinfer1::DataType::kFLOAT;
-    default: return desc.type == nvinfer1::DataType::kINT32; // assign, stats, K2
-    }
-}
-
-size_t AlgmGbmDynamicPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
-    nvinfer1::DynamicPluginTensorDesc const* /*outputs*/, int32_t /*nbOutputs*/) const noexcept
-{
-    if (inputs == nullptr || nbInputs != kNbInputs || inputs[0].max.nbDims != 3 || inputs[2].max.nbDims != 2)
-    {
-        return 0;
-    }
-    int64_t const maxBatch = inputs[0].max.d[0];
-    int64_t const tokens = inputs[0].max.d[1]; // the upper bound of the data-dependent T
-    int64_t const patches = inputs[2].max.d[1];
-    if (maxBatch < 0 || maxBatch > INT32_MAX || tokens < 0 || tokens > INT32_MAX || patches < 0 || patches > INT32_MAX)
-    {
-        return 0;
-    }
-    return algmGbmDynamicWorkspaceSize(static_cast<int32_t>(maxBatch), static_cast<int32_t>(tokens),
-        static_cast<int32_t>(patches), mAttrs.numPrefix);
-}
-
-int32_t AlgmGbmDynamicPlugin::onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
-    nvinfer1::PluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
-{
-    if (in == nullptr || nbInputs != kNbInputs || nbOutputs != kNbOutputs)
-    {
-        return -1;
-    }
-    nvinfer1::Dims dims[kNbInputs] = {in[0].dims, in[1].dims, in[2].dims};
-    return checkInputDims(dims, false) ? 0 : -1;
-}
-
-int32_t AlgmGbmDynamicPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
+template <bool Dynamic>
+int32_t AlgmGbmPluginT<Dynamic>::enqueue(nvinfer1::PluginTensorDesc const* inputDesc,
     nvinfer1::PluginTensorDesc const* /*outputDesc*/, void const* const* inputs, void* const* outputs, void* workspace,
     cudaStream_t stream) noexcept
 {
@@ -490,67 +249,68 @@ int32_t AlgmGbmDynamicPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDes
     int32_t const batch = static_cast<int32_t>(x.d[0]);
     int32_t const tokens = static_cast<int32_t>(x.d[1]);
     int32_t const patches = static_cast<int32_t>(a.d[1]);
-    int32_t const status = algmGbmDynamicForward(inputs[0], static_cast<float const*>(inputs[1]),
-        static_cast<int32_t const*>(inputs[2]), outputs[0], static_cast<float*>(outputs[1]),
-        static_cast<int32_t*>(outputs[2]), static_cast<int32_t*>(outputs[3]), static_cast<int32_t*>(outputs[4]), batch,
-        tokens, patches, static_cast<int32_t>(x.d[2]), mAttrs.numPrefix, mAttrs.divisor, dtype, workspace,
-        algmGbmDynamicWorkspaceSize(batch, tokens, patches, mAttrs.numPrefix), reinterpret_cast<void*>(stream));
+    int32_t const dim = static_cast<int32_t>(x.d[2]);
+    auto const* sizeIn = static_cast<float const*>(inputs[1]);
+    auto const* assignIn = static_cast<int32_t const*>(inputs[2]);
+    auto* sizeOut = static_cast<float*>(outputs[1]);
+    auto* assignOut = static_cast<int32_t*>(outputs[2]);
+    auto* stats = static_cast<int32_t*>(outputs[3]);
+    int32_t status = ALGM_STATUS_SUCCESS;
+    if (Dynamic)
+    {
+        status = algmGbmDynamicForward(inputs[0], sizeIn, assignIn, outputs[0], sizeOut, assignOut, stats,
+            static_cast<int32_t*>(outputs[4]), batch, tokens, patches, dim, mAttrs.numPrefix,
+            mAttrs.divisor, dtype, workspace, algmGbmDynamicWorkspaceSize(batch, tokens, patches, mAttrs.numPrefix),
+            reinterpret_cast<void*>(stream));
+    }
+    else
+    {
+        GbmParams p{batch, tokens, patches, dim, mAttrs.numPrefix, mAttrs.capacity, mAttrs.divisor};
+        status = gbmForward(p, dtype, inputs[0], sizeIn, assignIn, outputs[0], sizeOut, assignOut, stats, workspace,
+            gbmWorkspaceSize(batch, tokens, patches, mAttrs.numPrefix, mAttrs.capacity), reinterpret_cast<void*>(stream));
+    }
     if (status != ALGM_STATUS_SUCCESS)
     {
-        logError(std::string(kName) + " (dynamic): enqueue failed: " + algmStatusString(status));
+        logError(modeName(Dynamic) + ": enqueue failed: " + algmStatusString(status));
         return -1;
     }
     return 0;
 }
 
-AlgmGbmDynamicPluginCreator::AlgmGbmDynamicPluginCreator()
-    : AlgmPluginCreatorBase(AlgmGbmDynamicPlugin::kName, AlgmGbmDynamicPlugin::kVersion)
+// ---------------------------------------------------------------------------------------------- creator
+
+template <bool Dynamic>
+AlgmGbmPluginCreatorT<Dynamic>::AlgmGbmPluginCreatorT()
+    : AlgmPluginCreatorBase(AlgmGbmPluginT<Dynamic>::kName, AlgmGbmPluginT<Dynamic>::kVersion)
 {
-    mFieldNames.add("num_prefix", nvinfer1::PluginFieldType::kINT32);
-    mFieldNames.add("divisor", nvinfer1::PluginFieldType::kFLOAT32);
-    mFieldNames.add("plugin_version", nvinfer1::PluginFieldType::kCHAR);
-    mFieldNames.add("plugin_namespace", nvinfer1::PluginFieldType::kCHAR);
+    addFieldNames(mFieldNames, AlgmGbmPluginT<Dynamic>::fields());
 }
 
-nvinfer1::IPluginV3* AlgmGbmDynamicPluginCreator::createFromFields(
+template <bool Dynamic>
+nvinfer1::IPluginV3* AlgmGbmPluginCreatorT<Dynamic>::createFromFields(
     std::string const& layer, nvinfer1::PluginFieldCollection const& fc)
 {
+    using Plugin = AlgmGbmPluginT<Dynamic>;
     GbmAttributes a;
-    bool seenPrefix = false;
-    bool seenDivisor = false;
-    bool const fieldsOk = visitPluginFields(fc, AlgmGbmDynamicPlugin::kName, AlgmGbmDynamicPlugin::kVersion, layer,
-        [&](nvinfer1::PluginField const& f) {
-            if (std::strcmp(f.name, "num_prefix") == 0)
-            {
-                seenPrefix = readIntField(f, a.numPrefix);
-            }
-            else if (std::strcmp(f.name, "divisor") == 0)
-            {
-                seenDivisor = readFloatField(f, a.divisor);
-            }
-            else
-            {
-                return FieldStatus::kUNKNOWN;
-            }
-            return FieldStatus::kKNOWN;
-        });
-    if (!fieldsOk)
+    if (!readAttributes(fc, Plugin::kName, Plugin::kVersion, layer, Plugin::fields(), a))
     {
         return nullptr;
     }
-    if (!seenPrefix || !seenDivisor)
+    if (a.numPrefix < 0 || a.numPrefix > 2 || (!Dynamic && a.capacity < 1) || !(a.divisor > 0.0f))
     {
-        logError(layer + ": fields num_prefix (int) and divisor (float) are required");
+        logError(layer + ": unsupported attributes num_prefix=" + std::to_string(a.numPrefix)
+            + (Dynamic ? "" : " capacity=" + std::to_string(a.capacity)) + " divisor=" + std::to_string(a.divisor)
+            + (Dynamic ? " (need num_prefix in {0, 1, 2}, divisor > 0)"
+                       : " (need num_prefix in {0, 1, 2}, capacity >= 1, divisor > 0)"));
         return nullptr;
     }
-    if (a.numPrefix < 0 || a.numPrefix > 2 || !(a.divisor > 0.0f))
-    {
-        logError(layer + ": unsupported attributes num_prefix=" + std::to_string(a.numPrefix) + " divisor="
-            + std::to_string(a.divisor) + " (need num_prefix in {0, 1, 2}, divisor > 0)");
-        return nullptr;
-    }
-    return new AlgmGbmDynamicPlugin(a);
+    return new Plugin(a);
 }
+
+template class AlgmGbmPluginT<false>;
+template class AlgmGbmPluginT<true>;
+template class AlgmGbmPluginCreatorT<false>;
+template class AlgmGbmPluginCreatorT<true>;
 
 } // namespace plugin
 } // namespace algm

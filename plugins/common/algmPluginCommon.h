@@ -118,6 +118,176 @@ bool visitPluginFields(nvinfer1::PluginFieldCollection const& fc, char const* pl
     return true;
 }
 
+//! One attribute of an op, as a plugin field: its name and its member in the op's attribute struct
+//! (`intMember` for a kINT32 field, else `floatMember` for a kFLOAT32 one). An op lists its fields
+//! once, per token mode, in a table; the plugin serialises from it, the creator advertises and reads
+//! it, and the metadata string names it (serialiseAttributes, addFieldNames, readAttributes).
+template <typename Attrs>
+struct AttributeField
+{
+    char const* name;
+    int32_t Attrs::*intMember;
+    float Attrs::*floatMember;
+
+    nvinfer1::PluginFieldType type() const noexcept
+    {
+        return intMember != nullptr ? nvinfer1::PluginFieldType::kINT32 : nvinfer1::PluginFieldType::kFLOAT32;
+    }
+};
+
+//! Points `out` at the fields of `table` inside `attrs` (the plugin's own copy: getFieldsToSerialize).
+template <typename Attrs, typename Table>
+void serialiseAttributes(std::vector<nvinfer1::PluginField>& out, Attrs& attrs, Table const& table)
+{
+    out.clear();
+    for (auto const& f : table)
+    {
+        if (f.intMember != nullptr)
+        {
+            out.emplace_back(f.name, &(attrs.*f.intMember), nvinfer1::PluginFieldType::kINT32, 1);
+        }
+        else
+        {
+            out.emplace_back(f.name, &(attrs.*f.floatMember), nvinfer1::PluginFieldType::kFLOAT32, 1);
+        }
+    }
+}
+
+//! "<name>[ (dynamic)] field=value ..." for getMetadataString.
+template <typename Attrs, typename Table>
+std::string describeAttributes(char const* pluginName, bool dynamic, Attrs const& attrs, Table const& table)
+{
+    std::string s = std::string(pluginName) + (dynamic ? " (dynamic)" : "");
+    for (auto const& f : table)
+    {
+        s += std::string(" ") + f.name + "="
+            + (f.intMember != nullptr ? std::to_string(attrs.*f.intMember) : std::to_string(attrs.*f.floatMember));
+    }
+    return s;
+}
+
+//! The creator's field list: the table's fields, then the optional plugin_version / plugin_namespace.
+template <typename Table>
+void addFieldNames(FieldList& list, Table const& table)
+{
+    for (auto const& f : table)
+    {
+        list.add(f.name, f.type());
+    }
+    list.add("plugin_version", nvinfer1::PluginFieldType::kCHAR);
+    list.add("plugin_namespace", nvinfer1::PluginFieldType::kCHAR);
+}
+
+//! Reads every field of `table` from `fc` into `attrs` (visitPluginFields: version fields checked,
+//! unknown fields warned about). Every field is required; false after logging what is missing or
+//! unreadable.
+template <typename Attrs, typename Table>
+bool readAttributes(nvinfer1::PluginFieldCollection const& fc, char const* pluginName, char const* pluginVersion,
+    std::string const& layer, Table const& table, Attrs& attrs)
+{
+    std::vector<bool> seen(table.size(), false);
+    bool const ok = visitPluginFields(fc, pluginName, pluginVersion, layer, [&](nvinfer1::PluginField const& f) {
+        for (size_t i = 0; i < table.size(); ++i)
+        {
+            auto const& t = table[i];
+            if (std::string(f.name) != t.name)
+            {
+                continue;
+            }
+            bool const read
+                = t.intMember != nullptr ? readIntField(f, attrs.*t.intMember) : readFloatField(f, attrs.*t.floatMember);
+            if (!read)
+            {
+                logError(layer + ": field " + t.name + (t.intMember != nullptr ? " must be an integer" : " must be a float"));
+                return FieldStatus::kERROR;
+            }
+            seen[i] = true;
+            return FieldStatus::kKNOWN;
+        }
+        return FieldStatus::kUNKNOWN;
+    });
+    if (!ok)
+    {
+        return false;
+    }
+    for (size_t i = 0; i < table.size(); ++i)
+    {
+        if (!seen[i])
+        {
+            logError(layer + ": missing field " + table[i].name);
+            return false;
+        }
+    }
+    return true;
+}
+
+//! The output shapes every merge op shares: y [B, tokens, D], size [B, tokens], assign [B, n],
+//! stats [B, 2], and in the dynamic token mode the 0-D size tensor `tokens` itself (output 4).
+inline void setMergeOutputShapes(nvinfer1::DimsExprs* outputs, nvinfer1::DimsExprs const& x,
+    nvinfer1::IDimensionExpr const* tokens, nvinfer1::IDimensionExpr const* patches, bool withSizeTensor,
+    nvinfer1::IExprBuilder& exprBuilder) noexcept
+{
+    outputs[0].nbDims = 3;
+    outputs[0].d[0] = x.d[0];
+    outputs[0].d[1] = tokens;
+    outputs[0].d[2] = x.d[2];
+    outputs[1].nbDims = 2;
+    outputs[1].d[0] = x.d[0];
+    outputs[1].d[1] = tokens;
+    outputs[2].nbDims = 2;
+    outputs[2].d[0] = x.d[0];
+    outputs[2].d[1] = patches;
+    outputs[3].nbDims = 2;
+    outputs[3].d[0] = x.d[0];
+    outputs[3].d[1] = exprBuilder.constant(2);
+    if (withSizeTensor)
+    {
+        outputs[4].nbDims = 0;
+    }
+}
+
+//! The output dtypes every merge op shares: y as x, size float32, assign / stats (/ the size tensor) int32.
+inline void setMergeOutputTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs, nvinfer1::DataType x) noexcept
+{
+    outputTypes[0] = x;
+    outputTypes[1] = nvinfer1::DataType::kFLOAT;
+    for (int32_t i = 2; i < nbOutputs; ++i)
+    {
+        outputTypes[i] = nvinfer1::DataType::kINT32;
+    }
+}
+
+//! supportsFormatCombination of a merge op: linear formats; input 0 (x) float32|float16, the
+//! `floatInputs` inputs after it float32, the remaining `intInputs` inputs int32; outputs as
+//! setMergeOutputTypes.
+inline bool mergeFormatSupported(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
+    int32_t nbOutputs, int32_t floatInputs) noexcept
+{
+    if (inOut == nullptr || pos < 0 || pos >= nbInputs + nbOutputs)
+    {
+        return false;
+    }
+    nvinfer1::PluginTensorDesc const& desc = inOut[pos].desc;
+    if (desc.format != nvinfer1::TensorFormat::kLINEAR)
+    {
+        return false;
+    }
+    if (pos == 0)
+    {
+        return desc.type == nvinfer1::DataType::kFLOAT || desc.type == nvinfer1::DataType::kHALF;
+    }
+    if (pos < nbInputs)
+    {
+        return desc.type == (pos <= floatInputs ? nvinfer1::DataType::kFLOAT : nvinfer1::DataType::kINT32);
+    }
+    int32_t const out = pos - nbInputs;
+    if (out == 0)
+    {
+        return desc.type == inOut[0].desc.type;
+    }
+    return desc.type == (out == 1 ? nvinfer1::DataType::kFLOAT : nvinfer1::DataType::kINT32);
+}
+
 //! The IPluginV3 plumbing both ops share. `Derived` provides `static constexpr char const* kName`,
 //! `kVersion` ("1" static, "2" dynamic token mode), `static constexpr int32_t kNbOutputs`, a copy constructor, and the build/runtime methods that
 //! differ per op; it fills mMetadata and the serialised fields (mFields, then publishFields()).
