@@ -18,11 +18,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from algm_export.artifacts import ExportFolder
+from algm_export.artifacts import ExportFolder, locks_export_folder
 from algm_export.errors import BackendUnavailable
 from algm_export.flops import model_macs
-from algm_export.lock import locks_export_folder
-from algm_export.manifest import resolve_inside
 from algm_export.progress import progress_bar, status
 
 from algm_export.published import PUBLISHED  # noqa: E402,F401  (re-exported)
@@ -103,7 +101,7 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
     out = folder.resolve("bench", "bench folder")
     folder.write_json("bench/bench.json", report, "bench report")
     try:
-        report["plot"] = str(plot(report, export_dir, folder.resolve("bench/bench.png", "bench plot"))
+        report["plot"] = str(plot(report, folder, folder.resolve("bench/bench.png", "bench plot"))
                              .relative_to(out.parent))
         folder.write_json("bench/bench.json", report, "bench report")
     except Exception as e:  # a plot must never lose the numbers
@@ -111,7 +109,7 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
     return report
 
 
-def plot(report: dict, export_dir: Path, path: Path) -> Path:
+def plot(report: dict, folder: ExportFolder, path: Path) -> Path:
     """Speed-up vs parity mIoU (from the validation report, when present) and vs tokens kept."""
     import json
 
@@ -121,7 +119,7 @@ def plot(report: dict, export_dir: Path, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     parity = {}
-    for f in sorted(resolve_inside(export_dir, "validation", "validation folder").glob("report.*.json")):
+    for f in sorted(folder.resolve("validation", "validation folder").glob("report.*.json")):
         rep = json.loads(f.read_text())
         for e in rep["entries"]:
             parity.setdefault(e["name"], e["summary"]["parity_miou"])

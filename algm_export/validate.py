@@ -21,9 +21,8 @@ from typing import Optional
 
 import numpy as np
 
-from algm_export.artifacts import ExportFolder
+from algm_export.artifacts import ExportFolder, locks_export_folder
 from algm_export.errors import ConfigError
-from algm_export.lock import locks_export_folder
 from algm_export.progress import progress_bar
 
 
@@ -101,7 +100,7 @@ def validate(export_dir, images=None, backend: str = "onnxruntime", labels=None,
         for e, runner in zip(entries, runners):
             is_base = e.is_baseline
             ref = make_runner("torch", e, model=model)
-            dyn = None if is_base else make_runner("torch", e, model=model, static=False)
+            dyn = None if is_base else make_runner("torch", e, model=model, mode="reference")
             per_image, conf = [], np.zeros((cfg.n_cls, cfg.n_cls), dtype=np.int64)
             res_b, res_t = [], []
             for name, x in inputs:
@@ -187,7 +186,7 @@ def label_miou(labels_dir, torch_model, runner, cfg) -> dict:
     import torch
     from PIL import Image
 
-    from algm_export.images import load_image, to_model_input
+    from algm_export.images import load_image, model_input
     from algm_export.models.inference import sliding_window_logits
 
     root = Path(labels_dir)
@@ -206,7 +205,7 @@ def label_miou(labels_dir, torch_model, runner, cfg) -> dict:
         img = load_image(ip)
         gt = np.asarray(Image.open(ap)).astype(np.int64) - 1          # reduce_zero_label: 0 -> ignored
         gt[gt < 0] = 255
-        x = to_model_input(img, img.shape[:2], cfg.normalization)
+        x = model_input(img, torch_model, size=img.shape[:2])
 
         def torch_fn(b):
             with torch.no_grad():

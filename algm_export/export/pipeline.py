@@ -46,17 +46,10 @@ def model_info(model, source: str) -> dict:
 
 def calibration_tensors(model, calib_images=None, limit: Optional[int] = None):
     """(names, [1,3,H,W] normalised tensors at the model's size) from a folder or the built-in photos."""
-    from algm_export.images import load_images, sample_images, to_model_input
+    from algm_export.images import model_inputs
 
-    cfg = model.cfg
-    if calib_images is None:
-        pairs = sample_images()
-    else:
-        pairs = load_images(calib_images)
-    pairs = [(str(getattr(n, "name", n)), img) for n, img in pairs]
-    if limit:
-        pairs = pairs[:limit]
-    return [n for n, _ in pairs], [to_model_input(img, cfg.image_size, cfg.normalization) for _, img in pairs]
+    pairs = model_inputs(calib_images, limit=limit, model=model)
+    return [n for n, _ in pairs], [x for _, x in pairs]
 
 
 def settings_for(model, thresholds: Optional[Sequence[float]], layers=None, window=None) -> list[AlgmSetting]:

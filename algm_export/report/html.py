@@ -12,10 +12,8 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from algm_export.artifacts import ExportFolder, atomic_path, locks_export_folder
 from algm_export.errors import ArtifactError
-from algm_export.lock import locks_export_folder
-from algm_export.artifacts import ExportFolder
-from algm_export.manifest import resolve_inside
 from algm_export.published import PUBLISHED
 
 
@@ -61,31 +59,27 @@ def _ok(b: bool, yes: str = "PASS", no: str = "FAIL") -> str:
     return _Html(f'<span class="pass">{yes}</span>' if b is True else f'<span class="fail">{no}</span>')
 
 
-def merge_pictures(export_dir: Path, man: dict, out_dir: Path, n_images: int = 3, model=None,
+def merge_pictures(folder: ExportFolder, out_dir: Path, n_images: int = 3, model=None,
                    trust_checkpoint: bool = False) -> list[Path]:
-    """One PNG per (sample image, setting): the photo and its CLAP windows and GBM groups."""
-    import torch
-
-    from algm_export.artifacts import ExportFolder
-    from algm_export.images import sample_images, to_model_input
-    from algm_export.merging.patch import apply_algm
+    """One PNG per (sample image, setting): the photo and its CLAP windows and GBM groups, as the
+    entry runs in PyTorch (`runtimes.registry`: static with its capacities, or dynamic)."""
+    from algm_export.images import model_input, sample_images
+    from algm_export.runtimes.registry import torch_runner
     from algm_export.visualize import merge_png, step_titles
 
-    folder = ExportFolder(export_dir, man)
     model = model or folder.model(trust_checkpoint)
     cfg = model.cfg
     paths = []
     for name, img in sample_images(n_images):
-        x = to_model_input(img, cfg.image_size, cfg.normalization)
+        x = model_input(img, model)
         shown = _resize(img, cfg.image_size)
         for e in folder.settings:
             s = e.setting()
-            m = apply_algm(model, s, e.capacities)
-            with torch.no_grad():
-                m(x)
+            with torch_runner(model, s, e.capacities, e.token_mode, assignments=True) as r:
+                out = r.infer(x, **({"threshold": e.threshold} if e.takes_threshold else {}))
             p = out_dir / f"merge_{name}_{e.name}.png"
-            titles = [f"{t} ({int(k)} tokens)" for t, k in zip(step_titles(s.layers), m.merge_stats["tokens"][0])]
-            merge_png(shown, [a[0] for a in m.assignments], cfg.grid, cfg.patch_size, p, titles=titles)
+            titles = [f"{t} ({int(k)} tokens)" for t, k in zip(step_titles(s.layers), out.tokens[0])]
+            merge_png(shown, [a[0] for a in out.assignments], cfg.grid, cfg.patch_size, p, titles=titles)
             paths.append(p)
     return paths
 
@@ -97,9 +91,9 @@ def _resize(img, hw):
     return np.asarray(Image.fromarray(img).resize((hw[1], hw[0]), Image.BILINEAR))
 
 
-def _validation_parts(export_dir: Path) -> list[str]:
+def _validation_parts(folder: ExportFolder) -> list[str]:
     """The parity section, from DIR/validation/report.*.json (files written by `validate`)."""
-    reps = sorted(resolve_inside(export_dir, "validation", "validation folder").glob("report.*.json"))
+    reps = sorted(folder.resolve("validation", "validation folder").glob("report.*.json"))
     if not reps:
         return ["<h2>Parity with PyTorch</h2><p>No validation yet: run <code>algm-export validate DIR</code>.</p>"]
     parts = ["<h2>Parity with PyTorch</h2><p class='note'>Parity is statistical (spec 2.1): merge "
@@ -126,7 +120,7 @@ def _validation_parts(export_dir: Path) -> list[str]:
     return parts
 
 
-def _bench_parts(export_dir: Path, bench: dict, where: Path) -> tuple[list[str], list[str]]:
+def _bench_parts(folder: ExportFolder, bench: dict, where: Path) -> tuple[list[str], list[str]]:
     """The speed section and the line under the published numbers, from DIR/bench/bench.json."""
     esc = lambda v: html.escape(str(v))  # noqa: E731
     try:
@@ -144,7 +138,7 @@ def _bench_parts(export_dir: Path, bench: dict, where: Path) -> tuple[list[str],
                 parts.append(f"<p>Target at the published threshold 0.88 ({esc(r['backend'])}, batch "
                              f"{esc(r['batch'])}): measured speed-up {r['speedup']:.2f}x vs 0.9 x FLOP ratio "
                              f"{0.9 * r['flop_ratio']:.2f}: {_ok(ok, 'MET', 'NOT MET')}</p>")
-        png = resolve_inside(export_dir, bench.get("plot", "bench/bench.png"), f"plot named by {where.name}",
+        png = folder.resolve(bench.get("plot", "bench/bench.png"), f"plot named by {where.name}",
                              "run `algm-export bench DIR` again (or delete bench/bench.json)")
         if png.is_file():
             parts.append(_img(png, "speed-up plot"))
@@ -162,13 +156,13 @@ def _bench_parts(export_dir: Path, bench: dict, where: Path) -> tuple[list[str],
     return parts, tail
 
 
-def _model_for_pictures(export_dir: Path, man: dict, trust_checkpoint: bool):
+def _model_for_pictures(folder: ExportFolder, trust_checkpoint: bool):
     """The export's model for the merge pictures; None when its checkpoint is not on this machine
     (the page is written without pictures). A checkpoint that changed or is refused stops the report."""
-    src = man["model"]["source"]
+    src = folder.model_info["source"]
     if not src.startswith("builtin:") and not Path(src).exists():
         return None
-    return ExportFolder(export_dir, man).model(trust_checkpoint)
+    return folder.model(trust_checkpoint)
 
 
 @locks_export_folder("report")
@@ -180,18 +174,18 @@ def write_report(export_dir, out: Optional[str] = None, n_images: int = 3, model
     trust_checkpoint: see `load_segmenter`; wait: see `algm_export.lock`."""
     import warnings
 
-    export_dir = Path(export_dir)
-    man = ExportFolder.load(export_dir).data
-    out_dir = Path(out) if out else resolve_inside(export_dir, "report", "report folder")
-    bj = resolve_inside(export_dir, "bench/bench.json", "bench report")
+    folder = ExportFolder.load(export_dir)
+    man = folder.data
+    out_dir = Path(out) if out else folder.resolve("report", "report folder")
+    bj = folder.resolve("bench/bench.json", "bench report")
     bench = _read_json(bj, "benchmark report", "run `algm-export bench DIR` again (or delete the file)") \
         if bj.is_file() else None
     if bench is not None and not isinstance(bench, dict):
         raise ArtifactError(f"{bj} is not a benchmark report of algm-export; run `algm-export bench DIR` again")
-    validation = _validation_parts(export_dir)
+    validation = _validation_parts(folder)
     if model is None:
-        model = _model_for_pictures(export_dir, man, trust_checkpoint)
-    speed, ours = _bench_parts(export_dir, bench, bj) if bench else (
+        model = _model_for_pictures(folder, trust_checkpoint)
+    speed, ours = _bench_parts(folder, bench, bj) if bench else (
         ["<h2>Speed</h2><p>No benchmark yet: run <code>algm-export bench DIR</code>.</p>"], [])
     out_dir.mkdir(parents=True, exist_ok=True)
     m = man["model"]
@@ -231,7 +225,7 @@ def write_report(export_dir, out: Optional[str] = None, n_images: int = 3, model
     try:
         if model is None:
             raise FileNotFoundError(f"the checkpoint {m['source']} is not on this machine")
-        pics = merge_pictures(export_dir, man, out_dir, n_images, model, trust_checkpoint)
+        pics = merge_pictures(folder, out_dir, n_images, model, trust_checkpoint)
         parts.append("<h2>What was merged</h2><p class='note'>Each panel colours the groups of patches that became "
                      "one token: CLAP windows, then GBM groups. Plain patches were kept.</p><div class='grid'>")
         parts += [_img(p, p.stem) for p in pics]
@@ -241,8 +235,6 @@ def write_report(export_dir, out: Optional[str] = None, n_images: int = 3, model
         parts.append(f"<h2>What was merged</h2><p class='fail'>pictures failed: {html.escape(str(e))}</p>")
     parts.append("</body></html>")
     page = out_dir / "index.html"
-    from algm_export.manifest import atomic_path
-
     with atomic_path(page) as tmp:
         tmp.write_text("\n".join(parts))
     return page
