@@ -118,6 +118,17 @@ class Entry:
         except AlgmError as e:
             raise ArtifactError(f"manifest.json: setting {self.name}: {e}; re-export the folder") from None
 
+    def run_thresholds(self, thresholds: Optional[Iterable[float]] = None) -> list[Optional[float]]:
+        """What to run this entry at: [None] when its threshold is built in (or the baseline); for a
+        threshold-input entry `thresholds` (default `self.thresholds`), each checked as a setting
+        (ConfigError outside [-1, 1])."""
+        if not self.takes_threshold:
+            return [None]
+        ts = [float(t) for t in (thresholds or self.thresholds)]
+        for t in ts:
+            self.setting().with_threshold(t)
+        return ts
+
     def has_precision(self, precision: str) -> bool:
         return precision in _ONNX_KEYS and bool(self.raw.get(_ONNX_KEYS[precision][0]))
 
@@ -203,6 +214,16 @@ class ExportFolder:
         if unknown:
             raise ConfigError(f"no setting {', '.join(unknown)} in the manifest (it has {', '.join(names)}).")
         return [e for e in entries if e.name in only]
+
+    def runs(self, thresholds: Optional[Iterable[float]] = None) -> list[list[Optional[float]]]:
+        """Per entry (`entries` order), the thresholds to run it at (`Entry.run_thresholds`). `thresholds`
+        (CLI `--threshold`) is for threshold-input entries: ConfigError when the folder has none."""
+        thresholds = list(thresholds) if thresholds else None
+        if thresholds and not any(e.takes_threshold for e in self.entries):
+            raise ConfigError(f"--threshold {','.join(f'{t:g}' for t in thresholds)}: no entry of {self.path} takes "
+                              "the threshold as an input (the others have theirs built in); drop --threshold, or "
+                              "export with `algm-export export ... --token-mode dynamic --threshold-input`")
+        return [e.run_thresholds(thresholds) for e in self.entries]
 
     @property
     def engines(self) -> list[EngineRecord]:

@@ -114,9 +114,12 @@ def make_runner(backend: str, entry, precision: str = "fp32", model=None, mode: 
             r = torch_runner(model, s, device=device, name="torch-reference")
         elif mode == "dynamic":
             r = torch_runner(model, s, token_mode="dynamic", device=device, takes_threshold=entry.takes_threshold)
+        elif not entry.capacities and entry.is_dynamic:
+            raise ConfigError(f"{entry.name} was exported in dynamic token mode: it has no capacities, so no static "
+                              "PyTorch counterpart; run it with mode None (as exported) or 'reference'")
         elif not entry.capacities:
-            raise ConfigError(f"{entry.name} has no capacities (it was exported in dynamic token mode), so it has "
-                              "no static PyTorch counterpart; run it as exported")
+            raise ConfigError(f"manifest.json: setting {entry.name} has no capacities but is not marked "
+                              "\"token_mode\": \"dynamic\", so it has no static PyTorch counterpart; re-export the folder")
         else:
             r = torch_runner(model, s, entry.capacities, device=device, name="torch-static")
         r.entry = entry
