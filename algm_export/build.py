@@ -38,11 +38,9 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from algm_export.artifacts import ExportFolder, find_engine_record  # noqa: F401  (find_engine_record: re-exported)
+from algm_export.artifacts import (ExportFolder, atomic_path, find_engine_record,  # noqa: F401  (re-exported)
+                                   locks_export_folder, sha256_file)
 from algm_export.errors import AlgmError, ArtifactError, BackendUnavailable, CapacityError, ConfigError
-from algm_export.lock import locks_export_folder
-from algm_export.manifest import (atomic_path, resolve_inside, save_manifest,
-                                  sha256_file, verify_file)
 from algm_export.runtimes.tensorrt.builder import EngineBuildError
 from algm_export.runtimes.tensorrt.loader import (backend_version, cuda_device, describe_environment,
                                                   import_backend, pretty, resolve_backend, rtx_env,
@@ -100,7 +98,7 @@ def _entries(folder: ExportFolder, only: Iterable[str] | None) -> list[tuple[str
     return entries
 
 
-def _pick_onnx(export_dir: Path, name: str, entry: dict, precision: str, backend: str) -> dict:
+def _pick_onnx(folder: ExportFolder, name: str, entry: dict, precision: str, backend: str) -> dict:
     """Which ONNX file builds this engine and how precision is set."""
     key, hkey, mode = "onnx", "sha256", None
     if precision == "fp16":
@@ -116,17 +114,17 @@ def _pick_onnx(export_dir: Path, name: str, entry: dict, precision: str, backend
     rel = entry.get(key)
     if not rel:
         raise ArtifactError(f"{name}: the manifest names no ONNX file ({key}); re-export.")
-    path = verify_file(export_dir, rel, entry[hkey], f"{name}.{key}")
+    path = folder.verify(rel, entry[hkey], f"{name}.{key}")
     digest = entry[hkey]
     return {"onnx": rel, "path": path, "sha256": digest, "fp16_mode": mode,
             "strongly_typed": mode != "builder-flag"}
 
 
-def _copy_plugin_library(export_dir: Path, src: Path, digest: str) -> tuple[str, Path]:
+def _copy_plugin_library(folder: ExportFolder, src: Path, digest: str) -> tuple[str, Path]:
     """Copy a plugin library into the export folder under its sha256; (relative path, real path)."""
     name = re.sub(r"[^A-Za-z0-9._-]", "_", src.name).lstrip(".") or "plugins.so"
     rel = f"engines/plugins/{digest[:16]}/{name}"
-    dst = resolve_inside(export_dir, rel, "plugin library copy")
+    dst = folder.resolve(rel, "plugin library copy")
     if not (dst.is_file() and sha256_file(dst) == digest):
         with atomic_path(dst) as tmp:
             shutil.copyfile(src, tmp)
@@ -183,12 +181,6 @@ def _run_worker(job: dict, env: dict, name: str, work_dir: Path) -> dict:
             + f"\n  Last lines of its log:\n    {_tail(log, 10)}")
 
 
-def _same_engine(rec: dict, new: dict) -> bool:
-    return (rec.get("setting") == new["setting"] and rec.get("backend") == new["backend"]
-            and rec.get("precision") == new["precision"]
-            and bool(rec.get("plugin_library")) == bool(new["plugin_library"]))
-
-
 @locks_export_folder("build")
 def build_engines(export_dir: str | os.PathLike, backend: str | None = None,
                   plugins: str | os.PathLike | None = None, precision: str = "fp32",
@@ -211,7 +203,6 @@ def build_engines(export_dir: str | os.PathLike, backend: str | None = None,
     """
     export_dir = Path(export_dir).resolve()
     folder = ExportFolder.load(export_dir)
-    data = folder.data
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
     profile = _check_batch(batch)
@@ -250,14 +241,14 @@ def build_engines(export_dir: str | os.PathLike, backend: str | None = None,
 
     entries = _entries(folder, settings)
     # Check every ONNX before building anything, so a bad entry fails fast.
-    sources = [(name, _pick_onnx(export_dir, name, e, precision, backend)) for name, e in entries]
+    sources = [(name, _pick_onnx(folder, name, e, precision, backend)) for name, e in entries]
 
     env = rtx_env() if rtx else dict(os.environ)
 
     from tqdm.auto import tqdm
 
     records = []
-    engines_dir = resolve_inside(export_dir, "engines", "engines folder")
+    engines_dir = folder.resolve("engines", "engines folder")
     engines_dir.mkdir(exist_ok=True)
     # Leftovers of a build that was killed outright (holding the lock, no build is running).
     for stale in engines_dir.glob(".*.engine.*.partial"):
@@ -265,14 +256,14 @@ def build_engines(export_dir: str | os.PathLike, backend: str | None = None,
     for stale in engines_dir.glob(".worker-*"):
         shutil.rmtree(stale, ignore_errors=True)
     if plugin_src is not None:
-        plugin_rel, copied = _copy_plugin_library(export_dir, plugin_src, plugin_sha)
+        plugin_rel, copied = _copy_plugin_library(folder, plugin_src, plugin_sha)
         plugin_path = str(copied)
     bar = tqdm(sources, desc=f"{pretty(backend)} {precision} engines", unit="engine",
                disable=not progress, file=sys.stderr)
     for name, src in bar:
         bar.set_postfix_str(name)
         rel = engine_filename(name, precision, plugin_path is not None)
-        final = resolve_inside(export_dir, rel, f"engine file of {name}")
+        final = folder.resolve(rel, f"engine file of {name}")
         job = {"name": name, "onnx": str(src["path"]), "backend": backend, "precision": precision,
                "strongly_typed": src["strongly_typed"], "fp16_flag": src["fp16_mode"] == "builder-flag",
                "input": input_name, "profile": profile, "compute_capabilities": ccs if rtx else [],
@@ -304,11 +295,7 @@ def build_engines(export_dir: str | os.PathLike, backend: str | None = None,
             "layers": res.get("layers"), "io": res.get("io"),
             "built": t0.strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
-        engines = [r for r in data.get("engines") or []
-                   if not _same_engine(r, rec) and r.get("file") != rel]
-        engines.append(rec)
-        data["engines"] = engines
-        save_manifest(export_dir, data)
+        folder.add_engine(rec)  # replaces an earlier build's record; saved after every engine
         records.append(rec)
     bar.close()
     return records

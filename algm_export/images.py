@@ -7,7 +7,11 @@
   truncated and non-image files are skipped with an `ImageSkippedWarning` naming each file,
   and `InputError` is raised when nothing readable is left.
 * `sample_images(n)` -> `(name, array)` pairs of real photographs bundled with scikit-image.
-* `to_model_input(img, (H, W), "vit")` -> normalised `float32 [1, 3, H, W]`.
+* `to_model_input(img, (H, W), "vit")` -> normalised `float32 [1, 3, H, W]`: the one place an
+  image becomes a model input (resize, scale, normalisation); `model_input(img, model)` at a
+  model's size and normalisation; `model_inputs(images, size, norm)` for a set of images
+  (a folder, files, or the sample photos), as validate, bench, the report, predict and the
+  calibration take them.
 """
 
 from __future__ import annotations
@@ -266,6 +270,24 @@ def to_model_input(img: np.ndarray, size, normalization="vit", device=None) -> t
     return ((x - mean) / std).contiguous()
 
 
+def model_input(img: np.ndarray, model, size=None, device=None) -> torch.Tensor:
+    """`to_model_input` at `model`'s normalisation and, unless `size` is given, its input size."""
+    cfg = model.cfg
+    return to_model_input(img, cfg.image_size if size is None else size, cfg.normalization, device=device)
+
+
+def model_inputs(images=None, size=None, normalization="vit", limit: Optional[int] = None,
+                 model=None) -> list[tuple[str, torch.Tensor]]:
+    """[(name, normalised [1, 3, H, W] tensor)] of `images`: a folder or image files (unreadable ones
+    skipped with a warning, `load_images`), or None for the bundled sample photos; at most `limit`.
+    `model`: take size and normalisation from its config."""
+    if model is not None:
+        size, normalization = model.cfg.image_size, model.cfg.normalization
+    pairs = sample_images() if images is None else load_images(images)
+    pairs = [(str(getattr(n, "name", n)), img) for n, img in pairs][: limit or None]
+    return [(n, to_model_input(img, size, normalization)) for n, img in pairs]
+
+
 def from_model_input(x: torch.Tensor, normalization="vit") -> np.ndarray:
     """Inverse of `to_model_input` for display: [1, 3, h, w] (or [3, h, w]) -> uint8 [h, w, 3]."""
     st = normalization_stats(normalization)
@@ -280,5 +302,5 @@ def from_model_input(x: torch.Tensor, normalization="vit") -> np.ndarray:
 __all__ = [
     "IMAGE_EXTENSIONS", "ImageSkippedWarning", "SAMPLE_IMAGES", "expand_sources", "from_model_input", "iter_images",
     "list_images",
-    "load_image", "load_images", "sample_images", "to_model_input", "to_rgb_uint8",
+    "load_image", "load_images", "model_input", "model_inputs", "sample_images", "to_model_input", "to_rgb_uint8",
 ]

@@ -14,14 +14,15 @@ Otherwise the published evaluation runs (`models.inference`): short side resized
 `inference_kwargs.im_size`, sliding windows of `window_size` every `window_stride`, logits
 averaged, then resized to the image size.
 
-Backends: `make_runner(model, setting, backend)` builds a callable on normalised
-`[b, 3, h, w]` batches that returns `[b, n_cls, h, w]` logits and, after each call, exposes
-`merge_stats` (`tokens` / `merges` / `forced`, `[b, steps]`) and `assignments` (per step
-`[b, N]`) of that call, or None for both when it does not merge. `PredictOptions.backend`
-takes the names of `runtimes.registry` (torch, onnxruntime/ort, tensorrt/trt, tensorrt-rtx;
-CLI `--backend`): torch runs the checkpoint (`TorchBackend`), the others run an exported file
-(`--engine FILE`) through the registry's runner (`EngineBackend`). A runner with a fixed
-input shape sets `input_size = (h, w)`; predict then feeds it only that size.
+Backends: `make_runner(model, setting, backend)` returns a `runtimes.registry` runner
+(`Runner.infer(batch) -> RunOutput`: logits, merge_stats, tokens, and from the torch runner
+the assignment maps for the merge picture). `PredictOptions.backend` takes the registry's
+names (torch, onnxruntime/ort, tensorrt/trt, tensorrt-rtx; CLI `--backend`): torch runs the
+checkpoint (the per-image reference), the others an exported file (`--engine FILE`). A file an
+export folder lists runs the setting its entry records; a threshold-input file (dynamic token
+mode, `export --threshold-input`) runs at `--threshold` (default its first operating point),
+and a file with its threshold built in refuses another one. A runner with a fixed input shape
+sets `input_size = (h, w)`; predict then feeds it only that size.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ from algm_export.images import (
     expand_sources,
     from_model_input,
     iter_images,
+    model_input,
     sample_images,
-    to_model_input,
 )
 from algm_export.merging.setting import AlgmSetting, default_setting, parse_layers  # noqa: F401
 from algm_export.models.registry import DEFAULT_MODEL, resolve_model
@@ -100,86 +101,57 @@ def resolve_device(name: str) -> torch.device:
 
 # ----------------------------------------------------------------------------- backends
 
-class TorchBackend:
-    """predict backend "torch": the PyTorch reference, the Segmenter wrapped by `apply_algm` (dynamic,
-    per_image) unless no setting. A predict backend is a callable `batch -> logits` that also keeps the
-    last batch's `merge_stats` (and `assignments` where it has them, for the merge picture); the
-    runtimes' runners (`algm_export.runtimes.*`, `infer() -> dict of arrays`) serve validate and bench."""
-
-    name = "torch"
-    input_size: Optional[tuple[int, int]] = None   # any size
-
-    def __init__(self, model: SegModel, setting: Optional[AlgmSetting], device: str = "cpu"):
-        from algm_export.merging.patch import apply_algm
-
-        self.device = resolve_device(device)
-        self.base = model.to(self.device).eval()
-        self.setting = setting
-        self.net = apply_algm(self.base, setting) if setting is not None else self.base
-        self.merge_stats: Optional[dict] = None
-        self.assignments: Optional[list] = None
-
-    @torch.no_grad()
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        out = self.net(batch.to(self.device, torch.float32))
-        if self.setting is not None:
-            self.merge_stats = {k: v.detach().cpu() for k, v in self.net.merge_stats.items()}
-            self.assignments = [a.detach().cpu() for a in self.net.assignments]
-        return out
-
-    def info(self) -> dict:
-        return {"backend": self.name, "device": str(self.device)}
-
-
-class EngineBackend:
-    """predict backend "engine": an exported ONNX (through the ONNX Runtime runner) or a built engine
-    (through the TensorRT runner).
-
-    Fixed input size (the model's); token counts come from the `merge_stats` output. Engines
-    do not output assignment maps, so no merge picture is drawn for them.
-    """
-
-    def __init__(self, model: SegModel, setting: Optional[AlgmSetting], engine: str = "", device: str = "cpu",
-                 backend: Optional[str] = None):
-        from algm_export.runtimes.registry import runner_for_file
-
-        window = setting.window if setting is not None else (2, 2)
-        n = model.cfg.grid[0] * model.cfg.grid[1]
-        self.impl = runner_for_file(engine, backend, n_patches=n, window=window[0] * window[1])
-        self.name = self.impl.backend
-        self.input_size = tuple(model.cfg.image_size)
-        self.setting = setting
-        self.merge_stats: Optional[dict] = None
-        self.assignments: Optional[list] = None
-        self.path = Path(engine)
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        out = self.impl.infer(batch)
-        if out.merge_stats is not None:
-            st = torch.from_numpy(out.merge_stats).long()
-            self.merge_stats = {"tokens": torch.from_numpy(out.tokens).long(), "merges": st[..., 0],
-                                "forced": st[..., 1]}
-        return torch.from_numpy(out.logits)
-
-    def info(self) -> dict:
-        return {"backend": self.name, "engine": str(self.path)}
-
-
-def make_runner(model: SegModel, setting: Optional[AlgmSetting], backend: str = "torch", **options):
-    """A predict runner: `backend` is a `runtimes.registry` name (torch runs the model; the others
-    need `engine=FILE`, an exported .onnx or a built engine)."""
-    from algm_export.runtimes.registry import normalize_backend
+def make_runner(model: SegModel, setting: Optional[AlgmSetting], backend: str = "torch", engine=None,
+                device: str = "cpu"):
+    """The predict runner, a `runtimes.registry` runner: torch runs `model` with `setting` (the
+    published per-image reference, with the assignment maps for the merge picture; None: no
+    merging); the other backends run an exported file (`engine=FILE`, .onnx or a built engine)."""
+    from algm_export.runtimes.registry import normalize_backend, runner_for_file, torch_runner
 
     name = normalize_backend(backend)
     if name == "torch":
-        if options.get("engine"):
+        if engine:
             raise ConfigError("--engine runs an exported file: give --backend onnxruntime, tensorrt or tensorrt-rtx "
                               "(or leave --backend out)")
-        options.pop("engine", None)
-        return TorchBackend(model, setting, **options)
-    if not options.get("engine"):
+        return torch_runner(model, setting, device=str(resolve_device(device)), assignments=True)
+    if not engine:
         raise ConfigError(f"--backend {name} runs an exported file: give --engine FILE (.onnx or .engine)")
-    return EngineBackend(model, setting, backend=name, **options)
+    window = setting.window if setting is not None else (2, 2)
+    n = model.cfg.grid[0] * model.cfg.grid[1]
+    runner = runner_for_file(engine, name, n_patches=n, window=window[0] * window[1])
+    runner.input_size = tuple(model.cfg.image_size)
+    runner.path = Path(engine)
+    return runner
+
+
+def runner_info(runner) -> dict:
+    """What NAME_tokens.json records about the runner."""
+    if getattr(runner, "path", None) is not None:
+        return {"backend": runner.backend, "engine": str(runner.path)}
+    return {"backend": runner.backend, "device": str(getattr(runner, "device", "cpu"))}
+
+
+def file_setting(runner, setting: Optional[AlgmSetting], threshold: Optional[float],
+                 layers: Optional[Sequence[int]]) -> Optional[AlgmSetting]:
+    """The setting an exported file runs, for a file an export folder lists (`runner.entry`): the entry's
+    own (a threshold-input file at `threshold`, default its first operating point); ConfigError when
+    --threshold / --layers ask for something the file does not run. Else `setting` unchanged."""
+    entry = getattr(runner, "entry", None)
+    if entry is None:
+        return setting
+    if entry.is_baseline:
+        return None
+    own = entry.setting()
+    if layers is not None and tuple(layers) != tuple(own.layers):
+        raise ConfigError(f"--layers {','.join(map(str, layers))}: {runner.path.name} merges at layers "
+                          f"{','.join(map(str, own.layers))}; drop --layers or export those layers")
+    if entry.takes_threshold:
+        return own if threshold is None else own.with_threshold(float(threshold))
+    if threshold is not None and abs(float(threshold) - float(own.threshold)) > 1e-9:
+        raise ConfigError(f"--threshold {threshold}: {runner.path.name} has its threshold {own.threshold} built in "
+                          "(the graph takes no threshold input); drop --threshold, or export with --token-mode "
+                          "dynamic --threshold-input to choose it at run time")
+    return own
 
 
 # ----------------------------------------------------------------------------- logits -> labels
@@ -255,10 +227,12 @@ def predict_image(model: SegModel, runner, img: np.ndarray, name: str = "image",
     per_window: list[dict] = []
     first: dict = {}
 
+    thr = {"threshold": setting.threshold} if getattr(runner, "takes_threshold", False) and setting else {}
+
     def run(batch: torch.Tensor, anchors=None) -> torch.Tensor:
-        out = runner(batch)
-        stats = getattr(runner, "merge_stats", None)
-        assigns = getattr(runner, "assignments", None)
+        out = runner.infer(batch, **thr)
+        stats = None if out.merge_stats is None or out.tokens is None else {
+            "tokens": out.tokens, "merges": out.merge_stats[..., 0], "forced": out.merge_stats[..., 1]}
         for j in range(batch.shape[0]):
             rec: dict = {"anchor": list(anchors[j]) if anchors else [0, 0]}
             if stats is not None:
@@ -267,23 +241,21 @@ def predict_image(model: SegModel, runner, img: np.ndarray, name: str = "image",
         if not first:
             first["view"] = from_model_input(batch[:1], cfg.normalization)
             first["grid"] = (batch.shape[-2] // cfg.patch_size, batch.shape[-1] // cfg.patch_size)
-            if assigns is not None:
-                first["assign"] = [np.asarray(a[0]) for a in assigns]
-        return out
+            if out.assignments is not None:
+                first["assign"] = [np.asarray(a[0]) for a in out.assignments]
+        return torch.from_numpy(out.logits)
 
     t0 = time.perf_counter()
     if not sliding and H <= msize[0] and W <= msize[1]:
         mode = "single"
-        x = to_model_input(img, msize, cfg.normalization)
+        x = model_input(img, model, msize)
         logits = run(x)
-        if not isinstance(logits, torch.Tensor):
-            logits = torch.from_numpy(np.asarray(logits))
         extra = {"input_size": list(msize)}
     else:
         mode = "sliding"
         ws, stride, im_size = _window_settings(model, runner)
         plan = window_plan((H, W), ws, stride, im_size)
-        x = to_model_input(img, plan["resized"], cfg.normalization)
+        x = model_input(img, model, plan["resized"])
         pending: list = []
         logits = sliding_window_logits(lambda b: run(b, pending.pop(0)), x, ws, stride, None, batch_size,
                                        on_batch=lambda anchors, crops: pending.append(anchors))
@@ -323,7 +295,7 @@ def predict_image(model: SegModel, runner, img: np.ndarray, name: str = "image",
 def write_prediction(pred: Prediction, out_dir: Union[str, Path], setting: Optional[AlgmSetting],
                      patch_size: int, merge_png: bool = True, extra: Optional[dict] = None) -> dict:
     """NAME_seg.png, NAME_merge.png (ALGM only), NAME_tokens.json. Returns {kind: path}."""
-    from algm_export.manifest import write_json_atomic
+    from algm_export.artifacts import write_json_atomic
     from algm_export.visualize import merge_png as write_merge, segmentation_png, step_titles
 
     out = Path(out_dir)
@@ -400,11 +372,13 @@ def run_predict(images: Sequence[Union[str, Path]], options: Optional[PredictOpt
     setting = algm_setting_for(model, opts.threshold, opts.layers) if opts.algm else None
     if runner is None:
         runner = make_runner(model, setting, opts.backend, device=opts.device, **opts.backend_options)
+        if opts.algm:
+            setting = file_setting(runner, setting, opts.threshold, opts.layers)
     out_dir = Path(opts.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = model.describe()
     run_info = {"model": summary["source"], "backbone": summary["backbone"], "decoder": summary["decoder"],
-                **(runner.info() if hasattr(runner, "info") else {"backend": opts.backend})}
+                **runner_info(runner)}
 
     from tqdm import tqdm
 
@@ -444,7 +418,7 @@ def format_table(records: Sequence[dict]) -> str:
 
 
 __all__ = [
-    "EngineBackend", "Prediction", "PredictOptions", "TorchBackend", "algm_setting_for", "format_table", "gather_inputs",
-    "labels_at_size", "make_runner", "parse_layers", "predict_image", "resolve_device",
+    "Prediction", "PredictOptions", "algm_setting_for", "file_setting", "format_table", "gather_inputs",
+    "labels_at_size", "make_runner", "parse_layers", "predict_image", "resolve_device", "runner_info",
     "run_predict", "write_prediction",
 ]

@@ -13,3 +13,15 @@ def format_table(headers, rows, align=None) -> str:
 
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([line(cols[0]), sep] + [line(r) for r in cols[1:]])
+
+
+def tokens_text(tokens, dynamic: bool) -> str:
+    """Patch tokens processed per image after each merge step, as bench.json records them
+    (`{"mean": [..], "min": [..], "max": [..]}`): static `C1/C2` (its capacities), dynamic
+    `mean1/mean2 (min1-max1/min2-max2)` over the images run; "-" for none (the baseline)."""
+    if not tokens:
+        return "-"
+    if not dynamic:
+        return "/".join(str(int(v)) for v in tokens["mean"])
+    rng = "/".join(f"{lo}-{hi}" for lo, hi in zip(tokens["min"], tokens["max"]))
+    return "/".join(f"{v:.0f}" for v in tokens["mean"]) + f" ({rng})"

@@ -10,6 +10,9 @@
     entry      cli, __main__
 
 Every import counts, also those inside functions (they are how optional pieces load lazily).
+Above the artifacts layer, the export folder is read and written through `algm_export.artifacts`
+only: the file format (`manifest`) and the locks (`lock`) are imported by the core, the model
+layer (the exporter writes the folder) and artifacts itself, by nothing above.
 """
 
 from __future__ import annotations
@@ -106,6 +109,27 @@ def violations() -> list[str]:
 
 def test_imports_only_point_down():
     assert violations() == []
+
+
+FOLDER_FORMAT = {"algm_export.manifest", "algm_export.lock"}
+
+
+def format_violations() -> list[str]:
+    """Modules above the artifacts layer that import the folder's file format or locks directly."""
+    above = RANK["artifacts"]
+    return [f"{mod} imports {dep}: use algm_export.artifacts (ExportFolder, EngineRecord, the helpers it re-exports)"
+            for mod, path in MODULES.items() if layer_of(mod) > above
+            for dep in sorted(imports(path) & FOLDER_FORMAT)]
+
+
+def test_the_export_folder_is_read_and_written_through_artifacts():
+    assert format_violations() == []
+
+
+def test_the_format_check_catches_a_direct_import(tmp_path):
+    fake = tmp_path / "validate.py"
+    fake.write_text("from algm_export.manifest import save_manifest\nimport algm_export.lock\n")
+    assert imports(fake) & FOLDER_FORMAT == FOLDER_FORMAT
 
 
 def test_the_checker_catches_an_upward_import(tmp_path, monkeypatch):

@@ -100,6 +100,10 @@ def test_shared_options_mean_one_thing():
         assert tuple(prec.choices) == ("fp32", "fp16"), name
     for name in ("validate", "bench", "build", "predict"):
         assert "--backend" in flags(ps[name]), name
+    for name in ("validate", "bench"):  # the thresholds of threshold-input entries (dynamic token mode)
+        thr = next(a for a in ps[name]._actions if "--threshold" in a.option_strings)
+        assert thr.metavar == "T[,T...]" and thr.default is None, name
+        assert ps[name].parse_args(["D", "--threshold", "0.8, 0.9"]).threshold == [0.8, 0.9]
 
 
 @pytest.mark.parametrize("argv,want", [

@@ -188,7 +188,9 @@ def test_parent_killed_mid_build_leaves_valid_manifest(tmp_path):
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            if json.loads((d / "manifest.json").read_text()).get("engines"):
+            # one engine recorded and the next one's worker started (its job folder exists)
+            recorded = json.loads((d / "manifest.json").read_text()).get("engines")
+            if recorded and list((d / "engines").glob(".worker-*")):
                 break
             time.sleep(0.02)
         assert proc.poll() is None, "the build finished before it could be interrupted"

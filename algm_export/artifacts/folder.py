@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from algm_export.errors import AlgmError, ArtifactError, ConfigError
-from algm_export.manifest import (load_manifest, resolve_inside, save_manifest, sha256_file, verify_file,
-                                  write_json_atomic)
+from algm_export.manifest import (REEXPORT, find_listing, load_manifest, resolve_inside, save_manifest,
+                                  sha256_file, verify_file, write_json_atomic)
 
 PRECISIONS = ("fp32", "fp16")
 _ONNX_KEYS = {"fp32": ("onnx", "sha256"), "fp16": ("onnx_fp16", "sha256_fp16")}
@@ -41,6 +41,13 @@ def find_engine_record(data: dict, setting: str = "baseline", precision: str = "
     raise ArtifactError(f"no {precision} engine for {setting!r}"
                         + (f" built with {backend}" if backend else "")
                         + " in the manifest; build it first (`algm-export build DIR`).")
+
+
+def same_engine(a: dict, b: dict) -> bool:
+    """Two engine records of one (setting, backend, precision, plugin use): a new build replaces the old."""
+    return (a.get("setting") == b.get("setting") and a.get("backend") == b.get("backend")
+            and a.get("precision") == b.get("precision")
+            and bool(a.get("plugin_library")) == bool(b.get("plugin_library")))
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,22 @@ class Entry:
     layers = property(lambda self: self.raw.get("layers"))
     window = property(lambda self: self.raw.get("window"))
     policy = property(lambda self: self.raw.get("policy", "per_image"))
+    #: "static" (capacities), "dynamic" (data-dependent token slots) or None for the baseline;
+    #: entries written before the dynamic mode existed are static
+    token_mode = property(lambda self: None if self.is_baseline else self.raw.get("token_mode") or "static")
+    is_dynamic = property(lambda self: self.token_mode == "dynamic")
+    #: the graph takes the CLAP threshold as an input (`export --token-mode dynamic --threshold-input`)
+    takes_threshold = property(lambda self: bool(not self.is_baseline and self.raw.get("threshold_input")))
+
+    @property
+    def thresholds(self) -> list[float]:
+        """The thresholds to run this entry at: a threshold-input entry's operating points (its
+        `thresholds`, else its default `threshold`); [its threshold] for others, [] for the baseline."""
+        if self.is_baseline:
+            return []
+        if self.takes_threshold:
+            return [float(t) for t in (self.raw.get("thresholds") or [self.threshold])]
+        return [float(self.threshold)]
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.raw.get(key, default)
@@ -94,6 +117,17 @@ class Entry:
             return AlgmSetting(self.threshold, tuple(self.window), tuple(self.layers), self.policy)
         except AlgmError as e:
             raise ArtifactError(f"manifest.json: setting {self.name}: {e}; re-export the folder") from None
+
+    def run_thresholds(self, thresholds: Optional[Iterable[float]] = None) -> list[Optional[float]]:
+        """What to run this entry at: [None] when its threshold is built in (or the baseline); for a
+        threshold-input entry `thresholds` (default `self.thresholds`), each checked as a setting
+        (ConfigError outside [-1, 1])."""
+        if not self.takes_threshold:
+            return [None]
+        ts = [float(t) for t in (thresholds or self.thresholds)]
+        for t in ts:
+            self.setting().with_threshold(t)
+        return ts
 
     def has_precision(self, precision: str) -> bool:
         return precision in _ONNX_KEYS and bool(self.raw.get(_ONNX_KEYS[precision][0]))
@@ -181,14 +215,25 @@ class ExportFolder:
             raise ConfigError(f"no setting {', '.join(unknown)} in the manifest (it has {', '.join(names)}).")
         return [e for e in entries if e.name in only]
 
+    def runs(self, thresholds: Optional[Iterable[float]] = None) -> list[list[Optional[float]]]:
+        """Per entry (`entries` order), the thresholds to run it at (`Entry.run_thresholds`). `thresholds`
+        (CLI `--threshold`) is for threshold-input entries: ConfigError when the folder has none."""
+        thresholds = list(thresholds) if thresholds else None
+        if thresholds and not any(e.takes_threshold for e in self.entries):
+            raise ConfigError(f"--threshold {','.join(f'{t:g}' for t in thresholds)}: no entry of {self.path} takes "
+                              "the threshold as an input (the others have theirs built in); drop --threshold, or "
+                              "export with `algm-export export ... --token-mode dynamic --threshold-input`")
+        return [e.run_thresholds(thresholds) for e in self.entries]
+
     @property
     def engines(self) -> list[EngineRecord]:
         return [EngineRecord(self, r) for r in self.data.get("engines") or []]
 
     # ---------------------------------------------------------------- files inside
-    def resolve(self, rel: Any, what: str) -> Path:
-        """`rel` inside the folder (ArtifactError for absolute paths, '..' or a symlink leading out)."""
-        return resolve_inside(self.path, rel, what)
+    def resolve(self, rel: Any, what: str, fix: str = REEXPORT) -> Path:
+        """`rel` inside the folder (ArtifactError for absolute paths, '..' or a symlink leading out;
+        `fix`: what its message tells the user to do)."""
+        return resolve_inside(self.path, rel, what, fix)
 
     def verify(self, rel: str, digest: str, what: str) -> Path:
         return verify_file(self.path, rel, digest, what)
@@ -198,6 +243,36 @@ class ExportFolder:
         write_json_atomic(p, data)
         return p
 
+    # ---------------------------------------------------------------- engine records
+    def add_engine(self, record: dict) -> EngineRecord:
+        """Add a built engine's record and save the manifest (schema-checked): it replaces the record of
+        an earlier build of the same setting, backend, precision and plugin use, or of the same file."""
+        if record.get("setting") not in [e.name for e in self.entries]:
+            raise ArtifactError(f"engine record for {record.get('setting')!r}: no such entry in the manifest")
+        kept = [r for r in self.data.get("engines") or []
+                if not same_engine(r, record) and r.get("file") != record.get("file")]
+        self.data["engines"] = kept + [record]
+        self.save()
+        return EngineRecord(self, record)
+
+    @classmethod
+    def of_file(cls, path: str | os.PathLike) -> Optional[tuple["ExportFolder", Optional[Entry],
+                                                                  Optional[EngineRecord]]]:
+        """For a file of an export folder (`DIR/x.onnx`, `DIR/engines/x.engine`): (the folder, the entry the
+        file belongs to, its engine record or None), once the file's sha256 matches the manifest. None
+        when no manifest lists the file."""
+        found = find_listing(path)
+        if found is None:
+            return None
+        d, data, rec = found
+        folder = cls(d, data)
+        rel = Path(os.path.abspath(path)).relative_to(Path(os.path.abspath(d))).as_posix()
+        name = rec["setting"] if rec else next(
+            (e.name for e in folder.entries
+             if rel in {e.get(k) for k in ("onnx", "onnx_fp16", "onnx_inlined")}), None)
+        entry = next((e for e in folder.entries if e.name == name), None)
+        return folder, entry, (EngineRecord(folder, rec) if rec else None)
+
     # ---------------------------------------------------------------- model and inputs
     def model(self, trust_checkpoint: bool = False):
         """The PyTorch model the folder was exported from, at the export's image size (see `model_from_manifest`)."""
@@ -206,15 +281,12 @@ class ExportFolder:
     def inputs(self, images=None, model=None, limit: Optional[int] = None) -> list[tuple[str, Any]]:
         """[(name, model input [1,3,H,W] tensor)] of `images` (a folder, files; default the bundled sample
         photos), at the model's size and normalization (`model`, else the manifest's model record)."""
-        from algm_export.images import load_images, sample_images, to_model_input
+        from algm_export.images import model_inputs
 
         if model is not None:
-            size, norm = model.cfg.image_size, model.cfg.normalization
-        else:
-            size, norm = tuple(self.model_info["image_size"]), self.model_info.get("normalization", "vit")
-        pairs = sample_images() if images is None else load_images(images)
-        pairs = [(str(getattr(n, "name", n)), img) for n, img in pairs][: limit or None]
-        return [(n, to_model_input(img, size, norm)) for n, img in pairs]
+            return model_inputs(images, limit=limit, model=model)
+        return model_inputs(images, tuple(self.model_info["image_size"]), self.model_info.get("normalization", "vit"),
+                            limit=limit)
 
 
 def checkpoint_file(source: str) -> Path:

@@ -35,6 +35,24 @@ def precision_arg(p, help="fp32 or fp16 (default: %(default)s)"):
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help=help)
 
 
+def thresholds_type(text: str) -> list:
+    """`0.85,0.88` -> [0.85, 0.88] (a usage error for anything else, or a value outside [-1, 1])."""
+    try:
+        vals = [float(v) for v in str(text).replace(" ", "").split(",") if v]
+    except ValueError:
+        vals = []
+    if not vals or any(not -1.0 <= v <= 1.0 for v in vals):
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated CLAP thresholds in [-1, 1], e.g. 0.85,0.88")
+    return vals
+
+
+def thresholds_arg(p):
+    """The thresholds to run entries that take the threshold as an input at (validate, bench)."""
+    p.add_argument("--threshold", type=thresholds_type, default=None, metavar="T[,T...]",
+                   help="run entries exported with --threshold-input at these CLAP thresholds (default: the "
+                        "thresholds they were exported for); entries with a built-in threshold are unaffected")
+
+
 def backend_help(default: str) -> str:
     from algm_export.runtimes.registry import ALIASES, BACKENDS
 

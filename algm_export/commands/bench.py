@@ -10,7 +10,9 @@ from algm_export.commands import args as a
 def add_parser(sub):
     p = a.command_parser(sub, "bench", help="latency/throughput side by side per setting and backend",
                          description="Benchmark the baseline and every setting on every backend present, interleaved "
-                                     "in one run; prints the table and writes DIR/bench/bench.json and bench.png.",
+                                     "in one run; prints the table and writes DIR/bench/bench.json and bench.png. "
+                                     "Dynamic token mode entries run the bench images in turn and are counted at "
+                                     "their real token counts (FLOP ratio = baseline MACs / mean per-image MACs).",
                          example="algm-export bench out/vit_s --backend torch,onnxruntime --batch 1,4 --repeats 10")
     a.export_dir_arg(p)
     p.add_argument("--backend", type=a.backends_type, default=None, metavar="NAME[,NAME...]",
@@ -20,6 +22,7 @@ def add_parser(sub):
                             "default: %(default)s")
     p.add_argument("--batch", default="1", help="comma-separated batch sizes (default: 1)")
     a.images_arg(p)
+    a.thresholds_arg(p)
     p.add_argument("--repeats", type=int, default=10, help="interleaved repeats (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime (default: all)")
@@ -36,7 +39,8 @@ def run(args) -> int:
     from algm_export.bench import bench, format_bench
     rep = bench(args.dir, backends=args.backend, batches=[int(b) for b in args.batch.split(",")],
                 images=args.images, precision=args.precision, repeats=args.repeats, warmup=args.warmup, threads=args.threads,
-                settle_s=args.settle_ms / 1e3, trust_checkpoint=args.trust_checkpoint, wait=args.wait)
+                settle_s=args.settle_ms / 1e3, trust_checkpoint=args.trust_checkpoint, wait=args.wait,
+                thresholds=args.threshold)
     print(format_bench(rep))
     print(f"\nwritten: {args.dir}/bench/bench.json, {args.dir}/bench/bench.png")
     return 0

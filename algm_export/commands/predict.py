@@ -15,7 +15,8 @@ def add_parser(sub):
                     "segmentation, a picture of the merged patches (CLAP windows, GBM groups) and the token "
                     "counts per merge step.",
         example="algm-export predict sample:all --out predictions\n"
-                "algm-export predict photo.jpg --backend onnxruntime --engine out/t0.880.onnx",
+                "algm-export predict photo.jpg --backend onnxruntime --engine out/t0.880.onnx\n"
+                "algm-export predict photo.jpg --engine out_dyn/tin_l1-5_dyn.onnx --threshold 0.85",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files or folders; sample:NAME or sample:all for the photos bundled with scikit-image")
@@ -24,7 +25,9 @@ def add_parser(sub):
                         f"{', '.join(builtin_names())} (default: %(default)s)")
     a.config_arg(p)
     p.add_argument("--threshold", type=float, default=None,
-                   help="CLAP threshold tau (default: the checkpoint's variant.yml, else the published value)")
+                   help="CLAP threshold tau (default: the checkpoint's variant.yml, else the published value; "
+                        "with --engine: a threshold-input file runs at it, default its first exported threshold, "
+                        "and a file of an export folder with its threshold built in refuses another)")
     p.add_argument("--layers", default=None,
                    help="ALGM layers, 1-based: CLAP layer then GBM layers, e.g. 1,5 (default: checkpoint's or 1,5)")
     p.add_argument("--no-algm", action="store_true", help="run the plain Segmenter (no merging)")

@@ -8,7 +8,9 @@ from algm_export.commands import args as a
 def add_parser(sub):
     p = a.command_parser(sub, "validate", help="parity of ONNX Runtime / TensorRT against PyTorch",
                          description="Run every exported setting in a backend and in PyTorch (static with the same "
-                                     "capacities, and dynamic with the exported policy); report logit differences, "
+                                     "capacities, and dynamic with the exported policy; dynamic token mode entries "
+                                     "against PyTorch's dynamic mode, with the token counts of every image, and "
+                                     "threshold-input entries at each threshold); report logit differences, "
                                      "argmax agreement, parity mIoU, merge-decision flips and forced merges. Exits 3 "
                                      "below the limits.",
                          example="algm-export validate out/vit_s --backend onnxruntime --images photos/ "
@@ -17,6 +19,7 @@ def add_parser(sub):
     a.images_arg(p)
     p.add_argument("--backend", type=a.backend_type, default="onnxruntime", help=a.backend_help("onnxruntime"))
     a.precision_arg(p)
+    a.thresholds_arg(p)
     p.add_argument("--labels", default=None, metavar="DIR",
                    help="ADE20K-layout folder (images/, annotations/): also report the real mIoU of both")
     p.add_argument("--max-images", type=int, default=None, help="use at most this many images")
@@ -38,7 +41,7 @@ def run(args) -> int:
             setattr(lim, k, getattr(args, k))
     rep = validate(args.dir, images=args.images, backend=args.backend, labels=args.labels, precision=args.precision,
                    limits=lim, limit_images=args.max_images, trust_checkpoint=args.trust_checkpoint,
-                   wait=args.wait)
+                   wait=args.wait, thresholds=args.threshold)
     print(format_report(rep))
     print(f"\nreport: {args.dir}/validation/report.{rep['backend']}.{args.precision}.json "
           f"(outputs load with `polygraphy run --load-outputs`)")

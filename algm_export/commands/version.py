@@ -17,7 +17,7 @@ def add_parser(sub):
 
 def run(args) -> int:
     from algm_export import __version__
-    from algm_export.manifest import tool_versions
+    from algm_export.artifacts import tool_versions
 
     print(f"algm-export {__version__}")
     print(f"python {platform.python_version()} ({platform.system()} {platform.machine()})")

@@ -46,17 +46,10 @@ def model_info(model, source: str) -> dict:
 
 def calibration_tensors(model, calib_images=None, limit: Optional[int] = None):
     """(names, [1,3,H,W] normalised tensors at the model's size) from a folder or the built-in photos."""
-    from algm_export.images import load_images, sample_images, to_model_input
+    from algm_export.images import model_inputs
 
-    cfg = model.cfg
-    if calib_images is None:
-        pairs = sample_images()
-    else:
-        pairs = load_images(calib_images)
-    pairs = [(str(getattr(n, "name", n)), img) for n, img in pairs]
-    if limit:
-        pairs = pairs[:limit]
-    return [n for n, _ in pairs], [to_model_input(img, cfg.image_size, cfg.normalization) for _, img in pairs]
+    pairs = model_inputs(calib_images, limit=limit, model=model)
+    return [n for n, _ in pairs], [x for _, x in pairs]
 
 
 def settings_for(model, thresholds: Optional[Sequence[float]], layers=None, window=None) -> list[AlgmSetting]:
@@ -90,12 +83,13 @@ def dynamic_name(setting: AlgmSetting, threshold_input: bool = False) -> str:
 def export_folder(model, source: str, out_dir, thresholds=None, calib_images=None, quantile: float = 1.0,
                   inline: bool = False, force: bool = False, layers=None, window=None, fp16: bool = False,
                   calib_limit: Optional[int] = None, capacities=None, wait=False, token_mode: str = "static",
-                  threshold_input: bool = False) -> dict:
+                  threshold_input: bool = False, dynamic_thresholds: Optional[Sequence[float]] = None) -> dict:
     """Export baseline + settings into out_dir and write out_dir/manifest.json (last, atomically).
 
     token_mode "static" (capacities calibrated per threshold, or given) or "dynamic" (no
     capacities: data-dependent token slots); threshold_input (dynamic only): one file whose graph
-    takes the threshold as an input, for all `thresholds`.
+    takes the threshold as an input, for all `thresholds`. dynamic_thresholds (static mode): also
+    export these thresholds in dynamic token mode (entries `<setting>_dyn`), in the same folder.
     The folder's lock (`algm_export.lock`) is held for the whole export and taken before the
     folder is checked for emptiness, so of two exports into one new folder only one proceeds;
     the other stops with FolderInUse (or, with `wait`, waits and then finds the folder taken)."""
@@ -107,17 +101,23 @@ def export_folder(model, source: str, out_dir, thresholds=None, calib_images=Non
         raise ConfigError("--threshold-input needs --token-mode dynamic (static capacities are calibrated "
                           "for one threshold)")
     settings = settings_for(model, thresholds, layers, window)
+    dyn_settings = []
+    if dynamic_thresholds:
+        if token_mode != "static":
+            raise ConfigError("dynamic_thresholds adds dynamic entries to a static export; with token_mode "
+                              "'dynamic' give the thresholds as `thresholds`")
+        dyn_settings = settings_for(model, dynamic_thresholds, layers, window)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"{out} exists and is not a folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     with folder_lock(out, "export", wait):
         return _export_locked(model, source, out, settings, calib_images, quantile, inline, force, fp16,
-                              calib_limit, capacities, token_mode, threshold_input)
+                              calib_limit, capacities, token_mode, threshold_input, dyn_settings)
 
 
 def _export_locked(model, source: str, out: Path, settings, calib_images, quantile, inline, force, fp16,
-                   calib_limit, capacities, token_mode, threshold_input) -> dict:
+                   calib_limit, capacities, token_mode, threshold_input, dyn_settings=()) -> dict:
     if any(p.name != LOCK_NAME for p in out.iterdir()) and not force:
         raise ArtifactError(f"{out} is not empty; pass --force to re-export into it (the old manifest stays "
                             "valid until the new export is complete)")
@@ -134,7 +134,7 @@ def _export_locked(model, source: str, out: Path, settings, calib_images, quanti
         names, images = [], []  # nothing to calibrate
     else:
         names, images = calibration_tensors(model, calib_images, calib_limit)
-    total = 1 + (1 if threshold_input else len(settings))
+    total = 1 + (1 if threshold_input else len(settings)) + len(dyn_settings)
     with progress_bar(total=total, desc="export", unit="model") as bar:
         entry = _export_entry(model, out / "baseline.onnx", inline, fp16)
         manifest["baseline"] = {"name": "baseline", **entry}
@@ -156,6 +156,8 @@ def _export_locked(model, source: str, out: Path, settings, calib_images, quanti
             manifest["settings"].append({"name": s.name, **s.to_dict(), "token_mode": "static",
                                          "capacities": cal["capacities"], "calibration": cal, **entry})
             bar.update(1)
+        if dyn_settings:
+            manifest["settings"] += _export_dynamic(model, out, list(dyn_settings), False, inline, fp16, bar)
     save_manifest(out, manifest)
     return manifest
 

@@ -5,13 +5,16 @@
         out.logits                    # np.ndarray float32 [B, n_cls, H, W]
         out.merge_stats               # np.ndarray int [B, steps, 2] (merges, forced) or None (baseline)
         out.tokens                    # np.ndarray int [B, steps] patch tokens after each step, or None
+        out.assignments               # list per step of np.ndarray int [B, N] (patch -> token), or None:
+                                      # only runners asked for them (the torch runner, `assignments=True`)
 
 A runtime that reports merge statistics but not token counts (ONNX Runtime, TensorRT) derives
 the tokens from them (`tokens_from_merge_stats`): the CLAP step removes merges*(k-1) patches
 (k patches per window), every GBM step removes one per merge.
 
-`infer(image, threshold=None)`: `threshold` is reserved for graphs that take the CLAP threshold
-as an input (dynamic token mode); runners of static graphs refuse a value.
+`infer(image, threshold=None)`: `threshold` is for graphs that take the CLAP threshold as an
+input (dynamic token mode, `export --threshold-input`; and the torch runner of such an entry),
+where it is required; runners with the threshold built in refuse a value.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class RunOutput:
     logits: np.ndarray
     merge_stats: Optional[np.ndarray] = None
     tokens: Optional[np.ndarray] = None
+    assignments: Optional[list] = None
 
     # read-only mapping access (`out["logits"]`, `"merge_stats" in out`) over the fields that are set
     def keys(self):
@@ -73,6 +77,8 @@ class Runner:
 
     #: the graph takes the CLAP threshold as an input (dynamic token mode, `--threshold-input`)
     takes_threshold: bool = False
+    #: the export folder entry (`artifacts.Entry`) the runner runs, where known
+    entry = None
 
     def infer(self, image, threshold=None) -> RunOutput:
         """`threshold`: a float for the batch or one per image, for graphs that take it (required

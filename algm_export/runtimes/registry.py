@@ -1,6 +1,8 @@
 """One backend vocabulary for every command: the name -> runner table.
 
-    torch          PyTorch reference (static with the entry's capacities; dynamic with `static=False`)
+    torch          PyTorch: an entry's own token mode (static with its capacities, or dynamic; a
+                   threshold-input entry takes `threshold=`), or `mode="reference"`: the published
+                   per-image reference (spec 1)
     onnxruntime    the entry's ONNX in ONNX Runtime (alias: ort)
     tensorrt       the entry's engine built with TensorRT (alias: trt; needs a CUDA GPU)
     tensorrt-rtx   the entry's engine built with TensorRT-RTX (needs a CUDA GPU)
@@ -64,33 +66,64 @@ def _geometry(entry) -> Optional[tuple]:
     return grid[0] * grid[1], win[0] * win[1]
 
 
-def make_runner(backend: str, entry, precision: str = "fp32", model=None, static: bool = True,
+TORCH_MODES = ("static", "dynamic", "reference")
+
+
+def torch_runner(model, setting=None, capacities=None, token_mode: Optional[str] = None, device="cpu",
+                 assignments: bool = False, takes_threshold: bool = False, name: Optional[str] = None) -> Runner:
+    """The PyTorch runner of `model` with ALGM `setting` (None: the model itself): `apply_algm(model,
+    setting, capacities, token_mode)`; `assignments`: RunOutput.assignments per call (merge pictures);
+    `takes_threshold` (dynamic mode): `infer(x, threshold=t)` sets the CLAP threshold per call."""
+    from algm_export.merging.patch import apply_algm
+    from algm_export.runtimes.torch import TorchRunner
+
+    if setting is None:
+        return TorchRunner(model, name or "torch", device=device)
+    net = apply_algm(model, setting, capacities, token_mode)
+    return TorchRunner(net, name or f"torch-{net.token_mode}", device=device, assignments=assignments,
+                       takes_threshold=takes_threshold)
+
+
+def make_runner(backend: str, entry, precision: str = "fp32", model=None, mode: Optional[str] = None,
                 threads: Optional[int] = None, device: str = "cpu", plugins=None) -> Runner:
     """The runner of `backend` for one `artifacts.Entry` (ONNX and engine files sha256-checked first).
 
-    torch: `model` is the folder's model (`ExportFolder.model()`); the entry's setting runs static with
-    the exported capacities (`static=False`: dynamic, as PyTorch runs it without capacities)."""
+    torch: `model` is the folder's model (`ExportFolder.model()`). `mode` None runs the entry as
+    exported: a static entry with its capacities, a dynamic one in dynamic token mode (per-image
+    exact counts; a threshold-input entry takes `infer(x, threshold=t)`, the reference of its
+    graph at each threshold). `mode="reference"`: the published per-image reference (spec 1)."""
     backend = normalize_backend(backend)
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r} unknown; use one of {', '.join(PRECISIONS)}")
     if backend == "torch":
         import torch
 
-        from algm_export.merging.patch import apply_algm
-        from algm_export.runtimes.torch import TorchRunner
-
         if precision != "fp32":
             raise ConfigError("the torch backend runs fp32 only; use --precision fp32 with --backend torch")
         if model is None:
             raise ConfigError("the torch backend needs the model (ExportFolder.model())")
+        if mode is not None and mode not in TORCH_MODES:
+            raise ConfigError(f"torch mode {mode!r} unknown; use one of {', '.join(TORCH_MODES)}")
         if threads:
             torch.set_num_threads(threads)
-        if entry.is_baseline:
-            return TorchRunner(model, "torch", device=device)
-        s = entry.setting()
-        if static:
-            return TorchRunner(apply_algm(model, s, entry.capacities), "torch-static", device=device)
-        return TorchRunner(apply_algm(model, s), "torch-dynamic", device=device)
+        s = None if entry.is_baseline else entry.setting()
+        mode = mode or entry.token_mode
+        if s is None:
+            r = torch_runner(model, device=device)
+        elif mode == "reference":
+            r = torch_runner(model, s, device=device, name="torch-reference")
+        elif mode == "dynamic":
+            r = torch_runner(model, s, token_mode="dynamic", device=device, takes_threshold=entry.takes_threshold)
+        elif not entry.capacities and entry.is_dynamic:
+            raise ConfigError(f"{entry.name} was exported in dynamic token mode: it has no capacities, so no static "
+                              "PyTorch counterpart; run it with mode None (as exported) or 'reference'")
+        elif not entry.capacities:
+            raise ConfigError(f"manifest.json: setting {entry.name} has no capacities but is not marked "
+                              "\"token_mode\": \"dynamic\", so it has no static PyTorch counterpart; re-export the folder")
+        else:
+            r = torch_runner(model, s, entry.capacities, device=device, name="torch-static")
+        r.entry = entry
+        return r
     if backend == "onnxruntime":
         from algm_export.runtimes.onnxruntime import OrtRunner
 
@@ -102,6 +135,7 @@ def make_runner(backend: str, entry, precision: str = "fp32", model=None, static
         rec = entry.engine(precision, backend, None if plugins is None else bool(plugins))
         r = HostTrtRunner(TrtRunner.from_record(rec, plugins), f"trt:{entry.name}")
     r.token_geometry = _geometry(entry)
+    r.entry = entry
     if model is not None:
         check_input_size(r, model.cfg.image_size, entry.name)
     return r
@@ -119,10 +153,11 @@ def runner_for_file(path, backend: Optional[str] = None, n_patches: Optional[int
     """The runner of one exported .onnx or built engine file outside a folder walk (predict --engine).
 
     A file that an export folder's manifest lists is sha256-checked against it first (and an
-    engine's plugin library with it). `n_patches`, `window`: for the token counts (`tokens_from_merge_stats`)."""
+    engine's plugin library with it); the runner's `entry` is then that manifest entry (else None).
+    `n_patches`, `window`: for the token counts (`tokens_from_merge_stats`)."""
     from pathlib import Path
 
-    from algm_export.manifest import find_listing, verify_file
+    from algm_export.artifacts import ExportFolder
 
     path = Path(path)
     if not path.is_file():
@@ -132,7 +167,8 @@ def runner_for_file(path, backend: Optional[str] = None, n_patches: Optional[int
     if backend == "torch" or onnx_file != (backend == "onnxruntime"):
         raise ConfigError(f"--engine {path.name} cannot run on --backend {backend}: .onnx files run on onnxruntime, "
                           "engines on tensorrt or tensorrt-rtx")
-    listing = find_listing(path)  # a file of an export folder: sha256-checked against its manifest
+    listing = ExportFolder.of_file(path)  # a file of an export folder: sha256-checked against its manifest
+    entry = listing[1] if listing else None
     if backend == "onnxruntime":
         from algm_export.runtimes.onnxruntime import OrtRunner
 
@@ -141,11 +177,12 @@ def runner_for_file(path, backend: Optional[str] = None, n_patches: Optional[int
         from algm_export.runtimes.tensorrt.runner import HostTrtRunner, TrtRunner
 
         rec = listing[2] if listing else None
-        lib = None
-        if rec and rec.get("plugin_library"):
-            lib = verify_file(listing[0], rec["plugin_library"], rec["plugin_sha256"], "plugin library")
-        r = HostTrtRunner(TrtRunner(path, backend=None if rec else backend, record=rec, plugins=lib),
-                          f"trt:{path.name}")
-    if n_patches and window:
+        lib = rec.plugin_path() if rec is not None else None
+        r = HostTrtRunner(TrtRunner(path, backend=None if rec else backend, record=rec.raw if rec else None,
+                                    plugins=lib), f"trt:{path.name}")
+    r.entry = entry
+    if entry is not None and _geometry(entry):
+        r.token_geometry = _geometry(entry)
+    elif n_patches and window:
         r.token_geometry = (n_patches, window)
     return r

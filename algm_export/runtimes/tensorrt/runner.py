@@ -112,7 +112,7 @@ class TrtRunner:
         record.setdefault("file", str(self.path))
         targets = loader.rtx_targets(trt) if self.backend == "tensorrt-rtx" else None
         loader.check_engine_record(record, self.backend, str(trt.__version__), device, targets)
-        from algm_export.manifest import sha256_file
+        from algm_export.artifacts import sha256_file
 
         data = self.path.read_bytes()  # checked and deserialised from the same bytes
         if verify_sha256 and record.get("sha256"):
