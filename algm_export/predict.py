@@ -138,7 +138,7 @@ def file_setting(runner, setting: Optional[AlgmSetting], threshold: Optional[flo
     --threshold / --layers ask for something the file does not run. Else `setting` unchanged."""
     entry = getattr(runner, "entry", None)
     if entry is None:
-        return setting
+        return _unlisted_file_setting(runner, setting, threshold)
     if entry.is_baseline:
         return None
     own = entry.setting()
@@ -152,6 +152,31 @@ def file_setting(runner, setting: Optional[AlgmSetting], threshold: Optional[flo
                           "(the graph takes no threshold input); drop --threshold, or export with --token-mode "
                           "dynamic --threshold-input to choose it at run time")
     return own
+
+
+def _unlisted_file_setting(runner, setting: Optional[AlgmSetting], threshold: Optional[float]):
+    """A file no export folder lists: a threshold-input graph runs at `setting`'s threshold; an ONNX
+    with its threshold built in runs (and is recorded) at the threshold its AlgmClap node carries, and
+    refuses another --threshold; an engine's built-in threshold cannot be read, so --threshold is
+    refused there (run it from its export folder, whose manifest says what it runs)."""
+    if getattr(runner, "path", None) is None or getattr(runner, "takes_threshold", False) or setting is None:
+        return setting
+    name = Path(str(runner.path)).name
+    read = getattr(runner, "built_in_threshold", None)
+    if read is None:
+        if threshold is not None:
+            raise ConfigError(f"--threshold {threshold}: {name} has its threshold built in, and no export folder's "
+                              "manifest lists the file, so which one is not known; drop --threshold, or predict with "
+                              "the engine inside its export folder")
+        return setting
+    own = read()
+    if own is None:  # a baseline graph: nothing merges
+        return None
+    if threshold is not None and abs(float(threshold) - own) > 1e-6:
+        raise ConfigError(f"--threshold {threshold}: {name} has its threshold {own:g} built in (the graph takes no "
+                          "threshold input); drop --threshold, or export with --token-mode dynamic --threshold-input "
+                          "to choose it at run time")
+    return setting.with_threshold(own)
 
 
 # ----------------------------------------------------------------------------- logits -> labels

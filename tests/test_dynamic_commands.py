@@ -265,6 +265,29 @@ def test_predict_threshold_on_a_threshold_input_file(folders, tmp_path, capsys):
                  "--out", str(tmp_path / "s"), "-q"]) == 0
 
 
+def test_predict_unlisted_static_file_uses_its_built_in_threshold(folders, tmp_path, capsys):
+    """A static ONNX copied out of its folder (no manifest lists it): predict records the threshold its
+    AlgmClap node carries, not the checkpoint's default, and refuses another --threshold."""
+    import shutil
+
+    from algm_export.export.pipeline import export_folder
+
+    ck = str(folders["ck"])
+    export_folder(folders["model"], ck, tmp_path / "s", thresholds=[0.8], calib_images=folders["images"])
+    loose = tmp_path / "loose.onnx"
+    shutil.copy(tmp_path / "s" / "t0.800_l1-5.onnx", loose)
+    # the checkpoint's default is 0.88 (no ALGM settings in its variant.yml): a silent fallback would show
+    assert main(["predict", "sample:coffee", "--model", ck, "--engine", str(loose), "--out", str(tmp_path / "a"),
+                 "-q"]) == 0
+    rec = json.loads((tmp_path / "a" / "coffee_tokens.json").read_text())
+    assert rec["threshold"] == pytest.approx(0.8)
+    capsys.readouterr()
+    assert main(["predict", "sample:coffee", "--model", ck, "--engine", str(loose), "--threshold", "0.7",
+                 "--out", str(tmp_path / "b"), "-q"]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "loose.onnx has its threshold 0.8 built in" in line
+
+
 def test_file_setting_refuses_other_layers(folders):
     from algm_export.predict import file_setting
     from algm_export.runtimes.registry import runner_for_file

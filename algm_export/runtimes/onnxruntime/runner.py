@@ -52,6 +52,26 @@ class OrtRunner(Runner):
     def takes_threshold(self) -> bool:
         return "threshold" in self.input_names
 
+    def built_in_threshold(self):
+        """The CLAP threshold the graph's `algm::AlgmClap` node carries (static and fixed-threshold
+        dynamic files), None for a baseline graph or one that takes the threshold as an input.
+        Read from the file's nodes (the weights are not loaded)."""
+        if self.takes_threshold:
+            return None
+        if not hasattr(self, "_built_in_threshold"):
+            import onnx
+
+            found = None
+            graph = onnx.load(self.path, load_external_data=False).graph
+            for node in graph.node:
+                if node.domain == "algm" and node.op_type == "AlgmClap":
+                    for a in node.attribute:
+                        if a.name == "threshold":
+                            found = float(onnx.helper.get_attribute_value(a))
+                    break
+            self._built_in_threshold = found
+        return self._built_in_threshold
+
     def _infer(self, image, threshold=None) -> RunOutput:
         from algm_export.errors import InputError
 
