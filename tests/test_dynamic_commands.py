@@ -265,6 +265,20 @@ def test_predict_threshold_on_a_threshold_input_file(folders, tmp_path, capsys):
                  "--out", str(tmp_path / "s"), "-q"]) == 0
 
 
+def test_export_cli_dynamic_thresholds(folders, tmp_path, capsys):
+    """`export --dynamic-thresholds`: the static settings plus dynamic entries in one folder; refused
+    (exit 2, one line) with --token-mode dynamic."""
+    ck = str(folders["ck"])
+    assert main(["export", ck, "--out", str(tmp_path / "m"), "--thresholds", "0.85", "--dynamic-thresholds", "0.85",
+                 "--calib-images", str(folders["images"])]) == 0
+    f = ExportFolder.load(tmp_path / "m", verify=True)
+    assert [(e.name, e.token_mode) for e in f.settings] == [("t0.850_l1-5", "static"), ("t0.850_l1-5_dyn", "dynamic")]
+    capsys.readouterr()
+    assert main(["export", ck, "--out", str(tmp_path / "d"), "--token-mode", "dynamic", "--dynamic-thresholds",
+                 "0.85"]) == 2
+    assert "--dynamic-thresholds adds dynamic entries to a static export" in _one_line_error(capsys.readouterr().err)
+
+
 def test_predict_unlisted_static_file_uses_its_built_in_threshold(folders, tmp_path, capsys):
     """A static ONNX copied out of its folder (no manifest lists it): predict records the threshold its
     AlgmClap node carries, not the checkpoint's default, and refuses another --threshold."""

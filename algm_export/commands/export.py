@@ -36,6 +36,9 @@ def add_parser(sub):
     p.add_argument("--threshold-input", action="store_true",
                    help="with --token-mode dynamic: one ONNX whose graph takes the CLAP threshold as an input "
                         "(`threshold`, float32 [B]) and serves every threshold")
+    p.add_argument("--dynamic-thresholds", default=None, metavar="T[,T...]",
+                   help="static mode: also export these thresholds in the dynamic token mode, into the same folder "
+                        "(entries <setting>_dyn), to compare both modes side by side (validate, bench, report)")
     p.add_argument("--force", action="store_true", help="re-export into a non-empty folder")
     a.trust_arg(p)
     a.wait_arg(p)
@@ -58,7 +61,9 @@ def run(args) -> int:
                         calib_images=args.calib_images, quantile=args.quantile, inline=args.inline, force=args.force,
                         layers=parse_layers(args.layers), fp16=args.precision == "fp16",
                         capacities=None if args.capacities is None else parse_capacities(args.capacities),
-                        wait=args.wait, token_mode=args.token_mode, threshold_input=args.threshold_input)
+                        wait=args.wait, token_mode=args.token_mode, threshold_input=args.threshold_input,
+                        dynamic_thresholds=None if args.dynamic_thresholds is None
+                        else parse_thresholds(args.dynamic_thresholds))
     rows = [["baseline", "-", "-", "-", man["baseline"]["onnx"], "yes" if man["baseline"]["tensorrt_ready"] else "NO"]]
     for s in man["settings"]:
         cal = s.get("calibration") or {}

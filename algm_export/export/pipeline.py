@@ -104,8 +104,8 @@ def export_folder(model, source: str, out_dir, thresholds=None, calib_images=Non
     dyn_settings = []
     if dynamic_thresholds:
         if token_mode != "static":
-            raise ConfigError("dynamic_thresholds adds dynamic entries to a static export; with token_mode "
-                              "'dynamic' give the thresholds as `thresholds`")
+            raise ConfigError("--dynamic-thresholds adds dynamic entries to a static export; with --token-mode "
+                              "dynamic give the thresholds as --thresholds")
         dyn_settings = settings_for(model, dynamic_thresholds, layers, window)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
