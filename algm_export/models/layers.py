@@ -32,21 +32,11 @@ class KeyMask:
         return self._channels[key]
 
 
-# The float32 padding bias (docs/decisions.md item 33). Not the dtype's lowest value: ONNX Runtime's
-# (MLAS) softmax takes a ~5x slower path for every exp() argument below float32's normal range
-# (~ -87.3), and static engines carry hundreds of padded keys per row; -60 keeps the padded
-# arguments in the fast range for score spreads up to ~27 while their weight, <= e^-60 relative to
-# the row's largest, is below float32 resolution (the sum of real weights is >= 1).
-PAD_BIAS_F32 = -60.0
-PAD_BIAS_F16 = -3.0e4
-
-
 def key_bias_from_size(size: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[B, T] sizes -> additive attention bias [B, 1, 1, T]: 0 for real tokens, a negative value
-    for padding: `PAD_BIAS_F32` in float32 (padding weights <= e^-60 of the largest weight,
-    invisible in float32, and the softmax stays on ONNX Runtime's fast path), -3e4 in float16
-    (exp() of it is 0; finite after the division by the attention scale in `attention_forward`)."""
-    low = PAD_BIAS_F16 if dtype == torch.float16 else PAD_BIAS_F32
+    """[B, T] sizes -> additive attention bias [B, 1, 1, T]: 0 for real tokens, a large negative
+    value for padding (-3e4 in float16, -1e9 in float32: exp() of it is exactly 0, and it stays
+    finite after the division by the attention scale in `attention_forward`)."""
+    low = -3.0e4 if dtype == torch.float16 else -1.0e9
     bias = torch.where(size > 0, torch.zeros((), dtype=dtype, device=size.device),
                        torch.full((), low, dtype=dtype, device=size.device))
     return bias[:, None, None, :]

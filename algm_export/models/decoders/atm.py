@@ -24,8 +24,7 @@ What `ATMHead.forward` does at inference, and how it runs on merged tokens here:
    is separate q / k / v / proj linears; its pre-softmax logits `q.k * head_dim^-0.5`, averaged
    over the heads, *of the stack's last layer* are the stage's mask logits `[B, Q, T]`.
    Here the lateral is computed on the merged tokens of the stage's block (`level.patches`),
-   padding keys get the additive padding bias before the softmax (`layers.PAD_BIAS_F32`: a weight
-   below float32 resolution; docs/decisions.md item 33), and only
+   padding keys get an additive `-1e9` bias before the softmax (zero weight, exactly), and only
    the mask logits are unmerged (`level.unmerge`, the assignment map valid at that block).
 3. SegViT does **not** add the laterals of consecutive stages: the branch that would
    (`laterals.append(lateral + laterals[idx - 1])`) sits behind `if True:` and never runs, so
