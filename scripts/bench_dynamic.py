@@ -53,6 +53,9 @@ def _parity(out: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="builtin:vit_s16_512")
+    ap.add_argument("--init", choices=("builtin", "upstream"), default="builtin",
+                    help="upstream: a built-in mmseg-family model initialised as upstream initialises a fresh "
+                         "model (`<name>_upstream_init`, docs/decisions.md item 32); builtin: the name as given")
     ap.add_argument("--out", default="runs/bench-dynamic")
     ap.add_argument("--threshold", type=float, default=0.88)
     ap.add_argument("--repeats", type=int, default=10, help="timed rounds (each: every photo through every model)")
@@ -63,6 +66,13 @@ def main():
     ap.add_argument("--threshold-check", default="", help="e.g. 0.85,0.88,0.92: threshold-input file vs per-threshold exports")
     ap.add_argument("--photos", default=PHOTOS, help="bundled photos (algm_export.images.SAMPLE_IMAGES), comma-separated")
     a = ap.parse_args()
+    if a.init == "upstream":
+        from algm_export.models.families.setr import UPSTREAM_SUFFIX
+
+        if not a.model.startswith("builtin:"):
+            ap.error("--init upstream goes with a built-in model (builtin:NAME)")
+        if not a.model.endswith(UPSTREAM_SUFFIX):
+            a.model += UPSTREAM_SUFFIX
 
     from algm_export import AlgmSetting, apply_algm
     from algm_export.calibrate import calibrate

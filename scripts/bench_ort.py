@@ -19,6 +19,9 @@ from algm_export.models.registry import resolve_model
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="builtin:vit_s16_512")
+    ap.add_argument("--init", choices=("builtin", "upstream"), default="builtin",
+                    help="upstream: a built-in mmseg-family model initialised as upstream initialises a fresh "
+                         "model (`<name>_upstream_init`, docs/decisions.md item 32); builtin: the name as given")
     ap.add_argument("--out", default="runs/bench-ort")
     ap.add_argument("--thresholds", default="0.85,0.88,0.92")
     ap.add_argument("--repeats", type=int, default=10)
@@ -27,6 +30,13 @@ def main():
     ap.add_argument("--reuse", action="store_true", help="reuse an existing export in --out")
     ap.add_argument("--settle-ms", type=float, default=50.0, help="idle time before each timed run (0: back to back)")
     a = ap.parse_args()
+    if a.init == "upstream":
+        from algm_export.models.families.setr import UPSTREAM_SUFFIX
+
+        if not a.model.startswith("builtin:"):
+            ap.error("--init upstream goes with a built-in model (builtin:NAME)")
+        if not a.model.endswith(UPSTREAM_SUFFIX):
+            a.model += UPSTREAM_SUFFIX
     model = resolve_model(a.model)
     if not (a.reuse and os.path.exists(os.path.join(a.out, "manifest.json"))):
         export_folder(model, a.model, a.out, thresholds=[float(t) for t in a.thresholds.split(",")], force=True)

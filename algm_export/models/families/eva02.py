@@ -75,6 +75,7 @@ from algm_export.models.families.setr import (  # the mmseg-format helpers every
     mmseg_slide_inference,
     normalization_from_config,
     randomize_,
+    UPSTREAM_SUFFIX,
 )
 from algm_export.models.registry import Family, register
 
@@ -606,10 +607,19 @@ def builtin_eva02_config(size: str = "small", image_size=256, patch_size: int = 
 
 
 def builtin_eva02(size: str = "small", image_size=256, patch_size: int = 16, seed: int = 0, n_cls: int = 150,
-                  channels: Optional[int] = None, out_indices=None) -> Eva02UperNet:
-    """An EVA-02 UperNet with seeded random weights (every parameter and BN statistic), eval mode."""
-    model = build_eva02(builtin_eva02_config(size, image_size, patch_size, n_cls, channels, out_indices))
-    randomize_(model, seed)
+                  channels: Optional[int] = None, out_indices=None, init: str = "random") -> Eva02UperNet:
+    """An EVA-02 UperNet with seeded weights, eval mode: `init="random"` every parameter and BN
+    statistic drawn at random (the test suite's models); `init="upstream"` the weights a fresh
+    model gets upstream: timm's `Eva` init for the backbone (seeded), mmseg's for the neck and
+    UPerHead (`mmseg.init_upstream_`; docs/decisions.md item 32)."""
+    cfg = builtin_eva02_config(size, image_size, patch_size, n_cls, channels, out_indices)
+    if mmseg.check_init(init) == "upstream":
+        with mmseg.seeded_construction(seed):
+            model = build_eva02(cfg)
+        mmseg.init_upstream_(model, seed, mmseg_vit=False)
+    else:
+        model = build_eva02(cfg)
+        randomize_(model, seed)
     return model.eval()
 
 
@@ -617,6 +627,7 @@ BUILTIN_MODELS: dict[str, Callable[[], Eva02UperNet]] = {
     f"eva02_{s[0]}16_{size}": partial(builtin_eva02, s, size, 16, 0)
     for s in ("tiny", "small") for size in (256, 512)
 }
+BUILTIN_MODELS[f"eva02_s16_512{UPSTREAM_SUFFIX}"] = partial(builtin_eva02, "small", 512, 16, 0, init="upstream")
 
 
 # ----------------------------------------------------------------------------- registry

@@ -277,3 +277,110 @@ def unknown_mmseg_error(p: Path, config: Optional[Path], known: str, trust: bool
     cfg = read_model(p, config, trust)[0]
     return CheckpointError(f"{p}: an mmsegmentation model of types {model_types(cfg)}, which algm-export does "
                            f"not support; supported: {known}")
+
+
+# ----------------------------------------------------------------------------- upstream initialisation
+
+INITS = ("random", "upstream")
+
+
+def check_init(init: str) -> str:
+    if init not in INITS:
+        raise ConfigError(f"unknown initialisation {init!r}; use one of {list(INITS)}")
+    return init
+
+
+class seeded_construction:
+    """`with seeded_construction(seed): model = build(...)`: the constructors' default initialisation
+    (PyTorch's layer defaults, timm's `Eva` init) drawn from a seeded global RNG, which is restored
+    afterwards, so an `init="upstream"` built-in is the same model on every call."""
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+
+    def __enter__(self):
+        self._rng = torch.random.fork_rng(devices=[])
+        self._rng.__enter__()
+        torch.manual_seed(self.seed)
+        return self
+
+    def __exit__(self, *exc):
+        return self._rng.__exit__(*exc)
+
+
+@torch.no_grad()
+def init_upstream_(model: torch.nn.Module, seed: int = 0, mmseg_vit: bool = True,
+                   head_linear_trunc: bool = False) -> torch.nn.Module:
+    """The weights a fresh model gets from its upstream code's `init_weights()`, on top of the
+    constructors' defaults (build the model inside `seeded_construction(seed)`):
+
+    * `mmseg_vit`: mmsegmentation's `VisionTransformer.init_weights` without a pretrained
+      checkpoint (its 'jax_impl'-style branch): `pos_embed`, `cls_token` and every `nn.Linear`
+      weight truncated normal, std 0.02; Linear biases 0, except the FFN's (N(0, 1e-6^2)); the
+      patch-embedding conv Kaiming normal (fan_in, bias 0); LayerNorms (1, 0). The attention's
+      packed `in_proj_weight` is not an `nn.Linear`: it keeps `nn.MultiheadAttention`'s Xavier
+      uniform (bias 0), as upstream. A timm backbone (EVA-02) keeps timm's constructor init.
+    * decode head and neck (mmcv / mmengine): every `ConvModule`'s conv Kaiming normal (fan_out,
+      ReLU gain, bias 0) and its norm (1, 0); `conv_seg` N(0, 0.01^2), bias 0; LayerNorms (1, 0)
+      (SETR's head `init_cfg`); with `head_linear_trunc` (SegViT's `ATMHead.init_weights`) the
+      head's Linear weights truncated normal 0.02, biases 0. Everything else (upsampling convs,
+      `ConvTranspose2d` of the neck) keeps PyTorch's defaults; BatchNorm statistics (0, 1).
+    Draws come from a generator seeded with `seed`, in sorted module-name order."""
+    from torch import nn
+
+    from algm_export.models.mmseg_bricks import ConvModule
+
+    g = torch.Generator().manual_seed(int(seed) + 1)
+
+    def trunc(t, std):
+        nn.init.trunc_normal_(t, std=std, a=-2.0, b=2.0, generator=g)   # mmengine's bounds (absolute)
+
+    def norm_(m):
+        if getattr(m, "weight", None) is not None:
+            nn.init.ones_(m.weight)
+        if getattr(m, "bias", None) is not None:
+            nn.init.zeros_(m.bias)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+
+    norms = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+    mods = dict(model.named_modules())
+    for name in sorted(mods):
+        m = mods[name]
+        in_backbone = name == "backbone" or name.startswith("backbone.")
+        if in_backbone:
+            if not mmseg_vit:
+                continue
+            if name == "backbone":
+                for p in ("pos_embed", "cls_token"):
+                    if getattr(m, p, None) is not None:
+                        trunc(getattr(m, p), 0.02)
+            elif isinstance(m, nn.Linear):
+                trunc(m.weight, 0.02)
+                if m.bias is not None:
+                    if "ffn" in name:
+                        nn.init.normal_(m.bias, 0.0, 1e-6, generator=g)
+                    else:
+                        nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu", generator=g)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, norms):
+                norm_(m)
+            continue
+        if isinstance(m, ConvModule):
+            nn.init.kaiming_normal_(m.conv.weight, mode="fan_out", nonlinearity="relu", generator=g)
+            if m.conv.bias is not None:
+                nn.init.zeros_(m.conv.bias)
+        elif name.endswith("conv_seg") and isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0.0, 0.01, generator=g)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, norms):
+            norm_(m)
+        elif head_linear_trunc and isinstance(m, nn.Linear) and name.startswith("decode_head."):
+            trunc(m.weight, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return model

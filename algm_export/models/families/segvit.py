@@ -57,6 +57,7 @@ from algm_export.models.families.setr import (
     format_config,
     mmseg_slide_inference,
     normalization_from_config,
+    UPSTREAM_SUFFIX,
     randomize_,
 )
 from algm_export.models.registry import Family, register
@@ -330,19 +331,30 @@ def randomize_segvit_(model: SegViT, seed: int = 0) -> SegViT:
     return model
 
 
-def builtin_segvit(image_size=256, seed: int = 0, n_cls: int = 150) -> SegViT:
-    """A small SegViT (ViT-S/16, 3 stages, built at `image_size`) with seeded random weights
-    (`randomize_segvit_`)."""
+def builtin_segvit(image_size=256, seed: int = 0, n_cls: int = 150, init: str = "random") -> SegViT:
+    """A small SegViT (ViT-S/16, 3 stages, built at `image_size`) with seeded weights:
+    `init="random"` random draws (`randomize_segvit_`, the test suite's models); `init="upstream"`
+    the weights a fresh model gets upstream (`mmseg.init_upstream_`: mmseg's ViT init, the ATM
+    head's Linear layers truncated normal 0.02; docs/decisions.md item 32)."""
+    from algm_export.models.families.mmseg import check_init, init_upstream_, seeded_construction
+
     config = builtin_segvit_config(image_size, n_cls)
-    model = build_segvit(config["model"], config=config)
-    randomize_segvit_(model, seed)
-    model.source = f"builtin:segvit_s16_{_pair(image_size, 'image size')[0]}"
+    if check_init(init) == "upstream":
+        with seeded_construction(seed):
+            model = build_segvit(config["model"], config=config)
+        init_upstream_(model, seed, head_linear_trunc=True)
+    else:
+        model = build_segvit(config["model"], config=config)
+        randomize_segvit_(model, seed)
+    model.source = f"builtin:segvit_s16_{_pair(image_size, 'image size')[0]}" + (
+        UPSTREAM_SUFFIX if init == "upstream" else "")
     return model.eval()
 
 
 BUILTIN_MODELS: dict[str, Callable[[], SegViT]] = {
     f"segvit_s16_{size}": (lambda size=size: builtin_segvit(size, seed=0)) for size in (256, 512)
 }
+BUILTIN_MODELS[f"segvit_s16_512{UPSTREAM_SUFFIX}"] = lambda: builtin_segvit(512, seed=0, init="upstream")
 
 FAMILY_ENTRY = register(Family(
     name=FAMILY,

@@ -383,19 +383,37 @@ def builtin_setr_config(kind: str, image_size=256, n_cls: int = 150) -> dict:
     return model
 
 
-def builtin_setr(kind: str, image_size=256, seed: int = 0, n_cls: int = 150) -> SETR:
-    """A small SETR (ViT-S/16 backbone, built at `image_size`) with seeded random weights, eval mode."""
-    model = build_setr(builtin_setr_config(kind, image_size, n_cls))
-    randomize_(model, seed)
-    model.source = f"builtin:setr_{kind}_vit_s16_{_pair(image_size, 'image size')[0]}"
+def builtin_setr(kind: str, image_size=256, seed: int = 0, n_cls: int = 150, init: str = "random") -> SETR:
+    """A small SETR (ViT-S/16 backbone, built at `image_size`), eval mode, with seeded weights:
+    `init="random"` every parameter drawn at random (`randomize_`, the test suite's models);
+    `init="upstream"` the weights mmsegmentation gives a fresh model (`mmseg.init_upstream_`,
+    the benchmarks' models: docs/performance.md, docs/decisions.md item 32)."""
+    from algm_export.models.families.mmseg import check_init, init_upstream_, seeded_construction
+
+    if check_init(init) == "upstream":
+        with seeded_construction(seed):
+            model = build_setr(builtin_setr_config(kind, image_size, n_cls))
+        init_upstream_(model, seed)
+    else:
+        model = build_setr(builtin_setr_config(kind, image_size, n_cls))
+        randomize_(model, seed)
+    model.source = f"builtin:setr_{kind}_vit_s16_{_pair(image_size, 'image size')[0]}" + (
+        UPSTREAM_SUFFIX if init == "upstream" else "")
     return model.eval()
 
+
+# built-ins initialised as upstream initialises a fresh model carry this suffix
+UPSTREAM_SUFFIX = "_upstream_init"
 
 # name -> factory, for the family registry
 BUILTIN_MODELS: dict[str, Callable[[], SETR]] = {
     f"setr_{kind}_vit_s16_{size}": (lambda kind=kind, size=size: builtin_setr(kind, size, seed=0))
     for kind in ("naive", "pup", "mla") for size in (256, 512)
 }
+BUILTIN_MODELS.update({
+    f"setr_{kind}_vit_s16_512{UPSTREAM_SUFFIX}": (lambda kind=kind: builtin_setr(kind, 512, seed=0, init="upstream"))
+    for kind in ("naive", "pup", "mla")
+})
 
 
 # ----------------------------------------------------------------------------- registry
