@@ -12,7 +12,8 @@ Dynamic token mode entries (decision 30): their work depends on the image, so in
 run the r-th batch of the bench images (cycling; the baseline and static entries, whose work
 does not, run the first batch every round, as before), and their GMACs are the mean per-image
 MACs at the real token counts of the images they ran (`flops.mean_macs` with
-`RunOutput.tokens`): FLOP ratio = baseline MACs / that mean. The tokens column shows their
+`RunOutput.tokens`): FLOP ratio = baseline MACs / that mean; their latency is the mean over
+those batches of each batch's median (the same images as the MACs). The tokens column shows their
 mean and min-max over those images. (At batch > 1 a dynamic graph computes every image of a
 batch at the batch's largest count: `gmacs_at_batch_max` in bench.json.) A threshold-input
 entry is benched at each threshold (its manifest's `thresholds`, or `thresholds=`), one row per
@@ -21,6 +22,7 @@ threshold.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import time
@@ -102,9 +104,11 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
                             tokens[k].append(np.asarray(out.tokens))
                         bar.update(1)
             base_med = float(np.median(times[0]))
+            period = len(xs) // math.gcd(bs, len(xs))     # the cycle of distinct batches
             for (i, t), ts, toks in zip(slots, times, tokens):
                 e = entries[i]
-                results.append(_result(model, e, t, ts, toks, backend, bs, base_med, base_macs, n_patches))
+                results.append(_result(model, e, t, ts, toks, backend, bs, base_med, base_macs, n_patches,
+                                       [r % period for r in range(len(ts))]))
             for r in runners:
                 r.close()
     report = {
@@ -125,13 +129,23 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
     return report
 
 
-def _result(model, e, threshold, times, tokens, backend, bs, base_med, base_macs, n_patches) -> dict:
-    """One row of the benchmark: latency figures, GMACs and FLOP ratio, tokens per image."""
+def _result(model, e, threshold, times, tokens, backend, bs, base_med, base_macs, n_patches, groups) -> dict:
+    """One row of the benchmark: latency figures, GMACs and FLOP ratio, tokens per image.
+
+    A dynamic entry ran a different batch per round (`groups`: the batch of each run): its latency is
+    the mean over those batches of each batch's median, and its MACs the mean over the same batches,
+    so that speed-up and FLOP ratio average the same images (a median over runs of different images
+    would pick one middle image instead)."""
     med = float(np.median(times))
     caps = e.capacities
     row = {"backend": backend, "batch": bs, "setting": e.name,
            "threshold": e.threshold if threshold is None else threshold, "capacities": caps}
     if e.is_dynamic:
+        by_batch: dict = {}
+        for g, t, tk in zip(groups, times, tokens):
+            by_batch.setdefault(g, ([], tk))[0].append(t)
+        med = float(np.mean([np.median(ts) for ts, _ in by_batch.values()]))
+        tokens = [tk for _, tk in by_batch.values()]          # one token record per distinct batch
         counts = np.concatenate(tokens)                      # [images run, steps]: real counts
         macs = mean_macs(model, e.layers, counts.tolist())["total"]
         at_max = [model_macs(model, e.layers, b.max(0).tolist())["total"] for b in tokens]
@@ -226,4 +240,7 @@ def format_bench(report: dict) -> str:
             "speed-up", "speed-up/FLOP"]
     m = report["machine"]
     return (format_table(head, rows) + f"\n  {m['cpus']} CPUs, {m['threads']} threads, {report['repeats']} interleaved "
-            f"repeats, {1e3 * report.get('settle_s', 0):.0f} ms idle before each timed run")
+            f"repeats, {1e3 * report.get('settle_s', 0):.0f} ms idle before each timed run"
+            + ("\n  dynamic rows: a different batch of the images each round; ms = the mean over those batches of "
+               "each one's median, GMACs the mean over the same images"
+               if any(r.get("token_mode") == "dynamic" for r in report["results"]) else ""))
