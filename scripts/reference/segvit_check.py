@@ -122,7 +122,7 @@ def import_mmseg():
 def write_configs(size: int, folder: Path) -> tuple[Path, Path]:
     """(config for our loader: 0.x, `_base_` + top file; config for mmseg 1.x: same, patch_bias=True)."""
     from algm_export.models.families.segvit import builtin_segvit_config
-    from algm_export.models.families.setr import format_config
+    from algm_export.models.families.mmseg import format_config
 
     cfg = builtin_segvit_config(size)
     base = folder / "_base_" / f"seg_vit-s16_{size}.py"

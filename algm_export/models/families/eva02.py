@@ -36,7 +36,7 @@ namings:
 `model.load_report` (ignored / missing / unexpected keys, the key map used, the rotary check).
 Saving writes the mmseg 1.x form (TIMMBackbone config + keys), which mmseg itself loads.
 
-Input: `normalization` in 0..1 units, RGB order (see `families/setr.py:normalization_from_config`).
+Input: `normalization` in 0..1 units, RGB order (see `families/mmseg.py:normalization_from_config`).
 Run size: the slide window for slide inference, else the backbone's `img_size`; images are
 padded bottom / right to whole patches (as mmseg's preprocessor pads) and the logits, resized
 to the padded size with the head's `align_corners`, cropped back.
@@ -66,17 +66,17 @@ from algm_export.models.decoders.uper import (
     resize_bilinear,
 )
 from algm_export.models.families import mmseg
-from algm_export.models.families.setr import (  # the mmseg-format helpers every mmseg family shares
+from algm_export.models.families.mmseg import (  # the mmseg-format helpers every mmseg family shares
     IMAGENET_MEAN_255,
     IMAGENET_STD_255,
-    _inference as inference_from_config,
-    _typename as typename,
     format_config,
+    inference_from_config,
     mmseg_slide_inference,
     normalization_from_config,
     randomize_,
-    UPSTREAM_SUFFIX,
+    typename,
 )
+from algm_export.models.families.setr import UPSTREAM_SUFFIX
 from algm_export.models.registry import Family, register
 
 FAMILY = "eva02"

@@ -14,11 +14,14 @@ import copy
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from algm_export.errors import CheckpointError, ConfigError
+from algm_export.models.backbones.mmseg_vit import _pair
 from algm_export.models.mmseg_config import config_text_from_meta, parse_config
 
 _CACHE: dict = {}
@@ -94,7 +97,7 @@ def build_vit(bb_cfg: Mapping):
     from algm_export.models.backbones.mmseg_vit import MMSegViT
 
     bb_cfg = dict(bb_cfg or {})
-    if _type(bb_cfg) != "VisionTransformer":
+    if typename(bb_cfg) != "VisionTransformer":
         raise ConfigError(f"backbone type {bb_cfg.get('type')!r} is not supported here; use VisionTransformer")
     kw = {k: v for k, v in bb_cfg.items() if k != "type"}
     unknown = sorted(set(kw) - set(VIT_ARGS))
@@ -167,7 +170,7 @@ class MMSegViTConfig:
 
 
 class MMSegWholeInference:
-    """`finish` and `inference` shared by the mmseg families whose heads return one map (SETR, SegViT):
+    """`prepare`, `finish` and `inference` shared by the mmseg families whose heads return one map (SETR, SegViT):
     mmseg's whole inference resizes the head's output straight to the input size with the head's
     `align_corners`; `inference` runs whole or slide as the config's `test_cfg` says."""
 
@@ -184,14 +187,158 @@ class MMSegWholeInference:
 
         return F.interpolate(logits, size=out_hw, mode="bilinear", align_corners=True)
 
+    def prepare(self, im):
+        """The BGR flip where the network consumes BGR, and the patch embedding's zero padding
+        (bottom / right, mmseg's 'corner' `AdaptivePadding`) so that the image is patch-aligned."""
+        if self.cfg.channel_order == "bgr":
+            im = im.flip(1)
+        return self.backbone.patch_embed.pad(im)
+
     def inference(self, im):
         """mmseg `EncoderDecoder.inference`: whole or slide per the config's `test_cfg`."""
-        from algm_export.models.families.setr import mmseg_slide_inference
-
         inf = self.cfg.inference
         if inf["mode"] == "slide":
             return mmseg_slide_inference(self, im, inf["crop_size"], inf["stride"], self.cfg.n_cls)
         return self(im)
+
+
+# ----------------------------------------------------------------------------- config helpers every mmseg family shares
+
+IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
+IMAGENET_STD_255 = (58.395, 57.12, 57.375)
+
+
+def typename(d) -> str:
+    """The short type name of a config dict (`mmseg.VisionTransformer` -> `VisionTransformer`; "" if none)."""
+    return str((d or {}).get("type", "")).split(".")[-1] if isinstance(d, Mapping) else ""
+
+
+
+def normalization_from_config(model_cfg: Mapping, config: Optional[Mapping] = None) -> tuple[dict, str, str]:
+    """(normalization in 0..1 RGB order, channel order the network consumes, where it came from)."""
+    config = config or {}
+    dp = model_cfg.get("data_preprocessor") or config.get("data_preprocessor")
+    if isinstance(dp, Mapping) and (dp.get("mean") is not None or "bgr_to_rgb" in dp or "rgb_to_bgr" in dp):
+        mean, std = dp.get("mean"), dp.get("std")
+        flip = bool(dp.get("bgr_to_rgb", False) or dp.get("rgb_to_bgr", False))
+        source = "data_preprocessor"
+    elif isinstance(config.get("img_norm_cfg"), Mapping):
+        inc = config["img_norm_cfg"]
+        mean, std = inc.get("mean"), inc.get("std")
+        flip = bool(inc.get("to_rgb", False))
+        source = "img_norm_cfg"
+    else:
+        mean, std, flip, source = None, None, False, "none"
+    if mean is None:
+        # mmseg's BaseDataPreprocessor: no normalisation, the 0..255 values as loaded
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    if std is None or len(mean) != 3 or len(std) != 3:
+        raise ConfigError(f"the config's normalisation needs 3 means and 3 stds, got mean={mean!r} std={std!r}")
+    mean = tuple(float(m) / 255.0 for m in mean)
+    std = tuple(float(s) / 255.0 for s in std)
+    # mmseg loads BGR; a flip makes the network's input RGB
+    order = "rgb" if flip else "bgr"
+    if order == "bgr":
+        mean, std = mean[::-1], std[::-1]
+    return {"mean": mean, "std": std}, order, source
+
+
+def inference_from_config(model_cfg: Mapping, config: Mapping) -> dict:
+    tc = model_cfg.get("test_cfg") or config.get("test_cfg") or {}
+    mode = tc.get("mode", "whole")
+    if mode not in ("whole", "slide"):
+        raise ConfigError(f"test_cfg mode {mode!r} is not supported; use 'whole' or 'slide' (as mmseg)")
+    out = {"mode": mode, "crop_size": None, "stride": None}
+    if mode == "slide":
+        if "crop_size" not in tc or "stride" not in tc:
+            raise ConfigError("test_cfg mode 'slide' needs crop_size and stride")
+        out["crop_size"] = list(_pair(tc["crop_size"], "test_cfg.crop_size"))
+        out["stride"] = list(_pair(tc["stride"], "test_cfg.stride"))
+        # the keys `predict` reads (models/inference.py): windows of crop_size every stride, on
+        # the image resized to a short side of min(crop_size), as the ADE20K test pipelines do
+        out.update(window_size=out["crop_size"], window_stride=out["stride"], im_size=min(out["crop_size"]))
+    return out
+
+
+def mmseg_slide_inference(fn: Callable[[torch.Tensor], torch.Tensor], img: torch.Tensor, crop, stride,
+                          n_cls: int) -> torch.Tensor:
+    """mmseg `EncoderDecoder.slide_inference`: windows every `stride`, the last ones flush with the
+    border (a window larger than the image shrinks to it), logits summed and divided by the count.
+
+    `fn` maps a crop `[B, 3, h, w]` to logits `[B, n_cls, h, w]` at the crop's size.
+    """
+    h_stride, w_stride = _pair(stride, "stride")
+    h_crop, w_crop = _pair(crop, "crop size")
+    B, _, h_img, w_img = img.shape
+    h_grids = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
+    w_grids = max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1
+    preds = img.new_zeros((B, n_cls, h_img, w_img), dtype=torch.float32)
+    count = img.new_zeros((B, 1, h_img, w_img), dtype=torch.float32)
+    for hi in range(h_grids):
+        for wi in range(w_grids):
+            y1, x1 = hi * h_stride, wi * w_stride
+            y2, x2 = min(y1 + h_crop, h_img), min(x1 + w_crop, w_img)
+            y1, x1 = max(y2 - h_crop, 0), max(x2 - w_crop, 0)
+            out = torch.as_tensor(fn(img[:, :, y1:y2, x1:x2])).float()
+            preds += F.pad(out, (x1, w_img - x2, y1, h_img - y2))
+            count[:, :, y1:y2, x1:x2] += 1
+    return preds / count
+
+
+def format_config(cfg: Mapping) -> str:
+    """Config text (`name = value` lines, `dict(...)` for identifier-keyed dicts) that
+    `parse_config` and mmengine both read back to the same settings."""
+    def fmt(v, indent=0) -> str:
+        pad = " " * (indent + 4)
+        if isinstance(v, dict):
+            if not v:
+                return "dict()"
+            if all(isinstance(k, str) and k.isidentifier() for k in v):
+                items = [f"{pad}{k}={fmt(x, indent + 4)}" for k, x in v.items()]
+                return "dict(\n" + ",\n".join(items) + ")"
+            items = [f"{pad}{k!r}: {fmt(x, indent + 4)}" for k, x in v.items()]
+            return "{\n" + ",\n".join(items) + "}"
+        if isinstance(v, list):
+            return "[" + ", ".join(fmt(x, indent) for x in v) + "]"
+        if isinstance(v, tuple):
+            return "(" + ", ".join(fmt(x, indent) for x in v) + ("," if len(v) == 1 else "") + ")"
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            return repr(v)
+        raise ConfigError(f"cannot write a {type(v).__name__} into a config")
+    return "\n".join(f"{k} = {fmt(v)}" for k, v in cfg.items()) + "\n"
+
+
+@torch.no_grad()
+def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Every parameter and BatchNorm statistic drawn at random (seeded, by sorted name), so that
+    nothing is an identity by accident: weights N(0, 1/fan_in), norm scales U(0.5, 1.5), biases
+    N(0, 0.05^2), cls / position embeddings N(0, 0.5^2), running means N(0, 0.1^2), running
+    variances U(0.5, 1.5). Works on any module with mmseg's names (ours or mmseg's own)."""
+    g = torch.Generator().manual_seed(int(seed))
+    norm_params = set()
+    for name, m in module.named_modules():
+        if isinstance(m, (nn.LayerNorm, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
+            norm_params |= {f"{name}.{p}" if name else p for p, _ in m.named_parameters(recurse=False)}
+    tensors = dict(module.named_parameters())
+    tensors.update({k: v for k, v in module.named_buffers() if k.endswith(("running_mean", "running_var"))})
+    for name in sorted(tensors):
+        t = tensors[name]
+        shape = t.shape
+        if name.endswith("running_var"):
+            v = torch.rand(shape, generator=g) + 0.5
+        elif name.endswith("running_mean"):
+            v = torch.randn(shape, generator=g) * 0.1
+        elif name in norm_params and name.endswith("weight"):
+            v = torch.rand(shape, generator=g) + 0.5
+        elif name.endswith(("cls_token", "pos_embed")):
+            v = torch.randn(shape, generator=g) * 0.5
+        elif t.dim() >= 2:
+            fan_in = t[0].numel()
+            v = torch.randn(shape, generator=g) / math.sqrt(fan_in)
+        else:
+            v = torch.randn(shape, generator=g) * 0.05
+        t.copy_(v.to(t.dtype))
+    return module
 
 
 # ----------------------------------------------------------------------------- files and dispatch
@@ -246,14 +393,10 @@ def read_model(p: Path, config: Optional[Path], trust: bool = False) -> tuple[di
     return _CACHE[key]
 
 
-def _type(d) -> str:
-    return str((d or {}).get("type", "")).split(".")[-1] if isinstance(d, Mapping) else ""
-
-
 def model_types(cfg: Mapping) -> dict:
     """{"backbone", "neck", "decode_head"} type names of a parsed config's `model`."""
     m = cfg.get("model") or {}
-    return {"backbone": _type(m.get("backbone")), "neck": _type(m.get("neck")), "decode_head": _type(m.get("decode_head"))}
+    return {"backbone": typename(m.get("backbone")), "neck": typename(m.get("neck")), "decode_head": typename(m.get("decode_head"))}
 
 
 def looks_like_mmseg(p: Path, config: Optional[Path]) -> bool:

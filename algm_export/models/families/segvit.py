@@ -11,7 +11,7 @@ Checkpoints: SegViT's are mmseg 0.x files, `{"state_dict": ..., "meta": {...}}`,
 config beside them (parsed, never executed: `models/mmseg_config.py`; `_base_` files resolved as
 mmengine does) or the config text in `meta['config']`. They are read through the mmseg path
 shared with SETR (`families/mmseg.py`: `find_files`, `read_mmseg`, `build_vit`,
-`load_state_dict_checked`; the config helpers of `families/setr.py`); keys
+`load_state_dict_checked`; the config helpers of `families/mmseg.py`); keys
 that only training uses are ignored and listed in `model.load_report["ignored"]`: the ATM
 loss's `decode_head.loss_decode.criterion.empty_weight` buffer (SetCriterion's class weights)
 and any `auxiliary_head.*`. Missing, unexpected or mis-shaped keys raise `CheckpointError`
@@ -47,19 +47,17 @@ from algm_export.models.base import SegModel
 from algm_export.models.decoders.atm import ATMDecoder
 from algm_export.models.families import mmseg
 from algm_export.models.families.mmseg import MMSegViTConfig, MMSegWholeInference, build_vit, load_state_dict_checked, read_mmseg
-from algm_export.models.families.setr import (
-    IGNORED_PREFIXES as SETR_IGNORED,
+from algm_export.models.families.mmseg import (  # the mmseg-format helpers every mmseg family shares
     IMAGENET_MEAN_255,
     IMAGENET_STD_255,
-    _backbone_name,
-    _inference,
-    _typename,
     format_config,
+    inference_from_config as _inference,
     mmseg_slide_inference,
     normalization_from_config,
-    UPSTREAM_SUFFIX,
     randomize_,
+    typename as _typename,
 )
+from algm_export.models.families.setr import IGNORED_PREFIXES as SETR_IGNORED, UPSTREAM_SUFFIX, _backbone_name
 from algm_export.models.registry import Family, register
 
 FAMILY = "segvit"
@@ -212,12 +210,6 @@ class SegViT(MMSegWholeInference, SegModel):
     @property
     def decoder(self) -> ATMDecoder:
         return self.decode_head
-
-    def prepare(self, im: torch.Tensor) -> torch.Tensor:
-        """The BGR flip where the network consumes BGR, and the patch embedding's zero padding."""
-        if self.cfg.channel_order == "bgr":
-            im = im.flip(1)
-        return self.backbone.patch_embed.pad(im)
 
     def macs(self, image_size=None) -> int:
         """Multiply-accumulates of one whole-image forward (no merging)."""
