@@ -9,9 +9,9 @@ build worker) does not pay for torch and timm until a model is needed.
 __version__ = "0.1.0"
 
 _LAZY = {
-    "AlgmError": ("algm_export.errors", "AlgmError"),
-    "AlgmSetting": ("algm_export.merging.setting", "AlgmSetting"),
-    "apply_algm": ("algm_export.merging.patch", "apply_algm"),
+    "AlgmError": ("algm_export.core.errors", "AlgmError"),
+    "AlgmSetting": ("algm_export.core.setting", "AlgmSetting"),
+    "apply_algm": ("algm_export.merging.driver", "apply_algm"),
     "create_segmenter": ("algm_export.models.segmenter", "create_segmenter"),
     "load_segmenter": ("algm_export.models.checkpoint", "load_segmenter"),
 }

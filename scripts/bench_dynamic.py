@@ -13,9 +13,9 @@ scripts/bench_reference.py and docs/performance.md) at batch 1 it then
   pixels whose class agrees, and (dynamic) the real token counts from `merge_stats`, which must
   equal the reference's exactly;
 * times the three models in ONNX Runtime, interleaved (every round runs each photo through each
-  model in turn) with a settle pause before every run (`algm_export/bench.py`, docs/decisions.md
+  model in turn) with a settle pause before every run (`algm_export/tasks/bench.py`, docs/decisions.md
   item 10), and prints the median latency per photo and model, the per-image FLOP ratio (mean
-  MACs over the photos, `algm_export.flops.model_macs`: the static model at its capacities, the
+  MACs over the photos, `algm_export.models.flops.model_macs`: the static model at its capacities, the
   dynamic one at each photo's real counts) and speed-up / FLOP ratio. Target (issue 13): the
   dynamic speed-up >= 0.9 x its FLOP ratio;
 * with --threshold-check T1,T2,...: exports the threshold-input model once and a fixed-threshold
@@ -64,7 +64,7 @@ def main():
     ap.add_argument("--settle-ms", type=float, default=50.0, help="idle time before each timed run (0: back to back)")
     ap.add_argument("--reuse", action="store_true", help="reuse the ONNX files already in --out")
     ap.add_argument("--threshold-check", default="", help="e.g. 0.85,0.88,0.92: threshold-input file vs per-threshold exports")
-    ap.add_argument("--photos", default=PHOTOS, help="bundled photos (algm_export.images.SAMPLE_IMAGES), comma-separated")
+    ap.add_argument("--photos", default=PHOTOS, help="bundled photos (algm_export.models.images.SAMPLE_IMAGES), comma-separated")
     a = ap.parse_args()
     if a.init == "upstream":
         from algm_export.models.families.setr import UPSTREAM_SUFFIX
@@ -75,9 +75,9 @@ def main():
             a.model += UPSTREAM_SUFFIX
 
     from algm_export import AlgmSetting, apply_algm
-    from algm_export.calibrate import calibrate
-    from algm_export.flops import mean_macs, model_macs
-    from algm_export.images import sample_images, to_model_input
+    from algm_export.merging.calibrate import calibrate
+    from algm_export.models.flops import mean_macs, model_macs
+    from algm_export.models.images import sample_images, to_model_input
     from algm_export.merging.static import tokens_from_stats
     from algm_export.models.registry import resolve_model
     from algm_export.runtimes.onnxruntime import OrtRunner

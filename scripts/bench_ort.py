@@ -11,7 +11,7 @@ the capacities, and the measured speed-up; the target is speed-up >= 0.9 x FLOP 
 import argparse
 import os
 
-from algm_export.bench import bench, format_bench
+from algm_export.tasks.bench import bench, format_bench
 from algm_export.export.pipeline import export_folder
 from algm_export.models.registry import resolve_model
 

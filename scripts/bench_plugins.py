@@ -25,7 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from algm_export.plugins import KernelLibrary, build_plugins, find_kernel_library  # noqa: E402
+from algm_export.tasks.plugins import build_plugins  # noqa: E402
+from algm_export.runtimes.plugins import KernelLibrary, find_kernel_library  # noqa: E402
 
 
 def _kernel_library(path: str | None) -> KernelLibrary:

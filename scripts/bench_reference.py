@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from algm_export import AlgmSetting, apply_algm
-from algm_export.calibrate import calibrate
-from algm_export.flops import model_macs
-from algm_export.images import sample_images, to_model_input
+from algm_export.merging.calibrate import calibrate
+from algm_export.models.flops import model_macs
+from algm_export.models.images import sample_images, to_model_input
 from algm_export.models.registry import resolve_model
-from algm_export.tables import format_table
+from algm_export.core.tables import format_table
 
 
 def main():

@@ -67,11 +67,11 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--image", type=int, default=512)
-    ap.add_argument("--photo", default="", help="a bundled photo (algm_export.images) instead of noise")
+    ap.add_argument("--photo", default="", help="a bundled photo (algm_export.models.images) instead of noise")
     ap.add_argument("--top", type=int, default=15)
     a = ap.parse_args()
     if a.photo:
-        from algm_export.images import sample_images, to_model_input
+        from algm_export.models.images import sample_images, to_model_input
 
         img = dict(sample_images(names=[a.photo]))[a.photo]
         x = to_model_input(img, (a.image, a.image), {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)})  # ImageNet

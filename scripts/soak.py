@@ -24,7 +24,7 @@ def rss_mb(field="VmRSS"):
 
 
 def images(n):
-    from algm_export.images import sample_images
+    from algm_export.models.images import sample_images
 
     base = sample_images()
     out = []
@@ -52,9 +52,9 @@ def main():
     import torch
 
     from algm_export import AlgmSetting, apply_algm
-    from algm_export.calibrate import calibrate
+    from algm_export.merging.calibrate import calibrate
     from algm_export.export.exporter import export_onnx
-    from algm_export.images import to_model_input
+    from algm_export.models.images import to_model_input
     from algm_export.models.registry import resolve_model
     from algm_export.runtimes.onnxruntime import OrtRunner
 

@@ -76,12 +76,12 @@ def plugin_library(tmp_path_factory):
     cannot be built here)."""
     from pathlib import Path
 
-    from algm_export.errors import AlgmError
+    from algm_export.core.errors import AlgmError
 
     try:
-        from algm_export.plugins import build_plugins
+        from algm_export.tasks.plugins import build_plugins
     except ImportError as e:
-        pytest.skip(f"the algm plugin library is not available yet (algm_export.plugins: {e})")
+        pytest.skip(f"the algm plugin library is not available yet (algm_export.tasks.plugins: {e})")
     try:
         from test_plugins_support import tensorrt_include
 

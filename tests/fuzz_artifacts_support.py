@@ -48,13 +48,13 @@ def make_base(root: Path) -> dict:
     import torch
     from PIL import Image
 
-    from algm_export.bench import bench
+    from algm_export.tasks.bench import bench
     from algm_export.export.pipeline import export_folder
-    from algm_export.images import sample_images
+    from algm_export.models.images import sample_images
     from algm_export.models.checkpoint import resolve_model, save_segmenter
     from algm_export.models.configs import DecoderConfig, SegmenterConfig
     from algm_export.models.segmenter import Segmenter
-    from algm_export.validate import validate
+    from algm_export.tasks.validate import validate
 
     root.mkdir(parents=True, exist_ok=True)
     cfg = SegmenterConfig(backbone="vit_micro_fuzz", d_model=64, n_heads=2, n_layers=6, patch_size=16,
@@ -81,7 +81,7 @@ def make_base(root: Path) -> dict:
     fake.parent.mkdir(exist_ok=True)
     fake.write_bytes(bytes(random.Random(0).randrange(256) for _ in range(4096)))
     man = json.loads((out / "manifest.json").read_text())
-    from algm_export.manifest import save_manifest, sha256_file
+    from algm_export.core.manifest import save_manifest, sha256_file
 
     man["engines"] = [{"setting": "baseline", "file": "engines/baseline.fp32.engine", "sha256": sha256_file(fake),
                        "bytes": fake.stat().st_size, "backend": "tensorrt-rtx", "backend_version": "0",
@@ -115,7 +115,7 @@ def _replace(path: Path, data: bytes) -> None:
 
 def _inside(c: dict, rel: Any) -> Path:
     """The fuzzer's own writes stay in the case folder, whatever an earlier mutation put in the manifest."""
-    from algm_export.manifest import is_plain_relpath
+    from algm_export.core.manifest import is_plain_relpath
 
     p = (c["dir"] / str(rel)).resolve()
     if not is_plain_relpath(rel) or c["dir"].resolve() not in p.parents or not p.is_file():
@@ -132,7 +132,7 @@ def _save(d: Path, data: Any) -> None:
 
 
 def _sha(path: Path) -> str:
-    from algm_export.manifest import sha256_file
+    from algm_export.core.manifest import sha256_file
 
     return sha256_file(path)
 

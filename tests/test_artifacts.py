@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from algm_export.cli import main
-from algm_export.errors import ArtifactError, FolderInUse
-from algm_export.lock import LOCK_NAME, folder_lock
-from algm_export.manifest import (check_manifest, load_manifest, resolve_inside, save_manifest, sha256_file)
+from algm_export.core.errors import ArtifactError, FolderInUse
+from algm_export.core.lock import LOCK_NAME, folder_lock
+from algm_export.core.manifest import (check_manifest, load_manifest, resolve_inside, save_manifest, sha256_file)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -250,7 +250,7 @@ def test_checkpoint_named_by_the_manifest_is_checked_before_it_is_read(capsys, f
 
 # ----------------------------------------------------------------------------- one writer per folder
 
-HOLD = ("import sys, time; from algm_export.lock import folder_lock\n"
+HOLD = ("import sys, time; from algm_export.core.lock import folder_lock\n"
         "with folder_lock(sys.argv[1], 'test holder'):\n"
         "    print('held', flush=True); time.sleep(float(sys.argv[2]))\n")
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from algm_export.errors import CheckpointError, ConfigError
-from algm_export.merging.patch import apply_algm
-from algm_export.merging.setting import AlgmSetting
+from algm_export.core.errors import CheckpointError, ConfigError
+from algm_export.merging.driver import apply_algm
+from algm_export.core.setting import AlgmSetting
 from algm_export.models.checkpoint import (
     NET_KWARGS_KEYS,
     load_segmenter,

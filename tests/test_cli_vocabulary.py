@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from algm_export.cli import build_parser
-from algm_export.commands import NAMES
+from algm_export.cli import NAMES
 
 ROOT = Path(__file__).resolve().parents[1] / "algm_export"
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")

@@ -18,8 +18,8 @@ import torch
 from algm_export import apply_algm
 from algm_export.artifacts import ExportFolder
 from algm_export.cli import main
-from algm_export.errors import ConfigError, InputError
-from algm_export.flops import mean_macs, model_macs
+from algm_export.core.errors import ConfigError, InputError
+from algm_export.models.flops import mean_macs, model_macs
 from conftest import PHOTOS, photo
 
 THRESHOLDS = (0.8, 0.88)
@@ -177,7 +177,7 @@ def test_threshold_option_errors(folders, capsys):
 
 
 def test_a_token_mismatch_beyond_the_near_tie_allowance_fails():
-    from algm_export.validate import Limits, summarize
+    from algm_export.tasks.validate import Limits, summarize
 
     def images(mismatching):
         return [{"max_abs": 0.0, "mean_abs": 0.0, "agreement": 100.0, "forced": 0, "decision_diff": int(i < mismatching),
@@ -195,7 +195,7 @@ def test_a_token_mismatch_beyond_the_near_tie_allowance_fails():
 def test_bench_dynamic_flop_ratio_is_baseline_over_mean_per_image_macs(folders):
     """Dynamic entries run the bench images in turn; their FLOP ratio is baseline MACs over the mean MACs at
     the real counts of those images (recomputed here with PyTorch's counts), not the static one, not 1."""
-    from algm_export.bench import bench, format_bench
+    from algm_export.tasks.bench import bench, format_bench
 
     model = folders["model"]
     rep = bench(folders["mixed"], backends=["onnxruntime"], images=folders["images"], repeats=4, warmup=0,
@@ -228,7 +228,7 @@ def test_bench_dynamic_flop_ratio_is_baseline_over_mean_per_image_macs(folders):
 
 
 def test_bench_threshold_input_per_threshold(folders):
-    from algm_export.bench import bench
+    from algm_export.tasks.bench import bench
 
     rep = bench(folders["tin"], backends=["onnxruntime"], images=folders["images"], repeats=2, warmup=0,
                 settle_s=0, model=folders["model"], thresholds=[0.6, 0.88])
@@ -303,7 +303,7 @@ def test_predict_unlisted_static_file_uses_its_built_in_threshold(folders, tmp_p
 
 
 def test_file_setting_refuses_other_layers(folders):
-    from algm_export.predict import file_setting
+    from algm_export.tasks.predict import file_setting
     from algm_export.runtimes.registry import runner_for_file
 
     r = runner_for_file(folders["tin"] / "tin_l1-5_dyn.onnx")
@@ -314,9 +314,9 @@ def test_file_setting_refuses_other_layers(folders):
 
 
 def test_report_shows_static_and_dynamic_side_by_side(folders):
-    from algm_export.bench import bench
-    from algm_export.report.html import write_report
-    from algm_export.validate import validate
+    from algm_export.tasks.bench import bench
+    from algm_export.tasks.report.html import write_report
+    from algm_export.tasks.validate import validate
 
     validate(folders["mixed"], images=folders["images"], model=folders["model"], save_outputs=False)
     bench(folders["mixed"], backends=["onnxruntime"], images=folders["images"], repeats=2, warmup=0, settle_s=0,

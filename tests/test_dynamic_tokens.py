@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from algm_export import AlgmSetting, apply_algm
-from algm_export.errors import BackendUnavailable, ConfigError, InputError
+from algm_export.core.errors import BackendUnavailable, ConfigError, InputError
 from algm_export.export.exporter import export_onnx, inline_functions
 from algm_export.export.opmodels import clap_dynamic_model, clap_model, gbm_dynamic_model, gbm_model
 from algm_export.export.readiness import check_readiness
@@ -125,7 +125,7 @@ def test_tokens_from_stats_in_every_mode(tiny_linear, photos_128):
 
 def test_mean_macs_is_the_mean_over_images(tiny_linear):
     """Per-image FLOP ratio (issue 13): baseline MACs over the mean MACs at each image's real counts."""
-    from algm_export.flops import mean_macs, model_macs
+    from algm_export.models.flops import mean_macs, model_macs
 
     counts = [[64, 50], [40, 30], [16, 9]]
     got = mean_macs(tiny_linear, (1, 5), counts)
@@ -142,7 +142,7 @@ def _separated(P, grid=(8, 8), seed=3):
     N = grid[0] * grid[1]
     for s in range(seed, seed + 60):
         x = separated_tokens(B=3, P=P, grid=grid, seed=s)
-        from algm_export.merging.dynamic import window_scores
+        from algm_export.merging.reference import window_scores
 
         sc = window_scores(x[:, P:], grid, (2, 2))
         thr = torch.tensor([float(sc[b].quantile(q)) - 1e-3 for b, q in enumerate((0.25, 0.5, 0.8))])

@@ -4,8 +4,8 @@ import pytest
 
 pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX (tensorrt-rtx-cu13) is not installed")
 
-from algm_export.build import build_engines  # noqa: E402
-from algm_export.manifest import load_manifest, sha256_file  # noqa: E402
+from algm_export.tasks.build import build_engines  # noqa: E402
+from algm_export.core.manifest import load_manifest, sha256_file  # noqa: E402
 
 
 @pytest.fixture(scope="module")

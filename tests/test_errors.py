@@ -77,7 +77,7 @@ def test_bad_input_exit_2_one_line(case, capsys, bad_inputs, ckpt):
 
 
 def test_nan_image_is_refused_by_every_backend(tmp_path, ckpt):
-    from algm_export.errors import InputError
+    from algm_export.core.errors import InputError
     from algm_export.export.pipeline import export_folder
     from algm_export.models.checkpoint import resolve_model
     from algm_export.runtimes.onnxruntime import OrtRunner
@@ -98,8 +98,8 @@ def test_nan_image_is_refused_by_every_backend(tmp_path, ckpt):
 
 def test_missing_plugin_library_is_refused(tmp_path, ckpt):
     pytest.importorskip("tensorrt_rtx")
-    from algm_export.build import build_engines
-    from algm_export.errors import AlgmError
+    from algm_export.tasks.build import build_engines
+    from algm_export.core.errors import AlgmError
     from algm_export.export.pipeline import export_folder
     from algm_export.models.checkpoint import resolve_model
 
@@ -110,7 +110,7 @@ def test_missing_plugin_library_is_refused(tmp_path, ckpt):
 
 def test_interrupted_export_keeps_previous_manifest(tmp_path, ckpt):
     """Kill an export half way: the old manifest stays, nothing half-written is presented."""
-    from algm_export.manifest import load_manifest
+    from algm_export.core.manifest import load_manifest
 
     out = tmp_path / "exp"
     env = dict(os.environ, ALGM_QUIET="1")

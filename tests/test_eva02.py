@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from algm_export import AlgmSetting, apply_algm
-from algm_export.errors import CheckpointError, ConfigError
-from algm_export.flops import model_macs
+from algm_export.core.errors import CheckpointError, ConfigError
+from algm_export.models.flops import model_macs
 from algm_export.models.backbones.eva02 import (
     Eva02Backbone,
     eva02_kwargs,

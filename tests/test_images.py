@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from algm_export.errors import InputError
-from algm_export.images import (
+from algm_export.core.errors import InputError
+from algm_export.models.images import (
     ImageSkippedWarning,
     from_model_input,
     list_images,
@@ -19,7 +19,7 @@ from algm_export.images import (
     sample_images,
     to_model_input,
 )
-from algm_export.visualize import colorize, merge_png, palette, segmentation_png
+from algm_export.tasks.visualize import colorize, merge_png, palette, segmentation_png
 
 
 def _photo(h=20, w=30, seed=0):

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from algm_export import AlgmSetting, apply_algm
-from algm_export.errors import CapacityError, ConfigError, InputError
-from algm_export.merging import dynamic
-from algm_export.merging.patch import check_capacities
+from algm_export.core.errors import CapacityError, ConfigError, InputError
+from algm_export.merging import reference
+from algm_export.merging.driver import check_capacities
 from algm_export.merging.static import clap_static, gbm_capacity_min, gbm_static, rank_desc
 from conftest import smooth_image
 from test_plugins_support import (NODE_MAX_VALUES, expected_gbm_sources, gbm_sources, node_max_tokens,
@@ -124,14 +124,14 @@ def test_clap_exact_decisions_and_invariants(P):
     x = separated_tokens(P=P)
     B, T, D = x.shape
     N = T - P
-    score = dynamic.window_scores(x[:, P:], (4, 4), (2, 2))
+    score = reference.window_scores(x[:, P:], (4, 4), (2, 2))
     thr = float(score.median())
     y, size, assign, stats = clap_static(x, 4, 4, 2, 2, P, N, thr)
     m = (score >= thr).sum(1)
     assert torch.equal(stats[:, 0].long(), m) and (stats[:, 1] == 0).all()
     # identical to the dynamic reference, image by image
     for b in range(B):
-        d = dynamic.clap(x[b:b + 1], torch.ones(1, T), (4, 4), (2, 2), thr, P)
+        d = reference.clap(x[b:b + 1], torch.ones(1, T), (4, 4), (2, 2), thr, P)
         n = d.x.shape[1]
         assert torch.equal(d.assign[0], assign[b].long())
         assert torch.allclose(d.x[0], y[b, :n], atol=1e-6)
@@ -183,12 +183,12 @@ def test_gbm_static_matches_dynamic(P):
     N = grid[0] * grid[1]
     x = separated_tokens(B=3, P=P, grid=grid, seed=5)
     T = x.shape[1]
-    thr = float(dynamic.window_scores(x[:, P:], grid, (2, 2)).median())
+    thr = float(reference.window_scores(x[:, P:], grid, (2, 2)).median())
     y1, s1, a1, st1 = clap_static(x, *grid, 2, 2, P, N, thr)
     y2, s2, a2, st2 = gbm_static(y1, s1, a1, P, N, 5.0)
     for b in range(x.shape[0]):
-        d = dynamic.clap(x[b:b + 1], torch.ones(1, T), grid, (2, 2), thr, P)
-        dg = dynamic.gbm(d.x, d.size, d.assign, P, 5.0)
+        d = reference.clap(x[b:b + 1], torch.ones(1, T), grid, (2, 2), thr, P)
+        dg = reference.gbm(d.x, d.size, d.assign, P, 5.0)
         assert 0 < int(d.merges[0]) < N // 4 and 0 < int(dg.merges[0])   # both steps merge, not everything
         assert int(st1[b, 0]) == int(d.merges[0]) and int(st2[b, 0]) == int(dg.merges[0])
         assert torch.equal(a1[b].long(), d.assign[0]) and torch.equal(a2[b].long(), dg.assign[0])
@@ -211,7 +211,7 @@ def test_gbm_threshold_statistics_cover_all_of_a_without_prefix(P):
     y, s, a, st = gbm_static(x, size, assign, P, C, 1.0)
     assert st.tolist() == [[len(want), 0]]
     assert gbm_sources(a[0], P, nA) == want
-    d = dynamic.gbm(x, size, assign.long(), P, 1.0)
+    d = reference.gbm(x, size, assign.long(), P, 1.0)
     assert int(d.merges[0]) == len(want) and torch.equal(d.assign, a.long())
 
 
@@ -243,7 +243,7 @@ def test_gbm_single_slot_is_a_noop(P):
     assign = torch.zeros(2, 4, dtype=torch.int32)
     y, s, a, st = gbm_static(x, size, assign, P, 1, 5.0)
     assert torch.equal(y, x) and torch.equal(s, size) and torch.equal(a, assign) and (st == 0).all()
-    d = dynamic.gbm(x, size, assign.long(), P, 5.0)
+    d = reference.gbm(x, size, assign.long(), P, 5.0)
     assert torch.equal(d.x, x) and int(d.merges.sum()) == 0
 
 

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from algm_export.export.opmodels import clap_model, gbm_model
-from algm_export.merging import dynamic
+from algm_export.merging import reference
 from algm_export.merging.static import clap_static, gbm_capacity_min, gbm_static
 from test_plugins_support import (MARGIN, NODE_MAX_VALUES, clap_margin, expected_gbm_sources, gbm_margin,
                                   gbm_sources, near_tie_tokens, node_max_tokens, separated_tokens)
@@ -136,7 +136,7 @@ def test_clap_function_orders_near_ties_like_torch(D):
     N, W = grid[0] * grid[1], grid[0] * grid[1] // 4
     x = near_tie_tokens(B, P, grid, D, seed=D)
     want = clap_static(x, grid[0], grid[1], 2, 2, P, N, -1.0)          # every window merges, in rank order
-    from algm_export.merging.dynamic import window_scores
+    from algm_export.merging.reference import window_scores
     score = window_scores(x[:, P:], grid, (2, 2))
     assert all(len(torch.unique(s)) >= 3 for s in score)               # rounding separates the equal windows
     assert (score.max(1).values - score.min(1).values < 1e-5).all()    # ... and nothing else does
@@ -157,7 +157,7 @@ def _separated_chain(P, grid, caps, seed):
     far from rounding (float64 margins), drawn again until they are."""
     for s in range(seed, seed + 50):
         x = separated_tokens(B=3, P=P, grid=grid, seed=s)
-        thr = float(dynamic.window_scores(x[:, P:], grid, (2, 2)).median()) - 1e-3
+        thr = float(reference.window_scores(x[:, P:], grid, (2, 2)).median()) - 1e-3
         if clap_margin(x, *grid, 2, 2, P, thr) <= MARGIN:
             continue
         ok = True
@@ -194,8 +194,8 @@ def test_functions_match_torch_ops_on_separated_inputs(P):
         assert (gw[3][:, 0] > 0).all()
         if C1 == N and C2 == N:
             for b in range(x.shape[0]):
-                d = dynamic.clap(x[b:b + 1], torch.ones(1, P + N), grid, (2, 2), thr, P)
-                dg = dynamic.gbm(d.x, d.size, d.assign, P, 5.0)
+                d = reference.clap(x[b:b + 1], torch.ones(1, P + N), grid, (2, 2), thr, P)
+                dg = reference.gbm(d.x, d.size, d.assign, P, 5.0)
                 assert got[3][b, 0] == int(d.merges[0]) and gg[3][b, 0] == int(dg.merges[0])
                 np.testing.assert_array_equal(gg[2][b], dg.assign[0].numpy())
 

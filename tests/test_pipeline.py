@@ -6,9 +6,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from algm_export.errors import ArtifactError, CapacityError
+from algm_export.core.errors import ArtifactError, CapacityError
 from algm_export.export.pipeline import export_folder
-from algm_export.manifest import load_manifest, sha256_file
+from algm_export.core.manifest import load_manifest, sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_reexport_needs_force(export_dir, ckpt):
 
 
 def test_validate_ort_passes_with_merges(export_dir):
-    from algm_export.validate import format_report, validate
+    from algm_export.tasks.validate import format_report, validate
 
     rep = validate(export_dir, backend="ort", limit_images=4)
     assert rep["pass"], format_report(rep)
@@ -78,7 +78,7 @@ def test_validate_ort_passes_with_merges(export_dir):
 def test_tampered_file_is_refused(export_dir, tmp_path):
     import shutil
 
-    from algm_export.validate import validate
+    from algm_export.tasks.validate import validate
 
     d = tmp_path / "copy"
     shutil.copytree(export_dir, d)
@@ -90,8 +90,8 @@ def test_tampered_file_is_refused(export_dir, tmp_path):
 
 
 def test_bench_and_report(export_dir):
-    from algm_export.bench import bench, format_bench
-    from algm_export.report.html import write_report
+    from algm_export.tasks.bench import bench, format_bench
+    from algm_export.tasks.report.html import write_report
 
     rep = bench(export_dir, backends=["ort"], repeats=2, warmup=1)
     rows = rep["results"]
@@ -138,7 +138,7 @@ def _chromium():
 def test_report_renders_in_headless_chromium(export_dir, tmp_path):
     from PIL import Image
 
-    from algm_export.report.html import write_report
+    from algm_export.tasks.report.html import write_report
 
     page = export_dir / "report" / "index.html"
     if not page.exists():
@@ -175,8 +175,8 @@ def test_validate_with_labels_reports_real_miou(export_dir, tmp_path):
     """ADE20K layout (images/, annotations/, label 0 ignored): real mIoU of PyTorch and the backend."""
     from PIL import Image
 
-    from algm_export.images import sample_images
-    from algm_export.validate import format_report, validate
+    from algm_export.models.images import sample_images
+    from algm_export.tasks.validate import format_report, validate
 
     root = tmp_path / "ade"
     (root / "images").mkdir(parents=True)

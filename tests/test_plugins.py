@@ -43,7 +43,7 @@ def kernel_build(plugin_build_root):
 
 @pytest.fixture(scope="session")
 def emu(kernel_build):
-    from algm_export.plugins import KernelLibrary
+    from algm_export.runtimes.plugins import KernelLibrary
 
     return KernelLibrary(kernel_build["emulation"], emulated=True)
 
@@ -153,7 +153,7 @@ def test_emulated_clap_orders_near_ties_like_torch(emu, D):
     """The kernel sums the window score in torch's CPU order (2x2 windows): windows whose scores are
     equal in exact arithmetic are ranked as the reference ranks them, bit for bit. D = 102 has a
     remainder after the 4 interleaved partial sums, D = 1280 a second cascade level."""
-    from algm_export.merging.dynamic import window_scores
+    from algm_export.merging.reference import window_scores
 
     P, grid, B = 1, (8, 12), 2
     N, W = grid[0] * grid[1], grid[0] * grid[1] // 4
@@ -303,7 +303,7 @@ def test_emulated_dynamic_kernels_match_reference(emu, P, dtype):
     """The dynamic kernels (capacity every slot, per-image thresholds, the slots of the batch
     written by the kernels) = `merging.static.clap_dynamic` / `gbm_dynamic`: the same cut, the same
     decisions, tokens within float rounding."""
-    from algm_export.merging.dynamic import window_scores
+    from algm_export.merging.reference import window_scores
     from algm_export.merging.static import clap_dynamic, gbm_dynamic
 
     gh = gw = 8
@@ -422,7 +422,7 @@ def _rtx_worker(lib: str, out: str) -> int:
     from onnx import TensorProto, helper
 
     import tensorrt_rtx as trt
-    from algm_export.plugins import load_plugin_library
+    from algm_export.runtimes.plugins import load_plugin_library
 
     report: dict = {"version": trt.__version__, "cases": {}}
     logger = trt.Logger(trt.Logger.WARNING)

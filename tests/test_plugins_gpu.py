@@ -29,7 +29,7 @@ if not torch.cuda.is_available():
 
 @pytest.fixture(scope="session")
 def libs(tmp_path_factory):
-    from algm_export.plugins import KernelLibrary
+    from algm_export.runtimes.plugins import KernelLibrary
 
     arch = _arch()
     root = tmp_path_factory.getbasetemp() / "algm_plugins"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from algm_export.merging.dynamic import to_windows, window_patch_index
+from algm_export.merging.reference import to_windows, window_patch_index
 
 MARGIN = 1e-5
 
@@ -42,8 +42,8 @@ def toolchain_missing() -> str | None:
 
 
 def build_once(base: Path, key: str, **kwargs) -> dict:
-    """`algm_export.plugins.build_plugins(build_dir=base/key, **kwargs)`, once per process."""
-    from algm_export.plugins import build_plugins
+    """`algm_export.tasks.plugins.build_plugins(build_dir=base/key, **kwargs)`, once per process."""
+    from algm_export.tasks.plugins import build_plugins
 
     if key not in _BUILDS:
         missing = toolchain_missing()

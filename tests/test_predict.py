@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from algm_export.cli import main
-from algm_export.images import sample_images
-from algm_export.merging.setting import AlgmSetting
+from algm_export.models.images import sample_images
+from algm_export.core.setting import AlgmSetting
 from algm_export.models.checkpoint import save_segmenter
 from algm_export.models.inference import sliding_window_logits, window_anchors, window_plan
 from algm_export.models.segmenter import create_segmenter
-from algm_export.predict import labels_at_size
+from algm_export.tasks.predict import labels_at_size
 
 SIZE = 64
 
@@ -82,7 +82,7 @@ def test_short_side_resize_and_small_images(model):
 
 
 def test_bad_model_fn_output():
-    from algm_export.errors import InputError
+    from algm_export.core.errors import InputError
 
     with pytest.raises(InputError, match="must return"):
         sliding_window_logits(lambda b: b[:, :, :8], torch.randn(1, 3, 32, 32), 16, 16)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from algm_export.artifacts import ExportFolder
-from algm_export.errors import ArtifactError, ConfigError
+from algm_export.core.errors import ArtifactError, ConfigError
 from algm_export.runtimes.base import RunOutput, Runner, tokens_from_merge_stats
 from algm_export.runtimes.registry import make_runner, normalize_backend, parse_backends, runner_for_file
 
@@ -117,7 +117,7 @@ def test_runner_for_file_checks_backend_and_file(folder):
 
 
 def test_predict_backend_needs_an_engine_file():
-    from algm_export.predict import make_runner as predict_runner
+    from algm_export.tasks.predict import make_runner as predict_runner
 
     with pytest.raises(ConfigError, match="give --engine FILE"):
         predict_runner(None, None, "onnxruntime")

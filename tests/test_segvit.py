@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from algm_export import AlgmSetting, apply_algm
-from algm_export.errors import CheckpointError, ConfigError
-from algm_export.flops import model_macs
+from algm_export.core.errors import CheckpointError, ConfigError
+from algm_export.models.flops import model_macs
 from algm_export.models import registry
 from algm_export.models.base import Level, TokenState
 from algm_export.models.families import segvit as sv

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from algm_export.errors import CheckpointError, ConfigError
+from algm_export.core.errors import CheckpointError, ConfigError
 from algm_export.models.base import TokenState
 from algm_export.models.families import setr as S
-from algm_export.models.mmseg_config import parse_config
+from algm_export.models.formats.mmseg_config import parse_config
 
 from conftest import photo, prep
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from algm_export import AlgmSetting, apply_algm
-from algm_export.images import to_model_input
+from algm_export.models.images import to_model_input
 from algm_export.models.families.setr import build_setr, builtin_setr_config, randomize_
 
 try:
@@ -164,7 +164,7 @@ def setr_export(tmp_path_factory):
 @pytest.mark.parametrize("plugins", [False, True], ids=["function-bodies", "plugins"])
 def test_tensorrt_rtx_builds(setr_export, plugins, request):
     pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX (pip install tensorrt-rtx-cu13) is not installed")
-    from algm_export.build import build_engines
+    from algm_export.tasks.build import build_engines
 
     lib = request.getfixturevalue("plugin_library") if plugins else None
     recs = build_engines(setr_export, backend="tensorrt-rtx", compute_capabilities=[86], progress=False,
@@ -182,7 +182,7 @@ def test_cli_end_to_end_with_an_mmseg_checkpoint(tmp_path, capsys):
     import json
 
     from algm_export.cli import main
-    from algm_export.manifest import sha256_file
+    from algm_export.core.manifest import sha256_file
     from algm_export.models.families.setr import save_mmseg_setr
 
     model = tiny_setr("pup", seed=3)

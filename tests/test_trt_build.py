@@ -1,4 +1,4 @@
-"""Engine building with TensorRT-RTX ahead of time (no GPU needed): `algm_export.build`.
+"""Engine building with TensorRT-RTX ahead of time (no GPU needed): `algm_export.tasks.build`.
 
 The export folders are tiny stand-ins (tests/test_trt_build_support.py) with the real
 contract: input `image`, outputs `logits` / `merge_stats`, `algm` custom nodes with
@@ -23,9 +23,9 @@ import algm_export
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX (pip install tensorrt-rtx-cu13) is not installed")
 
-from algm_export.build import EngineBuildError, build_engines, engine_filename, find_engine_record  # noqa: E402
-from algm_export.errors import AlgmError, BackendUnavailable, ConfigError  # noqa: E402
-from algm_export.manifest import load_manifest, sha256_file  # noqa: E402
+from algm_export.tasks.build import EngineBuildError, build_engines, engine_filename, find_engine_record  # noqa: E402
+from algm_export.core.errors import AlgmError, BackendUnavailable, ConfigError  # noqa: E402
+from algm_export.core.manifest import load_manifest, sha256_file  # noqa: E402
 from algm_export.runtimes.tensorrt.loader import make_logger, rtx_env, rtx_link_dir  # noqa: E402
 
 try:
@@ -181,7 +181,7 @@ def test_worker_killed_mid_write_keeps_previous_state(tmp_path, monkeypatch):
 
 def test_parent_killed_mid_build_leaves_valid_manifest(tmp_path):
     d = make_export(tmp_path, thresholds=(0.9, 0.95, 0.97), fp16=False)
-    script = (f"from algm_export.build import build_engines; "
+    script = (f"from algm_export.tasks.build import build_engines; "
               f"build_engines({str(d)!r}, backend='tensorrt-rtx', compute_capabilities=[86], progress=False)")
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

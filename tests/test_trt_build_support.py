@@ -21,7 +21,7 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper
 
-from algm_export.manifest import save_manifest, sha256_file
+from algm_export.core.manifest import save_manifest, sha256_file
 
 OPSET = 18
 IMAGE, PATCH, DIM, N_CLS = 16, 4, 8, 3

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from algm_export.errors import ArtifactError, BackendUnavailable, ConfigError, InputError
+from algm_export.core.errors import ArtifactError, BackendUnavailable, ConfigError, InputError
 from algm_export.runtimes.tensorrt import loader
 
 HAS_RTX = loader.is_available("tensorrt-rtx")
@@ -124,7 +124,7 @@ def test_runner_matches_onnxruntime_on_gpu(tmp_path):
     import onnxruntime as ort
     import torch
 
-    from algm_export.build import build_engines
+    from algm_export.tasks.build import build_engines
     from algm_export.runtimes.tensorrt.runner import TrtRunner
 
     try:

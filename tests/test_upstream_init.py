@@ -4,9 +4,9 @@ fresh model (docs/decisions.md item 32), for the benchmarks; the default built-i
 import pytest
 import torch
 
-from algm_export.errors import ConfigError
+from algm_export.core.errors import ConfigError
 from algm_export.models.families import eva02, segvit, setr
-from algm_export.models.families.mmseg import init_upstream_, seeded_construction
+from algm_export.models.formats.mmseg import init_upstream_, seeded_construction
 from algm_export.models.registry import builtin_names
 
 

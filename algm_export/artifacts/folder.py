@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from algm_export.errors import AlgmError, ArtifactError, ConfigError
-from algm_export.manifest import (REEXPORT, find_listing, load_manifest, resolve_inside, save_manifest,
+from algm_export.core.errors import AlgmError, ArtifactError, ConfigError
+from algm_export.core.manifest import (REEXPORT, find_listing, load_manifest, resolve_inside, save_manifest,
                                   sha256_file, verify_file, write_json_atomic)
 
 PRECISIONS = ("fp32", "fp16")
@@ -109,7 +109,7 @@ class Entry:
 
     def setting(self):
         """The `AlgmSetting` exactly as exported (threshold, window, layers, stored policy); None for the baseline."""
-        from algm_export.merging.setting import AlgmSetting
+        from algm_export.core.setting import AlgmSetting
 
         if self.is_baseline:
             return None
@@ -281,7 +281,7 @@ class ExportFolder:
     def inputs(self, images=None, model=None, limit: Optional[int] = None) -> list[tuple[str, Any]]:
         """[(name, model input [1,3,H,W] tensor)] of `images` (a folder, files; default the bundled sample
         photos), at the model's size and normalization (`model`, else the manifest's model record)."""
-        from algm_export.images import model_inputs
+        from algm_export.models.images import model_inputs
 
         if model is not None:
             return model_inputs(images, limit=limit, model=model)

@@ -25,10 +25,11 @@ import onnx
 import torch
 import torch.nn as nn
 
-from algm_export.errors import ConfigError
-from algm_export.export import functions, ops  # noqa: F401  (ops registers torch.ops.algm.*)
+from algm_export.core.errors import ConfigError
+from algm_export.export import functions
+from algm_export.merging import ops  # noqa: F401  (registers torch.ops.algm.*)
 from algm_export.export.schemas import register_schemas
-from algm_export.merging.patch import AlgmModel
+from algm_export.merging.driver import AlgmModel
 from algm_export.models.base import SegModel
 
 ALGM_OPSET = functions.ALGM
@@ -186,7 +187,7 @@ def export_onnx(model, path: str | os.PathLike, image_size=None, inline: bool = 
     threshold_input (dynamic token mode only): the graph takes CLAP's threshold as a second
     input `threshold` float32 [B] instead of a constant, so one file serves every threshold.
     """
-    from algm_export.manifest import atomic_path
+    from algm_export.core.manifest import atomic_path
 
     if isinstance(model, AlgmModel):
         if not model.exportable:

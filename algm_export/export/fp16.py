@@ -21,7 +21,7 @@ import os
 import torch.nn as nn
 import torch.nn.functional as F
 
-from algm_export.merging.patch import AlgmModel
+from algm_export.merging.driver import AlgmModel
 
 
 class Fp32LayerNorm(nn.LayerNorm):

@@ -15,15 +15,15 @@ from typing import Optional, Sequence
 
 import onnx
 
-from algm_export.calibrate import calibrate
-from algm_export.errors import ArtifactError, ConfigError
+from algm_export.merging.calibrate import calibrate
+from algm_export.core.errors import ArtifactError, ConfigError
 from algm_export.export.exporter import export_onnx
 from algm_export.export.readiness import check_readiness
-from algm_export.lock import LOCK_NAME, folder_lock
-from algm_export.manifest import save_manifest, sha256_file, tool_versions
-from algm_export.merging.patch import apply_algm
-from algm_export.merging.setting import AlgmSetting
-from algm_export.progress import progress_bar, status
+from algm_export.core.lock import LOCK_NAME, folder_lock
+from algm_export.core.manifest import save_manifest, sha256_file, tool_versions
+from algm_export.merging.driver import apply_algm
+from algm_export.core.setting import AlgmSetting
+from algm_export.core.progress import progress_bar, status
 
 
 def model_info(model, source: str) -> dict:
@@ -46,7 +46,7 @@ def model_info(model, source: str) -> dict:
 
 def calibration_tensors(model, calib_images=None, limit: Optional[int] = None):
     """(names, [1,3,H,W] normalised tensors at the model's size) from a folder or the built-in photos."""
-    from algm_export.images import model_inputs
+    from algm_export.models.images import model_inputs
 
     pairs = model_inputs(calib_images, limit=limit, model=model)
     return [n for n, _ in pairs], [x for _, x in pairs]
@@ -90,7 +90,7 @@ def export_folder(model, source: str, out_dir, thresholds=None, calib_images=Non
     capacities: data-dependent token slots); threshold_input (dynamic only): one file whose graph
     takes the threshold as an input, for all `thresholds`. dynamic_thresholds (static mode): also
     export these thresholds in dynamic token mode (entries `<setting>_dyn`), in the same folder.
-    The folder's lock (`algm_export.lock`) is held for the whole export and taken before the
+    The folder's lock (`algm_export.core.lock`) is held for the whole export and taken before the
     folder is checked for emptiness, so of two exports into one new folder only one proceeds;
     the other stops with FolderInUse (or, with `wait`, waits and then finds the folder taken)."""
     if token_mode not in TOKEN_MODES:

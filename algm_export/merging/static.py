@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from algm_export.merging.dynamic import to_windows, window_patch_index, window_scores
+from algm_export.merging.reference import to_windows, window_patch_index, window_scores
 
 
 def rank_desc(values: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:

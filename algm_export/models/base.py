@@ -12,7 +12,7 @@ The decoder reads the outputs of some blocks (`in_layers`, 0-based) as `Level`s:
   `[B, D, Gh, Gw]` map unmerged with the assignment map valid at that layer.
 
 `SegModel.forward_tokens(im, hook)` is the one loop over the blocks; the ALGM driver
-(`algm_export.merging.patch`) passes a `hook` that merges after the attention residual of
+(`algm_export.merging.driver`) passes a `hook` that merges after the attention residual of
 its layers, the baseline passes none. With no merge every `Level.unmerge` is the identity.
 
 Shapes: tokens `x [B, P+T, D]` (P prefix tokens first), `size [B, P+T]` float32 (0 for
@@ -260,7 +260,7 @@ class SegModel(nn.Module):
 
     def set_image_size(self, image_size) -> "SegModel":
         """Re-target the model to another run size (position embedding resized, cfg updated)."""
-        from algm_export.errors import ConfigError
+        from algm_export.core.errors import ConfigError
 
         new = tuple(int(v) for v in ((image_size, image_size) if isinstance(image_size, int) else image_size))
         p = self.cfg.patch_size

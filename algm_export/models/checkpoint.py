@@ -35,8 +35,8 @@ from typing import Any, Optional
 import torch
 import yaml
 
-from algm_export.errors import CheckpointError, ConfigError
-from algm_export.manifest import atomic_path
+from algm_export.core.errors import CheckpointError, ConfigError
+from algm_export.core.manifest import atomic_path
 from algm_export.models.configs import (
     ALIASES,
     BACKBONES,
@@ -45,7 +45,7 @@ from algm_export.models.configs import (
     SegmenterConfig,
     _pair,
 )
-from algm_export.models.safe_load import load_checkpoint_file
+from algm_export.models.formats.safe_load import load_checkpoint_file
 from algm_export.models.segmenter import Segmenter, create_segmenter
 
 CHECKPOINT = "checkpoint.pth"
@@ -213,7 +213,7 @@ def algm_from_variant(variant: dict, where: str = "variant.yml") -> Optional[dic
     ds = variant.get("dataset_kwargs") or {}
     if not isinstance(ds, Mapping) or ds.get("patch_type") != "algm":
         return None
-    from algm_export.merging.setting import AlgmSetting
+    from algm_export.core.setting import AlgmSetting
 
     try:
         s = AlgmSetting.from_variant({"dataset_kwargs": {k: v for k, v in ds.items() if v is not None}})
@@ -244,9 +244,8 @@ def make_variant(cfg: SegmenterConfig, algm=None, extra_variant: Optional[dict] 
     if algm is None and cfg.algm:
         algm = cfg.algm
     if algm is not None:
-        algm = _as_setting(algm)
-        ds.update(patch_type="algm", threshold=float(algm.threshold), selected_layers=list(algm.layers),
-                  merging_window_size=list(algm.window))
+        threshold, layers, window = _algm_fields(algm)
+        ds.update(patch_type="algm", threshold=threshold, selected_layers=layers, merging_window_size=window)
     else:
         ds.update(patch_type="pure", threshold=None, selected_layers=None, merging_window_size=None)
     window = inf.get("window_size", H if H == W else [H, W])
@@ -261,18 +260,21 @@ def make_variant(cfg: SegmenterConfig, algm=None, extra_variant: Optional[dict] 
     return variant
 
 
-def _as_setting(algm):
-    """AlgmSetting from an AlgmSetting, its `to_dict()`, or a dataset_kwargs-style dict."""
-    from algm_export.merging.setting import AlgmSetting
-
-    if isinstance(algm, AlgmSetting):
-        return algm
+def _algm_fields(algm) -> tuple[float, list, list]:
+    """(threshold, layers, window) of an AlgmSetting (any object with those attributes), its
+    `to_dict()`, or a dataset_kwargs-style dict (threshold, selected_layers, merging_window_size)."""
     if isinstance(algm, Mapping):
-        if "layers" in algm or "window" in algm:
-            return AlgmSetting(**{k: v for k, v in algm.items() if k in AlgmSetting.__dataclass_fields__})
-        ds = {k: v for k, v in algm.items() if v is not None}
-        return AlgmSetting.from_variant({"dataset_kwargs": {**ds, "patch_type": "algm"}})
-    raise ConfigError(f"algm must be an AlgmSetting or a dict, got {type(algm).__name__}")
+        layers = algm.get("layers", algm.get("selected_layers"))
+        window = algm.get("window", algm.get("merging_window_size"))
+        threshold = algm.get("threshold")
+    elif all(hasattr(algm, k) for k in ("threshold", "layers", "window")):
+        threshold, layers, window = algm.threshold, algm.layers, algm.window
+    else:
+        raise ConfigError(f"algm must be an AlgmSetting or a dict, got {type(algm).__name__}")
+    if threshold is None:
+        raise ConfigError(f"algm settings without a threshold: {algm!r}")
+    window = _pair(window if window is not None else 2)
+    return float(threshold), list(layers if layers is not None else (1, 5)), list(window)
 
 
 def _deep_update(dst: dict, src: Mapping) -> None:

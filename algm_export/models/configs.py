@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from algm_export.errors import ConfigError
+from algm_export.core.errors import ConfigError
 
 # name -> (d_model, n_heads, n_layers, distilled)
 BACKBONES: dict[str, tuple[int, int, int, bool]] = {

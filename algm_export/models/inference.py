@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from algm_export.errors import ConfigError, InputError
+from algm_export.core.errors import ConfigError, InputError
 
 ModelFn = Callable[[torch.Tensor], object]
 

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from algm_export.errors import ConfigError
+from algm_export.core.errors import ConfigError
 
 # BaseDecodeHead settings that only matter for training: accepted and ignored.
 TRAINING_ONLY = ("loss_decode", "ignore_index", "sampler", "init_cfg", "threshold", "type")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
-from algm_export.errors import CheckpointError, ConfigError
+from algm_export.core.errors import CheckpointError, ConfigError
 
 # Family modules, imported on first use (each calls `register`).
 FAMILY_MODULES = ("segmenter", "setr", "segvit", "eva02")

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from algm_export.errors import ConfigError
+from algm_export.core.errors import ConfigError
 from algm_export.models.backbones.timm_vit import (  # noqa: F401  (re-exported)
     TimmDeiT,
     TimmViT,

@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from algm_export.errors import ArtifactError, ConfigError
+from algm_export.core.errors import ArtifactError, ConfigError
 
 
 @dataclass

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from algm_export.errors import ConfigError
+from algm_export.core.errors import ConfigError
 from algm_export.runtimes.base import Runner, check_input_size
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "tensorrt-rtx")
@@ -74,7 +74,7 @@ def torch_runner(model, setting=None, capacities=None, token_mode: Optional[str]
     """The PyTorch runner of `model` with ALGM `setting` (None: the model itself): `apply_algm(model,
     setting, capacities, token_mode)`; `assignments`: RunOutput.assignments per call (merge pictures);
     `takes_threshold` (dynamic mode): `infer(x, threshold=t)` sets the CLAP threshold per call."""
-    from algm_export.merging.patch import apply_algm
+    from algm_export.merging.driver import apply_algm
     from algm_export.runtimes.torch import TorchRunner
 
     if setting is None:

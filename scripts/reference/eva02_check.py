@@ -72,7 +72,7 @@ def reference_config(size: int) -> dict:
 
 def check_timm(size: int, folder: Path, seed: int, rows: list, details: list) -> None:
     from algm_export.models.families.eva02 import load_mmseg_eva02
-    from algm_export.models.families.mmseg import format_config
+    from algm_export.models.formats.mmseg import format_config
 
     cfg_path = folder / f"eva02_s16_{size}.py"
     cfg_path.write_text(format_config(reference_config(size)))
@@ -148,7 +148,7 @@ def check_eva2(size: int, git_dir: str, folder: Path, seed: int, rows: list, det
     from mmseg.registry import MODELS
 
     from algm_export.models.families.eva02 import load_mmseg_eva02
-    from algm_export.models.families.mmseg import IMAGENET_MEAN_255, IMAGENET_STD_255, format_config, randomize_
+    from algm_export.models.formats.mmseg import IMAGENET_MEAN_255, IMAGENET_STD_255, format_config, randomize_
 
     mod = load_eva2_module(git_dir)
     norm_cfg = dict(type="SyncBN", requires_grad=True)

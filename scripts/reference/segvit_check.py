@@ -122,7 +122,7 @@ def import_mmseg():
 def write_configs(size: int, folder: Path) -> tuple[Path, Path]:
     """(config for our loader: 0.x, `_base_` + top file; config for mmseg 1.x: same, patch_bias=True)."""
     from algm_export.models.families.segvit import builtin_segvit_config
-    from algm_export.models.families.mmseg import format_config
+    from algm_export.models.formats.mmseg import format_config
 
     cfg = builtin_segvit_config(size)
     base = folder / "_base_" / f"seg_vit-s16_{size}.py"
@@ -214,7 +214,7 @@ def check_published_config(git_dir: str, tmp: Path, details: list) -> bool:
     from mmseg.registry import MODELS
 
     from algm_export.models.families.segvit import build_segvit
-    from algm_export.models.mmseg_config import parse_config
+    from algm_export.models.formats.mmseg_config import parse_config
 
     root = tmp / "segvit_configs"
     files = subprocess.check_output(["git", "--git-dir", git_dir, "ls-tree", "-r", "--name-only", "HEAD",

@@ -39,7 +39,7 @@ from timm.layers import apply_rot_embed_cat, build_rotary_pos_embed, resample_ab
 from timm.layers.pos_embed_sincos import RotaryEmbeddingCat
 from timm.models.eva import Eva, EvaAttention, EvaBlock
 
-from algm_export.errors import ConfigError
+from algm_export.core.errors import ConfigError
 from algm_export.models.base import Backbone, TokenState
 from algm_export.models.layers import KeyMask
 

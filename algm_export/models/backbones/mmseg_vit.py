@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from algm_export.errors import ConfigError
+from algm_export.core.errors import ConfigError
 from algm_export.models.base import Backbone, TokenState
 from algm_export.models.layers import KeyMask
 from algm_export.models.mmseg_bricks import build_act, build_norm, norm_abbr

@@ -53,7 +53,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from algm_export.errors import ConfigError
+from algm_export.core.errors import ConfigError
 from algm_export.models.base import Level, TokenDecoder, rows_to_map
 from algm_export.models.layers import bilinear_upsample
 

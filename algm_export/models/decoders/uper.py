@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from algm_export.errors import ConfigError
+from algm_export.core.errors import ConfigError
 from algm_export.models.base import FeatureMapDecoder
 from algm_export.models.mmseg_bricks import BaseDecodeHead, ConvModule, build_norm, head_kwargs
 

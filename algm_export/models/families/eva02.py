@@ -55,7 +55,7 @@ from typing import Callable, Mapping, Optional
 import torch
 import torch.nn.functional as F
 
-from algm_export.errors import CheckpointError, ConfigError
+from algm_export.core.errors import CheckpointError, ConfigError
 from algm_export.models.backbones.eva02 import EVA02_MODELS, EVA_KWARGS, Eva02Backbone, eva02_kwargs
 from algm_export.models.backbones.mmseg_vit import _pair
 from algm_export.models.base import Level, SegModel, TokenState
@@ -65,8 +65,8 @@ from algm_export.models.decoders.uper import (
     build_uper_head,
     resize_bilinear,
 )
-from algm_export.models.families import mmseg
-from algm_export.models.families.mmseg import (  # the mmseg-format helpers every mmseg family shares
+from algm_export.models.formats import mmseg
+from algm_export.models.formats.mmseg import (  # the mmseg-format helpers every mmseg family shares
     IMAGENET_MEAN_255,
     IMAGENET_STD_255,
     format_config,

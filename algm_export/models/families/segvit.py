@@ -41,13 +41,13 @@ from typing import Callable, Mapping, Optional
 
 import torch
 
-from algm_export.errors import ConfigError
+from algm_export.core.errors import ConfigError
 from algm_export.models.backbones.mmseg_vit import MMSegViT, _pair
 from algm_export.models.base import SegModel
 from algm_export.models.decoders.atm import ATMDecoder
-from algm_export.models.families import mmseg
-from algm_export.models.families.mmseg import MMSegViTConfig, MMSegWholeInference, build_vit, load_state_dict_checked, read_mmseg
-from algm_export.models.families.mmseg import (  # the mmseg-format helpers every mmseg family shares
+from algm_export.models.formats import mmseg
+from algm_export.models.formats.mmseg import MMSegViTConfig, MMSegWholeInference, build_vit, load_state_dict_checked, read_mmseg
+from algm_export.models.formats.mmseg import (  # the mmseg-format helpers every mmseg family shares
     IMAGENET_MEAN_255,
     IMAGENET_STD_255,
     format_config,
@@ -328,7 +328,7 @@ def builtin_segvit(image_size=256, seed: int = 0, n_cls: int = 150, init: str = 
     `init="random"` random draws (`randomize_segvit_`, the test suite's models); `init="upstream"`
     the weights a fresh model gets upstream (`mmseg.init_upstream_`: mmseg's ViT init, the ATM
     head's Linear layers truncated normal 0.02; docs/decisions.md item 32)."""
-    from algm_export.models.families.mmseg import check_init, init_upstream_, seeded_construction
+    from algm_export.models.formats.mmseg import check_init, init_upstream_, seeded_construction
 
     config = builtin_segvit_config(image_size, n_cls)
     if check_init(init) == "upstream":

@@ -7,7 +7,7 @@ module tree (it holds the same `neck` / `decode_head` modules the model register
 `decoder.` prefix appears; `model.to()`, `.eval()`, `.half()` reach it through those modules.
 
 Checkpoints: a `.pth` holding `{"state_dict": ..., "meta": {...}}` with the mmseg config beside it
-(a `.py` file, parsed, never executed: `algm_export.models.mmseg_config`), or the config text the
+(a `.py` file, parsed, never executed: `algm_export.models.formats.mmseg_config`), or the config text the
 checkpoint's `meta` carries (`cfg` in 1.x, `config` in 0.x). `auxiliary_head.*` keys are
 training-only and ignored (listed in `model.load_report`).
 
@@ -40,18 +40,18 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from algm_export.errors import ConfigError
+from algm_export.core.errors import ConfigError
 from algm_export.models.backbones.mmseg_vit import MMSegViT, _pair
 from algm_export.models.base import SegModel
 from algm_export.models.decoders.setr import SETRDecoder, SETRMLAHead, SETRUPHead, build_head, build_neck
-from algm_export.models.families.mmseg import PATCH_BIAS_KEY, VIT_ARGS as _BACKBONE_ARGS  # noqa: F401
-from algm_export.models.families.mmseg import MMSegViTConfig, MMSegWholeInference, build_vit, load_state_dict_checked, read_checkpoint, read_mmseg
-from algm_export.models.families.mmseg import short as _short  # noqa: F401
-from algm_export.models.families.mmseg import (  # noqa: F401  (the shared mmseg helpers, also under their old names here)
+from algm_export.models.formats.mmseg import PATCH_BIAS_KEY, VIT_ARGS as _BACKBONE_ARGS  # noqa: F401
+from algm_export.models.formats.mmseg import MMSegViTConfig, MMSegWholeInference, build_vit, load_state_dict_checked, read_checkpoint, read_mmseg
+from algm_export.models.formats.mmseg import short as _short  # noqa: F401
+from algm_export.models.formats.mmseg import (  # noqa: F401  (the shared mmseg helpers, also under their old names here)
     IMAGENET_MEAN_255, IMAGENET_STD_255, format_config, inference_from_config as _inference, mmseg_slide_inference,
     normalization_from_config, randomize_, typename as _typename,
 )
-from algm_export.models.families.mmseg import state_dict_of as _state_dict_of  # noqa: F401
+from algm_export.models.formats.mmseg import state_dict_of as _state_dict_of  # noqa: F401
 
 FAMILY = "setr"
 IGNORED_PREFIXES = ("auxiliary_head.", "data_preprocessor.")
@@ -249,7 +249,7 @@ def builtin_setr(kind: str, image_size=256, seed: int = 0, n_cls: int = 150, ini
     `init="random"` every parameter drawn at random (`randomize_`, the test suite's models);
     `init="upstream"` the weights mmsegmentation gives a fresh model (`mmseg.init_upstream_`,
     the benchmarks' models: docs/performance.md, docs/decisions.md item 32)."""
-    from algm_export.models.families.mmseg import check_init, init_upstream_, seeded_construction
+    from algm_export.models.formats.mmseg import check_init, init_upstream_, seeded_construction
 
     if check_init(init) == "upstream":
         with seeded_construction(seed):
@@ -283,13 +283,13 @@ SETR_HEADS = {"SETRUPHead", "SETRMLAHead"}
 
 
 def _detect(p: Path, config: Optional[Path], trust_checkpoint: bool = False) -> bool:
-    from algm_export.models.families import mmseg
+    from algm_export.models.formats import mmseg
 
     return mmseg.detect_types(p, config, trust_checkpoint, decode_head=SETR_HEADS)
 
 
 def _load(p: Path, config: Optional[Path], image_size=None, strict: bool = True, trust_checkpoint: bool = False):
-    from algm_export.models.families import mmseg
+    from algm_export.models.formats import mmseg
 
     cfg_path, ckpt = mmseg.find_files(p, config)
     return load_mmseg_setr(cfg_path, ckpt, image_size=image_size, strict=strict, trust_checkpoint=trust_checkpoint)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
-from algm_export.errors import BackendUnavailable
+from algm_export.core.errors import BackendUnavailable
 
 
 def make_session(path: str | os.PathLike, threads: Optional[int] = None, providers: Optional[Sequence[str]] = None,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from algm_export.errors import AlgmError, ArtifactError
+from algm_export.core.errors import AlgmError, ArtifactError
 from algm_export.runtimes.onnxruntime.loader import make_session
-from algm_export.merging.patch import check_finite_array
+from algm_export.merging.driver import check_finite_array
 from algm_export.runtimes.base import RunOutput, Runner
 
 
@@ -73,7 +73,7 @@ class OrtRunner(Runner):
         return self._built_in_threshold
 
     def _infer(self, image, threshold=None) -> RunOutput:
-        from algm_export.errors import InputError
+        from algm_export.core.errors import InputError
 
         if isinstance(image, torch.Tensor):
             image = image.detach().cpu().float().numpy()

@@ -2,7 +2,7 @@
 
 Nothing here imports tensorrt at import time. See `loader` for the backend selection and the
 TensorRT-RTX library quirk, `builder` + `worker` for engine building (in a child process,
-driven by `algm_export.build.build_engines`) and `runner` for running engines on a GPU.
+driven by `algm_export.tasks.build.build_engines`) and `runner` for running engines on a GPU.
 """
 
 from algm_export.runtimes.tensorrt.loader import (BACKENDS, describe_environment, resolve_backend,

@@ -2,7 +2,7 @@
 
 `build_engine(job)` takes the JSON job described in ``worker.py`` and returns the serialised
 engine and a result dict. It is meant to run in a child process started with
-`loader.rtx_env()` (see the RTX quirk in ``loader.py``); the parent (``algm_export.build``)
+`loader.rtx_env()` (see the RTX quirk in ``loader.py``); the parent (``algm_export.tasks.build``)
 never parses ONNX with TensorRT itself.
 
 Custom ``algm`` nodes:
@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from algm_export.errors import AlgmError, BackendUnavailable, ConfigError
+from algm_export.core.errors import AlgmError, BackendUnavailable, ConfigError
 from algm_export.runtimes.tensorrt.loader import (creator_names, import_backend, load_plugin_library,
                                                   make_logger, normalize_backend)
 

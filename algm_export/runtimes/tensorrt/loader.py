@@ -29,7 +29,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from algm_export.errors import ArtifactError, BackendUnavailable, ConfigError
+from algm_export.core.errors import ArtifactError, BackendUnavailable, ConfigError
+from algm_export.runtimes.plugins import creator_names, load_plugin_library  # noqa: F401  (re-exported)
 
 BACKENDS = ("tensorrt", "tensorrt-rtx")
 _MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
@@ -202,44 +203,7 @@ def rtx_env_active() -> bool:
 
 # --------------------------------------------------------------------------- plugins
 
-_LOADED_PLUGINS: dict[str, Any] = {}
-
-
-def load_plugin_library(trt, path: str | os.PathLike) -> list[str]:
-    """Register a plugin library through ``getCreators`` (``IPluginRegistry.loadLibrary``).
-
-    Returns the creators it added, as ``"namespace::name/version"``. Loading the same path
-    twice in one process is a no-op. (``polygraphy --plugins`` only dlopens a library, which
-    does not register ``getCreators`` plugins, hence this helper.)
-    """
-    p = Path(path).expanduser().resolve()
-    if not p.is_file():
-        raise BackendUnavailable(f"plugin library {p} does not exist; build it first "
-                                 "(algm_export.plugins.build_plugins) or drop --plugins.")
-    if str(p) in _LOADED_PLUGINS:
-        return _LOADED_PLUGINS[str(p)][1]
-    registry = trt.get_plugin_registry()
-    before = set(creator_names(registry))
-    handle = registry.load_library(str(p))
-    if handle is None:
-        raise BackendUnavailable(
-            f"TensorRT's plugin registry refused {p}: it does not export getCreators, failed to "
-            "load (undefined symbols, built against another TensorRT), or its plugins are "
-            "already registered. See the TensorRT log above."
-        )
-    added = sorted(set(creator_names(registry)) - before)
-    _LOADED_PLUGINS[str(p)] = (handle, added)
-    return added
-
-
-def creator_names(registry) -> list[str]:
-    out = []
-    for c in registry.all_creators:
-        try:
-            out.append(f"{c.plugin_namespace}::{c.name}/{c.plugin_version}")
-        except Exception:  # an exotic creator type: skip it in the listing
-            continue
-    return out
+# The one plugin-library loader is `algm_export.runtimes.plugins.load_plugin_library` (re-exported here).
 
 
 # --------------------------------------------------------------------------- environment

@@ -26,7 +26,7 @@ import os
 import warnings
 from pathlib import Path
 
-from algm_export.errors import ArtifactError, BackendUnavailable, ConfigError, InputError
+from algm_export.core.errors import ArtifactError, BackendUnavailable, ConfigError, InputError
 from algm_export.runtimes.base import RunOutput, Runner
 from algm_export.runtimes.tensorrt import loader
 
@@ -278,7 +278,7 @@ class HostTrtRunner(Runner):
         import numpy as np
         import torch
 
-        from algm_export.merging.patch import check_finite_array
+        from algm_export.merging.driver import check_finite_array
 
         if isinstance(image, np.ndarray):
             image = torch.from_numpy(image)

@@ -12,7 +12,7 @@ JOB.json::
 RESULT.json: ``{"ok": true, ...builder result...}`` or
 ``{"ok": false, "error_type": "EngineBuildError", "error": "message"}``. Exit status 0 / 2
 (an AlgmError) / 3 (an unexpected exception; "traceback" is included). TensorRT's log goes
-to stderr. The parent (``algm_export.build``) starts this with `loader.rtx_env()` so that the
+to stderr. The parent (``algm_export.tasks.build``) starts this with `loader.rtx_env()` so that the
 TensorRT-RTX parser quirk cannot abort it, and reports a crash (signal) with the stderr tail.
 
 Test hook: ``ALGM_EXPORT_WORKER_FAULT=kill-mid-write:<name>`` makes the worker write half of
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__, file=sys.stderr)
         return 64
     job_path, result_path = argv
-    from algm_export.errors import AlgmError
+    from algm_export.core.errors import AlgmError
 
     try:
         with open(job_path) as f:

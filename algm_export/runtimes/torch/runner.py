@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from algm_export.merging.patch import AlgmModel, check_finite_array
+from algm_export.merging.driver import AlgmModel, check_finite_array
 from algm_export.runtimes.base import RunOutput, Runner
 
 
@@ -36,7 +36,7 @@ class TorchRunner(Runner):
         with torch.no_grad():
             if self.takes_threshold:
                 if threshold is None:
-                    from algm_export.errors import InputError
+                    from algm_export.core.errors import InputError
 
                     raise InputError(f"{self.name} takes the CLAP threshold as an input: pass threshold=<float> "
                                      "or one per image")

@@ -1,0 +1,30 @@
+"""Names and small helpers that several layers share: one definition each."""
+
+from __future__ import annotations
+
+from algm_export.core.errors import ConfigError
+
+PRECISIONS = ("fp32", "fp16")          # graph / engine precisions
+TOKEN_MODES = ("static", "dynamic")    # exportable token modes ("reference" is the eager published method)
+
+
+def pair(v, name: str = "size") -> tuple[int, int]:
+    """(H, W) from one number or a one- or two-element sequence; ConfigError naming `name` otherwise.
+
+    >>> pair(512), pair([512, 1024]), pair((16,))
+    ((512, 512), (512, 1024), (16, 16))
+    """
+    if isinstance(v, bool):
+        raise ConfigError(f"{name} must be a size, got {v!r}")
+    if isinstance(v, (list, tuple)):
+        if len(v) not in (1, 2):
+            raise ConfigError(f"{name} {v!r} must be one number or two (H, W)")
+        out = (int(v[0]), int(v[-1]))
+    else:
+        try:
+            out = (int(v), int(v))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be one number or two (H, W), got {v!r}") from None
+    if min(out) < 1:
+        raise ConfigError(f"{name} {v!r} must be positive")
+    return out

@@ -1,0 +1,449 @@
+"""`algm-export predict`: segment image files with a Segmenter (+ ALGM) and show what merged.
+
+Per image NAME, into the output folder:
+
+* `NAME_seg.png`    colour-coded segmentation at the image's own size;
+* `NAME_merge.png`  the model input with the token groups after every merge step (CLAP
+  windows, then GBM groups); for sliding-window runs, the first window;
+* `NAME_tokens.json` token counts per merge step, merges, forced merges, threshold, layers
+  (with `--no-algm`: just the patch count N).
+
+How an image is run: if it fits the model input (both sides <= the model size) and
+`sliding` is off, it is resized to the model size, run once, and the logits resized back.
+Otherwise the published evaluation runs (`models.inference`): short side resized to
+`inference_kwargs.im_size`, sliding windows of `window_size` every `window_stride`, logits
+averaged, then resized to the image size.
+
+Backends: `make_runner(model, setting, backend)` returns a `runtimes.registry` runner
+(`Runner.infer(batch) -> RunOutput`: logits, merge_stats, tokens, and from the torch runner
+the assignment maps for the merge picture). `PredictOptions.backend` takes the registry's
+names (torch, onnxruntime/ort, tensorrt/trt, tensorrt-rtx; CLI `--backend`): torch runs the
+checkpoint (the per-image reference), the others an exported file (`--engine FILE`). A file an
+export folder lists runs the setting its entry records; a threshold-input file (dynamic token
+mode, `export --threshold-input`) runs at `--threshold` (default its first operating point),
+and a file with its threshold built in refuses another one. A runner with a fixed input shape
+sets `input_size = (h, w)`; predict then feeds it only that size.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from algm_export.core.errors import ConfigError, InputError
+from algm_export.models.images import (
+    SAMPLE_IMAGES,
+    expand_sources,
+    from_model_input,
+    iter_images,
+    model_input,
+    sample_images,
+)
+from algm_export.core.setting import AlgmSetting, default_setting, parse_layers  # noqa: F401
+from algm_export.models.registry import DEFAULT_MODEL, resolve_model
+from algm_export.models.inference import sliding_window_logits, window_plan
+from algm_export.models.base import SegModel
+from algm_export.models.layers import interp_matrix
+
+SAMPLE_PREFIX = "sample:"
+
+
+# ----------------------------------------------------------------------------- options, settings
+
+@dataclass
+class PredictOptions:
+    model: Union[str, SegModel] = DEFAULT_MODEL
+    config: Optional[str] = None  # the model's config file, for formats that keep one (mmsegmentation)
+    threshold: Optional[float] = None           # None: the checkpoint's (variant.yml) or the default
+    layers: Optional[Sequence[int]] = None      # None: the checkpoint's or (1, 5) / (1, 7) for ViT-L
+    algm: bool = True
+    out: Union[str, Path] = "predictions"
+    sliding: bool = False                       # force the sliding-window evaluation
+    batch_size: int = 4                         # windows per forward in sliding mode
+    device: str = "cpu"
+    backend: str = "torch"
+    backend_options: dict = field(default_factory=dict)
+    merge_png: bool = True
+    trust_checkpoint: bool = False              # full unpickling of the checkpoint (--trust-checkpoint)
+
+
+def algm_setting_for(model: SegModel, threshold: Optional[float] = None,
+                     layers: Optional[Sequence[int]] = None) -> AlgmSetting:
+    """The ALGM setting to run: the checkpoint's (variant.yml), else the published default,
+    with `threshold` / `layers` overriding. Checked against the model (layers, grid)."""
+    cfg = model.cfg
+    if cfg.algm:
+        base = AlgmSetting.from_variant({"dataset_kwargs": cfg.algm})
+    else:
+        base = default_setting(None, cfg.n_layers)
+    setting = AlgmSetting(base.threshold if threshold is None else float(threshold), base.window,
+                          base.layers if layers is None else tuple(layers), base.policy)
+    setting.check_model(cfg.n_layers, cfg.grid)
+    return setting
+
+
+def resolve_device(name: str) -> torch.device:
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"--device {name!r} is not a device ({e}); use cpu, cuda or cuda:N") from None
+
+
+# ----------------------------------------------------------------------------- backends
+
+def make_runner(model: SegModel, setting: Optional[AlgmSetting], backend: str = "torch", engine=None,
+                device: str = "cpu"):
+    """The predict runner, a `runtimes.registry` runner: torch runs `model` with `setting` (the
+    published per-image reference, with the assignment maps for the merge picture; None: no
+    merging); the other backends run an exported file (`engine=FILE`, .onnx or a built engine)."""
+    from algm_export.runtimes.registry import normalize_backend, runner_for_file, torch_runner
+
+    name = normalize_backend(backend)
+    if name == "torch":
+        if engine:
+            raise ConfigError("--engine runs an exported file: give --backend onnxruntime, tensorrt or tensorrt-rtx "
+                              "(or leave --backend out)")
+        return torch_runner(model, setting, device=str(resolve_device(device)), assignments=True)
+    if not engine:
+        raise ConfigError(f"--backend {name} runs an exported file: give --engine FILE (.onnx or .engine)")
+    window = setting.window if setting is not None else (2, 2)
+    n = model.cfg.grid[0] * model.cfg.grid[1]
+    runner = runner_for_file(engine, name, n_patches=n, window=window[0] * window[1])
+    runner.input_size = tuple(model.cfg.image_size)
+    runner.path = Path(engine)
+    return runner
+
+
+def runner_info(runner) -> dict:
+    """What NAME_tokens.json records about the runner."""
+    if getattr(runner, "path", None) is not None:
+        return {"backend": runner.backend, "engine": str(runner.path)}
+    return {"backend": runner.backend, "device": str(getattr(runner, "device", "cpu"))}
+
+
+def file_setting(runner, setting: Optional[AlgmSetting], threshold: Optional[float],
+                 layers: Optional[Sequence[int]]) -> Optional[AlgmSetting]:
+    """The setting an exported file runs, for a file an export folder lists (`runner.entry`): the entry's
+    own (a threshold-input file at `threshold`, default its first operating point); ConfigError when
+    --threshold / --layers ask for something the file does not run. Else `setting` unchanged."""
+    entry = getattr(runner, "entry", None)
+    if entry is None:
+        return _unlisted_file_setting(runner, setting, threshold)
+    if entry.is_baseline:
+        return None
+    own = entry.setting()
+    if layers is not None and tuple(layers) != tuple(own.layers):
+        raise ConfigError(f"--layers {','.join(map(str, layers))}: {runner.path.name} merges at layers "
+                          f"{','.join(map(str, own.layers))}; drop --layers or export those layers")
+    if entry.takes_threshold:
+        return own if threshold is None else own.with_threshold(float(threshold))
+    if threshold is not None and abs(float(threshold) - float(own.threshold)) > 1e-9:
+        raise ConfigError(f"--threshold {threshold}: {runner.path.name} has its threshold {own.threshold} built in "
+                          "(the graph takes no threshold input); drop --threshold, or export with --token-mode "
+                          "dynamic --threshold-input to choose it at run time")
+    return own
+
+
+def _unlisted_file_setting(runner, setting: Optional[AlgmSetting], threshold: Optional[float]):
+    """A file no export folder lists: a threshold-input graph runs at `setting`'s threshold; an ONNX
+    with its threshold built in runs (and is recorded) at the threshold its AlgmClap node carries, and
+    refuses another --threshold; an engine's built-in threshold cannot be read, so --threshold is
+    refused there (run it from its export folder, whose manifest says what it runs)."""
+    if getattr(runner, "path", None) is None or getattr(runner, "takes_threshold", False) or setting is None:
+        return setting
+    name = Path(str(runner.path)).name
+    read = getattr(runner, "built_in_threshold", None)
+    if read is None:
+        if threshold is not None:
+            raise ConfigError(f"--threshold {threshold}: {name} has its threshold built in, and no export folder's "
+                              "manifest lists the file, so which one is not known; drop --threshold, or predict with "
+                              "the engine inside its export folder")
+        return setting
+    own = read()
+    if own is None:  # a baseline graph: nothing merges
+        return None
+    if threshold is not None and abs(float(threshold) - own) > 1e-6:
+        raise ConfigError(f"--threshold {threshold}: {name} has its threshold {own:g} built in (the graph takes no "
+                          "threshold input); drop --threshold, or export with --token-mode dynamic --threshold-input "
+                          "to choose it at run time")
+    return setting.with_threshold(own)
+
+
+# ----------------------------------------------------------------------------- logits -> labels
+
+def labels_at_size(logits: torch.Tensor, size: Sequence[int], max_bytes: int = 256 << 20) -> np.ndarray:
+    """argmax over classes of `logits [1, C, h, w]` bilinearly resized to `size` (H, W).
+
+    Small outputs: `F.interpolate` + argmax. Large images (C*H*W floats above `max_bytes`): the
+    same separable bilinear weights applied in bands of rows, so memory stays bounded.
+    """
+    H, W = int(size[0]), int(size[1])
+    C, h, w = logits.shape[1:]
+    if C * H * W * 4 <= max_bytes:
+        up = logits if (h, w) == (H, W) else F.interpolate(logits.float(), size=(H, W), mode="bilinear",
+                                                           align_corners=False)
+        return up[0].argmax(0).cpu().numpy().astype(np.int32)
+    L = logits[0].float()
+    ry = interp_matrix(h, H, L.device)
+    rxt = interp_matrix(w, W, L.device).t().contiguous()
+    rows = max(1, max_bytes // (C * W * 4))
+    out = np.empty((H, W), dtype=np.int32)
+    for r0 in range(0, H, rows):
+        band = torch.einsum("yh,chw->cyw", ry[r0:r0 + rows], L) @ rxt        # [C, rows, W]
+        out[r0:r0 + rows] = band.argmax(0).cpu().numpy()
+    return out
+
+
+# ----------------------------------------------------------------------------- one image
+
+@dataclass
+class Prediction:
+    name: str
+    labels: np.ndarray                 # [H, W] int32 class per pixel
+    tokens: dict                       # what goes into NAME_tokens.json
+    view: Optional[np.ndarray] = None  # uint8 image of the (first) model input, for the merge picture
+    assignments: Optional[list] = None  # per step [N] of that input
+    grid: Optional[tuple[int, int]] = None
+
+
+def _model_size(model: SegModel, runner) -> tuple[int, int]:
+    size = getattr(runner, "input_size", None)
+    return tuple(int(v) for v in (size or model.cfg.image_size))
+
+
+def _window_settings(model: SegModel, runner) -> tuple[tuple[int, int], tuple[int, int], int]:
+    inf = model.cfg.inference or {}
+    msize = _model_size(model, runner)
+
+    def pair(v):
+        return (int(v[0]), int(v[1])) if isinstance(v, (list, tuple)) else (int(v), int(v))
+
+    ws = pair(inf.get("window_size", msize))
+    fixed = getattr(runner, "input_size", None)
+    if fixed is not None and tuple(ws) != tuple(fixed):
+        ws = tuple(fixed)  # a fixed-shape engine dictates the window
+    stride = pair(inf.get("window_stride", ws))
+    im_size = int(inf.get("im_size", min(ws)))
+    return ws, stride, im_size
+
+
+def _mean(v: Sequence[int]):
+    m = float(np.mean(v))
+    return int(m) if m == int(m) else round(m, 2)
+
+
+def predict_image(model: SegModel, runner, img: np.ndarray, name: str = "image",
+                  setting: Optional[AlgmSetting] = None, sliding: bool = False,
+                  batch_size: int = 4) -> Prediction:
+    """Segment one uint8 [H, W, 3] image with `runner`; collect the merge statistics."""
+    cfg = model.cfg
+    H, W = img.shape[:2]
+    msize = _model_size(model, runner)
+    per_window: list[dict] = []
+    first: dict = {}
+
+    thr = {"threshold": setting.threshold} if getattr(runner, "takes_threshold", False) and setting else {}
+
+    def run(batch: torch.Tensor, anchors=None) -> torch.Tensor:
+        out = runner.infer(batch, **thr)
+        stats = None if out.merge_stats is None or out.tokens is None else {
+            "tokens": out.tokens, "merges": out.merge_stats[..., 0], "forced": out.merge_stats[..., 1]}
+        for j in range(batch.shape[0]):
+            rec: dict = {"anchor": list(anchors[j]) if anchors else [0, 0]}
+            if stats is not None:
+                rec.update({k: [int(v) for v in stats[k][j]] for k in ("tokens", "merges", "forced")})
+            per_window.append(rec)
+        if not first:
+            first["view"] = from_model_input(batch[:1], cfg.normalization)
+            first["grid"] = (batch.shape[-2] // cfg.patch_size, batch.shape[-1] // cfg.patch_size)
+            if out.assignments is not None:
+                first["assign"] = [np.asarray(a[0]) for a in out.assignments]
+        return torch.from_numpy(out.logits)
+
+    t0 = time.perf_counter()
+    if not sliding and H <= msize[0] and W <= msize[1]:
+        mode = "single"
+        x = model_input(img, model, msize)
+        logits = run(x)
+        extra = {"input_size": list(msize)}
+    else:
+        mode = "sliding"
+        ws, stride, im_size = _window_settings(model, runner)
+        plan = window_plan((H, W), ws, stride, im_size)
+        x = model_input(img, model, plan["resized"])
+        pending: list = []
+        logits = sliding_window_logits(lambda b: run(b, pending.pop(0)), x, ws, stride, None, batch_size,
+                                       on_batch=lambda anchors, crops: pending.append(anchors))
+        extra = {"input_size": list(ws), "resized": list(plan["resized"]), "window_size": list(ws),
+                 "window_stride": list(stride), "im_size": im_size}
+    labels = labels_at_size(logits, (H, W))
+    seconds = time.perf_counter() - t0
+
+    grid = first.get("grid") or cfg.grid
+    N = int(grid[0] * grid[1])
+    tokens: dict = {"image": name, "size": [int(H), int(W)], "mode": mode, "windows": len(per_window), **extra,
+                    "grid": list(grid), "N": N, "algm": setting is not None}
+    if setting is not None:
+        steps = []
+        kinds = ["clap"] + ["gbm"] * (len(setting.layers) - 1)
+        for i, (layer, kind) in enumerate(zip(setting.layers, kinds)):
+            vals = {k: [w[k][i] for w in per_window if k in w] for k in ("tokens", "merges", "forced")}
+            if not vals["tokens"]:
+                continue
+            agg = {k: _mean(v) for k, v in vals.items()}   # one window: exact; several: mean
+            steps.append({"layer": int(layer), "op": kind, **agg})
+        tokens.update({
+            "threshold": setting.threshold, "layers": list(setting.layers), "window": list(setting.window),
+            "policy": setting.policy, "steps": steps,
+            "tokens": [N] + [s["tokens"] for s in steps],
+            "merges": [s["merges"] for s in steps], "forced": [s["forced"] for s in steps],
+        })
+        if len(per_window) > 1:
+            tokens["per_window"] = per_window
+    else:
+        tokens["tokens"] = [N]
+    tokens["seconds"] = round(seconds, 4)
+    return Prediction(name=name, labels=labels, tokens=tokens, view=first.get("view"),
+                      assignments=first.get("assign"), grid=tuple(grid))
+
+
+def write_prediction(pred: Prediction, out_dir: Union[str, Path], setting: Optional[AlgmSetting],
+                     patch_size: int, merge_png: bool = True, extra: Optional[dict] = None) -> dict:
+    """NAME_seg.png, NAME_merge.png (ALGM only), NAME_tokens.json. Returns {kind: path}."""
+    from algm_export.artifacts import write_json_atomic
+    from algm_export.tasks.visualize import merge_png as write_merge, segmentation_png, step_titles
+
+    out = Path(out_dir)
+    paths = {"seg": segmentation_png(pred.labels, out / f"{pred.name}_seg.png")}
+    if merge_png and setting is not None and pred.assignments and pred.view is not None:
+        paths["merge"] = write_merge(pred.view, pred.assignments, pred.grid, patch_size,
+                                     out / f"{pred.name}_merge.png", titles=step_titles(setting.layers))
+    data = dict(pred.tokens)
+    if extra:
+        data.update(extra)
+    paths["tokens"] = out / f"{pred.name}_tokens.json"
+    write_json_atomic(paths["tokens"], data)
+    return paths
+
+
+# ----------------------------------------------------------------------------- many images
+
+def gather_inputs(specs: Sequence[Union[str, Path]]) -> tuple[int, Iterator[tuple[str, str, np.ndarray]]]:
+    """(count, iterator of (name, source, uint8 image)) for files, folders and `sample:NAME` /
+    `sample:all`. Paths are checked before anything is read (InputError for a missing path or
+    an empty folder); unreadable files are skipped with a warning as they come."""
+    if not specs:
+        raise InputError("no image given: name image files or folders (or sample:all for the built-in photos)")
+    samples: list[str] = []
+    paths: list[Path] = []
+    for s in specs:
+        s = str(s)
+        if s.startswith(SAMPLE_PREFIX):
+            which = s[len(SAMPLE_PREFIX):]
+            if which in ("all", "*", ""):
+                samples.extend(SAMPLE_IMAGES)
+            elif which in SAMPLE_IMAGES:
+                samples.append(which)
+            else:
+                raise InputError(f"unknown sample image {which!r}; choose from sample:all or "
+                                 + ", ".join(f"sample:{n}" for n in SAMPLE_IMAGES))
+        else:
+            paths.append(Path(s))
+    files = expand_sources(paths)[0] if paths else []
+
+    def gen():
+        if samples:
+            for name, img in sample_images(names=samples):
+                yield name, f"{SAMPLE_PREFIX}{name}", img
+        if files:
+            for p, img in iter_images(files):
+                yield p.stem, str(p), img
+
+    return len(samples) + len(files), gen()
+
+
+def _unique(name: str, used: set) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name) or "image"
+    out, i = safe, 2
+    while out in used:
+        out, i = f"{safe}_{i}", i + 1
+    used.add(out)
+    return out
+
+
+def run_predict(images: Sequence[Union[str, Path]], options: Optional[PredictOptions] = None,
+                progress: bool = True, runner=None) -> list[dict]:
+    """Segment every image; write the output files; return one record per image.
+
+    runner: a ready runner (else built from `options.backend`).
+    """
+    opts = options or PredictOptions()
+    if not opts.algm and (opts.threshold is not None or opts.layers is not None):
+        raise ConfigError("--threshold/--layers set ALGM, which --no-algm turns off; drop one of them")
+    if opts.batch_size < 1:
+        raise ConfigError(f"--batch-size {opts.batch_size} must be at least 1")
+    total, items = gather_inputs(images)          # fails fast on bad paths, before the model loads
+    model = resolve_model(opts.model, config=opts.config, trust_checkpoint=opts.trust_checkpoint)
+    setting = algm_setting_for(model, opts.threshold, opts.layers) if opts.algm else None
+    if runner is None:
+        runner = make_runner(model, setting, opts.backend, device=opts.device, **opts.backend_options)
+        if opts.algm:
+            setting = file_setting(runner, setting, opts.threshold, opts.layers)
+    out_dir = Path(opts.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = model.describe()
+    run_info = {"model": summary["source"], "backbone": summary["backbone"], "decoder": summary["decoder"],
+                **runner_info(runner)}
+
+    from tqdm import tqdm
+
+    records, used = [], set()
+    bar = tqdm(total=total, unit="img", disable=not progress or total < 2, dynamic_ncols=True, leave=False)
+    try:
+        for name, source, img in items:
+            name = _unique(name, used)
+            bar.set_postfix_str(name)
+            pred = predict_image(model, runner, img, name, setting, opts.sliding, opts.batch_size)
+            paths = write_prediction(pred, out_dir, setting, model.cfg.patch_size, opts.merge_png,
+                                     extra={"source": source, **run_info})
+            records.append({**pred.tokens, "source": source, "files": {k: str(v) for k, v in paths.items()}})
+            bar.update(1)
+    finally:
+        bar.close()
+    return records
+
+
+def format_table(records: Sequence[dict]) -> str:
+    """A readable table of `run_predict` records."""
+    head = ["image", "size", "run", "N", "tokens per step", "reduction", "merges", "forced", "time"]
+    rows = []
+    for r in records:
+        toks = r.get("tokens", [r.get("N")])
+        fmt = [str(t) if isinstance(t, int) else f"{t:.1f}" for t in toks]
+        red = f"{100 * (1 - toks[-1] / toks[0]):.1f}%" if r.get("algm") and toks[0] else "-"
+        n_win = r["windows"]
+        run = "1 forward" if r["mode"] == "single" else f"{n_win} window" + ("s" if n_win != 1 else "")
+        merges = "/".join(str(m) if isinstance(m, int) else f"{m:.1f}" for m in r.get("merges", [])) or "-"
+        forced = str(sum(r.get("forced", []))) if r.get("algm") else "-"
+        rows.append([r["image"], f"{r['size'][1]}x{r['size'][0]}", run, str(r["N"]), " > ".join(fmt), red,
+                     merges, forced, f"{r['seconds']:.2f}s"])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+__all__ = [
+    "Prediction", "PredictOptions", "algm_setting_for", "file_setting", "format_table", "gather_inputs",
+    "labels_at_size", "make_runner", "parse_layers", "predict_image", "resolve_device", "runner_info",
+    "run_predict", "write_prediction",
+]
