@@ -12,8 +12,8 @@ _LAZY = {
     "AlgmError": ("algm_export.core.errors", "AlgmError"),
     "AlgmSetting": ("algm_export.core.setting", "AlgmSetting"),
     "apply_algm": ("algm_export.merging.driver", "apply_algm"),
-    "create_segmenter": ("algm_export.models.segmenter", "create_segmenter"),
-    "load_segmenter": ("algm_export.models.checkpoint", "load_segmenter"),
+    "create_segmenter": ("algm_export.models.families.segmenter", "create_segmenter"),
+    "load_segmenter": ("algm_export.models.formats.published_segmenter", "load_segmenter"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -102,7 +102,8 @@ def tiny_export(tmp_path_factory):
 
     from algm_export import create_segmenter
     from algm_export.export.pipeline import export_folder
-    from algm_export.models.checkpoint import resolve_model, save_segmenter
+    from algm_export.models.registry import resolve_model
+    from algm_export.models.formats.published_segmenter import save_segmenter
 
     root = tmp_path_factory.mktemp("tiny_export")
     ck = root / "ckpt"

@@ -51,9 +51,10 @@ def make_base(root: Path) -> dict:
     from algm_export.tasks.bench import bench
     from algm_export.export.pipeline import export_folder
     from algm_export.models.images import sample_images
-    from algm_export.models.checkpoint import resolve_model, save_segmenter
-    from algm_export.models.configs import DecoderConfig, SegmenterConfig
-    from algm_export.models.segmenter import Segmenter
+    from algm_export.models.registry import resolve_model
+    from algm_export.models.formats.published_segmenter import save_segmenter
+    from algm_export.models.families.segmenter import DecoderConfig, SegmenterConfig
+    from algm_export.models.families.segmenter import Segmenter
     from algm_export.tasks.validate import validate
 
     root.mkdir(parents=True, exist_ok=True)

@@ -12,15 +12,11 @@ import yaml
 from algm_export.core.errors import CheckpointError, ConfigError
 from algm_export.merging.driver import apply_algm
 from algm_export.core.setting import AlgmSetting
-from algm_export.models.checkpoint import (
-    NET_KWARGS_KEYS,
-    load_segmenter,
-    read_variant,
-    resolve_model,
-    save_segmenter,
-)
-from algm_export.models.configs import DecoderConfig, SegmenterConfig
-from algm_export.models.segmenter import Segmenter, create_segmenter
+from algm_export.models.formats.published_segmenter import NET_KWARGS_KEYS
+from algm_export.models.formats.published_segmenter import load_segmenter, read_variant, save_segmenter
+from algm_export.models.registry import resolve_model
+from algm_export.models.families.segmenter import DecoderConfig, SegmenterConfig
+from algm_export.models.families.segmenter import Segmenter, create_segmenter
 
 SIZE = 64
 

@@ -30,9 +30,10 @@ def folders(tmp_path_factory):
     from PIL import Image
 
     from algm_export.export.pipeline import export_folder
-    from algm_export.models.checkpoint import resolve_model, save_segmenter
-    from algm_export.models.configs import make_config
-    from algm_export.models.segmenter import Segmenter
+    from algm_export.models.registry import resolve_model
+    from algm_export.models.formats.published_segmenter import save_segmenter
+    from algm_export.models.families.segmenter import make_config
+    from algm_export.models.families.segmenter import Segmenter
 
     root = tmp_path_factory.mktemp("dyncmd")
     cfg = make_config("vit_tiny", "linear", 128, 21)

@@ -30,8 +30,8 @@ from algm_export.export.exporter import export_onnx, inline_functions
 from algm_export.export.opmodels import clap_dynamic_model, clap_model, gbm_dynamic_model, gbm_model
 from algm_export.export.readiness import check_readiness
 from algm_export.merging.static import clap_dynamic, gbm_dynamic, tokens_from_stats
-from algm_export.models.configs import make_config
-from algm_export.models.segmenter import Segmenter
+from algm_export.models.families.segmenter import make_config
+from algm_export.models.families.segmenter import Segmenter
 from test_plugins_support import MARGIN, clap_margin, gbm_margin, separated_tokens
 
 SET = AlgmSetting(0.88, (2, 2), (1, 5))

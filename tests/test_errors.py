@@ -21,7 +21,7 @@ def run_cli(capsys, *argv):
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     from algm_export import create_segmenter
-    from algm_export.models.checkpoint import save_segmenter
+    from algm_export.models.formats.published_segmenter import save_segmenter
 
     d = tmp_path_factory.mktemp("ck")
     save_segmenter(create_segmenter("vit_tiny", "linear", 64, n_cls=5), d)
@@ -79,7 +79,7 @@ def test_bad_input_exit_2_one_line(case, capsys, bad_inputs, ckpt):
 def test_nan_image_is_refused_by_every_backend(tmp_path, ckpt):
     from algm_export.core.errors import InputError
     from algm_export.export.pipeline import export_folder
-    from algm_export.models.checkpoint import resolve_model
+    from algm_export.models.registry import resolve_model
     from algm_export.runtimes.onnxruntime import OrtRunner
     from algm_export.runtimes.torch import TorchRunner
 
@@ -101,7 +101,7 @@ def test_missing_plugin_library_is_refused(tmp_path, ckpt):
     from algm_export.tasks.build import build_engines
     from algm_export.core.errors import AlgmError
     from algm_export.export.pipeline import export_folder
-    from algm_export.models.checkpoint import resolve_model
+    from algm_export.models.registry import resolve_model
 
     export_folder(resolve_model(str(ckpt)), str(ckpt), tmp_path, thresholds=[0.9], calib_limit=2, force=True)
     with pytest.raises(AlgmError, match="plugin"):

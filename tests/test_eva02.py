@@ -309,7 +309,8 @@ def _eva2_config(size=128):
 
 
 def test_official_eva2_key_map(tmp_path):
-    from algm_export.models.families.setr import format_config, randomize_
+    from algm_export.models.formats.mmseg import format_config
+    from algm_export.models.mmseg_common import randomize_
 
     config = _eva2_config()
     ours = fam.build_eva02(config["model"], config=config)

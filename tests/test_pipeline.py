@@ -14,7 +14,7 @@ from algm_export.core.manifest import load_manifest, sha256_file
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     from algm_export import AlgmSetting, create_segmenter
-    from algm_export.models.checkpoint import save_segmenter
+    from algm_export.models.formats.published_segmenter import save_segmenter
 
     d = tmp_path_factory.mktemp("ckpt")
     m = create_segmenter("vit_tiny", "linear", 128, n_cls=21, seed=0)
@@ -24,7 +24,7 @@ def ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory, ckpt):
-    from algm_export.models.checkpoint import resolve_model
+    from algm_export.models.registry import resolve_model
 
     out = tmp_path_factory.mktemp("export")
     model = resolve_model(str(ckpt))
@@ -48,7 +48,7 @@ def test_manifest(export_dir, ckpt):
 
 
 def test_reexport_needs_force(export_dir, ckpt):
-    from algm_export.models.checkpoint import resolve_model
+    from algm_export.models.registry import resolve_model
 
     with pytest.raises(ArtifactError, match="--force"):
         export_folder(resolve_model(str(ckpt)), str(ckpt), export_dir, thresholds=[0.9])
@@ -121,7 +121,7 @@ def test_bench_cli(export_dir, capsys):
 
 
 def test_capacity_below_minimum_is_refused(ckpt, tmp_path):
-    from algm_export.models.checkpoint import resolve_model
+    from algm_export.models.registry import resolve_model
 
     with pytest.raises(CapacityError):
         export_folder(resolve_model(str(ckpt)), str(ckpt), tmp_path / "x", thresholds=[0.9], capacities=[8, 8])

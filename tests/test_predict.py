@@ -13,9 +13,9 @@ from PIL import Image
 from algm_export.cli import main
 from algm_export.models.images import sample_images
 from algm_export.core.setting import AlgmSetting
-from algm_export.models.checkpoint import save_segmenter
+from algm_export.models.formats.published_segmenter import save_segmenter
 from algm_export.models.inference import sliding_window_logits, window_anchors, window_plan
-from algm_export.models.segmenter import create_segmenter
+from algm_export.models.families.segmenter import create_segmenter
 from algm_export.tasks.predict import labels_at_size
 
 SIZE = 64

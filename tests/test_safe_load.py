@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from algm_export.core.errors import CheckpointError
-from algm_export.models.checkpoint import load_segmenter, read_variant, save_segmenter
+from algm_export.models.formats.published_segmenter import load_segmenter, read_variant, save_segmenter
 from algm_export.models.formats.safe_load import load_checkpoint_file, refused_types
-from algm_export.models.segmenter import create_segmenter
+from algm_export.models.families.segmenter import create_segmenter
 
 SIZE = 64
 REPO = Path(__file__).resolve().parents[1]

@@ -19,6 +19,8 @@ import torch
 from algm_export.core.errors import CheckpointError, ConfigError
 from algm_export.models.base import TokenState
 from algm_export.models.families import setr as S
+from algm_export.models.formats.mmseg import format_config
+from algm_export.models.mmseg_common import mmseg_slide_inference, randomize_
 from algm_export.models.formats.mmseg_config import parse_config
 
 from conftest import photo, prep
@@ -40,7 +42,7 @@ def tiny_cfg(kind: str, size=64, n_cls: int = 5, **backbone) -> dict:
 
 
 def tiny(kind: str, seed: int = 0, **kw) -> S.SETR:
-    return S.randomize_(S.build_setr(tiny_cfg(kind, **kw)), seed).eval()
+    return randomize_(S.build_setr(tiny_cfg(kind, **kw)), seed).eval()
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +159,7 @@ def test_key_mismatches_are_listed(tmp_path):
     sd["auxiliary_head.0.conv_seg.weight"] = torch.zeros(5, 32, 1, 1)  # training-only: ignored
     torch.save({"state_dict": sd, "meta": {}}, tmp_path / "bad.pth")
     cfg_py = tmp_path / "bad.py"
-    cfg_py.write_text(S.format_config({"model": m.cfg.model_cfg}))
+    cfg_py.write_text(format_config({"model": m.cfg.model_cfg}))
     with pytest.raises(CheckpointError) as e:
         S.load_mmseg_setr(cfg_py, tmp_path / "bad.pth")
     msg = str(e.value)
@@ -183,11 +185,11 @@ def test_mmseg_0x_checkpoint_with_patch_bias(tmp_path):
     `meta['config']`. The bias is loaded, not dropped."""
     model_cfg = tiny_cfg("naive")
     model_cfg["backbone"]["patch_bias"] = True
-    ref = S.randomize_(S.build_setr(model_cfg), 5).eval()
+    ref = randomize_(S.build_setr(model_cfg), 5).eval()
     v0 = copy.deepcopy(model_cfg)
     del v0["backbone"]["patch_bias"]
     dp = v0.pop("data_preprocessor")
-    text = S.format_config({"img_norm_cfg": dict(mean=dp["mean"], std=dp["std"], to_rgb=True), "model": v0})
+    text = format_config({"img_norm_cfg": dict(mean=dp["mean"], std=dp["std"], to_rgb=True), "model": v0})
     torch.save({"state_dict": ref.state_dict(), "meta": {"config": text, "CLASSES": ["a"] * 5}}, tmp_path / "v0.pth")
     m = S.load_mmseg_setr(None, tmp_path / "v0.pth")
     assert torch.equal(m.backbone.patch_embed.projection.bias, ref.backbone.patch_embed.projection.bias)
@@ -203,7 +205,7 @@ def test_mmseg_0x_checkpoint_with_patch_bias(tmp_path):
     # an explicit patch_bias=False is obeyed: the 0.x bias is then an unexpected key
     explicit = copy.deepcopy(v0)
     explicit["backbone"]["patch_bias"] = False
-    (tmp_path / "explicit.py").write_text(S.format_config({"model": explicit}))
+    (tmp_path / "explicit.py").write_text(format_config({"model": explicit}))
     with pytest.raises(CheckpointError, match="unexpected keys.*patch_embed.projection.bias"):
         S.load_mmseg_setr(tmp_path / "explicit.py", tmp_path / "v0.pth")
 
@@ -213,7 +215,7 @@ def test_bgr_network_input_is_flipped(tmp_path):
     prepare() flips the channels."""
     cfg = tiny_cfg("naive")
     cfg["data_preprocessor"]["bgr_to_rgb"] = False
-    m = S.randomize_(S.build_setr(cfg), 2).eval()
+    m = randomize_(S.build_setr(cfg), 2).eval()
     assert m.cfg.channel_order == "bgr"
     assert m.cfg.normalization["mean"] == pytest.approx((0.406, 0.456, 0.485))
     x = torch.randn(1, 3, 64, 64)
@@ -280,10 +282,10 @@ def test_slide_inference_windows():
         return torch.ones(crop.shape[0], 3, *crop.shape[-2:])
 
     img = torch.zeros(1, 3, 100, 150)
-    out = S.mmseg_slide_inference(fn, img, (64, 64), (42, 42), 3)
+    out = mmseg_slide_inference(fn, img, (64, 64), (42, 42), 3)
     assert len(seen) == 2 * 4 and set(seen) == {(64, 64)} and torch.equal(out, torch.ones(1, 3, 100, 150))
     seen.clear()
-    S.mmseg_slide_inference(fn, torch.zeros(1, 3, 40, 50), (64, 64), (42, 42), 3)
+    mmseg_slide_inference(fn, torch.zeros(1, 3, 40, 50), (64, 64), (42, 42), 3)
     assert seen == [(40, 50)]  # a window larger than the image shrinks to it
 
 
@@ -444,9 +446,9 @@ def test_logits_match_mmseg(tmp_path, kind):
     warnings.filterwarnings("ignore")
     model_cfg = tiny_cfg(kind, 64)
     model_cfg["test_cfg"] = dict(mode="slide", crop_size=(64, 64), stride=(40, 40))
-    (tmp_path / "c.py").write_text(S.format_config({"model": model_cfg}))
+    (tmp_path / "c.py").write_text(format_config({"model": model_cfg}))
     mm = revert_sync_batchnorm(MODELS.build(Config.fromfile(str(tmp_path / "c.py")).model))
-    S.randomize_(mm, 11).eval()
+    randomize_(mm, 11).eval()
     torch.save({"state_dict": mm.state_dict(), "meta": {}}, tmp_path / "c.pth")
     ours = S.load_mmseg_setr(tmp_path / "c.py", tmp_path / "c.pth")
     for hw in ((64, 64), (72, 100)):

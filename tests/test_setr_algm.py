@@ -11,7 +11,8 @@ import torch
 
 from algm_export import AlgmSetting, apply_algm
 from algm_export.models.images import to_model_input
-from algm_export.models.families.setr import build_setr, builtin_setr_config, randomize_
+from algm_export.models.families.setr import build_setr, builtin_setr_config
+from algm_export.models.mmseg_common import randomize_
 
 try:
     from conftest import PHOTOS, photo

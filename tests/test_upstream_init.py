@@ -6,7 +6,7 @@ import torch
 
 from algm_export.core.errors import ConfigError
 from algm_export.models.families import eva02, segvit, setr
-from algm_export.models.formats.mmseg import init_upstream_, seeded_construction
+from algm_export.models.mmseg_common import init_upstream_, seeded_construction
 from algm_export.models.registry import builtin_names
 
 

@@ -22,8 +22,8 @@ from typing import Any, Iterable, Optional
 from algm_export.core.errors import AlgmError, ArtifactError, ConfigError
 from algm_export.core.manifest import (REEXPORT, find_listing, load_manifest, resolve_inside, save_manifest,
                                   sha256_file, verify_file, write_json_atomic)
+from algm_export.core.names import PRECISIONS
 
-PRECISIONS = ("fp32", "fp16")
 _ONNX_KEYS = {"fp32": ("onnx", "sha256"), "fp16": ("onnx_fp16", "sha256_fp16")}
 
 
@@ -289,44 +289,38 @@ class ExportFolder:
                             limit=limit)
 
 
-def checkpoint_file(source: str) -> Path:
-    """The file a checkpoint source names: itself, or in a folder its `checkpoint.pth` (Segmenter)
-    or its one `.pth` (mmsegmentation)."""
-    p = Path(source)
-    if p.is_dir():
-        pths = sorted(p.glob("*.pth"))
-        return p / "checkpoint.pth" if (p / "checkpoint.pth").exists() or len(pths) != 1 else pths[0]
-    return p
-
-
 def model_from_manifest(man: dict, trust_checkpoint: bool = False, export_dir=None):
     """The PyTorch model an export folder was made from, at the export's image size.
 
-    Every file the manifest names for the model (the checkpoint, its variant.yml, a config file)
-    is sha256-checked against the manifest before it is read, then the checkpoint is loaded
-    weights-only unless `trust_checkpoint`. A run size other than the checkpoint's (`export
-    --image-size`) is confirmed by the baseline ONNX's input shape (with `export_dir`)."""
+    Every file the manifest lists for the model (`model.files`: the checkpoint and whatever its format
+    reads beside it) is sha256-checked before anything is read, the checkpoint is loaded weights-only
+    unless `trust_checkpoint`, and the files it was then read from must be the listed ones. A run size
+    other than the checkpoint's (`export --image-size`) is confirmed by the baseline ONNX's input shape
+    (with `export_dir`)."""
     from algm_export.models.registry import resolve_model
 
     info = man["model"]
     src = info["source"]
-    config = info.get("config_file")
     if not src.startswith("builtin:"):
-        want = info.get("checkpoint_sha256")
-        if not want:
-            raise ArtifactError(f"manifest.json: model.checkpoint_sha256 is missing for the checkpoint {src}, so "
-                                "it cannot be checked before loading; re-export the folder")
-        ck = checkpoint_file(src)
-        var = ck.parent / "variant.yml"
-        for path, key in ((ck, "checkpoint_sha256"), (var, "variant_sha256"), (config, "config_sha256")):
-            if path is None or not info.get(key):
-                continue
-            if not Path(path).is_file():
-                raise ArtifactError(f"{path} is missing (the export was made from it); restore it or re-export")
-            if sha256_file(path) != info[key]:
-                raise ArtifactError(f"{path} changed since the export (sha256 differs); re-export")
-        src = str(ck)
-    model = resolve_model(src, config=config, trust_checkpoint=trust_checkpoint)
+        files = info.get("files")
+        if not files:
+            raise ArtifactError(f"manifest.json: model.files is missing for the checkpoint {src}, so its files cannot "
+                                "be checked before loading (the folder was written by an older algm-export); re-export "
+                                "the folder")
+        for role, rec in files.items():
+            path = Path(rec["path"])
+            if not path.is_file():
+                raise ArtifactError(f"{path} ({role}) is missing (the export was made from it); restore it or re-export")
+            if sha256_file(path) != rec["sha256"]:
+                raise ArtifactError(f"{path} ({role}) changed since the export (sha256 differs); re-export")
+        model = resolve_model(src, config=info.get("config_file"), trust_checkpoint=trust_checkpoint)
+        got = {role: str(Path(p).resolve()) for role, p in (getattr(model, "source_files", None) or {}).items()}
+        want = {role: rec["path"] for role, rec in files.items()}
+        if got != want:
+            raise ArtifactError(f"{src} is now read from other files ({got}) than the export was ({want}); restore "
+                                "the folder as it was or re-export")
+    else:
+        model = resolve_model(src, trust_checkpoint=trust_checkpoint)
     size = tuple(info["image_size"])
     if size != tuple(model.cfg.image_size):
         onnx_size = _onnx_image_size(export_dir, man["baseline"]) if export_dir is not None else size

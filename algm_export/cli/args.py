@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-PRECISIONS = ("fp32", "fp16")
+from algm_export.core.names import PRECISIONS
+
 
 
 def command_parser(sub, name: str, help: str, description: str, example: str) -> argparse.ArgumentParser:

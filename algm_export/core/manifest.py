@@ -9,6 +9,7 @@ Layout of a manifest (format "algm-export/1")::
                 "source": "builtin:vit_s16_512" | "/path/checkpoint.pth" | "/path/mmseg.pth",
                 "config_file": "/path/config.py" | null, "config_sha256": str | null,
                 "checkpoint_sha256": str | null, "n_cls": int, "image_size": [H, W],
+                "files": {"checkpoint": {"path": str, "sha256": str}, "variant" | "config": {...}},
                 "patch_size": int, "grid": [Gh, Gw], "num_prefix": int,
                 "normalization": "vit" | "deit" | {"mean": [..], "std": [..]}, "backbone": str, "decoder": str},
       "baseline": {"name": "baseline", "onnx": "baseline.onnx", "sha256": str,
@@ -179,6 +180,16 @@ def _is_norm(v) -> bool:
         isinstance(v, dict) and set(v) == {"mean", "std"} and three(v["mean"]) and three(v["std"]))
 
 
+def _is_source_files(v) -> bool:
+    return isinstance(v, dict) and 0 < len(v) <= 16 and all(
+        is_plain_name(role) and isinstance(rec, dict) and set(rec) == {"path", "sha256"}
+        and isinstance(rec["path"], str) and len(rec["path"]) <= 4096
+        and isinstance(rec["sha256"], str) and re.fullmatch(r"[0-9a-f]{64}", rec["sha256"]) is not None
+        for role, rec in v.items())
+
+
+SOURCE_FILES = Rule('an object {role: {"path": str, "sha256": sha256}} (the files the model was read from)',
+                    "objects of source files", _is_source_files)
 NORM = Rule("a normalisation name or {\"mean\": [3 numbers], \"std\": [3 numbers]}", "normalisations", _is_norm)
 
 # key: (rule, required). Keys not listed are kept but never read as names or paths.
@@ -189,6 +200,7 @@ MODEL_SCHEMA = {
     "patch_size": (SIZE, False), "grid": (ListOf(SIZE, 2), False), "num_prefix": (COUNT, False),
     "n_layers": (SIZE, False), "normalization": (NORM, False), "config": (DICT, False),
     "family": (STR, False), "config_file": (Nullable(STR), False), "config_sha256": (Nullable(SHA256), False),
+    "files": (SOURCE_FILES, False),
 }
 ENTRY_SCHEMA = {
     "name": (NAME, True), "onnx": (PATH, True), "sha256": (SHA256, True), "precision": (STR, False),

@@ -6,6 +6,11 @@ from algm_export.core.errors import ConfigError
 
 PRECISIONS = ("fp32", "fp16")          # graph / engine precisions
 TOKEN_MODES = ("static", "dynamic")    # exportable token modes ("reference" is the eager published method)
+# Normalisations by name (the published Segmenter `STATS`): what a manifest's `normalization` may name.
+NORMALIZATION = {
+    "vit": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
+    "deit": {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)},
+}
 
 
 def pair(v, name: str = "size") -> tuple[int, int]:

@@ -114,14 +114,6 @@ def _export_program(module: nn.Module, image_size, batch: int, output_names, ops
     return prog.model_proto
 
 
-def algm_version(model: onnx.ModelProto) -> int | None:
-    """The `algm` domain version a model imports (1 static, 2 dynamic token mode), or None."""
-    for o in model.opset_import:
-        if o.domain == functions.DOMAIN:
-            return int(o.version)
-    return None
-
-
 def token_mode_of(model: onnx.ModelProto) -> str | None:
     """"static" / "dynamic" for an ALGM graph (from its algm nodes), None for a baseline."""
     versions = set()

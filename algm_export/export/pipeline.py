@@ -24,23 +24,24 @@ from algm_export.core.manifest import save_manifest, sha256_file, tool_versions
 from algm_export.merging.driver import apply_algm
 from algm_export.core.setting import AlgmSetting
 from algm_export.core.progress import progress_bar, status
+from algm_export.core.names import TOKEN_MODES
 
 
 def model_info(model, source: str) -> dict:
-    """The manifest's `model` record: what the model is, where it came from, and the sha256 of
-    every file it was loaded from (checkpoint, and the config file for formats that have one)."""
+    """The manifest's `model` record: what the model is, where it came from, and every file it was
+    read from with its sha256 (`files`: the roles its checkpoint format gave them, e.g. checkpoint and
+    variant, or checkpoint and config), so that the folder checks them without knowing the format."""
     info = model.describe()
     info["source"] = source
     info["config"] = model.cfg.to_dict()
     info["checkpoint_sha256"] = None
     info["config_sha256"] = None
-    ck = getattr(model, "checkpoint_path", None)
-    if not source.startswith("builtin:") and ck is not None and Path(ck).is_file():
-        info["checkpoint_sha256"] = sha256_file(ck)
-        if (Path(ck).parent / "variant.yml").is_file():
-            info["variant_sha256"] = sha256_file(Path(ck).parent / "variant.yml")
-    if info.get("config_file"):
-        info["config_sha256"] = sha256_file(info["config_file"])
+    files = getattr(model, "source_files", None) or {}
+    if not source.startswith("builtin:") and files:
+        info["files"] = {role: {"path": str(Path(p).resolve()), "sha256": sha256_file(p)} for role, p in files.items()}
+        info["checkpoint_sha256"] = info["files"]["checkpoint"]["sha256"]
+        if "config" in info["files"]:
+            info["config_sha256"] = info["files"]["config"]["sha256"]
     return info
 
 
@@ -69,7 +70,6 @@ def settings_for(model, thresholds: Optional[Sequence[float]], layers=None, wind
     return out
 
 
-TOKEN_MODES = ("static", "dynamic")
 
 
 def dynamic_name(setting: AlgmSetting, threshold_input: bool = False) -> str:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import onnx
 
+from algm_export.core.names import TOKEN_MODES
+
 # Standard ONNX ops TensorRT's parser (onnx-tensorrt, TensorRT 10 / TensorRT-RTX) supports.
 TRT_SUPPORTED = set("""
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast CastLike Ceil
@@ -39,8 +41,7 @@ ALGM_V2_ATTRS = {
     "AlgmGbm": {"num_prefix", "divisor", "plugin_version", "plugin_namespace"},
 }
 ALGM_IO = {1: {"AlgmClap": (1, 4), "AlgmGbm": (3, 4)}, 2: {"AlgmClap": (2, 5), "AlgmGbm": (3, 5)}}
-TOKEN_MODES = {1: "static", 2: "dynamic"}
-OK_INT_TYPES = {onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.BOOL}
+VERSION_TOKEN_MODE = dict(zip((1, 2), TOKEN_MODES))  # algm op version -> token mode
 BAD_TYPES = {onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.UINT64: "uint64", onnx.TensorProto.UINT32: "uint32",
              onnx.TensorProto.INT16: "int16", onnx.TensorProto.UINT16: "uint16"}
 
@@ -108,6 +109,6 @@ def check_readiness(model: onnx.ModelProto) -> dict:
         problems.append(f"algm nodes {sorted(used - funcs)} have no function body: ONNX Runtime and plugin-free builds need it")
     if len(versions) > 1:
         problems.append(f"the graph mixes algm op versions {sorted(versions)} (static and dynamic token mode)")
-    mode = TOKEN_MODES.get(next(iter(versions))) if len(versions) == 1 else None
+    mode = VERSION_TOKEN_MODE.get(next(iter(versions))) if len(versions) == 1 else None
     return {"ready": not problems, "problems": problems, "ops": dict(sorted(ops.items())), "algm_nodes": algm_nodes,
             "token_mode": mode}

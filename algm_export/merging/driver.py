@@ -32,8 +32,8 @@ from algm_export.merging import reference
 from algm_export.core.setting import AlgmSetting
 from algm_export.merging.static import clap_capacity_bounds, gbm_capacity_min
 from algm_export.models.base import SegModel, TokenState, unmerge_rows  # noqa: F401  (unmerge_rows re-exported)
+from algm_export.core.names import TOKEN_MODES
 
-TOKEN_MODES = ("static", "dynamic")  # the exportable modes; "reference" is the eager published method
 
 
 def _nonfinite_error(bad: list) -> InputError:

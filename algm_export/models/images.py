@@ -237,7 +237,7 @@ def sample_images(n: Optional[int] = None, names: Optional[Iterable[str]] = None
 def normalization_stats(normalization) -> dict:
     """{"mean", "std"} (0..1 units, RGB) of a normalisation name (`configs.NORMALIZATION`: "vit",
     "deit") or of such a dict itself (families that read it from their config)."""
-    from algm_export.models.configs import NORMALIZATION
+    from algm_export.core.names import NORMALIZATION
 
     if isinstance(normalization, dict):
         if set(normalization) >= {"mean", "std"} and len(normalization["mean"]) == len(normalization["std"]) == 3:

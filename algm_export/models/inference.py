@@ -30,20 +30,11 @@ import torch
 import torch.nn.functional as F
 
 from algm_export.core.errors import ConfigError, InputError
+from algm_export.core.names import pair
 
 ModelFn = Callable[[torch.Tensor], object]
 
 
-def _pair(v, name: str) -> tuple[int, int]:
-    if isinstance(v, (list, tuple)):
-        if len(v) != 2:
-            raise ConfigError(f"{name} {v!r} must be one number or two (H, W)")
-        out = (int(v[0]), int(v[1]))
-    else:
-        out = (int(v), int(v))
-    if min(out) < 1:
-        raise ConfigError(f"{name} {v!r} must be positive")
-    return out
 
 
 def _resize(im: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -87,8 +78,8 @@ def window_anchors(length: int, window: int, stride: int) -> list[int]:
 def window_plan(hw: Sequence[int], window_size, window_stride, im_size: Optional[int] = None,
                 small: str = "resize") -> dict:
     """Where the windows go for an image of size `hw`: resized size and window anchors."""
-    ws = _pair(window_size, "window_size")
-    st = _pair(window_stride, "window_stride")
+    ws = pair(window_size, "window_size")
+    st = pair(window_stride, "window_stride")
     size = (int(hw[0]), int(hw[1]))
     if im_size:
         size = short_side_size(size, int(im_size))

@@ -1,10 +1,13 @@
 """The family registry: every command builds, loads and describes models through it.
 
-A family (`families/<name>.py`) registers a `Family`: its built-in models and how to recognise
-and load its checkpoint format. Nothing outside a family module branches on the family.
+A family (`families/<name>.py`) registers a `Family`: its built-in models, the checkpoint format it
+reads (`models/formats/`: formats are recognised by content), which models of that format are its
+own (`accepts`, for formats that several families share, such as mmsegmentation), and how to load
+them. Nothing outside a family module branches on the family. A new family: its module under
+`families/` and its name in `FAMILY_MODULES`.
 
     resolve_model("builtin:vit_s16_512")                      # a built-in of any family
-    resolve_model("run/checkpoint.pth")                       # Segmenter: variant.yml beside it
+    resolve_model("run/checkpoint.pth")                       # published Segmenter: variant.yml beside it
     resolve_model("setr.pth", config="setr_config.py")        # mmsegmentation: config + checkpoint
     resolve_model("folder/")                                  # a folder holding either
 """
@@ -25,14 +28,18 @@ DEFAULT_MODEL = "builtin:vit_s16_512"
 
 @dataclass(frozen=True)
 class Family:
-    """name: the manifest's `model.family`; formats: one line for error messages;
-    builtins: name -> factory of a seeded-random model; detect(path, config, trust_checkpoint) -> bool:
-    is this a checkpoint of ours; load(path, config, image_size, strict, trust_checkpoint) -> SegModel."""
+    """name: the manifest's `model.family`; format: the `models.formats` format it reads; describe:
+    which models of that format it reads, one line for messages;
+    builtins: name -> factory of a seeded-random model; accepts(files, trust_checkpoint) -> bool:
+    whether the files of that format hold a model of this family (None: every model of the format);
+    load(files, image_size=, strict=, trust_checkpoint=) -> SegModel, with `files` the format's
+    {role: path} (roles "checkpoint", and "variant" / "config" where the format has them)."""
 
     name: str
-    formats: str
+    format: str
+    describe: str = ""
     builtins: Mapping[str, Callable[[], object]] = field(default_factory=dict)
-    detect: Optional[Callable[[Path, Optional[Path], bool], bool]] = None
+    accepts: Optional[Callable[[dict, bool], bool]] = None
     load: Optional[Callable[..., object]] = None
 
 
@@ -51,7 +58,8 @@ def families() -> dict[str, Family]:
         _loaded = True
         for name in FAMILY_MODULES:
             importlib.import_module(f"algm_export.models.families.{name}")
-    return dict(_FAMILIES)
+    order = {name: i for i, name in enumerate(FAMILY_MODULES)}
+    return dict(sorted(_FAMILIES.items(), key=lambda kv: order.get(kv[0], len(order))))
 
 
 def family(name: str) -> Family:
@@ -101,22 +109,36 @@ def resolve_model(spec=None, config=None, image_size=None, strict: bool = True, 
 
 
 def load_checkpoint(path, config=None, image_size=None, strict: bool = True, trust_checkpoint: bool = False):
+    """The model in a checkpoint file or folder: its format by content (`formats.identify`), then the
+    family of that format that accepts it. The model keeps the files it was read from
+    (`model.source_files`, role -> Path), which the export folder records with their sha256."""
+    from algm_export.models.formats import identify
+
     p = Path(path).expanduser()
     c = Path(config).expanduser() if config is not None else None
     if c is not None and not c.is_file():
-        raise CheckpointError(f"config file {c} does not exist; pass the model's config file (.py) with --config")
+        raise CheckpointError(f"config file {c} does not exist; pass the model's config file with --config")
     if not p.exists():
         raise CheckpointError(
             f"checkpoint {p} does not exist; pass a checkpoint file or its folder ({formats_line()}), "
             f"or a built-in model ({', '.join(builtin_names())})"
         )
-    for f in families().values():
-        if f.detect is not None and f.detect(p, c, trust_checkpoint):
-            return f.load(p, c, image_size=image_size, strict=strict, trust_checkpoint=trust_checkpoint)
-    raise CheckpointError(
-        f"{p} is not a checkpoint format algm-export knows; expected {formats_line()}"
-    )
+    fmt, files = identify(p, c, trust_checkpoint)
+    of_format = [f for f in families().values() if f.format == fmt.name]
+    mine = [f for f in of_format if f.accepts is None or f.accepts(files, trust_checkpoint)]
+    if not mine:
+        raise CheckpointError(
+            f"{p}: a {fmt.name} checkpoint that none of its families reads "
+            f"({'; '.join(f'{f.name}: {f.describe}' for f in of_format) or 'none'})")
+    if len(mine) > 1:
+        raise CheckpointError(f"{p}: a {fmt.name} checkpoint that several families claim ({[f.name for f in mine]}); "
+                              "report this as a bug")
+    model = mine[0].load(files, image_size=image_size, strict=strict, trust_checkpoint=trust_checkpoint)
+    model.source_files = {role: Path(v) for role, v in files.items() if v is not None}
+    return model
 
 
 def formats_line() -> str:
-    return "; ".join(f"{f.name}: {f.formats}" for f in families().values())
+    from algm_export.models.formats import formats_line as line
+
+    return line()

@@ -26,6 +26,20 @@ import numpy as np
 
 from algm_export.core.errors import ArtifactError, ConfigError
 
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "tensorrt-rtx")
+ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "tensorrt_rtx": "tensorrt-rtx", "rtx": "tensorrt-rtx",
+           "trt-rtx": "tensorrt-rtx"}
+
+
+def normalize_backend(name: str) -> str:
+    """The canonical name of a backend (aliases resolved, any case); ConfigError for an unknown one."""
+    key = str(name).strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in BACKENDS:
+        raise ConfigError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)} "
+                          f"(aliases: {', '.join(f'{a}={b}' for a, b in ALIASES.items())})")
+    return key
+
 
 @dataclass
 class RunOutput:

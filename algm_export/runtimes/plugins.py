@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from algm_export.core.errors import BackendUnavailable
+from algm_export.core.errors import BackendUnavailable, ConfigError
 
 PLUGIN_NAMESPACE = "algm"
 PLUGIN_VERSION = "1"            # static token mode

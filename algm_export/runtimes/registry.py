@@ -17,21 +17,8 @@ from typing import Optional
 
 from algm_export.core.errors import ConfigError
 from algm_export.runtimes.base import Runner, check_input_size
-
-BACKENDS = ("torch", "onnxruntime", "tensorrt", "tensorrt-rtx")
-ALIASES = {"ort": "onnxruntime", "trt": "tensorrt"}
-PRECISIONS = ("fp32", "fp16")
-
-
-def normalize_backend(name: str) -> str:
-    """The canonical name of a backend (aliases resolved); ConfigError for an unknown one."""
-    key = str(name).strip().lower()
-    key = ALIASES.get(key, key)
-    if key not in BACKENDS:
-        raise ConfigError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)} "
-                          f"(aliases: {', '.join(f'{a}={b}' for a, b in ALIASES.items())})")
-    return key
-
+from algm_export.core.names import PRECISIONS
+from algm_export.runtimes.base import ALIASES, BACKENDS, normalize_backend  # noqa: F401  (re-exported)
 
 def parse_backends(text) -> list[str]:
     """`torch,ort` or a list -> canonical names, duplicates removed."""

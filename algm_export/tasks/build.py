@@ -45,12 +45,12 @@ from algm_export.runtimes.tensorrt.builder import EngineBuildError
 from algm_export.runtimes.tensorrt.loader import (backend_version, cuda_device, describe_environment,
                                                   import_backend, pretty, resolve_backend, rtx_env,
                                                   rtx_targets, supports_weak_typing)
+from algm_export.core.names import PRECISIONS
 
 __all__ = ["build_engines", "find_engine_record", "engine_filename", "describe_environment",
            "EngineBuildError", "DEFAULT_RTX_CCS"]
 
 DEFAULT_RTX_CCS = [86]
-PRECISIONS = ("fp32", "fp16")
 _ERRORS = {c.__name__: c for c in (AlgmError, ArtifactError, BackendUnavailable, CapacityError,
                                     ConfigError, EngineBuildError)}
 _PKG_DIR = str(Path(__file__).resolve().parent)

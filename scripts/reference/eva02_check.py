@@ -148,7 +148,8 @@ def check_eva2(size: int, git_dir: str, folder: Path, seed: int, rows: list, det
     from mmseg.registry import MODELS
 
     from algm_export.models.families.eva02 import load_mmseg_eva02
-    from algm_export.models.formats.mmseg import IMAGENET_MEAN_255, IMAGENET_STD_255, format_config, randomize_
+    from algm_export.models.mmseg_common import IMAGENET_MEAN_255, IMAGENET_STD_255, randomize_
+    from algm_export.models.formats.mmseg import format_config
 
     mod = load_eva2_module(git_dir)
     norm_cfg = dict(type="SyncBN", requires_grad=True)

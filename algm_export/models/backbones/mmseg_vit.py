@@ -49,20 +49,11 @@ from algm_export.core.errors import ConfigError
 from algm_export.models.base import Backbone, TokenState
 from algm_export.models.layers import KeyMask
 from algm_export.models.mmseg_bricks import build_act, build_norm, norm_abbr
+from algm_export.core.names import pair
 
 INTERPOLATE_MODES = ("bilinear", "bicubic")
 
 
-def _pair(v, name: str) -> tuple[int, int]:
-    if isinstance(v, bool):
-        raise ConfigError(f"{name} must be a size, got {v!r}")
-    if isinstance(v, int):
-        return (v, v)
-    if isinstance(v, (list, tuple)) and len(v) == 1:
-        return (int(v[0]), int(v[0]))
-    if isinstance(v, (list, tuple)) and len(v) == 2:
-        return (int(v[0]), int(v[1]))
-    raise ConfigError(f"{name} must be one number or two (H, W), got {v!r}")
 
 
 class PatchEmbed(nn.Module):
@@ -190,7 +181,7 @@ class MMSegViT(Backbone):
             raise ConfigError(f"embed_dims {embed_dims} is not a multiple of num_heads {num_heads}")
         if norm_abbr(norm_cfg, "backbone.norm_cfg") != "ln":
             raise ConfigError(f"backbone.norm_cfg must be LN, got {norm_cfg!r}")
-        self.img_size = _pair(img_size, "backbone img_size")
+        self.img_size = pair(img_size, "backbone img_size")
         self.patch_size = int(patch_size)
         self.in_channels = int(in_channels)
         self.embed_dim = int(embed_dims)
@@ -283,11 +274,11 @@ class MMSegViT(Backbone):
         """Record the run size. Nothing is re-sampled: mmseg resizes the stored position table to
         the run grid at every forward (step 2 above), and so does `embed`; the parameters keep
         the checkpoint's shapes (`built_grid`)."""
-        self.image_size = _pair(image_size, "image size")
+        self.image_size = pair(image_size, "image size")
 
     def run_grid(self, image_size=None) -> tuple[int, int]:
         """The token grid for an image size (the patch embedding pads up to a whole patch)."""
-        h, w = _pair(image_size, "image size") if image_size is not None else self.image_size
+        h, w = pair(image_size, "image size") if image_size is not None else self.image_size
         p = self.patch_size
         if self.patch_embed.adaptive is None:
             pad = self.patch_embed.projection.padding

@@ -36,7 +36,7 @@ namings:
 `model.load_report` (ignored / missing / unexpected keys, the key map used, the rotary check).
 Saving writes the mmseg 1.x form (TIMMBackbone config + keys), which mmseg itself loads.
 
-Input: `normalization` in 0..1 units, RGB order (see `families/mmseg.py:normalization_from_config`).
+Input: `normalization` in 0..1 units, RGB order (see `models/mmseg_common.py:normalization_from_config`).
 Run size: the slide window for slide inference, else the backbone's `img_size`; images are
 padded bottom / right to whole patches (as mmseg's preprocessor pads) and the logits, resized
 to the padded size with the head's `align_corners`, cropped back.
@@ -57,7 +57,7 @@ import torch.nn.functional as F
 
 from algm_export.core.errors import CheckpointError, ConfigError
 from algm_export.models.backbones.eva02 import EVA02_MODELS, EVA_KWARGS, Eva02Backbone, eva02_kwargs
-from algm_export.models.backbones.mmseg_vit import _pair
+from algm_export.core.names import pair
 from algm_export.models.base import Level, SegModel, TokenState
 from algm_export.models.decoders.uper import (
     UperNetDecoder,
@@ -65,17 +65,16 @@ from algm_export.models.decoders.uper import (
     build_uper_head,
     resize_bilinear,
 )
-from algm_export.models.formats import mmseg
-from algm_export.models.formats.mmseg import (  # the mmseg-format helpers every mmseg family shares
+from algm_export.models import mmseg_common
+from algm_export.models.mmseg_common import (
     IMAGENET_MEAN_255,
     IMAGENET_STD_255,
-    format_config,
     inference_from_config,
     mmseg_slide_inference,
     normalization_from_config,
     randomize_,
-    typename,
 )
+from algm_export.models.formats.mmseg import accepts_types, format_config, read_mmseg, typename
 from algm_export.models.families.setr import UPSTREAM_SUFFIX
 from algm_export.models.registry import Family, register
 
@@ -187,10 +186,10 @@ def timm_backbone_spec(bb: Mapping) -> tuple[str, dict, list[int], list]:
         raise ConfigError(f"backbone: in_channels {kw['in_channels']} is not supported (RGB images only)")
     for k in ("img_size", "patch_size"):
         if k in timm_kw:
-            v = _pair(timm_kw[k], f"backbone.{k}")
+            v = pair(timm_kw[k], f"backbone.{k}")
             timm_kw[k] = v[0] if v[0] == v[1] else list(v)
     if "ref_feat_shape" in timm_kw and timm_kw["ref_feat_shape"] is not None:
-        timm_kw["ref_feat_shape"] = list(_pair(timm_kw["ref_feat_shape"], "backbone.ref_feat_shape"))
+        timm_kw["ref_feat_shape"] = list(pair(timm_kw["ref_feat_shape"], "backbone.ref_feat_shape"))
     depth = int(timm_kw.get("depth", EVA02_MODELS[name]["depth"]))
     outs = _resolve_out_indices(kw.get("out_indices", 3), depth)   # timm's EVA default: the last 3 blocks
     return name, timm_kw, outs, notes
@@ -206,7 +205,7 @@ def eva2_backbone_spec(bb: Mapping) -> tuple[str, dict, list[int], dict, list]:
                    ("norm_layer", None)):
         if kw.get(k, bad) != bad:
             raise ConfigError(f"backbone: EVA2 {k}={kw[k]!r} is not supported")
-    img = _pair(kw.get("img_size", 224), "backbone.img_size")
+    img = pair(kw.get("img_size", 224), "backbone.img_size")
     patch = int(kw.get("patch_size", 16))
     embed, depth, heads = int(kw.get("embed_dim", 768)), int(kw.get("depth", 12)), int(kw.get("num_heads", 12))
     if kw.get("qk_scale") not in (None, (embed // heads) ** -0.5):
@@ -323,9 +322,9 @@ def build_eva02(model_cfg: Mapping, image_size=None, config: Optional[Mapping] =
 def default_run_size(model: "Eva02UperNet", image_size=None) -> tuple[int, int]:
     """The requested run size, else the slide window for slide inference, else the built size."""
     if image_size is not None:
-        return _pair(image_size, "image size")
+        return pair(image_size, "image size")
     inf = model.cfg.inference
-    return _pair(inf["crop_size"], "crop size") if inf["mode"] == "slide" else tuple(model.cfg.built_image_size)
+    return pair(inf["crop_size"], "crop size") if inf["mode"] == "slide" else tuple(model.cfg.built_image_size)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -531,7 +530,7 @@ def load_state_dict_mapped(model: Eva02UperNet, sd: Mapping[str, torch.Tensor], 
     drop = set(pruned)
     mapped = {k: v for k, v in mapped.items() if k not in drop}
     try:
-        report = mmseg.load_state_dict_checked(model, mapped, strict=strict, where=where)
+        report = mmseg_common.load_state_dict_checked(model, mapped, strict=strict, where=where)
     except CheckpointError as e:
         raise CheckpointError(f"{e} [key map: {fmt}; names above are ours: backbone.* = timm Eva, "
                               f"checkpoint keys under {'backbone.' if fmt == 'eva2' else TIMM_PREFIX}]") from None
@@ -546,8 +545,8 @@ def load_state_dict_mapped(model: Eva02UperNet, sd: Mapping[str, torch.Tensor], 
 def load_mmseg_eva02(config_path_or_text=None, checkpoint_path=None, image_size=None, strict: bool = True,
                      trust_checkpoint: bool = False) -> Eva02UperNet:
     """An EVA-02 UperNet from an mmseg config (file, text, or None: the checkpoint's `meta`) and
-    checkpoint, read as every mmseg family reads them (`families/mmseg.py:read_mmseg`)."""
-    config, _, sd, notes, config_path, where = mmseg.read_mmseg(config_path_or_text, checkpoint_path,
+    checkpoint, read as every mmseg family reads them (`models/formats/mmseg.py:read_mmseg`)."""
+    config, _, sd, notes, config_path, where = read_mmseg(config_path_or_text, checkpoint_path,
                                                                 who="load_mmseg_eva02", trust=trust_checkpoint)
     model = build_eva02(config["model"], config=config, resize=False)
     model.cfg.notes = [n for n in notes if not n.startswith("patch_bias")] + model.cfg.notes   # a ViT-only note
@@ -587,7 +586,7 @@ def builtin_eva02_config(size: str = "small", image_size=256, patch_size: int = 
     name = _SIZE_NAMES[size]
     d = EVA02_MODELS[name]["embed_dim"]
     depth = EVA02_MODELS[name]["depth"]
-    img = _pair(image_size, "image size")
+    img = pair(image_size, "image size")
     outs = list(out_indices) if out_indices is not None else ([3, 5, 7, 11] if depth == 12 else [7, 11, 15, 23])
     norm_cfg = dict(type="SyncBN", requires_grad=True)
     backbone = dict(type="mmseg.TIMMBackbone", model_name=name, features_only=True, pretrained=False,
@@ -611,12 +610,12 @@ def builtin_eva02(size: str = "small", image_size=256, patch_size: int = 16, see
     """An EVA-02 UperNet with seeded weights, eval mode: `init="random"` every parameter and BN
     statistic drawn at random (the test suite's models); `init="upstream"` the weights a fresh
     model gets upstream: timm's `Eva` init for the backbone (seeded), mmseg's for the neck and
-    UPerHead (`mmseg.init_upstream_`; docs/decisions.md item 32)."""
+    UPerHead (`mmseg_common.init_upstream_`; docs/decisions.md item 32)."""
     cfg = builtin_eva02_config(size, image_size, patch_size, n_cls, channels, out_indices)
-    if mmseg.check_init(init) == "upstream":
-        with mmseg.seeded_construction(seed):
+    if mmseg_common.check_init(init) == "upstream":
+        with mmseg_common.seeded_construction(seed):
             model = build_eva02(cfg)
-        mmseg.init_upstream_(model, seed, mmseg_vit=False)
+        mmseg_common.init_upstream_(model, seed, mmseg_vit=False)
     else:
         model = build_eva02(cfg)
         randomize_(model, seed)
@@ -635,21 +634,21 @@ BUILTIN_MODELS[f"eva02_s16_512{UPSTREAM_SUFFIX}"] = partial(builtin_eva02, "smal
 UPERNET_TYPES = dict(backbone={"TIMMBackbone", "EVA2"}, decode_head={"UPerHead"})
 
 
-def detect(p: Path, config: Optional[Path], trust_checkpoint: bool = False) -> bool:
+def accepts(files: dict, trust_checkpoint: bool = False) -> bool:
     """An mmseg checkpoint whose config has a TIMMBackbone (EVA-02) or EVA2 backbone and a UPerHead."""
-    return mmseg.detect_types(p, config, trust_checkpoint, **UPERNET_TYPES)
+    return accepts_types(files, trust_checkpoint, **UPERNET_TYPES)
 
 
-def load(p: Path, config: Optional[Path], image_size=None, strict: bool = True, trust_checkpoint: bool = False):
-    cfg_path, ckpt = mmseg.find_files(p, config)
-    return load_mmseg_eva02(cfg_path, ckpt, image_size=image_size, strict=strict, trust_checkpoint=trust_checkpoint)
+def load(files: dict, image_size=None, strict: bool = True, trust_checkpoint: bool = False):
+    return load_mmseg_eva02(files.get("config"), files["checkpoint"], image_size=image_size, strict=strict,
+                            trust_checkpoint=trust_checkpoint)
 
 
 FAMILY_ENTRY = register(Family(
     name=FAMILY,
-    formats="an mmsegmentation EVA-02 UperNet checkpoint (.pth holding state_dict; TIMMBackbone over timm's EVA-02 "
-            "or EVA-02's official EVA2) with its config .py (--config, beside it, or in the checkpoint's meta)",
+    format="mmsegmentation",
+    describe="EVA-02 + UperNet (backbone TIMMBackbone over timm's EVA-02, or EVA-02's official EVA2; UPerHead)",
     builtins=dict(BUILTIN_MODELS),
-    detect=detect,
+    accepts=accepts,
     load=load,
 ))

@@ -10,8 +10,8 @@ an `EncoderDecoder` with mmseg's `VisionTransformer` (`with_cls_token=False`, `f
 Checkpoints: SegViT's are mmseg 0.x files, `{"state_dict": ..., "meta": {...}}`, with the Python
 config beside them (parsed, never executed: `models/mmseg_config.py`; `_base_` files resolved as
 mmengine does) or the config text in `meta['config']`. They are read through the mmseg path
-shared with SETR (`families/mmseg.py`: `find_files`, `read_mmseg`, `build_vit`,
-`load_state_dict_checked`; the config helpers of `families/mmseg.py`); keys
+shared with SETR (`models/formats/mmseg.py`: `read_mmseg`; `models/mmseg_common.py`: `build_vit`,
+`load_state_dict_checked` and the config helpers); keys
 that only training uses are ignored and listed in `model.load_report["ignored"]`: the ATM
 loss's `decode_head.loss_decode.criterion.empty_weight` buffer (SetCriterion's class weights)
 and any `auxiliary_head.*`. Missing, unexpected or mis-shaped keys raise `CheckpointError`
@@ -42,22 +42,23 @@ from typing import Callable, Mapping, Optional
 import torch
 
 from algm_export.core.errors import ConfigError
-from algm_export.models.backbones.mmseg_vit import MMSegViT, _pair
+from algm_export.core.names import pair
+from algm_export.models.backbones.mmseg_vit import MMSegViT
 from algm_export.models.base import SegModel
 from algm_export.models.decoders.atm import ATMDecoder
-from algm_export.models.formats import mmseg
-from algm_export.models.formats.mmseg import MMSegViTConfig, MMSegWholeInference, build_vit, load_state_dict_checked, read_mmseg
-from algm_export.models.formats.mmseg import (  # the mmseg-format helpers every mmseg family shares
+from algm_export.models.mmseg_common import (MMSegViTConfig, MMSegWholeInference, backbone_name, build_vit,
+                                             load_state_dict_checked)
+from algm_export.models.formats.mmseg import accepts_types, read_mmseg
+from algm_export.models.mmseg_common import (
     IMAGENET_MEAN_255,
     IMAGENET_STD_255,
-    format_config,
     inference_from_config as _inference,
     mmseg_slide_inference,
     normalization_from_config,
     randomize_,
-    typename as _typename,
 )
-from algm_export.models.families.setr import IGNORED_PREFIXES as SETR_IGNORED, UPSTREAM_SUFFIX, _backbone_name
+from algm_export.models.formats.mmseg import format_config, typename as _typename
+from algm_export.models.families.setr import IGNORED_PREFIXES as SETR_IGNORED, UPSTREAM_SUFFIX
 from algm_export.models.registry import Family, register
 
 FAMILY = "segvit"
@@ -180,9 +181,9 @@ def build_segvit(model_cfg: Mapping, image_size=None, config: Optional[Mapping] 
     if image_size is None:
         image_size = inference["crop_size"] if inference["mode"] == "slide" else backbone.img_size
     cfg = SegViTConfig(
-        n_cls=decoder.n_cls, image_size=_pair(image_size, "image size"), patch_size=backbone.patch_size,
+        n_cls=decoder.n_cls, image_size=pair(image_size, "image size"), patch_size=backbone.patch_size,
         n_layers=backbone.depth, d_model=backbone.embed_dim, n_heads=backbone.num_heads,
-        normalization=normalization, backbone=_backbone_name(model_cfg.get("backbone") or {}), inference=inference,
+        normalization=normalization, backbone=backbone_name(model_cfg.get("backbone") or {}), inference=inference,
         align_corners=decoder.align_corners, with_cls_token=backbone.with_cls_token,
         built_image_size=backbone.img_size, decoder_layers=tuple(decoder.in_layers),
         head={"img_size": decoder.img_size, "embed_dims": decoder.dim, "num_layers": decoder.n_layers,
@@ -266,15 +267,15 @@ def save_segvit(model: SegViT, path, config: Optional[Mapping] = None, meta: Opt
 SEGVIT_HEADS = {HEAD_TYPE, *_OTHER_HEADS}
 
 
-def detect(p: Path, config: Optional[Path], trust_checkpoint: bool = False) -> bool:
+def accepts(files: dict, trust_checkpoint: bool = False) -> bool:
     """An mmseg checkpoint whose config has a SegViT head (the unsupported SegViT heads too, so that
     loading them names the reason)."""
-    return mmseg.detect_types(p, config, trust_checkpoint, decode_head=SEGVIT_HEADS)
+    return accepts_types(files, trust_checkpoint, decode_head=SEGVIT_HEADS)
 
 
-def load(p: Path, config: Optional[Path], image_size=None, strict: bool = True, trust_checkpoint: bool = False):
-    cfg_path, ckpt = mmseg.find_files(p, config)
-    return load_segvit(cfg_path, ckpt, image_size=image_size, strict=strict, trust_checkpoint=trust_checkpoint)
+def load(files: dict, image_size=None, strict: bool = True, trust_checkpoint: bool = False):
+    return load_segvit(files.get("config"), files["checkpoint"], image_size=image_size, strict=strict,
+                       trust_checkpoint=trust_checkpoint)
 
 
 # ----------------------------------------------------------------------------- built-ins
@@ -284,7 +285,7 @@ def builtin_segvit_config(image_size=256, n_cls: int = 150) -> dict:
     with a ViT-S/16 backbone: 12 blocks read at [5, 7, 11] (the published 12-block stages), head
     width embed_dims // 2, 3 TPN layers per stage, head dim 32 as in the published ViT-L head;
     slide inference with crop = the built size and stride 2/3 of it (the base config's 512 / 341)."""
-    size = _pair(image_size, "image size")
+    size = pair(image_size, "image size")
     if size[0] != size[1]:
         raise ConfigError(f"SegViT built-ins are square (the ATM head's img_size is one number), got {list(size)}")
     s = size[0]
@@ -326,9 +327,9 @@ def randomize_segvit_(model: SegViT, seed: int = 0) -> SegViT:
 def builtin_segvit(image_size=256, seed: int = 0, n_cls: int = 150, init: str = "random") -> SegViT:
     """A small SegViT (ViT-S/16, 3 stages, built at `image_size`) with seeded weights:
     `init="random"` random draws (`randomize_segvit_`, the test suite's models); `init="upstream"`
-    the weights a fresh model gets upstream (`mmseg.init_upstream_`: mmseg's ViT init, the ATM
+    the weights a fresh model gets upstream (`mmseg_common.init_upstream_`: mmseg's ViT init, the ATM
     head's Linear layers truncated normal 0.02; docs/decisions.md item 32)."""
-    from algm_export.models.formats.mmseg import check_init, init_upstream_, seeded_construction
+    from algm_export.models.mmseg_common import check_init, init_upstream_, seeded_construction
 
     config = builtin_segvit_config(image_size, n_cls)
     if check_init(init) == "upstream":
@@ -338,7 +339,7 @@ def builtin_segvit(image_size=256, seed: int = 0, n_cls: int = 150, init: str = 
     else:
         model = build_segvit(config["model"], config=config)
         randomize_segvit_(model, seed)
-    model.source = f"builtin:segvit_s16_{_pair(image_size, 'image size')[0]}" + (
+    model.source = f"builtin:segvit_s16_{pair(image_size, 'image size')[0]}" + (
         UPSTREAM_SUFFIX if init == "upstream" else "")
     return model.eval()
 
@@ -350,9 +351,9 @@ BUILTIN_MODELS[f"segvit_s16_512{UPSTREAM_SUFFIX}"] = lambda: builtin_segvit(512,
 
 FAMILY_ENTRY = register(Family(
     name=FAMILY,
-    formats="a SegViT checkpoint (mmseg 0.x .pth holding state_dict; ATMHead) with its config .py (--config, "
-            "beside it, or in the checkpoint's meta), or a folder holding both",
+    format="mmsegmentation",
+    describe="SegViT (decode_head ATMHead; mmseg 0.x checkpoints)",
     builtins=BUILTIN_MODELS,
-    detect=detect,
+    accepts=accepts,
     load=load,
 ))

@@ -41,23 +41,27 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 
 from algm_export.core.errors import ConfigError
-from algm_export.models.backbones.mmseg_vit import MMSegViT, _pair
+from algm_export.core.names import pair
+from algm_export.models.backbones.mmseg_vit import MMSegViT
 from algm_export.models.base import SegModel
 from algm_export.models.decoders.setr import SETRDecoder, SETRMLAHead, SETRUPHead, build_head, build_neck
-from algm_export.models.formats.mmseg import PATCH_BIAS_KEY, VIT_ARGS as _BACKBONE_ARGS  # noqa: F401
-from algm_export.models.formats.mmseg import MMSegViTConfig, MMSegWholeInference, build_vit, load_state_dict_checked, read_checkpoint, read_mmseg
-from algm_export.models.formats.mmseg import short as _short  # noqa: F401
-from algm_export.models.formats.mmseg import (  # noqa: F401  (the shared mmseg helpers, also under their old names here)
-    IMAGENET_MEAN_255, IMAGENET_STD_255, format_config, inference_from_config as _inference, mmseg_slide_inference,
-    normalization_from_config, randomize_, typename as _typename,
+from algm_export.models.formats.mmseg import accepts_types, format_config, read_mmseg, typename
+from algm_export.models.mmseg_common import (
+    IMAGENET_MEAN_255,
+    IMAGENET_STD_255,
+    MMSegViTConfig,
+    MMSegWholeInference,
+    backbone_name,
+    build_vit,
+    inference_from_config,
+    load_state_dict_checked,
+    normalization_from_config,
+    randomize_,
 )
-from algm_export.models.formats.mmseg import state_dict_of as _state_dict_of  # noqa: F401
 
 FAMILY = "setr"
 IGNORED_PREFIXES = ("auxiliary_head.", "data_preprocessor.")
 # Common names of the ViT sizes (embed_dims, num_layers, num_heads) -> name.
-_VIT_NAMES = {(192, 12, 3): "vit-ti", (384, 12, 6): "vit-s", (768, 12, 12): "vit-b", (1024, 24, 16): "vit-l",
-              (1280, 32, 16): "vit-h"}
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -89,11 +93,6 @@ class SETRConfig(MMSegViTConfig):
 
 
 
-def _backbone_name(bb: dict) -> str:
-    key = (int(bb.get("embed_dims", 768)), int(bb.get("num_layers", 12)), int(bb.get("num_heads", 12)))
-    name = _VIT_NAMES.get(key, f"vit-d{key[0]}x{key[1]}")
-    return f"mmseg_{name}{int(bb.get('patch_size', 16))}"
-
 
 def _decoder_name(head: dict, head_module) -> str:
     if isinstance(head_module, SETRMLAHead):
@@ -112,7 +111,7 @@ def build_setr(model_cfg: Mapping, image_size=None, config: Optional[Mapping] = 
         raise ConfigError(f"the config's `model` must be a dict, got {type(model_cfg).__name__}")
     model_cfg = copy.deepcopy(dict(model_cfg))
     config = config or {}
-    seg_type = _typename(model_cfg) or "EncoderDecoder"
+    seg_type = typename(model_cfg) or "EncoderDecoder"
     if seg_type != "EncoderDecoder":
         raise ConfigError(f"model type {model_cfg.get('type')!r} is not supported; SETR models are EncoderDecoder")
     bb_cfg = dict(model_cfg.get("backbone") or {})
@@ -128,13 +127,13 @@ def build_setr(model_cfg: Mapping, image_size=None, config: Optional[Mapping] = 
     decoder = SETRDecoder(head, neck, backbone.out_indices)
 
     normalization, order, source = normalization_from_config(model_cfg, config)
-    inference = _inference(model_cfg, config)
+    inference = inference_from_config(model_cfg, config)
     if image_size is None:
         image_size = inference["crop_size"] if inference["mode"] == "slide" else backbone.img_size
     cfg = SETRConfig(
-        n_cls=decoder.n_cls, image_size=_pair(image_size, "image size"), patch_size=backbone.patch_size,
+        n_cls=decoder.n_cls, image_size=pair(image_size, "image size"), patch_size=backbone.patch_size,
         n_layers=backbone.depth, d_model=backbone.embed_dim, n_heads=backbone.num_heads,
-        normalization=normalization, backbone=_backbone_name(bb_cfg), decoder_name=_decoder_name(head_cfg, head),
+        normalization=normalization, backbone=backbone_name(bb_cfg), decoder_name=_decoder_name(head_cfg, head),
         inference=inference, align_corners=decoder.align_corners, with_cls_token=backbone.with_cls_token,
         built_image_size=backbone.img_size, decoder_layers=tuple(decoder.in_layers), channel_order=order,
         normalization_source=source, model_cfg=model_cfg,
@@ -216,7 +215,7 @@ def builtin_setr_config(kind: str, image_size=256, n_cls: int = 150) -> dict:
     The published ViT-L configs (24 blocks) read blocks (9, 14, 19, 23) for naive / PUP (the head
     the last, the auxiliary heads the others) and (5, 11, 17, 23) for MLA; scaled to 12 blocks:
     (4, 7, 9, 11) and (2, 5, 8, 11). Auxiliary heads are left out (training only)."""
-    size = _pair(image_size, "image size")
+    size = pair(image_size, "image size")
     norm_cfg = dict(type="SyncBN", requires_grad=True)
     backbone = dict(type="VisionTransformer", img_size=size, patch_size=16, in_channels=3, embed_dims=384,
                     num_layers=12, num_heads=6, out_indices=(4, 7, 9, 11), drop_rate=0.0,
@@ -247,9 +246,9 @@ def builtin_setr_config(kind: str, image_size=256, n_cls: int = 150) -> dict:
 def builtin_setr(kind: str, image_size=256, seed: int = 0, n_cls: int = 150, init: str = "random") -> SETR:
     """A small SETR (ViT-S/16 backbone, built at `image_size`), eval mode, with seeded weights:
     `init="random"` every parameter drawn at random (`randomize_`, the test suite's models);
-    `init="upstream"` the weights mmsegmentation gives a fresh model (`mmseg.init_upstream_`,
+    `init="upstream"` the weights mmsegmentation gives a fresh model (`mmseg_common.init_upstream_`,
     the benchmarks' models: docs/performance.md, docs/decisions.md item 32)."""
-    from algm_export.models.formats.mmseg import check_init, init_upstream_, seeded_construction
+    from algm_export.models.mmseg_common import check_init, init_upstream_, seeded_construction
 
     if check_init(init) == "upstream":
         with seeded_construction(seed):
@@ -258,7 +257,7 @@ def builtin_setr(kind: str, image_size=256, seed: int = 0, n_cls: int = 150, ini
     else:
         model = build_setr(builtin_setr_config(kind, image_size, n_cls))
         randomize_(model, seed)
-    model.source = f"builtin:setr_{kind}_vit_s16_{_pair(image_size, 'image size')[0]}" + (
+    model.source = f"builtin:setr_{kind}_vit_s16_{pair(image_size, 'image size')[0]}" + (
         UPSTREAM_SUFFIX if init == "upstream" else "")
     return model.eval()
 
@@ -282,27 +281,22 @@ BUILTIN_MODELS.update({
 SETR_HEADS = {"SETRUPHead", "SETRMLAHead"}
 
 
-def _detect(p: Path, config: Optional[Path], trust_checkpoint: bool = False) -> bool:
-    from algm_export.models.formats import mmseg
-
-    return mmseg.detect_types(p, config, trust_checkpoint, decode_head=SETR_HEADS)
+def _accepts(files: dict, trust_checkpoint: bool = False) -> bool:
+    return accepts_types(files, trust_checkpoint, decode_head=SETR_HEADS)
 
 
-def _load(p: Path, config: Optional[Path], image_size=None, strict: bool = True, trust_checkpoint: bool = False):
-    from algm_export.models.formats import mmseg
-
-    cfg_path, ckpt = mmseg.find_files(p, config)
-    return load_mmseg_setr(cfg_path, ckpt, image_size=image_size, strict=strict, trust_checkpoint=trust_checkpoint)
+def _load(files: dict, image_size=None, strict: bool = True, trust_checkpoint: bool = False):
+    return load_mmseg_setr(files.get("config"), files["checkpoint"], image_size=image_size, strict=strict,
+                           trust_checkpoint=trust_checkpoint)
 
 
 def _register():
     from algm_export.models.registry import Family, register
 
     return register(Family(
-        name=FAMILY,
-        formats="an mmsegmentation SETR checkpoint (.pth holding state_dict) with its config .py (--config, beside "
-                "it, or in the checkpoint's meta), or a folder holding both",
-        builtins=BUILTIN_MODELS, detect=_detect, load=_load))
+        name=FAMILY, format="mmsegmentation",
+        describe="SETR naive / PUP / MLA (decode_head SETRUPHead or SETRMLAHead on mmseg's VisionTransformer)",
+        builtins=BUILTIN_MODELS, accepts=_accepts, load=_load))
 
 
 FAMILY_ENTRY = _register()

@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from algm_export.core.errors import ArtifactError, BackendUnavailable, ConfigError
+from algm_export.runtimes import base
 from algm_export.runtimes.plugins import creator_names, load_plugin_library  # noqa: F401  (re-exported)
 
 BACKENDS = ("tensorrt", "tensorrt-rtx")
 _MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
-_ALIASES = {"tensorrt": "tensorrt", "trt": "tensorrt", "tensorrt-rtx": "tensorrt-rtx",
-            "tensorrt_rtx": "tensorrt-rtx", "rtx": "tensorrt-rtx", "trt-rtx": "tensorrt-rtx"}
 _INSTALL = {"tensorrt": "pip install tensorrt (needs a CUDA GPU with a driver to build and run)",
             "tensorrt-rtx": "pip install tensorrt-rtx-cu13 (or `pip install algm-export[rtx]`)"}
 _PRETTY = {"tensorrt": "TensorRT", "tensorrt-rtx": "TensorRT-RTX"}
@@ -46,10 +45,15 @@ RTX_LIB = "libtensorrt_rtx.so"
 # --------------------------------------------------------------------------- backends
 
 def normalize_backend(backend: str) -> str:
-    key = str(backend).strip().lower()
-    if key not in _ALIASES:
+    """The canonical name of a TensorRT backend (`runtimes.base.normalize_backend`, then refused
+    unless it is one of this package's `BACKENDS`)."""
+    try:
+        key = base.normalize_backend(backend)
+    except ConfigError:
+        key = None
+    if key not in BACKENDS:
         raise ConfigError(f"unknown TensorRT backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
-    return _ALIASES[key]
+    return key
 
 
 def pretty(backend: str) -> str:
@@ -164,8 +168,8 @@ def rtx_link_dir() -> Path | None:
         return real.parent
     real = real.resolve()
     key = hashlib.sha256(str(real).encode()).hexdigest()[:16]
-    for base in (_cache_dir(), Path(tempfile.gettempdir()) / f"algm-export-{os.getuid()}"):
-        d = base / "trt-rtx-lib" / key
+    for root in (_cache_dir(), Path(tempfile.gettempdir()) / f"algm-export-{os.getuid()}"):
+        d = root / "trt-rtx-lib" / key
         link = d / RTX_LIB
         try:
             if link.is_symlink() and Path(os.readlink(link)) == real:

@@ -1,6 +1,6 @@
-"""Checkpoints in the published Segmenter / ALGM format, and the built-in demo models.
+"""The published Segmenter / ALGM checkpoint format (format `published-segmenter`).
 
-Layout (spec 1.4), as written by the published training script and read by its `load_model`::
+Layout (docs/algorithm.md, "Checkpoints"), as written by the published training script and read by its `load_model`::
 
     run/
       checkpoint.pth   {"model": state_dict, "n_cls": int, ...}   (optimizer state etc. optional)
@@ -17,9 +17,10 @@ The published decoder dict is `{name: linear}` for the linear decoder and
 `!!python/tuple` tags because it was written with `yaml.dump`), and turns every way a checkpoint
 can be wrong into a `CheckpointError` that names the problem and the fix.
 
-`resolve_model(spec)` accepts a checkpoint path/folder or `builtin:NAME` (`BUILTIN_MODELS`).
+The format is recognised by its `variant.yml`: a checkpoint with `variant.yml` beside it, or a folder
+holding both (`find`).
 
-Checkpoints are unpickled weights-only (`models.safe_load.load_checkpoint_file`): training state
+Checkpoints are unpickled weights-only (`models.formats.safe_load.load_checkpoint_file`): training state
 loads, any other object is refused unless `trust_checkpoint=True` (CLI `--trust-checkpoint`).
 `variant.yml` is parsed as data, never executed (`_VariantLoader`: no tag constructs an object).
 """
@@ -36,17 +37,18 @@ import torch
 import yaml
 
 from algm_export.core.errors import CheckpointError, ConfigError
+from algm_export.core.names import pair
 from algm_export.core.manifest import atomic_path
-from algm_export.models.configs import (
+from algm_export.models.families.segmenter import (
     ALIASES,
     BACKBONES,
     NORMALIZATION,
     DecoderConfig,
+    Segmenter,
     SegmenterConfig,
-    _pair,
 )
+from algm_export.models.formats import Format, register_format
 from algm_export.models.formats.safe_load import load_checkpoint_file
-from algm_export.models.segmenter import Segmenter, create_segmenter
 
 CHECKPOINT = "checkpoint.pth"
 VARIANT = "variant.yml"
@@ -59,10 +61,6 @@ REQUIRED_NET_KWARGS = ("backbone", "d_model", "n_heads", "n_layers", "patch_size
 # Parameters the checkpoint carries but segmentation never uses (ImageNet heads): tolerated when
 # missing or of another shape (a checkpoint stripped of them still segments identically).
 UNUSED_PREFIXES = ("encoder.head.", "encoder.head_dist.")
-
-# Published ALGM thresholds per backbone (ADE20K, spec 1.3): the default operating point of builtins.
-PUBLISHED_THRESHOLDS = {"vit_tiny_patch16_384": 0.90, "vit_small_patch16_384": 0.88,
-                        "vit_base_patch16_384": 0.94, "vit_large_patch16_384": 0.95}
 
 
 # ----------------------------------------------------------------------------- variant.yml I/O
@@ -157,7 +155,7 @@ def config_from_variant(variant: dict, where: str = "variant.yml") -> SegmenterC
     if d_model % n_heads:
         raise CheckpointError(f"{where}: d_model {d_model} is not a multiple of n_heads {n_heads}; fix variant.yml")
     try:
-        image_size = _pair(net["image_size"])
+        image_size = pair(net["image_size"], "net_kwargs.image_size")
     except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: net_kwargs.image_size = {net['image_size']!r} is not a size ({e})") from None
     if image_size[0] % patch_size or image_size[1] % patch_size:
@@ -273,7 +271,7 @@ def _algm_fields(algm) -> tuple[float, list, list]:
         raise ConfigError(f"algm must be an AlgmSetting or a dict, got {type(algm).__name__}")
     if threshold is None:
         raise ConfigError(f"algm settings without a threshold: {algm!r}")
-    window = _pair(window if window is not None else 2)
+    window = pair(window if window is not None else 2, "merging_window_size")
     return float(threshold), list(layers if layers is not None else (1, 5)), list(window)
 
 
@@ -322,25 +320,34 @@ def save_segmenter(model, out_dir: str | Path, algm=None, extra_variant: Optiona
 
 # ----------------------------------------------------------------------------- load
 
-def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
-    """(checkpoint.pth, variant.yml) for a checkpoint file or the folder holding it."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        ckpt = p / CHECKPOINT
-        if not ckpt.is_file():
-            others = sorted(q.name for q in p.glob("*.pth"))
-            hint = f" (it holds {others}: pass one of them)" if others else ""
-            raise CheckpointError(
-                f"no {CHECKPOINT} in {p}{hint}; pass a checkpoint file or a folder holding "
-                f"{CHECKPOINT} and {VARIANT}"
-            )
-        return ckpt, p / VARIANT
-    if not p.exists():
-        raise CheckpointError(
-            f"checkpoint {p} does not exist; pass checkpoint.pth (with variant.yml beside it), its folder, "
-            f"or a built-in model (builtin:{', builtin:'.join(BUILTIN_MODELS)})"
-        )
-    return p, p.parent / VARIANT
+def find(p: Path, config: Optional[Path] = None, trust_checkpoint: bool = False) -> Optional[dict]:
+    """{"checkpoint", "variant"} when `p` is a checkpoint with variant.yml beside it, or a folder
+    holding variant.yml and its checkpoint (checkpoint.pth, or the folder's one .pth); else None."""
+    if config is not None:  # a config file named: another format's
+        return None
+    folder = p if p.is_dir() else p.parent
+    var = folder / VARIANT
+    if not var.is_file():
+        return None
+    if p.is_file():
+        return {"checkpoint": p, "variant": var}
+    ckpt = p / CHECKPOINT
+    if not ckpt.is_file():
+        pths = sorted(p.glob("*.pth"))
+        if len(pths) != 1:
+            listed = f" (it holds {[q.name for q in pths][:5]}: pass one of them)" if pths else ""
+            raise CheckpointError(f"{p} holds {VARIANT} but no {CHECKPOINT}{listed}; pass the checkpoint file, or a "
+                                  f"folder holding {CHECKPOINT} and {VARIANT}")
+        ckpt = pths[0]
+    return {"checkpoint": ckpt, "variant": var}
+
+
+FORMAT = register_format(Format(
+    name="published-segmenter",
+    describe=f"a checkpoint ({CHECKPOINT}) with {VARIANT} beside it, or their folder (the published Segmenter / "
+             "ALGM format)",
+    find=find,
+))
 
 
 def _extract_state_dict(obj, path: Path) -> dict:
@@ -424,7 +431,7 @@ def _check_keys(model: Segmenter, sd: dict, cfg: SegmenterConfig, strict: bool, 
 
 
 def load_segmenter(path: str | Path, image_size=None, strict: bool = True,
-                   trust_checkpoint: bool = False) -> Segmenter:
+                   trust_checkpoint: bool = False, variant_path: str | Path | None = None) -> Segmenter:
     """Load a published-format checkpoint: `path` = checkpoint.pth or its folder (variant.yml beside it).
 
     image_size: run size (int or (H, W)) if different from the checkpoint's; the grid part of
@@ -441,7 +448,18 @@ def load_segmenter(path: str | Path, image_size=None, strict: bool = True,
     `inference` (inference_kwargs); `model.variant` is the whole variant dict,
     `model.checkpoint_path` the file, `model.checkpoint_image_size` the trained size.
     """
-    ckpt, var_path = checkpoint_paths(path)
+    ckpt = Path(path).expanduser()
+    if ckpt.is_dir():
+        if not (ckpt / CHECKPOINT).is_file():
+            others = sorted(q.name for q in ckpt.glob("*.pth"))
+            hint = f" (it holds {others}: pass one of them)" if others else ""
+            raise CheckpointError(f"no {CHECKPOINT} in {ckpt}{hint}; pass a checkpoint file or a folder holding "
+                                  f"{CHECKPOINT} and {VARIANT}")
+        ckpt = ckpt / CHECKPOINT
+    elif not ckpt.exists():
+        raise CheckpointError(f"checkpoint {ckpt} does not exist; pass {CHECKPOINT} (with {VARIANT} beside it) or "
+                              "its folder")
+    var_path = Path(variant_path).expanduser() if variant_path is not None else ckpt.parent / VARIANT
     variant = read_variant(var_path)
     cfg = config_from_variant(variant, str(var_path))
     obj = load_checkpoint_file(ckpt, trust=trust_checkpoint)
@@ -457,6 +475,7 @@ def load_segmenter(path: str | Path, image_size=None, strict: bool = True,
     model.eval()
     model.variant = variant
     model.checkpoint_path = ckpt
+    model.source_files = {"checkpoint": ckpt, "variant": var_path}
     model.checkpoint_image_size = tuple(cfg.image_size)
     model.source = str(ckpt)
     if image_size is not None:
@@ -469,55 +488,7 @@ def set_image_size(model: Segmenter, image_size) -> Segmenter:
     return model.set_image_size(image_size)
 
 
-# ----------------------------------------------------------------------------- built-in models
-
-# Seeded random weights with the published architectures: for smoke tests, demos and exports
-# when no trained checkpoint is at hand. Segmentations from them are meaningless.
-BUILTIN_MODELS: dict[str, dict] = {
-    "vit_s16_512": dict(backbone="vit_small", decoder="linear", image_size=512, n_cls=150, seed=0),
-    "vit_ti16_512": dict(backbone="vit_tiny", decoder="linear", image_size=512, n_cls=150, seed=0),
-    "vit_s16_512_mask": dict(backbone="vit_small", decoder="mask_transformer", image_size=512, n_cls=150, seed=0),
-    "deit_s16_512": dict(backbone="deit_small", decoder="linear", image_size=512, n_cls=150, seed=0),
-}
-DEFAULT_MODEL = "builtin:vit_s16_512"
-
-
-def builtin_model(name: str) -> Segmenter:
-    """`create_segmenter` with the registry's arguments, plus the published ADE20K settings
-    (ALGM threshold of the backbone, layers 1 and 5, 2x2 window; 512 sliding windows)."""
-    if name not in BUILTIN_MODELS:
-        raise ConfigError(
-            f"unknown built-in model {name!r}; choose one of "
-            + ", ".join(f"builtin:{n}" for n in BUILTIN_MODELS)
-        )
-    kw = BUILTIN_MODELS[name]
-    model = create_segmenter(**kw)
-    cfg = model.cfg
-    cfg.algm = {"patch_type": "algm", "threshold": PUBLISHED_THRESHOLDS.get(cfg.backbone, 0.88),
-                "selected_layers": [1, 7] if cfg.n_layers >= 24 else [1, 5], "merging_window_size": [2, 2]}
-    side = min(cfg.image_size)
-    cfg.inference = {"im_size": side, "window_size": side, "window_stride": side}
-    model.source = f"builtin:{name}"
-    model.checkpoint_path = None
-    model.checkpoint_image_size = tuple(cfg.image_size)
-    model.variant = make_variant(cfg)
-    return model
-
-
-def resolve_model(spec, image_size=None, strict: bool = True, trust_checkpoint: bool = False):
-    """`algm_export.models.registry.resolve_model` (every family), kept under its old name here."""
-    from algm_export.models import registry
-
-    return registry.resolve_model(spec, image_size=image_size, strict=strict, trust_checkpoint=trust_checkpoint)
-
-
-def model_summary(model) -> dict:
-    """Short description of a model for tables, JSON files and manifests."""
-    return model.describe()
-
-
 __all__ = [
-    "BUILTIN_MODELS", "CHECKPOINT", "DEFAULT_MODEL", "VARIANT", "algm_from_variant", "builtin_model",
-    "checkpoint_paths", "config_from_variant", "describe_state_dict", "load_segmenter", "make_variant",
-    "model_summary", "read_variant", "resolve_model", "save_segmenter", "set_image_size",
+    "CHECKPOINT", "FORMAT", "VARIANT", "algm_from_variant", "config_from_variant", "describe_state_dict", "find",
+    "load_segmenter", "make_variant", "read_variant", "save_segmenter", "set_image_size",
 ]
