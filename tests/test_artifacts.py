@@ -231,7 +231,7 @@ def test_checkpoint_named_by_the_manifest_is_checked_before_it_is_read(capsys, f
 
     ck = tmp_path / "ck"
     shutil.copytree(tiny_export[0], ck)
-    edit_manifest(folder, lambda m: m["model"].update(source=str(ck)))
+    edit_manifest(folder, lambda m: m["model"]["files"]["checkpoint"].update(path=str(ck / "checkpoint.pth")))
     marker = tmp_path / "MARKER"
 
     class Evil:
@@ -241,8 +241,8 @@ def test_checkpoint_named_by_the_manifest_is_checked_before_it_is_read(capsys, f
     torch.save({"model": {}, "x": Evil()}, ck / "checkpoint.pth")
     for name in ("validate", "bench", "report"):
         code, errors, err = run(capsys, *commands(folder, tiny_export[2])[name])
-        assert code == 2 and "checkpoint.pth changed since the export (sha256 differs)" in errors[0], (name, err)
-    edit_manifest(folder, lambda m: m["model"].update(checkpoint_sha256=sha256_file(ck / "checkpoint.pth")))
+        assert code == 2 and "checkpoint.pth (checkpoint) changed since the export (sha256 differs)" in errors[0], (name, err)
+    edit_manifest(folder, lambda m: m["model"]["files"]["checkpoint"].update(sha256=sha256_file(ck / "checkpoint.pth")))
     code, errors, _ = run(capsys, *commands(folder, tiny_export[2])["validate"])
     assert code == 2 and "refers to posix.system" in errors[0] and "--trust-checkpoint" in errors[0]
     assert not marker.exists()

@@ -19,7 +19,7 @@ import torch
 from algm_export.core.errors import CheckpointError, ConfigError
 from algm_export.models.base import TokenState
 from algm_export.models.families import setr as S
-from algm_export.models.formats.mmseg import format_config
+from algm_export.models.formats.mmseg import PATCH_BIAS_KEY, format_config
 from algm_export.models.mmseg_common import mmseg_slide_inference, randomize_
 from algm_export.models.formats.mmseg_config import parse_config
 
@@ -199,7 +199,7 @@ def test_mmseg_0x_checkpoint_with_patch_bias(tmp_path):
     with torch.no_grad():
         assert torch.equal(m(x), ref(x))
     # a 1.x checkpoint (no bias) with the same config text: no bias
-    sd = {k: v for k, v in ref.state_dict().items() if k != S.PATCH_BIAS_KEY}
+    sd = {k: v for k, v in ref.state_dict().items() if k != PATCH_BIAS_KEY}
     torch.save({"state_dict": sd, "meta": {"cfg": text}}, tmp_path / "v1.pth")
     assert S.load_mmseg_setr(None, tmp_path / "v1.pth").backbone.patch_embed.projection.bias is None
     # an explicit patch_bias=False is obeyed: the 0.x bias is then an unexpected key

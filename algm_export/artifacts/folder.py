@@ -313,7 +313,9 @@ def model_from_manifest(man: dict, trust_checkpoint: bool = False, export_dir=No
                 raise ArtifactError(f"{path} ({role}) is missing (the export was made from it); restore it or re-export")
             if sha256_file(path) != rec["sha256"]:
                 raise ArtifactError(f"{path} ({role}) changed since the export (sha256 differs); re-export")
-        model = resolve_model(src, config=info.get("config_file"), trust_checkpoint=trust_checkpoint)
+        # read exactly the files just checked (`source` is what the user typed, e.g. a folder)
+        config = files["config"]["path"] if "config" in files else None
+        model = resolve_model(files["checkpoint"]["path"], config=config, trust_checkpoint=trust_checkpoint)
         got = {role: str(Path(p).resolve()) for role, p in (getattr(model, "source_files", None) or {}).items()}
         want = {role: rec["path"] for role, rec in files.items()}
         if got != want:

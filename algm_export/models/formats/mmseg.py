@@ -35,6 +35,8 @@ def _stamp(q: Path) -> tuple:
 def read_checkpoint_cached(path, trust: bool = False) -> Any:
     """`read_checkpoint`, remembered for the last file (by path, mtime and size): detecting the format,
     choosing the family and loading read a checkpoint once."""
+    if not Path(path).is_file():
+        return read_checkpoint(path, trust)  # says what is wrong
     key = ("checkpoint", _stamp(Path(path)), trust)
     if key not in _CACHE:
         obj = read_checkpoint(path, trust)
