@@ -22,6 +22,8 @@ from algm_export.core.errors import ConfigError, InputError
 from algm_export.models.flops import mean_macs, model_macs
 from conftest import PHOTOS, photo
 
+pytestmark = pytest.mark.slow  # whole-model exports of both token modes (module fixture) and the commands on them
+
 THRESHOLDS = (0.8, 0.88)
 
 

@@ -27,6 +27,8 @@ from _helpers.plugins import (MARGIN, NODE_MAX_VALUES, assert_same, build_once, 
                                   expected_gbm_sources, gbm_margin, gbm_sources, near_tie_tokens, node_max_tokens,
                                   smooth_tokens, tensorrt_include)
 
+pytestmark = pytest.mark.slow  # native builds (nvcc kernel library, TensorRT plugin library) and TensorRT-RTX builds
+
 TEST_ARCHS = (86, 90)
 
 
