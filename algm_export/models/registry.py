@@ -21,8 +21,18 @@ from typing import Callable, Mapping, Optional
 
 from algm_export.core.errors import CheckpointError, ConfigError
 
-# Family modules, imported on first use (each calls `register`).
-FAMILY_MODULES = ("segmenter", "setr", "segvit", "eva02")
+# Family modules (imported on first use; each calls `register`) and how help texts name them.
+FAMILY_MODULES = {
+    "segmenter": "Segmenter (timm ViT; linear / mask-transformer decoder; published checkpoints)",
+    "setr": "SETR naive / PUP / MLA (mmsegmentation)",
+    "segvit": "SegViT ATM (mmsegmentation)",
+    "eva02": "EVA-02 + UperNet (mmsegmentation)",
+}
+
+
+def families_line() -> str:
+    """Every family, one line, for help texts (no family module is imported)."""
+    return "; ".join(FAMILY_MODULES.values())
 DEFAULT_MODEL = "builtin:vit_s16_512"
 
 
