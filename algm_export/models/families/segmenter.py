@@ -161,11 +161,21 @@ class Segmenter(SegModel):
 
     family = "segmenter"
 
-    def __init__(self, cfg: SegmenterConfig):
+    def __init__(self, cfg: SegmenterConfig, encoder: Optional[TimmViT] = None):
+        """`encoder`: another timm ViT than the published one (e.g. `timm_backbone(
+        "vit_small_patch14_reg4_dinov2", patch_size=16, img_size=512)`: registers, layer scale);
+        its width, depth, patch size and built size must be cfg's. Its prefix tokens (`num_prefix`)
+        travel to ALGM through the backbone, whatever `cfg.distilled` says."""
         super().__init__()
         self.cfg = cfg
         self.patch_size = cfg.patch_size
-        self.encoder = build_encoder(cfg)
+        if encoder is not None:
+            have = (int(encoder.embed_dim), encoder.depth, encoder.patch_size, encoder.built_grid)
+            want = (cfg.d_model, cfg.n_layers, cfg.patch_size, cfg.grid)
+            if have != want:
+                raise ConfigError(f"encoder (width, depth, patch, grid) {have} does not match the config's {want}; "
+                                  "build the encoder with the config's sizes")
+        self.encoder = build_encoder(cfg) if encoder is None else encoder
         depth = cfg.n_layers
         if cfg.decoder.name == "linear":
             self.decoder = LinearDecoder(cfg.n_cls, cfg.d_model, depth)
