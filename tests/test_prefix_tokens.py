@@ -525,6 +525,7 @@ def dinov2_reg4():
 
     cfg = make_config("vit_small", "linear", 128, n_cls=5)
     cfg.n_layers = 4
+    cfg.reg_tokens = 4
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         bb = timm_backbone("vit_small_patch14_reg4_dinov2", patch_size=16, img_size=128, depth=4)
@@ -553,6 +554,37 @@ def test_timm_register_vit_is_timm_forward(dinov2_reg4):
         got = bb.layer_output(bb.depth - 1, x)
     assert grid == (8, 8) and got.shape == (2, 5 + 64, 384)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_register_segmenter_round_trip(tmp_path):
+    """A Segmenter whose ViT has register tokens (P = 3) saves and loads in the published format
+    (variant.yml gains reg_tokens) and runs ALGM with its prefix intact; an encoder whose prefix
+    differs from the config's is refused."""
+    from algm_export.errors import ConfigError
+    from algm_export.models.backbones.timm_vit import timm_backbone
+    from algm_export.models.checkpoint import load_segmenter, save_segmenter
+    from algm_export.models.configs import make_config
+    from algm_export.models.segmenter import Segmenter
+    from conftest import smooth_image
+
+    cfg = make_config("vit_tiny", "linear", 64, n_cls=3)
+    cfg.reg_tokens = 2
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Segmenter(cfg).eval()
+    assert model.num_prefix == cfg.num_prefix == 3 and model.backbone.reg_token.shape == (1, 2, 192)
+    save_segmenter(model, tmp_path / "ck")
+    again = load_segmenter(tmp_path / "ck")
+    assert again.cfg.reg_tokens == 2 and again.num_prefix == 3
+    im = smooth_image(64)
+    setting = AlgmSetting(0.9, (2, 2), (1, 5))
+    with torch.no_grad():
+        a = apply_algm(model, setting, token_mode="dynamic")(im)
+        b = apply_algm(again, setting, token_mode="dynamic")(im)
+    assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="prefix tokens"):
+        Segmenter(make_config("vit_tiny", "linear", 64, n_cls=3),
+                  encoder=timm_backbone("vit_tiny_patch16_224", img_size=64, reg_tokens=2))
 
 
 def test_timm_backbone_refuses_other_vits():
