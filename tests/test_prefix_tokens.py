@@ -683,6 +683,24 @@ def test_register_vit_keeps_its_prefix_in_onnx(dinov2_reg4, token_mode, tmp_path
         assert (size[:, :5] == 1).all() and (size[:, 5:].sum(1) == 64).all()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("token_mode", ["static", "dynamic"])
+def test_rtx_builds_the_register_vit(dinov2_reg4, token_mode, tmp_path):
+    """TensorRT-RTX parses the P = 5 exports (the algm function bodies expanded into standard
+    layers, no plugin library) and serialises an SM86 engine, ahead of time on this machine."""
+    from algm_export.export.exporter import export_onnx
+    from test_dynamic_tokens import _rtx_build, _well_formed
+
+    caps = (64, 64) if token_mode == "static" else None
+    algm = apply_algm(dinov2_reg4, REG_SETTING, capacities=caps, token_mode=token_mode)
+    path = export_onnx(algm, tmp_path / f"{token_mode}.onnx")
+    res = _rtx_build(tmp_path, path)
+    assert res["layers"]["algm_nodes"] == 2 and not res["layers"].get("plugin_layers")
+    assert res["io"]["outputs"]["logits"]["shape"] == [-1, 5, 128, 128]
+    engine = tmp_path / "dyn.engine"
+    assert engine.stat().st_size == res["engine_bytes"] > 0 and _well_formed(engine)
+
+
 if __name__ == "__main__":
     # Records the digests of test_p012_outputs_are_those_of_the_published_rule. Run ONLY with the
     # code whose P = 0, 1, 2 behaviour is the reference: PYTHONPATH=<that tree> python tests/test_prefix_tokens.py
