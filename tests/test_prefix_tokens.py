@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from algm_export import AlgmSetting, apply_algm
 from algm_export.export.opmodels import clap_dynamic_model, clap_model, gbm_dynamic_model, gbm_model
-from algm_export.merging import dynamic
+from algm_export.merging import reference
 from algm_export.merging.static import clap_dynamic, clap_static, gbm_capacity_min, gbm_dynamic, gbm_static
 
 MARGIN = 1e-5
@@ -49,7 +49,7 @@ def window_tokens(B: int, P: int, grid, D: int, seed: int, dyadic: bool = False)
     gh, gw = grid
     N = gh * gw
     x = torch.randn(B, P + N, D, generator=g)
-    widx = dynamic.window_patch_index(grid, (2, 2))                           # [W, 4]
+    widx = reference.window_patch_index(grid, (2, 2))                           # [W, 4]
     W = widx.shape[0]
     base = torch.randn(B, W, 1, D, generator=g)
     level = 0.05 + 0.6 * torch.rand(B, W, 1, 1, generator=g)
@@ -190,7 +190,7 @@ class Case(NamedTuple):
 def case_thresholds(x: torch.Tensor, P: int, grid) -> torch.Tensor:
     """One CLAP threshold per image, between its window scores (quantiles 0.3 .. 0.75)."""
     B = x.shape[0]
-    sc = dynamic.window_scores(x[:, P:], grid, (2, 2))
+    sc = reference.window_scores(x[:, P:], grid, (2, 2))
     qs = torch.linspace(0.3, 0.75, B)
     return torch.tensor([float(sc[b].quantile(float(q))) - 1e-3 for b, q in enumerate(qs)])
 
@@ -266,9 +266,9 @@ def legacy_outputs(P: int, x: torch.Tensor, thr: torch.Tensor, caps) -> dict:
     out["onnx_gbm_dynamic"] = _sess(gbm_dynamic_model(D, N, P, 5.0)).run(
         None, {"x": o[0], "size_in": o[1], "assign_in": o[2]})
     for b in range(x.shape[0]):
-        d = dynamic.clap(x[b:b + 1], torch.ones(1, P + N), grid, (2, 2), float(thr[b]), P)
+        d = reference.clap(x[b:b + 1], torch.ones(1, P + N), grid, (2, 2), float(thr[b]), P)
         out[f"reference_clap/{b}"] = tuple(d)
-        out[f"reference_gbm/{b}"] = tuple(dynamic.gbm(d.x, d.size, d.assign, P, 5.0))
+        out[f"reference_gbm/{b}"] = tuple(reference.gbm(d.x, d.size, d.assign, P, 5.0))
     return out
 
 
@@ -331,9 +331,9 @@ def test_ops_follow_the_rule_for_any_prefix(P):
     assert all(s.stats[0] > 0 for s in ref1 + ref2), "both steps must merge in every image"
     # the published form, image by image
     for b in range(x.shape[0]):
-        d = dynamic.clap(x[b:b + 1], torch.ones(1, P + N), grid, (2, 2), float(thr[b]), P)
+        d = reference.clap(x[b:b + 1], torch.ones(1, P + N), grid, (2, 2), float(thr[b]), P)
         assert_matches((d.x, d.size, d.assign, torch.stack([d.merges, d.forced], 1)), ref1[b:b + 1], P, "reference clap")
-        dg = dynamic.gbm(d.x, d.size, d.assign, P, 5.0)
+        dg = reference.gbm(d.x, d.size, d.assign, P, 5.0)
         assert_matches((dg.x, dg.size, dg.assign, torch.stack([dg.merges, dg.forced], 1)), ref2[b:b + 1], P,
                        "reference gbm")
 
@@ -461,8 +461,8 @@ def test_static_equals_dynamic_equals_reference(params):
     for b in range(B):
         s1 = clap_static(x[b:b + 1], *grid, 2, 2, P, N, float(thr[b]))
         s2 = gbm_static(*s1[:3], P, N, 5.0)
-        r1 = dynamic.clap(x[b:b + 1], torch.ones(1, P + N), grid, (2, 2), float(thr[b]), P)
-        r2 = dynamic.gbm(r1.x, r1.size, r1.assign, P, 5.0)
+        r1 = reference.clap(x[b:b + 1], torch.ones(1, P + N), grid, (2, 2), float(thr[b]), P)
+        r2 = reference.gbm(r1.x, r1.size, r1.assign, P, 5.0)
         for static_out, dyn_out, ref in ((s1, d1, r1), (s2, d2, r2)):
             n = ref.x.shape[1]
             assert torch.equal(static_out[2][0].long(), ref.assign[0]) and torch.equal(dyn_out[2][b].long(), ref.assign[0])
@@ -520,8 +520,8 @@ def dinov2_reg4():
     """timm's DINOv2 ViT-S with 4 registers (class token + 4 registers, no_embed_class, layer scale)
     built at patch 16, 128 px, 4 blocks, seeded weights, with a linear Segmenter head: P = 5."""
     from algm_export.models.backbones.timm_vit import timm_backbone
-    from algm_export.models.configs import make_config
-    from algm_export.models.segmenter import Segmenter
+    from algm_export.models.families.segmenter import make_config
+    from algm_export.models.families.segmenter import Segmenter
 
     cfg = make_config("vit_small", "linear", 128, n_cls=5)
     cfg.n_layers = 4
@@ -560,11 +560,11 @@ def test_register_segmenter_round_trip(tmp_path):
     """A Segmenter whose ViT has register tokens (P = 3) saves and loads in the published format
     (variant.yml gains reg_tokens) and runs ALGM with its prefix intact; an encoder whose prefix
     differs from the config's is refused."""
-    from algm_export.errors import ConfigError
+    from algm_export.core.errors import ConfigError
     from algm_export.models.backbones.timm_vit import timm_backbone
-    from algm_export.models.checkpoint import load_segmenter, save_segmenter
-    from algm_export.models.configs import make_config
-    from algm_export.models.segmenter import Segmenter
+    from algm_export.models.formats.published_segmenter import load_segmenter, save_segmenter
+    from algm_export.models.families.segmenter import make_config
+    from algm_export.models.families.segmenter import Segmenter
     from conftest import smooth_image
 
     cfg = make_config("vit_tiny", "linear", 64, n_cls=3)
@@ -588,7 +588,7 @@ def test_register_segmenter_round_trip(tmp_path):
 
 
 def test_timm_backbone_refuses_other_vits():
-    from algm_export.errors import ConfigError
+    from algm_export.core.errors import ConfigError
     from algm_export.models.backbones.timm_vit import timm_backbone
 
     with pytest.raises(ConfigError, match="not a plain VisionTransformer"):
@@ -599,7 +599,7 @@ def test_timm_backbone_refuses_other_vits():
 
 def _record_merges(monkeypatch):
     """Every merge step's (tokens in, tokens out, sizes out) of the next forwards."""
-    from algm_export.merging.patch import AlgmModel
+    from algm_export.merging.driver import AlgmModel
 
     seen = []
     original = AlgmModel._merge
