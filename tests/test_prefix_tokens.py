@@ -1,4 +1,4 @@
-"""Any number of prefix tokens (docs/algorithm.md, "Prefix tokens"): class, distillation and
+"""Any number of prefix tokens (docs/algorithm.md, CLAP and GBM): class, distillation and
 register tokens (DINOv2 with 4 registers: P = 5) never merge and never receive a merge.
 
 * P = 0, 1, 2 (no prefix / class token / class + distillation token) are the published rule: the

@@ -298,7 +298,7 @@ def _gbm_function(dynamic: bool) -> onnxscript.OnnxFunction:
 
 
 # ----------------------------------------------------------------------------- both token modes
-# `algm` version 1 is the static token mode (capacities), version 2 the dynamic one (spec 2.2):
+# `algm` version 1 is the static token mode (capacities), version 2 the dynamic one (docs/algorithm.md):
 # each op has ONE source above, and the `if DYNAMIC:` blocks (Python constants: onnxscript keeps
 # only the branch taken) are the only places the two differ. Version 2 has capacity = every slot
 # (so `need` is 0 and nothing is forced) and cuts the slot table to the slots the batch needs, K,

@@ -102,7 +102,7 @@ def clap(x: torch.Tensor, size: torch.Tensor, grid, window, threshold: float, nu
 def gbm(x: torch.Tensor, size: torch.Tensor, assign: torch.Tensor, num_prefix: int, divisor: float) -> MergeResult:
     """GBM (spec 1.2), batch_min coupling: `tau = mean_b(mu_b) + mean_b(sigma_b)/L`, `r = min_b count_b`.
 
-    Any number P of prefix tokens (docs/algorithm.md, "prefix tokens"): the split stays over the whole
+    Any number P of prefix tokens (docs/algorithm.md, GBM): the split stays over the whole
     sequence (A = even positions, B = odd); prefix positions in A never merge (rows -inf), prefix
     positions in B never receive (columns -inf), the statistics run over the non-prefix A rows, and
     the output is [prefix in original order, unmerged non-prefix A (ascending), non-prefix B].
