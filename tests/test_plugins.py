@@ -205,7 +205,6 @@ CLAP_CASES = [  # gh, gw, wh, ww, P, D, B
     (8, 8, 2, 2, 0, 32, 2),   # no prefix token (with_cls_token=False)
     (8, 6, 2, 3, 0, 16, 1),
     (8, 8, 2, 2, 3, 24, 2),   # any number of prefix tokens: odd P leaves a prefix token in B
-    (6, 10, 2, 2, 4, 24, 2),
     (8, 8, 2, 2, 5, 32, 2),   # class token + 4 registers
     (8, 6, 2, 3, 9, 16, 1),
 ]
@@ -541,6 +540,7 @@ RTX_DYNAMIC_CASES = [  # name, grid, P, D, dtype, profile: version-2 plugins, da
     ("dyn-g32p1-fp16", (32, 32), 1, 384, "float16", (1, 1, 2)),
     ("dyn-g8p0-fp32", (8, 8), 0, 32, "float32", (1, 2, 4)),
     ("dyn-g6x10p2-fp32", (6, 10), 2, 16, "float32", (2, 2, 2)),
+    ("dyn-g8p5-fp16", (8, 8), 5, 32, "float16", (1, 2, 4)),           # class token + 4 registers
 ]
 
 RTX_CASES = [  # name, grid, P, D, C1, C2, dtype, profile (min, opt, max)
@@ -549,6 +549,8 @@ RTX_CASES = [  # name, grid, P, D, C1, C2, dtype, profile (min, opt, max)
     ("g6x10p1-fp32-static", (6, 10), 1, 16, 30, 20, "float32", (3, 3, 3)),
     ("g32p1-fp16-dyn", (32, 32), 1, 384, 600, 400, "float16", (1, 1, 2)),
     ("g8p0-fp32-dyn", (8, 8), 0, 32, 40, 26, "float32", (1, 2, 8)),   # no prefix token
+    ("g8p5-fp16-dyn", (8, 8), 5, 32, 40, 24, "float16", (1, 2, 4)),   # class token + 4 registers
+    ("g8p9-fp32-static", (8, 8), 9, 32, 30, 20, "float32", (2, 2, 2)),
 ]
 
 
