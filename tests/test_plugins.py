@@ -119,7 +119,7 @@ def test_kernel_errors_are_status_codes(emu):
 
 def _installed_copy(root: Path, name: str) -> Path:
     """A copy of plugins/ where an installed wheel keeps it (<site-packages>/algm_export/plugin_src)."""
-    from algm_export.plugins import plugin_source_dir
+    from algm_export.runtimes.plugins import plugin_source_dir
 
     dst = root / name / "algm_export" / "plugin_src"
     shutil.copytree(plugin_source_dir(), dst, ignore=shutil.ignore_patterns("build", "build-*"))
@@ -130,7 +130,7 @@ def test_default_build_dir_is_keyed_by_source_and_version(tmp_path, monkeypatch)
     """An installed package builds in the user cache, in a folder of its own per source folder and
     package version: a second installation never meets the first one's CMake cache."""
     import algm_export
-    from algm_export.plugins import default_build_dir
+    from algm_export.runtimes.plugins import default_build_dir
 
     monkeypatch.delenv("ALGM_PLUGINS_BUILD", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -158,7 +158,7 @@ def test_default_build_dir_is_keyed_by_source_and_version(tmp_path, monkeypatch)
 def test_two_installations_configure_in_their_own_build_dirs(tmp_path, monkeypatch):
     """CMake configures two installed copies of the sources, each in its default build folder; the same
     configure into one shared folder (the old default) fails on CMake's cache of the other source."""
-    from algm_export.plugins import default_build_dir
+    from algm_export.runtimes.plugins import default_build_dir
     from test_plugins_support import toolchain_missing
 
     missing = toolchain_missing()
@@ -505,7 +505,7 @@ def test_plugin_selftest(plugin_build):
     proc = subprocess.run([str(exe), plugin_build["plugins"]], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # any number of prefix tokens up to the library's limit; above it the creators say so
-    from algm_export.plugins import KernelLibrary
+    from algm_export.runtimes.plugins import KernelLibrary
 
     max_p = KernelLibrary(plugin_build["plugins"]).max_prefix()
     assert max_p >= 16
