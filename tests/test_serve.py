@@ -60,7 +60,7 @@ needs_tritonclient = pytest.mark.skipif(bool(tritonclient_missing()), reason=tri
 def folders(dynamic_folders):
     f = dynamic_folders
     xs = np.concatenate([x.numpy() for _, x in ExportFolder.load(f["mixed"]).inputs(f["images"], model=f["model"])])
-    return {**f, "images": xs}
+    return {**f, "image_dir": f["images"], "images": xs}
 
 
 def reference(folder, entry: str, x, threshold=None):
@@ -469,7 +469,7 @@ def test_bench_backend_triton_measures_served_throughput(folders, tmp_path):
 
     d = tmp_path / "tin"
     shutil.copytree(folders["tin"], d)
-    rep = bench(d, backends=["triton"], images=folders["root"] / "images" if "root" in folders else None,
+    rep = bench(d, backends=["triton"], images=folders["image_dir"],
                 repeats=1, warmup=0, concurrency=[1, 2], requests=1, threads=1, settle_s=0,
                 model=folders["model"])
     rows = rep["results"]
