@@ -92,7 +92,7 @@ def main():
             f"{a.triton_backend} ({m['threads']} threads per model), {m['cpus']} CPUs ({m['processor']}, "
             f"{platform.platform()}); {a.repeats} rounds x {a.requests} requests per client; {wall:.0f} s.\n"
             f"`scripts/bench_triton.py --out {a.out} --repeats {a.repeats} --requests {a.requests} "
-            f"--concurrency {a.concurrency}`\n")
+            f"--concurrency {a.concurrency} --threads {a.threads}`\n")
     (out / "bench" / "triton.md").write_text(md + note)
     print("\n" + md + note)
     print(json.dumps({r["setting"] + f"@c{r['concurrency']}": round(r["speedup"], 3)
