@@ -59,7 +59,7 @@ def run(args) -> int:
 
 
 def _ints(text: str, option: str) -> list:
-    from algm_export.errors import ConfigError
+    from algm_export.core.errors import ConfigError
 
     try:
         vals = [int(v) for v in str(text).split(",") if v.strip()]

@@ -164,7 +164,7 @@ def bench_served(folder, model, xs, slots, concurrency, requests, repeats, warmu
 
     concurrency = sorted({int(c) for c in concurrency})
     if not concurrency or concurrency[0] < 1 or requests < 1:
-        from algm_export.errors import ConfigError
+        from algm_export.core.errors import ConfigError
 
         raise ConfigError(f"--concurrency {','.join(map(str, concurrency))} / --requests {requests}: give "
                           "concurrencies >= 1 and at least one request per client")
