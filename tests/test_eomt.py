@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from algm_export.errors import CheckpointError, ConfigError
-from algm_export.flops import model_macs
-from algm_export.models.backbones.dinov2 import DINOV2_MODELS, DinoV2ViT, dinov2_kwargs
+from algm_export.core.errors import CheckpointError, ConfigError
+from algm_export.models.flops import model_macs
+from algm_export.models.backbones.dinov2 import DINOV2_MODELS, dinov2_backbone, dinov2_kwargs
 from algm_export.models.base import TokenState
 from algm_export.models.families import eomt as fam
 from algm_export.models.formats import eomt as fmt
@@ -102,7 +102,7 @@ def test_dinov2_backbone_equals_timm_forward_features(tiny):
 
 
 def test_dinov2_set_image_size_resizes_patch_positions_only():
-    bb = DinoV2ViT("vit_small_patch14_reg4_dinov2", (32, 32), 16)
+    bb = dinov2_backbone("vit_small_patch14_reg4_dinov2", (32, 32), 16)
     bb.set_image_size((48, 64))
     assert bb.pos_embed.shape == (1, 12, 384) and bb.built_grid == (3, 4)
     t, grid = bb.embed(torch.zeros(1, 3, 48, 64))
@@ -120,6 +120,7 @@ def test_forward_equals_published_forward(tiny):
     assert (ref - got).abs().max() <= 1e-5 * max(1.0, float(ref.abs().max()))
 
 
+@pytest.mark.slow
 def test_every_block_and_the_queries_count(tiny):
     """Layer scales of the random built-ins make every block matter; the queries enter at block 8."""
     x = _inputs(tiny)[:1]
@@ -193,6 +194,7 @@ def _save(model, folder, form="bin"):
     return fam.save_eomt(model, folder, form=form)
 
 
+@pytest.mark.slow
 def test_checkpoint_forms_round_trip(tiny, tmp_path):
     x = _inputs(tiny)[:1]
     with torch.no_grad():
@@ -226,7 +228,7 @@ def test_config_defaults_of_the_dataset_classes(tiny, tmp_path):
     for k in ("img_size", "num_classes"):
         del cfg["data"]["init_args"][k]
         del cfg["model"]["init_args"][k]
-        del cfg["model"]["init_args"]["network"]["init_args"][k]
+        cfg["model"]["init_args"]["network"]["init_args"].pop(k, None)
     del cfg["model"]["init_args"]["network"]["init_args"]["encoder"]["init_args"]["img_size"]
     s = fmt.spec_from_config(cfg, "cfg")
     assert s["img_size"] == (512, 512) and s["num_classes"] == 150 and s["task"] == "semantic"
@@ -270,7 +272,7 @@ def test_mismatched_checkpoint_lists_published_keys(tiny, tmp_path):
     assert m.load_report["missing"] == ["decoder.mask_head.2.bias"]
     torch.save({"state_dict": {"backbone.x": torch.zeros(1)}}, tmp_path / "other.ckpt")
     with pytest.raises(CheckpointError, match="not an EoMT checkpoint"):
-        load_checkpoint(tmp_path / "other.ckpt")
+        fam.load_eomt(tmp_path / "other.ckpt", tmp_path / "config.yaml")
 
 
 def test_attn_mask_probs_above_zero_warn(tiny, tmp_path):
@@ -283,13 +285,21 @@ def test_attn_mask_probs_above_zero_warn(tiny, tmp_path):
     assert m.cfg.attn_mask_probs == pytest.approx([0.0, 0.0, 0.2, 1.0])
 
 
-def test_registry_and_detection(tmp_path):
+def test_registry_and_format_recognition(tiny, tmp_path):
+    from algm_export.models.formats import identify
+
     assert {"builtin:eomt_s16_512", "builtin:eomt_s16_512_upstream_init", "builtin:eomt_l16_512"} <= set(builtin_names())
-    from pathlib import Path
-
-    assert fmt.looks_like_eomt(Path("x/pytorch_model.bin"), None)
-    assert fmt.looks_like_eomt(Path("x/epoch=3.ckpt"), None)
-    assert not fmt.looks_like_eomt(Path("x/checkpoint.pth"), None)
-    from algm_export.models.families.mmseg import looks_like_mmseg
-
-    assert not looks_like_mmseg(Path("x/model.bin"), Path("x/config.yaml"))
+    path = _save(tiny, tmp_path / "run")
+    for p, cfg in ((path, None), (tmp_path / "run", None), (path, tmp_path / "run" / "config.yaml")):
+        f, files = identify(p, cfg)
+        assert f.name == "eomt-lightning" and files == {"checkpoint": path, "config": tmp_path / "run" / "config.yaml"}
+    other = tmp_path / "other"                      # recognised by content: any name, no config
+    other.mkdir()
+    (other / "weights.pth").write_bytes(path.read_bytes())
+    f, files = identify(other / "weights.pth")
+    assert f.name == "eomt-lightning" and files["config"] is None
+    torch.save({"state_dict": {"backbone.x": torch.zeros(1)}}, other / "x.ckpt")
+    with pytest.raises(CheckpointError, match="no checkpoint format"):
+        identify(other / "x.ckpt")
+    m = load_checkpoint(tmp_path / "run")
+    assert set(m.source_files) == {"checkpoint", "config"}

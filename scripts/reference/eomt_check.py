@@ -140,7 +140,7 @@ def windowing(lm, img_size):
 def photo(name: str) -> np.ndarray:
     import skimage.data as skd
 
-    from algm_export.images import SAMPLE_IMAGES, to_rgb_uint8
+    from algm_export.models.images import SAMPLE_IMAGES, to_rgb_uint8
 
     attr, idx = SAMPLE_IMAGES[name]
     with warnings.catch_warnings():

@@ -1,21 +1,20 @@
 """timm's DINOv2 ViTs (`vit_*_patch14[_reg4]_dinov2`) as a `Backbone`: class token + register tokens.
 
-`DinoV2ViT` *is* a timm `VisionTransformer` built with the arguments timm registers for the
-DINOv2 models (`DINOV2_MODELS`, checked against timm's registry by the tests), so the state-dict
-keys stay timm's (`cls_token`, `reg_token`, `pos_embed`, `blocks.{i}.ls1.gamma`, ...). The
-register variants keep the position embedding for the patches only (`no_embed_class`): the
-tokens are `[cls, reg_1..reg_4, patches]`, P = 5 prefix tokens that ALGM never merges.
+`dinov2_backbone` builds timm's own model (`timm_backbone`, a `TimmViT`), so the state-dict keys
+stay timm's (`cls_token`, `reg_token`, `pos_embed`, `blocks.{i}.ls1.gamma`, ...). The register
+variants keep the position embedding for the patches only (`no_embed_class`): the tokens are
+`[cls, reg_1..reg_4, patches]`, P = 5 prefix tokens that ALGM never merges. `DINOV2_MODELS`
+holds the arguments timm registers for each name (checked against timm's registry by the
+tests), so a checkpoint's sizes can be checked without building a model.
 """
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 from timm.layers import SwiGLUPacked
 
 from algm_export.core.errors import ConfigError
-from algm_export.models.backbones.timm_vit import TimmViT
-from algm_export.models.layers import resize_pos_embed
+from algm_export.models.backbones.timm_vit import TimmViT, timm_backbone
 
 _BASE = dict(patch_size=14, init_values=1e-5)
 _REG = dict(reg_tokens=4, no_embed_class=True)
@@ -46,49 +45,13 @@ def dinov2_kwargs(name: str, img_size, patch_size: int) -> dict:
     return kw
 
 
-class DinoV2ViT(TimmViT):
-    """timm `VisionTransformer` with register tokens and a patch-only position embedding, as a Backbone."""
-
-    def __init__(self, name: str, img_size, patch_size: int):
-        super().__init__(**dinov2_kwargs(name, img_size, patch_size))
-        self.timm_name = name
-        arch = DINOV2_MODELS[name]
-        self.mlp_ratio = float(arch.get("mlp_ratio", 4.0)) if "mlp_layer" not in arch else 4.0   # SwiGLU: 3*H = 4*D MACs
-
-    @property
-    def _pos_prefix(self) -> int:
-        """Prefix tokens that carry a position embedding (none with `no_embed_class`)."""
-        return 0 if self.no_embed_class else self.num_prefix
-
-    def embed(self, im: torch.Tensor):
-        """timm's `patch_embed` + `_pos_embed`: patches (+ position), then `[cls, registers, patches]`."""
-        x = self.patch_embed.proj(im)
-        grid = (x.shape[-2], x.shape[-1])
-        x = x.flatten(2).transpose(1, 2)
-        B = x.shape[0]
-        pos = resize_pos_embed(self.pos_embed, self._pos_prefix, self.built_grid, grid)
-        prefix = [self.cls_token.expand(B, -1, -1)]
-        if self.reg_token is not None:
-            prefix.append(self.reg_token.expand(B, -1, -1))
-        if self.no_embed_class:
-            x = torch.cat(prefix + [x + pos], dim=1)
-        else:
-            x = torch.cat(prefix + [x], dim=1) + pos
-        return self.pos_drop(x), grid
-
-    def set_image_size(self, image_size) -> None:
-        p = self.patch_size
-        new_grid = (image_size[0] // p, image_size[1] // p)
-        if new_grid == self.built_grid:
-            return
-        with torch.no_grad():
-            pe = resize_pos_embed(self.pos_embed.data, self._pos_prefix, self.built_grid, new_grid)
-        self.pos_embed = nn.Parameter(pe, requires_grad=self.pos_embed.requires_grad)
-        pm = self.patch_embed
-        for attr, val in (("img_size", tuple(image_size)), ("grid_size", new_grid),
-                          ("num_patches", new_grid[0] * new_grid[1])):
-            if hasattr(pm, attr):
-                setattr(pm, attr, val)
+def dinov2_backbone(name: str, img_size, patch_size: int) -> TimmViT:
+    """timm's `name` at `img_size` / `patch_size` without a classifier, random weights (timm's init),
+    as the Backbone (`timm_backbone`: the same module and state-dict keys)."""
+    if name not in DINOV2_MODELS:
+        raise ConfigError(f"unknown DINOv2 model {name!r}; choose one of {sorted(DINOV2_MODELS)}")
+    img = (int(img_size), int(img_size)) if isinstance(img_size, int) else tuple(int(v) for v in img_size)
+    return timm_backbone(name, img_size=img, patch_size=int(patch_size), num_classes=0)
 
 
-__all__ = ["DINOV2_MODELS", "DinoV2ViT", "dinov2_kwargs"]
+__all__ = ["DINOV2_MODELS", "dinov2_backbone", "dinov2_kwargs"]

@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 
 from algm_export.core.errors import CheckpointError, ConfigError
-from algm_export.models.backbones.dinov2 import DINOV2_MODELS, DinoV2ViT
+from algm_export.models.backbones.dinov2 import DINOV2_MODELS, dinov2_backbone
+from algm_export.models.backbones.timm_vit import TimmViT
 from algm_export.models.base import Level, SegModel, TokenState
 from algm_export.models.decoders.eomt import EomtHead, semantic_logits
 from algm_export.models.formats import eomt as fmt
@@ -125,7 +126,7 @@ class Eomt(SegModel):
 
     family = FAMILY
 
-    def __init__(self, cfg: EomtConfig, backbone: DinoV2ViT, decoder: EomtHead):
+    def __init__(self, cfg: EomtConfig, backbone: TimmViT, decoder: EomtHead):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
@@ -249,7 +250,7 @@ def build_eomt(spec: fmt.EomtSpec, normalization: Optional[dict] = None, attn_ma
         raise ConfigError(f"backbone {name!r} is not a timm DINOv2 model this family builds; use one of "
                           f"{sorted(DINOV2_MODELS)}")
     img = tuple(int(v) for v in spec.img_size)
-    backbone = DinoV2ViT(name, img, spec.patch_size)
+    backbone = dinov2_backbone(name, img, spec.patch_size)
     arch = DINOV2_MODELS[name]
     if not 1 <= spec.num_blocks <= arch["depth"]:
         raise ConfigError(f"num_blocks {spec.num_blocks} is outside 1..{arch['depth']} (the encoder's blocks)")

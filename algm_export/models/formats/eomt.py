@@ -196,7 +196,7 @@ def find(p: Path, config: Optional[Path] = None, trust: bool = False) -> Optiona
     sd, _ = _read(ckpt, trust)
     if sd is None or "network.q.weight" not in sd:
         return None
-    return {"checkpoint": ckpt, "config": cfg_path if cfg_path is not None and _is_eomt_config(cfg_path) else None}
+    return {"checkpoint": ckpt, "config": cfg_path}      # a config beside is used: a broken one is reported at load
 
 
 def read_config(path: Path) -> dict:
