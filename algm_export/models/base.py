@@ -246,6 +246,12 @@ class SegModel(nn.Module):
         the longer sequence and its state (the added tokens join the prefix); default: unchanged."""
         return x, state
 
+    def check_setting(self, setting, grid=None) -> None:
+        """Refuse an ALGM setting this model cannot run: layers outside the model, a window that does
+        not divide the grid (`AlgmSetting.check_model`); families add their own rules (EoMT: no merge
+        in its query blocks)."""
+        setting.check_model(self.cfg.n_layers, self.cfg.grid if grid is None else grid)
+
     def added_tokens(self, i: int) -> int:
         """How many tokens `enter_block(i, ...)` adds (for FLOP counting); default 0."""
         return 0

@@ -84,7 +84,7 @@ def algm_setting_for(model: SegModel, threshold: Optional[float] = None,
         base = default_setting(None, cfg.n_layers)
     setting = AlgmSetting(base.threshold if threshold is None else float(threshold), base.window,
                           base.layers if layers is None else tuple(layers), base.policy)
-    setting.check_model(cfg.n_layers, cfg.grid)
+    model.check_setting(setting)
     return setting
 
 

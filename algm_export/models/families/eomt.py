@@ -139,6 +139,19 @@ class Eomt(SegModel):
         q = self.decoder.queries(x.shape[0], x.dtype)
         return torch.cat([q, x], dim=1), state.with_prefix(self.decoder.num_q)
 
+    def check_setting(self, setting, grid=None) -> None:
+        """ALGM merges only before the first query block: the queries join the tokens there and the
+        head reads them unmerged (a merge layer L runs inside block L, 1-based)."""
+        super().check_setting(setting, grid)
+        first = self.cfg.first_query_block + 1            # 1-based
+        late = [int(l) for l in setting.layers if int(l) >= first]
+        if late:
+            raise ConfigError(
+                f"ALGM layer{'s' if len(late) > 1 else ''} {', '.join(map(str, late))} "
+                f"{'lie' if len(late) > 1 else 'lies'} in EoMT's query blocks (the {self.cfg.num_q} "
+                f"queries join the tokens at layer {first} of {self.cfg.n_layers}); merge layers must lie before "
+                f"it: the last allowed layer is {first - 1} (--layers from 1 to {first - 1})")
+
     def added_tokens(self, i: int) -> int:
         return self.decoder.num_q if i == self.cfg.first_query_block else 0
 
