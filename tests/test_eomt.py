@@ -303,3 +303,75 @@ def test_registry_and_format_recognition(tiny, tmp_path):
         identify(other / "x.ckpt")
     m = load_checkpoint(tmp_path / "run")
     assert set(m.source_files) == {"checkpoint", "config"}
+
+
+# ----------------------------------------------------------------------------- ALGM
+
+def test_merge_layers_in_query_blocks_are_refused(tiny):
+    from algm_export import AlgmSetting, apply_algm
+
+    with pytest.raises(ConfigError, match=r"layer 9 lies in EoMT's query blocks .* last allowed layer is 8"):
+        apply_algm(tiny, AlgmSetting(0.88, (2, 2), (1, 9)))
+    with pytest.raises(ConfigError, match=r"layers 10, 12 lie"):
+        apply_algm(tiny, AlgmSetting(0.88, (2, 2), (1, 10, 12)))
+    apply_algm(tiny, AlgmSetting(0.88, (2, 2), (1, 8)))          # the last block before the queries
+
+
+@pytest.fixture(scope="module")
+def algm_model():
+    """EoMT-S/16 at 128 (grid 8x8) with the upstream init and layer scales 1: merges on photos."""
+    m = fam.builtin_eomt("s", 128, 16, seed=0, n_cls=21, num_q=10, init="upstream")
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if n.endswith(("ls1.gamma", "ls2.gamma")):
+                p.fill_(1.0)
+    return m
+
+
+@pytest.mark.slow
+def test_algm_reference_static_dynamic_agree_on_photos(algm_model):
+    """Reference (per image) vs static with padding slots vs dynamic token mode (mixed batch of 3):
+    the queries attend over merged tokens with the padding masked; the head reads the patches
+    unmerged with the final assignment map."""
+    from algm_export import AlgmSetting, apply_algm
+
+    s = AlgmSetting(0.88, (2, 2), (1, 5))
+    x = _inputs(algm_model, 128)
+    ref = apply_algm(algm_model, s)
+    with torch.no_grad():
+        a = ref(x)
+    toks = ref.merge_stats["tokens"]
+    assert (ref.merge_stats["merges"].sum(1) > 0).all(), "merging must happen on photos"
+    assert len(set(toks[:, 1].tolist())) > 1, "images need different token counts"
+    c1 = 64
+    c2 = int(toks[:, 1].max()) + 3                        # padding slots after GBM for every image
+    sta = apply_algm(algm_model, s, capacities=(c1, c2))
+    dyn = apply_algm(algm_model, s, token_mode="dynamic")
+    with torch.no_grad():
+        b = sta(x)
+        sb = {k: v.clone() for k, v in sta.merge_stats.items()}
+        c = dyn(x)
+        batch_tokens = dyn.merge_stats["tokens"].clone()
+        one, solo = [], []
+        for i in range(3):
+            one.append(dyn(x[i:i + 1]))
+            solo.append(dyn.merge_stats["tokens"].clone())
+    assert torch.equal(sb["tokens"], toks) and int(sb["forced"].sum()) == 0
+    assert torch.equal(batch_tokens, toks) and torch.equal(torch.cat(solo), toks)   # mixed batch = batch 1
+    scale = max(1.0, float(a.abs().max()))
+    assert (a - b).abs().max() <= 1e-4 * scale
+    assert (a - c).abs().max() <= 1e-4 * scale
+    assert (torch.cat(one) - c).abs().max() <= 1e-4 * scale
+    # the baseline differs: merging changed the answer a little, not the shape
+    with torch.no_grad():
+        base = algm_model(x)
+    assert base.shape == a.shape and (base - a).abs().max() > 0
+
+
+def test_flops_of_algm_count_the_queries_after_merging(tiny):
+    bb = tiny.backbone
+    P, Q, n = 5, 10, 16
+    got = model_macs(tiny, (1, 5), (12, 9))["encoder"] * 1e9
+    want = (bb.embed_macs((4, 4)) + bb.block_macs(P + n, P + 12) + 3 * bb.block_macs(P + 12, P + 12)
+            + bb.block_macs(P + 12, P + 9) + 3 * bb.block_macs(P + 9, P + 9) + 4 * bb.block_macs(Q + P + 9, Q + P + 9))
+    assert got == pytest.approx(want)

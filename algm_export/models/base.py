@@ -224,6 +224,9 @@ class SegModel(nn.Module):
     family = "?"
     backbone: Backbone
     decoder: Decoder
+    # True: the family's own evaluation windows every image (`inference(im, fn=, batch_size=, on_batch=)`,
+    # e.g. EoMT's); predict uses it instead of the published Segmenter sliding windows
+    own_windows = False
 
     @property
     def num_prefix(self) -> int:

@@ -174,11 +174,13 @@ class Eomt(SegModel):
         mask_logits, class_logits = self.decoder.decode([lv])
         return lv.tokens, mask_logits, class_logits
 
+    own_windows = True
+
     def inference(self, im: torch.Tensor, fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                  batch_size: int = 4) -> torch.Tensor:
+                  batch_size: int = 4, on_batch=None) -> torch.Tensor:
         """The published semantic windowing of normalised images [B, 3, H, W] of any size -> [B, n_cls, H, W].
-        `fn` maps a batch of crops at the model size to scores (default: this model)."""
-        return eomt_window_inference(fn or self, im, self.cfg.image_size, batch_size=batch_size)
+        `fn` maps a batch of crops at the model size to scores (default: this model; e.g. an engine)."""
+        return eomt_window_inference(fn or self, im, self.cfg.image_size, batch_size=batch_size, on_batch=on_batch)
 
     def published_state_dict(self) -> dict:
         """The state dict under the published names, with the buffers the published module holds."""
@@ -220,11 +222,13 @@ def _resize(x: torch.Tensor, size) -> torch.Tensor:
 
 
 @torch.no_grad()
-def eomt_window_inference(fn, im: torch.Tensor, img_size, batch_size: int = 4) -> torch.Tensor:
+def eomt_window_inference(fn, im: torch.Tensor, img_size, batch_size: int = 4,
+                          on_batch: Optional[Callable[[list, torch.Tensor], None]] = None) -> torch.Tensor:
     """Published semantic windowing (`window_imgs_semantic` + `revert_window_logits_semantic`)
     for normalised images: each image resized (bilinear, antialiased as PIL's resize of the
     published data pipeline) to the scaled size, crops of the model size along the long side, the
-    crops' scores summed and divided by the count, bilinearly resized back to the image size."""
+    crops' scores summed and divided by the count, bilinearly resized back to the image size.
+    `on_batch(anchors, crops)` is called before each call of `fn` (anchors: each crop's top-left corner)."""
     outs = []
     dt = torch.float64 if im.dtype == torch.float64 else torch.float32
     for b in range(im.shape[0]):
@@ -235,8 +239,12 @@ def eomt_window_inference(fn, im: torch.Tensor, img_size, batch_size: int = 4) -
         s = plan["crop"]
         crops = [xs[..., a:a + s, :] if plan["along_h"] else xs[..., :, a:a + s] for a in plan["starts"]]
         scores = []
+        corners = [(a, 0) if plan["along_h"] else (0, a) for a in plan["starts"]]
         for i in range(0, len(crops), batch_size):
-            out = fn(torch.cat(crops[i:i + batch_size]))
+            batch = torch.cat(crops[i:i + batch_size])
+            if on_batch is not None:
+                on_batch(corners[i:i + batch_size], batch)
+            out = fn(batch)
             out = out[0] if isinstance(out, (tuple, list)) else out
             scores.append(torch.as_tensor(out).to(dt))
         scores = torch.cat(scores)
