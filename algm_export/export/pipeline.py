@@ -63,7 +63,7 @@ def settings_for(model, thresholds: Optional[Sequence[float]], layers=None, wind
         thresholds = [float(own.get("threshold", 0.88))]
     out = [AlgmSetting(t, win, base_layers) for t in thresholds]
     for s in out:
-        s.check_model(cfg.n_layers, cfg.grid)
+        model.check_setting(s)
     names = [s.name for s in out]
     if len(set(names)) != len(names):
         raise ConfigError(f"duplicate threshold settings {names}; give each threshold once")

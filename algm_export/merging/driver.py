@@ -70,7 +70,7 @@ class AlgmModel(nn.Module):
         self.capacities = None if capacities is None else tuple(int(c) for c in capacities)
         self.token_mode = _token_mode(token_mode, self.capacities)
         cfg = model.cfg
-        setting.check_model(cfg.n_layers, cfg.grid)
+        model.check_setting(setting)
         if self.token_mode != "reference" and setting.policy != "per_image":
             raise ConfigError(
                 f"{self.token_mode} token mode runs the per_image policy only: batch_min couples images, "
@@ -182,7 +182,7 @@ class _MergeHook:
         owner = self.owner
         grid, P = state.grid, state.num_prefix
         if i == min(self.steps):
-            owner.setting.check_model(owner.cfg.n_layers, grid)
+            owner.model.check_setting(owner.setting, grid)
             if owner.static:
                 check_capacities(owner.capacities, owner.setting, grid, P)
         y, size, assign, merges, forced = owner._merge(self.steps[i], x, state.size, state.assign, grid, P)

@@ -12,7 +12,8 @@ How an image is run: if it fits the model input (both sides <= the model size) a
 `sliding` is off, it is resized to the model size, run once, and the logits resized back.
 Otherwise the published evaluation runs (`models.inference`): short side resized to
 `inference_kwargs.im_size`, sliding windows of `window_size` every `window_stride`, logits
-averaged, then resized to the image size.
+averaged, then resized to the image size. A family with its own evaluation windows
+(`SegModel.own_windows`, EoMT) runs them for every image not at the model size.
 
 Backends: `make_runner(model, setting, backend)` returns a `runtimes.registry` runner
 (`Runner.infer(batch) -> RunOutput`: logits, merge_stats, tokens, and from the torch runner
@@ -84,7 +85,7 @@ def algm_setting_for(model: SegModel, threshold: Optional[float] = None,
         base = default_setting(None, cfg.n_layers)
     setting = AlgmSetting(base.threshold if threshold is None else float(threshold), base.window,
                           base.layers if layers is None else tuple(layers), base.policy)
-    setting.check_model(cfg.n_layers, cfg.grid)
+    model.check_setting(setting)
     return setting
 
 
@@ -271,7 +272,14 @@ def predict_image(model: SegModel, runner, img: np.ndarray, name: str = "image",
         return torch.from_numpy(out.logits)
 
     t0 = time.perf_counter()
-    if not sliding and H <= msize[0] and W <= msize[1]:
+    if model.own_windows and (sliding or (H, W) != tuple(msize)):
+        mode = "sliding"                # the family's own evaluation windows (e.g. EoMT's)
+        x = model_input(img, model, (H, W))
+        pending = []
+        logits = model.inference(x, fn=lambda b: run(b, pending.pop(0)), batch_size=batch_size,
+                                 on_batch=lambda anchors, crops: pending.append(anchors))
+        extra = {"input_size": list(msize), "window_size": list(msize), "windowing": model.family}
+    elif not sliding and H <= msize[0] and W <= msize[1]:
         mode = "single"
         x = model_input(img, model, msize)
         logits = run(x)
