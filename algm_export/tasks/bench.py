@@ -14,8 +14,12 @@ does not, run the first batch every round, as before), and their GMACs are the m
 MACs at the real token counts of the images they ran (`flops.mean_macs` with
 `RunOutput.tokens`): FLOP ratio = baseline MACs / that mean; their latency is the mean over
 those batches of each batch's median (the same images as the MACs). The tokens column shows their
-mean and min-max over those images. (At batch > 1 a dynamic graph computes every image of a
-batch at the batch's largest count: `gmacs_at_batch_max` in bench.json.) A threshold-input
+mean and min-max over those images. At batch > 1 a dynamic graph computes every image of a batch at
+the batch's largest count, so the batches are formed of images of similar counts
+(`runtimes.batching.group_by_tokens` over the CLAP probe's counts, `merging.driver.clap_counts`;
+every image equally often), and the FLOP ratio of what the batches really compute
+(`flop_ratio_at_batch_max`, from `gmacs_at_batch_max`) is reported beside the per-image one
+(docs/decisions.md item 40). A threshold-input
 entry is benched at each threshold (its manifest's `thresholds`, or `thresholds=`), one row per
 threshold.
 """
@@ -43,10 +47,11 @@ from algm_export.core.published import PUBLISHED  # noqa: E402,F401  (re-exporte
 def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequence[int] = (1,), images=None,
           precision: str = "fp32",
           repeats: int = 10, warmup: int = 2, threads: Optional[int] = None, model=None,
-          settle_s: float = 0.05, trust_checkpoint: bool = False, thresholds=None) -> dict:
+          settle_s: float = 0.05, trust_checkpoint: bool = False, thresholds=None, group: bool = True) -> dict:
     """Benchmark an export folder (see the module doc); writes DIR/bench/bench.json and bench.png.
 
     thresholds: the thresholds to bench threshold-input entries at (default: their manifest's);
+    group: at batch > 1, batch a dynamic entry's images by similar token counts (else in bench order);
     trust_checkpoint: unpickle the manifest's checkpoint completely (see `load_segmenter`);
     wait: wait for another run that holds the folder instead of stopping (`algm_export.core.lock`)."""
     import torch
@@ -79,7 +84,16 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
                 return torch.cat([xs[(r * bs + i) % len(xs)] for i in range(bs)])
 
             first = batch_of(0)
-            cycled = [batch_of(r) for r in range(repeats)] if any(entries[i].is_dynamic for i, _ in slots) else []
+            period = len(xs) // math.gcd(bs, len(xs))     # the cycle of distinct batches
+            # dynamic slots: the batches they run in turn (indices into xs), each image equally often
+            cycles = [_dynamic_batches(model, entries[i], t, xs, bs, period, group) if entries[i].is_dynamic
+                      else None for i, t in slots]
+            stacked: dict = {}
+
+            def stack(idx):
+                if tuple(idx) not in stacked:
+                    stacked[tuple(idx)] = torch.cat([xs[j] for j in idx])
+                return stacked[tuple(idx)]
             runners = [make_runner(backend, e, precision, model=model, threads=threads) for e in entries]
             kws = [{} if t is None else {"threshold": t} for _, t in slots]
             for (i, _), kw in zip(slots, kws):
@@ -91,7 +105,7 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
                 for rnd in range(repeats):
                     for k, ((i, _), kw) in enumerate(zip(slots, kws)):
                         dynamic = entries[i].is_dynamic
-                        batch = cycled[rnd] if dynamic else first
+                        batch = stack(cycles[k][rnd % period]) if dynamic else first
                         if settle_s:
                             # let the runtime that just ran go idle first: ONNX Runtime's intra-op threads
                             # busy-wait after a run, and on a small CPU they take the cores of the next
@@ -104,11 +118,13 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
                             tokens[k].append(np.asarray(out.tokens))
                         bar.update(1)
             base_med = float(np.median(times[0]))
-            period = len(xs) // math.gcd(bs, len(xs))     # the cycle of distinct batches
-            for (i, t), ts, toks in zip(slots, times, tokens):
+            for k, ((i, t), ts, toks) in enumerate(zip(slots, times, tokens)):
                 e = entries[i]
-                results.append(_result(model, e, t, ts, toks, backend, bs, base_med, base_macs, n_patches,
-                                       [r % period for r in range(len(ts))]))
+                row = _result(model, e, t, ts, toks, backend, bs, base_med, base_macs, n_patches,
+                              [r % period for r in range(len(ts))])
+                if e.is_dynamic and bs > 1:
+                    row["grouped"] = bool(group)
+                results.append(row)
             for r in runners:
                 r.close()
     report = {
@@ -127,6 +143,21 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
     except Exception as e:  # a plot must never lose the numbers
         status(f"plot skipped: {e}")
     return report
+
+
+def _dynamic_batches(model, entry, threshold, xs, bs: int, period: int, group: bool) -> list[list[int]]:
+    """The `period` batches (indices into `xs`) a dynamic entry runs in turn: the images in bench order,
+    cycled so that each appears equally often (`period * bs` places); at batch > 1 with `group`, the
+    same places regrouped by the images' CLAP counts (`group_by_tokens`: similar counts together)."""
+    from algm_export.merging.driver import clap_counts
+    from algm_export.runtimes.batching import group_by_tokens
+
+    places = [(r * bs + j) % len(xs) for r in range(period) for j in range(bs)]
+    if bs == 1 or not group:
+        return [places[r * bs:(r + 1) * bs] for r in range(period)]
+    setting = entry.setting() if threshold is None else entry.setting().with_threshold(threshold)
+    counts = [clap_counts(model, setting, x)[0] for x in xs]
+    return [[places[p] for p in g] for g in group_by_tokens([counts[j] for j in places], bs)]
 
 
 def _result(model, e, threshold, times, tokens, backend, bs, base_med, base_macs, n_patches, groups) -> dict:
@@ -148,8 +179,10 @@ def _result(model, e, threshold, times, tokens, backend, bs, base_med, base_macs
         tokens = [tk for _, tk in by_batch.values()]          # one token record per distinct batch
         counts = np.concatenate(tokens)                      # [images run, steps]: real counts
         macs = mean_macs(model, e.layers, counts.tolist())["total"]
+        # what the batches computed: each image at its batch's largest counts (equal-size batches)
         at_max = [model_macs(model, e.layers, b.max(0).tolist())["total"] for b in tokens]
         row.update({"token_mode": "dynamic", "gmacs_at_batch_max": float(np.mean(at_max)),
+                    "flop_ratio_at_batch_max": base_macs / float(np.mean(at_max)),
                     "tokens": {"mean": counts.mean(0).round(1).tolist(), "min": counts.min(0).tolist(),
                                "max": counts.max(0).tolist(), "images": int(counts.shape[0])},
                     "tokens_kept": (counts.mean(0) / n_patches).tolist()})
@@ -238,9 +271,19 @@ def format_bench(report: dict) -> str:
             for r in report["results"]]
     head = ["backend", "batch", "setting", "median ms", "p10-p90", "img/s", "tokens/img", "GMACs", "FLOP ratio",
             "speed-up", "speed-up/FLOP"]
+    batched = [r for r in report["results"] if r.get("token_mode") == "dynamic" and r["batch"] > 1]
+    if batched:   # dynamic at batch > 1: the FLOP ratio of what the batches computed, beside the per-image one
+        head.insert(9, "batch FLOP")
+        for row, r in zip(rows, report["results"]):
+            row.insert(9, f"{r['flop_ratio_at_batch_max']:.2f}" if r in batched else "")
     m = report["machine"]
     return (format_table(head, rows) + f"\n  {m['cpus']} CPUs, {m['threads']} threads, {report['repeats']} interleaved "
             f"repeats, {1e3 * report.get('settle_s', 0):.0f} ms idle before each timed run"
             + ("\n  dynamic rows: a different batch of the images each round; ms = the mean over those batches of "
                "each one's median, GMACs the mean over the same images"
-               if any(r.get("token_mode") == "dynamic" for r in report["results"]) else ""))
+               if any(r.get("token_mode") == "dynamic" for r in report["results"]) else "")
+            + ("\n  batch FLOP: baseline MACs / MACs of every image at its batch's largest token counts (what a "
+               "dynamic graph computes at batch > 1); batches " + ("grouped by CLAP token count"
+                                                                  if all(r.get("grouped") for r in batched)
+                                                                  else "in image order")
+               if batched else ""))
