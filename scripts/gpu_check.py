@@ -49,6 +49,19 @@ sys.path.insert(0, str(ROOT))
 P_LIST = (0, 1, 2, 3, 4, 5, 9, 16)          # prefix-token counts the kernels are checked at
 PUBLISHED_GAIN = {"vit_small": 43, "vit_base": 43, "vit_large": 60}   # paper, images/s at batch 32
 BUDGET_SHARE = 0.03                          # CLAP + GBM kernels: at most 3 % of the encoder
+# the throughput models: (backbone, image size, ALGM layers), the paper's settings (thresholds per backbone)
+THROUGHPUT_MODELS = [("vit_small", 512, (1, 5)), ("vit_base", 512, (1, 5)), ("vit_large", 640, (1, 7))]
+DEVICE = "cuda"                              # where the GPU steps put tensors (tests run them on "cpu")
+KERNEL_SHAPE = (2, 32, 384)                  # kernels-vs-emulator: batch, grid side, width (ViT-S/16 at 512)
+TOKEN_COUNT_MODEL = "builtin:vit_s16_512"    # token-counts: the model and how many photos
+TOKEN_COUNT_IMAGES = 11
+
+
+def _sync():
+    if DEVICE == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
 
 
 def have(module: str) -> bool:
@@ -314,12 +327,14 @@ def s_emulator(ctx):
 def s_kernels_vs_emulator(ctx):
     import torch
 
+    from algm_export.merging.static import gbm_capacity_min
+
     if "cuda" not in ctx.libs:
         raise Skip("the CUDA kernel library was not built (step build)")
     cuda, emu = ctx.libs["cuda"], ctx.libs["emu"]
     cases, mp = _kernel_cases(ctx)
-    gh = gw = 32
-    D, B = 384, 2
+    B, gh, D = KERNEL_SHAPE
+    gw = gh
     rows, failed = [], []
     for P, ok in cases:
         if not ok:
@@ -328,19 +343,20 @@ def s_kernels_vs_emulator(ctx):
         for dtype in (torch.float32, torch.float16):
             x = smooth_tokens(B, gh, gw, P, D, seed=5 + P, dtype=dtype)
             N = gh * gw
-            C1, C2 = (3 * N) // 5, (2 * N) // 5
+            C1 = (3 * N) // 5
+            C2 = max((2 * N) // 5, gbm_capacity_min(C1, P))
             outs = {}
-            c_gpu = [t.cpu() for t in cuda.clap(x.cuda(), gh, gw, 2, 2, P, C1, 0.9)]
+            c_gpu = [t.cpu() for t in cuda.clap(x.to(DEVICE), gh, gw, 2, 2, P, C1, 0.9)]
             c_emu = emu.clap(x, gh, gw, 2, 2, P, C1, 0.9)
             outs["static clap"] = all(torch.equal(a, b) for a, b in zip(c_gpu, c_emu))
-            g_gpu = [t.cpu() for t in cuda.gbm(*(t.cuda() for t in c_emu[:3]), P, C2, 5.0)]
+            g_gpu = [t.cpu() for t in cuda.gbm(*(t.to(DEVICE) for t in c_emu[:3]), P, C2, 5.0)]
             g_emu = emu.gbm(*c_emu[:3], P, C2, 5.0)
             outs["static gbm"] = all(torch.equal(a, b) for a, b in zip(g_gpu, g_emu))
-            thr = torch.tensor([0.6, 0.9])
-            d_gpu = [t.cpu() for t in cuda.clap_dynamic(x.cuda(), thr.cuda(), gh, gw, 2, 2, P)]
+            thr = torch.tensor([0.6, 0.9] * B)[:B]              # one threshold per image
+            d_gpu = [t.cpu() for t in cuda.clap_dynamic(x.to(DEVICE), thr.to(DEVICE), gh, gw, 2, 2, P)]
             d_emu = emu.clap_dynamic(x, thr, gh, gw, 2, 2, P)
             outs["dynamic clap"] = all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(d_gpu, d_emu))
-            dg_gpu = [t.cpu() for t in cuda.gbm_dynamic(*(t.cuda() for t in d_emu[:3]), P, 5.0)]
+            dg_gpu = [t.cpu() for t in cuda.gbm_dynamic(*(t.to(DEVICE) for t in d_emu[:3]), P, 5.0)]
             dg_emu = emu.gbm_dynamic(*d_emu[:3], P, 5.0)
             outs["dynamic gbm"] = all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(dg_gpu, dg_emu))
             name = "fp32" if dtype == torch.float32 else "fp16"
@@ -507,28 +523,28 @@ def s_torch_throughput(ctx):
     from algm_export.models.flops import mean_macs, model_macs
     from algm_export.runtimes.batching import group_by_tokens
 
-    bs, n_img = 32, 64
+    bs, n_img = ctx.args.throughput_batch, 2 * ctx.args.throughput_batch
     rows = []
-    for backbone, size, layers in (("vit_small", 512, (1, 5)), ("vit_base", 512, (1, 5)), ("vit_large", 640, (1, 7))):
+    for backbone, size, layers in THROUGHPUT_MODELS:
         if time.monotonic() > ctx.deadline - 20:
             rows.append({"model": f"{backbone} {size}", "status": "skipped", "reason": "time budget"})
             continue
-        model = create_segmenter(backbone, "mask_transformer", size).cuda().eval()
+        model = create_segmenter(backbone, "mask_transformer", size).to(DEVICE).eval()
         cfg = model.cfg
         setting = AlgmSetting(PUBLISHED_THRESHOLDS[cfg.backbone], (2, 2), layers)
         xs, source = _photos(cfg.image_size, n_img, cfg.normalization)
         dyn = apply_algm(model, setting, token_mode="dynamic")
         with torch.no_grad():
-            x_all = torch.cat(xs).cuda()
+            x_all = torch.cat(xs).to(DEVICE)
             t0 = time.perf_counter()
             counts = []
             for s in range(0, n_img, bs):
                 counts += clap_counts(model, setting, x_all[s:s + bs])
-            torch.cuda.synchronize()
+            _sync()
             t_probe = time.perf_counter() - t0
             groups = group_by_tokens(counts, bs)
             base_batches = [x_all[s:s + bs] for s in range(0, n_img, bs)]
-            algm_batches = [x_all[torch.tensor(g, device="cuda")] for g in groups]
+            algm_batches = [x_all[torch.tensor(g, device=DEVICE)] for g in groups]
             real, padded = [], []
 
             def run(m, batches, record=False):
@@ -544,10 +560,10 @@ def s_torch_throughput(ctx):
             t_base, t_algm = [], []
             for rep in range(3):
                 for m, batches, ts in ((model, base_batches, t_base), (dyn, algm_batches, t_algm)):
-                    torch.cuda.synchronize()
+                    _sync()
                     t0 = time.perf_counter()
                     run(m, batches, record=(m is dyn and rep == 0))
-                    torch.cuda.synchronize()
+                    _sync()
                     ts.append(time.perf_counter() - t0)
         base_ips = n_img / statistics.median(t_base)
         algm_ips = n_img / statistics.median(t_algm)
@@ -559,17 +575,19 @@ def s_torch_throughput(ctx):
                      "images": n_img, "batch": bs, "image_source": source, "baseline_img_s": base_ips,
                      "algm_img_s": algm_ips, "algm_with_probe_img_s": algm_ips_probe,
                      "gain_pct": 100 * (algm_ips / base_ips - 1), "gain_with_probe_pct": 100 * (algm_ips_probe / base_ips - 1),
-                     "published_gain_pct": PUBLISHED_GAIN[backbone], "flop_ratio": flop, "batch_flop_ratio": flop_batch,
+                     "published_gain_pct": PUBLISHED_GAIN.get(backbone), "flop_ratio": flop, "batch_flop_ratio": flop_batch,
                      "speedup_vs_flop_ratio": (algm_ips / base_ips) / flop,
                      "tokens_mean": np.mean(real, 0).round(1).tolist(), "status": "measured"})
         del model, dyn, x_all
-        torch.cuda.empty_cache()
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
     done = [r for r in rows if r["status"] == "measured"]
     return {"summary": "; ".join(f"{r['model'].split(' (')[0]}: {r['gain_pct']:+.0f} % (paper {r['published_gain_pct']:+d} %)"
-                                 for r in done) or "nothing measured",
-            "details": {"rows": rows, "note": "seeded random weights (the paper: trained ADE20K models), float32 "
-                                              "eager PyTorch; ALGM = dynamic token mode, batches grouped by the "
-                                              "CLAP probe's counts; 'with probe' adds the probe's time"}}
+                                 for r in done if r["published_gain_pct"] is not None) or "nothing measured",
+            "details": {"rows": rows, "note": f"{n_img} images in batches of {bs}; seeded random weights (the paper: "
+                                              "trained ADE20K models), float32 eager PyTorch; ALGM = dynamic token "
+                                              "mode, batches grouped by the CLAP probe's counts; 'with probe' adds "
+                                              "the probe's time"}}
 
 
 @step("token-counts", "Dynamic token counts, ViT-S/16 512, CUDA vs CPU", needs=("gpu", "timm"), budget_s=60)
@@ -579,11 +597,11 @@ def s_token_counts(ctx):
     from algm_export import AlgmSetting, apply_algm
     from algm_export.models.registry import resolve_model
 
-    model = resolve_model("builtin:vit_s16_512")
+    model = resolve_model(TOKEN_COUNT_MODEL)
     setting = AlgmSetting(0.88, (2, 2), (1, 5))
-    xs, source = _photos(model.cfg.image_size, 11)
+    xs, source = _photos(model.cfg.image_size, TOKEN_COUNT_IMAGES, model.cfg.normalization)
     counts = {}
-    for dev in ("cpu", "cuda"):
+    for dev in ("cpu", DEVICE):
         m = apply_algm(model.to(dev), setting, token_mode="dynamic")
         c = []
         with torch.no_grad():
@@ -591,9 +609,9 @@ def s_token_counts(ctx):
                 m(x.to(dev))
                 c.append(m.merge_stats["tokens"][0].tolist())
         counts[dev] = c
-    diff = [i for i, (a, b) in enumerate(zip(counts["cpu"], counts["cuda"])) if a != b]
+    diff = [i for i, (a, b) in enumerate(zip(counts["cpu"], counts[DEVICE])) if a != b]
     res = {"summary": f"equal on {len(xs) - len(diff)} of {len(xs)} images",
-           "details": {"cpu": counts["cpu"], "cuda": counts["cuda"], "images": source}}
+           "details": {"cpu": counts["cpu"], "cuda": counts[DEVICE], "images": source}}
     if len(diff) > 1:   # one near-tie image is allowed (docs/decisions.md item 35)
         raise Fail(f"token counts differ on images {diff}", res)
     return res
@@ -662,15 +680,17 @@ def write_reports(ctx, results: list[dict], started: float) -> None:
     for r in results:
         det = r.get("details") or {}
         if r["name"] == "torch-throughput" and det.get("rows"):
-            md += ["", "## PyTorch throughput, batch 32 (images/s)", "",
+            bs = next((row["batch"] for row in det["rows"] if "batch" in row), 32)
+            md += ["", f"## PyTorch throughput, batch {bs} (images/s)", "",
                    "| model | baseline | ALGM | gain | with probe | paper | FLOP ratio | batch FLOP ratio | speed-up / FLOP ratio |",
                    "|---|---|---|---|---|---|---|---|---|"]
             for row in det["rows"]:
                 if row.get("status") != "measured":
                     md.append(f"| {row['model']} | {row.get('reason', '')} | | | | | | | |")
                     continue
+                paper = "-" if row["published_gain_pct"] is None else f"{row['published_gain_pct']:+d} %"
                 md.append(f"| {row['model']} | {row['baseline_img_s']:.1f} | {row['algm_img_s']:.1f} | "
-                          f"{row['gain_pct']:+.0f} % | {row['gain_with_probe_pct']:+.0f} % | {row['published_gain_pct']:+d} % | "
+                          f"{row['gain_pct']:+.0f} % | {row['gain_with_probe_pct']:+.0f} % | {paper} | "
                           f"{row['flop_ratio']:.2f} | {row['batch_flop_ratio']:.2f} | {row['speedup_vs_flop_ratio']:.2f} |")
             md += ["", det.get("note", "")]
         if r["name"] == "kernel-time" and det.get("rows"):
@@ -730,6 +750,8 @@ def main(argv=None) -> int:
     ap.add_argument("--prefix", default=",".join(map(str, P_LIST)), help="prefix-token counts for the kernel "
                                                                          "checks (default: %(default)s)")
     ap.add_argument("--tensorrt-include", default=None, help="TensorRT include/ folder (for plugin-selftest)")
+    ap.add_argument("--throughput-batch", type=int, default=32, help="batch size of torch-throughput (default: "
+                                                                     "%(default)s, the paper's); it runs 2 batches")
     args = ap.parse_args(argv)
     names = [s["name"] for s in STEPS]
     for opt in ("only", "skip"):
@@ -744,6 +766,8 @@ def main(argv=None) -> int:
         ap.error("--prefix: give at least one prefix-token count >= 0")
     if args.budget_s <= 0:
         ap.error("--budget-s must be positive")
+    if args.throughput_batch < 1:
+        ap.error("--throughput-batch must be >= 1")
     if args.list:
         for s in STEPS:
             print(f"{s['name']:20s} {'cpu+gpu' if s['cpu'] else 'gpu    '}  {s['title']}"

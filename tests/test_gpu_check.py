@@ -58,3 +58,49 @@ def test_list_and_bad_arguments(tmp_path):
     env = dict(os.environ, PYTHON="/nonexistent/python")
     p = subprocess.run(["bash", str(SCRIPT), "--list"], capture_output=True, text=True, env=env, timeout=60)
     assert p.returncode == 2 and "PYTHON=" in p.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler")
+def test_gpu_steps_run_on_the_cpu_with_the_emulator_standing_in(tmp_path, monkeypatch):
+    """The GPU steps' own code (not the GPU) at small sizes: the emulator plays the CUDA library, tensors stay
+    on the CPU, a tiny Segmenter plays the throughput and token-count models. A bug here would otherwise
+    first show on a lent GPU machine."""
+    import argparse
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    gc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gc)
+    from algm_export.models.families.segmenter import create_segmenter
+    from algm_export.models.formats.published_segmenter import save_segmenter
+
+    save_segmenter(create_segmenter("vit_tiny", "linear", 128, n_cls=5), tmp_path / "ck")
+    monkeypatch.setattr(gc, "DEVICE", "cpu")
+    monkeypatch.setattr(gc, "KERNEL_SHAPE", (1, 8, 32))
+    monkeypatch.setattr(gc, "THROUGHPUT_MODELS", [("vit_tiny", 128, (1, 5))])
+    monkeypatch.setattr(gc, "TOKEN_COUNT_MODEL", str(tmp_path / "ck"))
+    monkeypatch.setattr(gc, "TOKEN_COUNT_IMAGES", 3)
+    args = argparse.Namespace(dry_run=True, out=str(tmp_path / "gc"), budget_s=600.0, prefix="0,1,16",
+                              tensorrt_include=None, throughput_batch=2)
+    ctx = gc.Context(args)
+    assert gc.s_build(ctx)["details"]["method"] == "direct"
+    ctx.libs["cuda"] = ctx.libs["emu"]
+    kve = gc.s_kernels_vs_emulator(ctx)
+    rows = kve["details"]["rows"]
+    limit = gc._max_prefix(ctx.libs["emu"])
+    assert [(r["P"], r["status"]) for r in rows if r["status"] == "passed"] == [(0, "passed")] * 2 + [(1, "passed")] * 2
+    p16 = [r["status"] for r in rows if r["P"] == 16]
+    assert p16 == (["passed", "passed"] if limit >= 16 else ["skipped"])   # refused by the library: said so
+    thr = gc.s_torch_throughput(ctx)["details"]["rows"]
+    assert len(thr) == 1 and thr[0]["status"] == "measured" and thr[0]["images"] == 4
+    assert thr[0]["batch_flop_ratio"] <= thr[0]["flop_ratio"] and thr[0]["baseline_img_s"] > 0
+    tc = gc.s_token_counts(ctx)
+    assert tc["summary"] == "equal on 3 of 3 images" and torch.tensor(tc["details"]["cpu"]).shape == (3, 2)
+    results = [{"name": "torch-throughput", "title": "t", "status": "passed", "seconds": 1.0, "summary": "x",
+                "details": {"rows": thr, "note": "n"}}]
+    gc.write_reports(ctx, results, 0.0)
+    md = (tmp_path / "gc" / "gpu_check.md").read_text()
+    assert "## PyTorch throughput, batch 2 (images/s)" in md and "vit_tiny" in md

@@ -8,25 +8,24 @@ capacities (static engines compute every slot), the FLOP ratio and the measured 
 the baseline of the same backend and batch size, and the patch tokens processed per image
 after each merge step. Threads are pinned and reported.
 
-Dynamic token mode entries (decision 30): their work depends on the image, so in round r they
-run the r-th batch of the bench images (cycling; the baseline and static entries, whose work
-does not, run the first batch every round, as before), and their GMACs are the mean per-image
-MACs at the real token counts of the images they ran (`flops.mean_macs` with
-`RunOutput.tokens`): FLOP ratio = baseline MACs / that mean; their latency is the mean over
-those batches of each batch's median (the same images as the MACs). The tokens column shows their
-mean and min-max over those images. At batch > 1 a dynamic graph computes every image of a batch at
-the batch's largest count, so the batches are formed of images of similar counts
-(`runtimes.batching.group_by_tokens` over the CLAP probe's counts, `merging.driver.clap_counts`;
-every image equally often), and the FLOP ratio of what the batches really compute
-(`flop_ratio_at_batch_max`, from `gmacs_at_batch_max`) is reported beside the per-image one
-(docs/decisions.md item 40). A threshold-input
+Dynamic token mode entries (decision 30): their work depends on the image, so round r runs the
+r-th of their batches of the bench images (cycling; each image is in one batch; the baseline and
+static entries, whose work does not, run the first batch every round, as before), and their GMACs
+are the mean per-image MACs at the real token counts of the images they ran (`flops.mean_macs` with
+`RunOutput.tokens`): FLOP ratio = baseline MACs / that mean; their latency is the time of a batch of
+`bs` at the rate of those batches (the sum of each batch's median over the images they hold; the same
+images as the MACs). The tokens column shows their mean and min-max over those images. At batch > 1
+a dynamic graph computes every image of a batch at the batch's largest count, so the batches are
+formed of images of similar counts (`runtimes.batching.group_by_tokens` over the CLAP probe's counts,
+`merging.driver.clap_counts`; the one short batch where it costs least), and the FLOP ratio of what
+the batches really compute (`flop_ratio_at_batch_max`, from `gmacs_at_batch_max`) is reported beside
+the per-image one (docs/decisions.md item 40). A threshold-input
 entry is benched at each threshold (its manifest's `thresholds`, or `thresholds=`), one row per
 threshold.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import time
@@ -84,9 +83,8 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
                 return torch.cat([xs[(r * bs + i) % len(xs)] for i in range(bs)])
 
             first = batch_of(0)
-            period = len(xs) // math.gcd(bs, len(xs))     # the cycle of distinct batches
-            # dynamic slots: the batches they run in turn (indices into xs), each image equally often
-            cycles = [_dynamic_batches(model, entries[i], t, xs, bs, period, group) if entries[i].is_dynamic
+            # dynamic slots: the batches they run in turn (indices into xs), every image once
+            cycles = [_dynamic_batches(model, entries[i], t, xs, bs, group) if entries[i].is_dynamic
                       else None for i, t in slots]
             stacked: dict = {}
 
@@ -105,7 +103,7 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
                 for rnd in range(repeats):
                     for k, ((i, _), kw) in enumerate(zip(slots, kws)):
                         dynamic = entries[i].is_dynamic
-                        batch = stack(cycles[k][rnd % period]) if dynamic else first
+                        batch = stack(cycles[k][rnd % len(cycles[k])]) if dynamic else first
                         if settle_s:
                             # let the runtime that just ran go idle first: ONNX Runtime's intra-op threads
                             # busy-wait after a run, and on a small CPU they take the cores of the next
@@ -120,10 +118,12 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
             base_med = float(np.median(times[0]))
             for k, ((i, t), ts, toks) in enumerate(zip(slots, times, tokens)):
                 e = entries[i]
+                runs = cycles[k] or [list(range(bs))]
                 row = _result(model, e, t, ts, toks, backend, bs, base_med, base_macs, n_patches,
-                              [r % period for r in range(len(ts))])
+                              [r % len(runs) for r in range(len(ts))], [len(b) for b in runs])
                 if e.is_dynamic and bs > 1:
                     row["grouped"] = bool(group)
+                    row["batches"] = cycles[k]             # indices into the bench images, in run order
                 results.append(row)
             for r in runners:
                 r.close()
@@ -145,26 +145,30 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
     return report
 
 
-def _dynamic_batches(model, entry, threshold, xs, bs: int, period: int, group: bool) -> list[list[int]]:
-    """The `period` batches (indices into `xs`) a dynamic entry runs in turn: the images in bench order,
-    cycled so that each appears equally often (`period * bs` places); at batch > 1 with `group`, the
-    same places regrouped by the images' CLAP counts (`group_by_tokens`: similar counts together)."""
+def _dynamic_batches(model, entry, threshold, xs, bs: int, group: bool) -> list[list[int]]:
+    """The batches (indices into `xs`) a dynamic entry runs in turn, every image once: with `group` (and
+    batch > 1) formed by the images' CLAP counts (`group_by_tokens`: similar counts together, the one
+    short batch where it costs least), else in bench order (the last one short). Fewer images than
+    `bs`: one batch of the images cycled, as the other entries run."""
     from algm_export.merging.driver import clap_counts
     from algm_export.runtimes.batching import group_by_tokens
 
-    places = [(r * bs + j) % len(xs) for r in range(period) for j in range(bs)]
+    n = len(xs)
+    if bs > n:
+        return [[j % n for j in range(bs)]]
     if bs == 1 or not group:
-        return [places[r * bs:(r + 1) * bs] for r in range(period)]
+        return [list(range(s, min(s + bs, n))) for s in range(0, n, bs)]
     setting = entry.setting() if threshold is None else entry.setting().with_threshold(threshold)
-    counts = [clap_counts(model, setting, x)[0] for x in xs]
-    return [[places[p] for p in g] for g in group_by_tokens([counts[j] for j in places], bs)]
+    return group_by_tokens([clap_counts(model, setting, x)[0] for x in xs], bs)
 
 
-def _result(model, e, threshold, times, tokens, backend, bs, base_med, base_macs, n_patches, groups) -> dict:
+def _result(model, e, threshold, times, tokens, backend, bs, base_med, base_macs, n_patches, groups,
+            sizes) -> dict:
     """One row of the benchmark: latency figures, GMACs and FLOP ratio, tokens per image.
 
-    A dynamic entry ran a different batch per round (`groups`: the batch of each run): its latency is
-    the mean over those batches of each batch's median, and its MACs the mean over the same batches,
+    A dynamic entry ran a different batch per round (`groups`: the batch of each run, `sizes`: the
+    images in each batch): its latency is the time of `bs` images at the rate of those batches (the
+    sum of each batch's median over the images they hold), and its MACs the mean over the same images,
     so that speed-up and FLOP ratio average the same images (a median over runs of different images
     would pick one middle image instead)."""
     med = float(np.median(times))
@@ -175,14 +179,15 @@ def _result(model, e, threshold, times, tokens, backend, bs, base_med, base_macs
         by_batch: dict = {}
         for g, t, tk in zip(groups, times, tokens):
             by_batch.setdefault(g, ([], tk))[0].append(t)
-        med = float(np.mean([np.median(ts) for ts, _ in by_batch.values()]))
+        ran = sum(sizes[g] for g in by_batch)
+        med = bs * sum(float(np.median(ts)) for ts, _ in by_batch.values()) / ran
         tokens = [tk for _, tk in by_batch.values()]          # one token record per distinct batch
         counts = np.concatenate(tokens)                      # [images run, steps]: real counts
         macs = mean_macs(model, e.layers, counts.tolist())["total"]
-        # what the batches computed: each image at its batch's largest counts (equal-size batches)
-        at_max = [model_macs(model, e.layers, b.max(0).tolist())["total"] for b in tokens]
-        row.update({"token_mode": "dynamic", "gmacs_at_batch_max": float(np.mean(at_max)),
-                    "flop_ratio_at_batch_max": base_macs / float(np.mean(at_max)),
+        # what the batches computed: each image at its batch's largest counts
+        at_max = sum(len(b) * model_macs(model, e.layers, b.max(0).tolist())["total"] for b in tokens) / len(counts)
+        row.update({"token_mode": "dynamic", "gmacs_at_batch_max": at_max,
+                    "flop_ratio_at_batch_max": base_macs / at_max,
                     "tokens": {"mean": counts.mean(0).round(1).tolist(), "min": counts.min(0).tolist(),
                                "max": counts.max(0).tolist(), "images": int(counts.shape[0])},
                     "tokens_kept": (counts.mean(0) / n_patches).tolist()})
