@@ -284,8 +284,9 @@ def format_bench(report: dict) -> str:
     m = report["machine"]
     return (format_table(head, rows) + f"\n  {m['cpus']} CPUs, {m['threads']} threads, {report['repeats']} interleaved "
             f"repeats, {1e3 * report.get('settle_s', 0):.0f} ms idle before each timed run"
-            + ("\n  dynamic rows: a different batch of the images each round; ms = the mean over those batches of "
-               "each one's median, GMACs the mean over the same images"
+            + ("\n  dynamic rows: a different batch of the images each round; ms = a batch at the rate of those "
+               "batches (the sum of their medians over the images they hold, times the batch size), GMACs the mean "
+               "over the same images"
                if any(r.get("token_mode") == "dynamic" for r in report["results"]) else "")
             + ("\n  batch FLOP: baseline MACs / MACs of every image at its batch's largest token counts (what a "
                "dynamic graph computes at batch > 1); batches " + ("grouped by CLAP token count"
