@@ -10,7 +10,7 @@ other jobs, where wall-clock latencies are meaningless but the CPU time a run ta
 `files` prints per photo and on average the median CPU ms of every file and its speed-up over the
 first; `batches` prints, for both ways of batching the bench images, the CPU time per image, the
 speed-up over the baseline, the per-image FLOP ratio and the FLOP ratio of what the batches computed
-(every image at its batch's largest counts), and their quotients (docs/decisions.md items 39-40).
+(every image at its batch's largest counts), and their quotients (docs/decisions.md items 43-44).
 """
 
 from __future__ import annotations

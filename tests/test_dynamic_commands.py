@@ -1,7 +1,8 @@
 """Every command with both token modes (issue 13 wiring): validate, bench, predict and report on a
 folder holding static and dynamic entries side by side, and on a threshold-input folder.
 
-A 6-block ViT-Ti Segmenter at 128 px (8x8 patches, layers 1 and 5), exported once per module:
+A 6-block ViT-Ti Segmenter at 128 px (8x8 patches, layers 1 and 5), exported once per session
+(`conftest.dynamic_folders`, shared with test_serve.py):
 `mixed` (static 0.88 + dynamic 0.88, `export_folder(..., dynamic_thresholds=...)`) and `tin`
 (dynamic, one threshold-input file for 0.80 and 0.88). Six photos with structure, so merges
 happen and the token counts differ from image to image.
@@ -20,38 +21,16 @@ from algm_export.artifacts import ExportFolder
 from algm_export.cli import main
 from algm_export.core.errors import ConfigError, InputError
 from algm_export.models.flops import mean_macs, model_macs
-from conftest import PHOTOS, photo
+from conftest import DYNAMIC_THRESHOLDS
 
 THRESHOLDS = (0.8, 0.88)
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    from PIL import Image
-
-    from algm_export.export.pipeline import export_folder
-    from algm_export.models.registry import resolve_model
-    from algm_export.models.formats.published_segmenter import save_segmenter
-    from algm_export.models.families.segmenter import make_config
-    from algm_export.models.families.segmenter import Segmenter
-
-    root = tmp_path_factory.mktemp("dyncmd")
-    cfg = make_config("vit_tiny", "linear", 128, 21)
-    cfg.n_layers = 6
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = Segmenter(cfg).eval()
-    save_segmenter(net, root / "ck")
-    images = root / "images"
-    images.mkdir()
-    for name in PHOTOS:
-        Image.fromarray(photo(name)).save(images / f"{name}.png")
-    model = resolve_model(str(root / "ck"))
-    export_folder(model, str(root / "ck"), root / "mixed", thresholds=[0.88], dynamic_thresholds=[0.88],
-                  calib_images=images)
-    export_folder(model, str(root / "ck"), root / "tin", thresholds=list(THRESHOLDS), token_mode="dynamic",
-                  threshold_input=True)
-    return {"ck": root / "ck", "images": images, "mixed": root / "mixed", "tin": root / "tin", "model": model}
+def folders(dynamic_folders):
+    """The session's `mixed` and `tin` folders (conftest.dynamic_folders, shared with test_serve.py)."""
+    assert tuple(THRESHOLDS) == DYNAMIC_THRESHOLDS
+    return dynamic_folders
 
 
 def _inputs(folders):

@@ -4,7 +4,7 @@
 exactly what they get without padding, whatever the padding slots hold (large values, NaN), and
 keep every softmax argument of a padded key within float32's normal range of `exp` relative to its
 row's maximum (ONNX Runtime's CPU softmax is several times slower below it: docs/decisions.md
-items 33 and 39). Each earlier formulation fails one of them: a -60 bias on the slots as they are
+items 33 and 43). Each earlier formulation fails one of them: a -60 bias on the slots as they are
 (garbage leaks), -1e9 (the range), a constant score on zeroed slots (rows shifted far from it).
 """
 

@@ -1,6 +1,6 @@
 """Reusable pieces shared by every model family: padding masks, upsampling, position resizing.
 
-* `KeyMask`: hides padding slots from self-attention (spec 2), cheaply (docs/decisions.md item 39)
+* `KeyMask`: hides padding slots from self-attention (docs/algorithm.md, the static form), cheaply (docs/decisions.md item 43)
 * `key_bias_from_size`, `hide_rows`, `floor_scores`: the same for cross-attention (token decoders)
 * `interp_matrix` / `bilinear_upsample`: bilinear resizing (align_corners=False) as matmuls
 * `resize_pos_embed`: the grid part of a position embedding resized, prefix kept
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 # The score a padded key gets: the row's lower bound (see `KeyMask`) minus this. e^-32 = 1.3e-14 per
 # padded key, below float32's resolution next to the row's largest weight (1) even for 4096 padded
 # keys, and softmax arguments stay above float32's normal-range limit (-87.3) unless a row's best
-# key beats its lower bound by more than 55 (docs/decisions.md item 39).
+# key beats its lower bound by more than 55 (docs/decisions.md item 43).
 PAD_MARGIN = 32.0
 
 
@@ -24,7 +24,7 @@ class KeyMask:
 
     Padding slots (size 0) must be invisible to the real tokens whatever they hold, and must not
     push the softmax into `exp` arguments below float32's normal range (ONNX Runtime's CPU softmax
-    takes a several times slower path there, docs/decisions.md items 33 and 39). So instead of a
+    takes a several times slower path there, docs/decisions.md items 33 and 43). So instead of a
     huge additive bias, `attend(q, k, v, scale)` zeroes the padded rows of q, k and v and gives every
     padded key, in query row i, the score `max(s_ii, s_i0) - PAD_MARGIN`: s_ii (the query's own key)
     and s_i0 (slot 0, always real: real tokens come first) are real scores of that row, so the padded
@@ -83,7 +83,7 @@ SCORE_FLOOR = 80.0
 def floor_scores(a: torch.Tensor) -> torch.Tensor:
     """Scores [..., keys] (padding bias added) raised to at least the row maximum - SCORE_FLOOR:
     a padded key's weight stays <= e^-80 (invisible), and ONNX Runtime's softmax stays on its fast
-    `exp` path (docs/decisions.md item 39). Two passes over the scores: for attention with few
+    `exp` path (docs/decisions.md item 43). Two passes over the scores: for attention with few
     query rows (cross-attention); self-attention uses `KeyMask.attend`, which needs none."""
     return torch.maximum(a, a.amax(dim=-1, keepdim=True) - SCORE_FLOOR)
 

@@ -31,12 +31,19 @@ ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "tensorrt_rtx": "tensorrt-rt
            "trt-rtx": "tensorrt-rtx"}
 
 
-def normalize_backend(name: str) -> str:
-    """The canonical name of a backend (aliases resolved, any case); ConfigError for an unknown one."""
+#: not a runner of a folder entry but the folder served by Triton, measured from clients (`bench --backend
+#: triton`, runtimes/triton/); accepted where a caller asks for it (`normalize_backend(..., served=True)`)
+SERVED = ("triton",)
+
+
+def normalize_backend(name: str, served: bool = False) -> str:
+    """The canonical name of a backend (aliases resolved, any case); ConfigError for an unknown one.
+    `served`: also `triton` (SERVED)."""
     key = str(name).strip().lower()
     key = ALIASES.get(key, key)
-    if key not in BACKENDS:
-        raise ConfigError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)} "
+    names = BACKENDS + (SERVED if served else ())
+    if key not in names:
+        raise ConfigError(f"unknown backend {name!r}; use one of {', '.join(names)} "
                           f"(aliases: {', '.join(f'{a}={b}' for a, b in ALIASES.items())})")
     return key
 

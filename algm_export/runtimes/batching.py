@@ -8,7 +8,7 @@ together waste little; `group_by_tokens` forms such batches from per-image count
 `algm_export.merging.driver.clap_counts` (patch embedding and the blocks up to the first merge).
 
 Pure functions of the counts: deterministic, ties broken by index. How the commands use them:
-`bench` groups its dynamic batches (docs/decisions.md item 40); a collection (`predict`, a server
+`bench` groups its dynamic batches (docs/decisions.md item 44); a collection (`predict`, a server
 queue) probes its images, groups them, runs each group as one batch and puts the outputs back in
 the input order (`order_of`).
 """

@@ -18,15 +18,15 @@ from typing import Optional
 from algm_export.core.errors import ConfigError
 from algm_export.runtimes.base import Runner, check_input_size
 from algm_export.core.names import PRECISIONS
-from algm_export.runtimes.base import ALIASES, BACKENDS, normalize_backend  # noqa: F401  (re-exported)
+from algm_export.runtimes.base import ALIASES, BACKENDS, SERVED, normalize_backend  # noqa: F401  (re-exported)
 
-def parse_backends(text) -> list[str]:
-    """`torch,ort` or a list -> canonical names, duplicates removed."""
+def parse_backends(text, served: bool = False) -> list[str]:
+    """`torch,ort` or a list -> canonical names, duplicates removed (`served`: `triton` too)."""
     items = text.split(",") if isinstance(text, str) else list(text)
     out = []
     for b in items:
         if str(b).strip():
-            n = normalize_backend(b)
+            n = normalize_backend(b, served)
             if n not in out:
                 out.append(n)
     return out
@@ -45,7 +45,8 @@ def available_backends() -> list[str]:
     return out
 
 
-def _geometry(entry) -> Optional[tuple]:
+def token_geometry(entry) -> Optional[tuple]:
+    """(patches, CLAP window area) of an ALGM entry, for `tokens_from_merge_stats`; None for the baseline."""
     info = entry.folder.model_info
     grid, win = info.get("grid"), entry.window
     if entry.is_baseline or not grid or not win:
@@ -121,7 +122,7 @@ def make_runner(backend: str, entry, precision: str = "fp32", model=None, mode: 
 
         rec = entry.engine(precision, backend, None if plugins is None else bool(plugins))
         r = HostTrtRunner(TrtRunner.from_record(rec, plugins), f"trt:{entry.name}")
-    r.token_geometry = _geometry(entry)
+    r.token_geometry = token_geometry(entry)
     r.entry = entry
     if model is not None:
         check_input_size(r, model.cfg.image_size, entry.name)
@@ -168,8 +169,8 @@ def runner_for_file(path, backend: Optional[str] = None, n_patches: Optional[int
         r = HostTrtRunner(TrtRunner(path, backend=None if rec else backend, record=rec.raw if rec else None,
                                     plugins=lib), f"trt:{path.name}")
     r.entry = entry
-    if entry is not None and _geometry(entry):
-        r.token_geometry = _geometry(entry)
+    if entry is not None and token_geometry(entry):
+        r.token_geometry = token_geometry(entry)
     elif n_patches and window:
         r.token_geometry = (n_patches, window)
     return r
