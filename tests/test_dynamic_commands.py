@@ -207,6 +207,34 @@ def test_bench_dynamic_flop_ratio_is_baseline_over_mean_per_image_macs(folders):
     assert saved["plot"] == "bench/bench.png" and (folders["mixed"] / "bench" / "bench.png").is_file()
 
 
+def test_bench_groups_dynamic_batches_by_token_count(folders):
+    """At batch 2 the dynamic entry runs batches of similar CLAP counts (the probe's), every image equally
+    often; bench.json reports the FLOP ratio of what the batches computed (each image at its batch's
+    largest counts) beside the per-image one, and grouping pays less padding than image order."""
+    from algm_export.merging.driver import clap_counts
+    from algm_export.tasks.bench import bench, format_bench
+
+    model = folders["model"]
+    kw = dict(backends=["onnxruntime"], images=folders["images"], batches=[2], repeats=3, warmup=0, settle_s=0,
+              model=model)
+    grouped = bench(folders["mixed"], **kw)["results"][2]
+    in_order = bench(folders["mixed"], group=False, **kw)["results"][2]
+    assert grouped["token_mode"] == "dynamic" and grouped["grouped"] and not in_order["grouped"]
+    # the same six images, each once: the same per-image FLOP ratio either way
+    assert grouped["tokens"]["images"] == in_order["tokens"]["images"] == 6
+    assert grouped["flop_ratio"] == pytest.approx(in_order["flop_ratio"], rel=1e-12)
+    assert in_order["flop_ratio_at_batch_max"] < grouped["flop_ratio_at_batch_max"] <= grouped["flop_ratio"]
+    # the batches pair the images sorted by their CLAP count; in image order they are (0, 1), (2, 3), (4, 5)
+    d_entry = ExportFolder.load(folders["mixed"]).settings[1]
+    counts = [clap_counts(model, d_entry.setting(), x)[0] for x in _inputs(folders)]
+    order = sorted(range(6), key=lambda i: (counts[i], i))
+    assert grouped["batches"] == [order[0:2], order[2:4], order[4:6]]
+    assert in_order["batches"] == [[0, 1], [2, 3], [4, 5]]
+    assert grouped["tokens"]["min"][0] == min(counts) and grouped["tokens"]["max"][0] == max(counts)
+    text = format_bench({"results": [grouped], "machine": {"cpus": 2, "threads": 2}, "repeats": 3, "settle_s": 0})
+    assert "batch FLOP" in text and "grouped by CLAP token count" in text
+
+
 def test_bench_threshold_input_per_threshold(folders):
     from algm_export.tasks.bench import bench
 

@@ -40,6 +40,9 @@ def add_parser(sub):
     p.add_argument("--settle-ms", type=float, default=50.0,
                    help="idle time before each timed run, so that the threads of the model that just ran stop "
                         "spinning on the cores (default: %(default)s; 0 runs back to back)")
+    p.add_argument("--no-grouping", dest="group", action="store_false",
+                   help="at batch > 1, batch dynamic entries' images in image order instead of by similar token "
+                        "counts (a dynamic graph computes every image of a batch at the batch's largest count)")
     a.trust_arg(p)
     a.wait_arg(p)
     p.set_defaults(func=run)
@@ -52,7 +55,7 @@ def run(args) -> int:
                 images=args.images, precision=args.precision, repeats=args.repeats, warmup=args.warmup, threads=args.threads,
                 settle_s=args.settle_ms / 1e3, trust_checkpoint=args.trust_checkpoint, wait=args.wait,
                 thresholds=args.threshold, concurrency=_ints(args.concurrency, "--concurrency"),
-                requests=args.requests, triton_backend=args.triton_backend)
+                requests=args.requests, triton_backend=args.triton_backend, group=args.group)
     print(format_bench(rep))
     print(f"\nwritten: {args.dir}/bench/bench.json, {args.dir}/bench/bench.png")
     return 0

@@ -265,3 +265,43 @@ def apply_algm(model: SegModel, setting: AlgmSetting, capacities: Optional[Seque
     from algm_export.merging import ops  # noqa: F401  (registers torch.ops.algm.*)
 
     return AlgmModel(model, setting, capacities, token_mode).eval()
+
+
+class _StopAfterClap(Exception):
+    pass
+
+
+class _ClapProbe:
+    """A merge hook that runs CLAP (the dynamic op: exact per-image counts) and stops the forward."""
+
+    def __init__(self, setting: AlgmSetting, threshold: torch.Tensor):
+        self.setting, self.threshold = setting, threshold
+        self.layers = frozenset({setting.layers[0] - 1})
+        self.counts: Optional[torch.Tensor] = None
+
+    def merge(self, i: int, x: torch.Tensor, state: TokenState):
+        s, P = self.setting, state.num_prefix
+        _, size, _, _ = torch.ops.algm.clap_dyn(x, self.threshold, state.grid[0], state.grid[1], s.window[0],
+                                                s.window[1], P)
+        self.counts = (size[:, P:] > 0).sum(1)
+        raise _StopAfterClap
+
+
+def clap_counts(model: SegModel, setting: AlgmSetting, images: torch.Tensor, threshold=None) -> list[int]:
+    """The real patch-token count after CLAP of every image of `images` [B, 3, H, W]: the patch
+    embedding and the blocks up to the first ALGM layer only (a cheap probe: layer 1 of 12 is ~1/12
+    of the encoder), the same counts the dynamic token mode's first step gives. For grouping images
+    of similar cost into batches (`algm_export.runtimes.batching.group_by_tokens`)."""
+    from algm_export.merging import ops  # noqa: F401  (registers torch.ops.algm.*)
+
+    check_finite(images)
+    setting.check_model(model.cfg.n_layers, model.cfg.grid)
+    hook = _ClapProbe(setting, _threshold_tensor(threshold, setting.threshold, images, check=True))
+    with torch.no_grad():
+        try:
+            model.forward_tokens(images, hook)
+        except _StopAfterClap:
+            pass
+    if hook.counts is None:
+        raise ConfigError(f"the model ran no merge step at layer {setting.layers[0]}")
+    return [int(c) for c in hook.counts]

@@ -71,7 +71,7 @@ class TokenState:
             return None
         key = ("key_mask", dtype)
         if key not in self.cache:
-            self.cache[key] = KeyMask(key_bias_from_size(self.size, dtype))
+            self.cache[key] = KeyMask(self.size > 0)
         return self.cache[key]
 
     def patch_key_bias(self, dtype: torch.dtype) -> Optional[torch.Tensor]:

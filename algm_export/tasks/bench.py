@@ -8,14 +8,18 @@ capacities (static engines compute every slot), the FLOP ratio and the measured 
 the baseline of the same backend and batch size, and the patch tokens processed per image
 after each merge step. Threads are pinned and reported.
 
-Dynamic token mode entries (decision 30): their work depends on the image, so in round r they
-run the r-th batch of the bench images (cycling; the baseline and static entries, whose work
-does not, run the first batch every round, as before), and their GMACs are the mean per-image
-MACs at the real token counts of the images they ran (`flops.mean_macs` with
-`RunOutput.tokens`): FLOP ratio = baseline MACs / that mean; their latency is the mean over
-those batches of each batch's median (the same images as the MACs). The tokens column shows their
-mean and min-max over those images. (At batch > 1 a dynamic graph computes every image of a
-batch at the batch's largest count: `gmacs_at_batch_max` in bench.json.) A threshold-input
+Dynamic token mode entries (decision 30): their work depends on the image, so round r runs the
+r-th of their batches of the bench images (cycling; each image is in one batch; the baseline and
+static entries, whose work does not, run the first batch every round, as before), and their GMACs
+are the mean per-image MACs at the real token counts of the images they ran (`flops.mean_macs` with
+`RunOutput.tokens`): FLOP ratio = baseline MACs / that mean; their latency is the time of a batch of
+`bs` at the rate of those batches (the sum of each batch's median over the images they hold; the same
+images as the MACs). The tokens column shows their mean and min-max over those images. At batch > 1
+a dynamic graph computes every image of a batch at the batch's largest count, so the batches are
+formed of images of similar counts (`runtimes.batching.group_by_tokens` over the CLAP probe's counts,
+`merging.driver.clap_counts`; the one short batch where it costs least), and the FLOP ratio of what
+the batches really compute (`flop_ratio_at_batch_max`, from `gmacs_at_batch_max`) is reported beside
+the per-image one (docs/decisions.md item 44). A threshold-input
 entry is benched at each threshold (its manifest's `thresholds`, or `thresholds=`), one row per
 threshold.
 
@@ -33,7 +37,6 @@ answered.
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import time
@@ -55,11 +58,13 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
           precision: str = "fp32",
           repeats: int = 10, warmup: int = 2, threads: Optional[int] = None, model=None,
           settle_s: float = 0.05, trust_checkpoint: bool = False, thresholds=None,
-          concurrency: Sequence[int] = (1, 8), requests: int = 4, triton_backend: str = "onnxruntime") -> dict:
+          concurrency: Sequence[int] = (1, 8), requests: int = 4, triton_backend: str = "onnxruntime",
+          group: bool = True) -> dict:
     """Benchmark an export folder (see the module doc); writes DIR/bench/bench.json and bench.png.
 
     thresholds: the thresholds to bench threshold-input entries at (default: their manifest's);
     concurrency, requests, triton_backend: the served measurement (`backends` holding "triton");
+    group: at batch > 1, batch a dynamic entry's images by similar token counts (else in bench order);
     trust_checkpoint: unpickle the manifest's checkpoint completely (see `load_segmenter`);
     wait: wait for another run that holds the folder instead of stopping (`algm_export.core.lock`)."""
     import torch
@@ -101,7 +106,15 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
                 return torch.cat([xs[(r * bs + i) % len(xs)] for i in range(bs)])
 
             first = batch_of(0)
-            cycled = [batch_of(r) for r in range(repeats)] if any(entries[i].is_dynamic for i, _ in slots) else []
+            # dynamic slots: the batches they run in turn (indices into xs), every image once
+            cycles = [_dynamic_batches(model, entries[i], t, xs, bs, group) if entries[i].is_dynamic
+                      else None for i, t in slots]
+            stacked: dict = {}
+
+            def stack(idx):
+                if tuple(idx) not in stacked:
+                    stacked[tuple(idx)] = torch.cat([xs[j] for j in idx])
+                return stacked[tuple(idx)]
             runners = [make_runner(backend, e, precision, model=model, threads=threads) for e in entries]
             kws = [{} if t is None else {"threshold": t} for _, t in slots]
             for (i, _), kw in zip(slots, kws):
@@ -113,7 +126,7 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
                 for rnd in range(repeats):
                     for k, ((i, _), kw) in enumerate(zip(slots, kws)):
                         dynamic = entries[i].is_dynamic
-                        batch = cycled[rnd] if dynamic else first
+                        batch = stack(cycles[k][rnd % len(cycles[k])]) if dynamic else first
                         if settle_s:
                             # let the runtime that just ran go idle first: ONNX Runtime's intra-op threads
                             # busy-wait after a run, and on a small CPU they take the cores of the next
@@ -126,11 +139,15 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
                             tokens[k].append(np.asarray(out.tokens))
                         bar.update(1)
             base_med = float(np.median(times[0]))
-            period = len(xs) // math.gcd(bs, len(xs))     # the cycle of distinct batches
-            for (i, t), ts, toks in zip(slots, times, tokens):
+            for k, ((i, t), ts, toks) in enumerate(zip(slots, times, tokens)):
                 e = entries[i]
-                results.append(_result(model, e, t, ts, toks, backend, bs, base_med, base_macs, n_patches,
-                                       [r % period for r in range(len(ts))]))
+                runs = cycles[k] or [list(range(bs))]
+                row = _result(model, e, t, ts, toks, backend, bs, base_med, base_macs, n_patches,
+                              [r % len(runs) for r in range(len(ts))], [len(b) for b in runs])
+                if e.is_dynamic and bs > 1:
+                    row["grouped"] = bool(group)
+                    row["batches"] = cycles[k]             # indices into the bench images, in run order
+                results.append(row)
             for r in runners:
                 r.close()
     report = {
@@ -151,6 +168,23 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
     except Exception as e:  # a plot must never lose the numbers
         status(f"plot skipped: {e}")
     return report
+
+
+def _dynamic_batches(model, entry, threshold, xs, bs: int, group: bool) -> list[list[int]]:
+    """The batches (indices into `xs`) a dynamic entry runs in turn, every image once: with `group` (and
+    batch > 1) formed by the images' CLAP counts (`group_by_tokens`: similar counts together, the one
+    short batch where it costs least), else in bench order (the last one short). Fewer images than
+    `bs`: one batch of the images cycled, as the other entries run."""
+    from algm_export.merging.driver import clap_counts
+    from algm_export.runtimes.batching import group_by_tokens
+
+    n = len(xs)
+    if bs > n:
+        return [[j % n for j in range(bs)]]
+    if bs == 1 or not group:
+        return [list(range(s, min(s + bs, n))) for s in range(0, n, bs)]
+    setting = entry.setting() if threshold is None else entry.setting().with_threshold(threshold)
+    return group_by_tokens([clap_counts(model, setting, x)[0] for x in xs], bs)
 
 
 def bench_served(folder, model, xs, slots, concurrency, requests, repeats, warmup, threads, precision,
@@ -243,11 +277,13 @@ def bench_served(folder, model, xs, slots, concurrency, requests, repeats, warmu
     return rows
 
 
-def _result(model, e, threshold, times, tokens, backend, bs, base_med, base_macs, n_patches, groups) -> dict:
+def _result(model, e, threshold, times, tokens, backend, bs, base_med, base_macs, n_patches, groups,
+            sizes=None) -> dict:
     """One row of the benchmark: latency figures, GMACs and FLOP ratio, tokens per image.
 
-    A dynamic entry ran a different batch per round (`groups`: the batch of each run): its latency is
-    the mean over those batches of each batch's median, and its MACs the mean over the same batches,
+    A dynamic entry ran a different batch per round (`groups`: the batch of each run, `sizes`: the
+    images in each batch): its latency is the time of `bs` images at the rate of those batches (the
+    sum of each batch's median over the images they hold), and its MACs the mean over the same images,
     so that speed-up and FLOP ratio average the same images (a median over runs of different images
     would pick one middle image instead)."""
     med = float(np.median(times))
@@ -258,12 +294,15 @@ def _result(model, e, threshold, times, tokens, backend, bs, base_med, base_macs
         by_batch: dict = {}
         for g, t, tk in zip(groups, times, tokens):
             by_batch.setdefault(g, ([], tk))[0].append(t)
-        med = float(np.mean([np.median(ts) for ts, _ in by_batch.values()]))
+        ran = sum(sizes[g] for g in by_batch) if sizes else len(by_batch)
+        med = bs * sum(float(np.median(ts)) for ts, _ in by_batch.values()) / ran
         tokens = [tk for _, tk in by_batch.values()]          # one token record per distinct batch
         counts = np.concatenate(tokens)                      # [images run, steps]: real counts
         macs = mean_macs(model, e.layers, counts.tolist())["total"]
-        at_max = [model_macs(model, e.layers, b.max(0).tolist())["total"] for b in tokens]
-        row.update({"token_mode": "dynamic", "gmacs_at_batch_max": float(np.mean(at_max)),
+        # what the batches computed: each image at its batch's largest counts
+        at_max = sum(len(b) * model_macs(model, e.layers, b.max(0).tolist())["total"] for b in tokens) / len(counts)
+        row.update({"token_mode": "dynamic", "gmacs_at_batch_max": at_max,
+                    "flop_ratio_at_batch_max": base_macs / at_max,
                     "tokens": {"mean": counts.mean(0).round(1).tolist(), "min": counts.min(0).tolist(),
                                "max": counts.max(0).tolist(), "images": int(counts.shape[0])},
                     "tokens_kept": (counts.mean(0) / n_patches).tolist()})
@@ -353,12 +392,23 @@ def format_bench(report: dict) -> str:
             for r in report["results"]]
     head = ["backend", "batch", "setting", "median ms", "p10-p90", "img/s", "tokens/img", "GMACs", "FLOP ratio",
             "speed-up", "speed-up/FLOP"]
+    batched = [r for r in report["results"] if r.get("token_mode") == "dynamic" and r["batch"] > 1]
+    if batched:   # dynamic at batch > 1: the FLOP ratio of what the batches computed, beside the per-image one
+        head.insert(9, "batch FLOP")
+        for row, r in zip(rows, report["results"]):
+            row.insert(9, f"{r['flop_ratio_at_batch_max']:.2f}" if r in batched else "")
     m = report["machine"]
     return (format_table(head, rows) + f"\n  {m['cpus']} CPUs, {m['threads']} threads, {report['repeats']} interleaved "
             f"repeats, {1e3 * report.get('settle_s', 0):.0f} ms idle before each timed run"
-            + ("\n  dynamic rows: a different batch of the images each round; ms = the mean over those batches of "
-               "each one's median, GMACs the mean over the same images"
+            + ("\n  dynamic rows: a different batch of the images each round; ms = a batch at the rate of those "
+               "batches (the sum of their medians over the images they hold, times the batch size), GMACs the mean "
+               "over the same images"
                if any(r.get("token_mode") == "dynamic" for r in report["results"]) else "")
+            + ("\n  batch FLOP: baseline MACs / MACs of every image at its batch's largest token counts (what a "
+               "dynamic graph computes at batch > 1); batches " + ("grouped by CLAP token count"
+                                                                  if all(r.get("grouped") for r in batched)
+                                                                  else "in image order")
+               if batched else "")
             + ("\n  triton rows: served by Triton, cN = N concurrent clients of one image per request; img/s = served "
                "throughput, speed-up = its ratio to the baseline's at the same concurrency, ms = request latency"
                if any(r.get("concurrency") for r in report["results"]) else ""))

@@ -86,7 +86,7 @@ class MaskTransformer(_SegmenterDecoder):
         x = torch.cat((x, self.cls_emb.expand(B, -1, -1).to(x.dtype)), dim=1)
         bias = None
         if key_bias is not None:  # class embeddings are always real keys
-            bias = KeyMask(F.pad(key_bias, (0, self.n_cls), value=0.0))
+            bias = KeyMask.from_bias(F.pad(key_bias, (0, self.n_cls), value=0.0))
         for blk in self.blocks:
             x = block_forward(blk, x, bias)
         x = self.decoder_norm(x)
