@@ -300,8 +300,15 @@ def build_with_weights(build: Callable[[], nn.Module], state: dict) -> nn.Module
     real (seeded by the caller) and copied over; `state` is emptied as the tensors move.
 
     A ViT-L checkpoint (1.2 GB) loads at 1x its size instead of 2x (random init + checkpoint)."""
-    with torch.device("meta"):
+    try:
+        with torch.device("meta"):
+            model = build()
+    except (RuntimeError, NotImplementedError):
+        # a network whose construction reads tensor values (`.item()`): build it for real (2x peak)
         model = build()
+        model.load_state_dict(state, strict=False)
+        state.clear()
+        return model
     want = model.state_dict(keep_vars=True)
     load = {}
     for k in list(state):
