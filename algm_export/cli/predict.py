@@ -95,7 +95,7 @@ def run(args) -> int:
     res = run_predict(args.images, opts, progress=not args.quiet, keep_records=TABLE_ROWS + 1,
                       debug=getattr(args, "debug", False))
     if not args.quiet:
-        shown = [r for r in res["records"] if r["status"] != "failed"]
+        shown = sorted((r for r in res["records"] if r["status"] != "failed"), key=lambda r: r["index"])
         if shown and len(shown) <= TABLE_ROWS and res["images"] <= TABLE_ROWS:
             print(format_table(shown))
             print()

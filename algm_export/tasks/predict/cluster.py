@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -220,7 +221,9 @@ def run_on_ray(items, job, opts, model, take: Callable[[dict], None], debug: boo
     config = WorkerConfig(job=job, model=actor_model, backend=backend, engine=str(engine) if engine else None,
                           device=actor_device(opts), threads=threads, config=opts.config,
                           trust_checkpoint=opts.trust_checkpoint)
+    t0 = time.perf_counter()
     with ray_cluster(opts.ray, debug=debug) as ray:
+        start_seconds = time.perf_counter() - t0
         wanted = opts.actors or default_actors(ray.cluster_resources(), opts.cpus_per_actor, opts.gpus_per_actor)
         n_batches = max(1, -(-len(items) // opts.batch_size))
         actors = max(1, min(wanted, n_batches))
@@ -236,8 +239,8 @@ def run_on_ray(items, job, opts, model, take: Callable[[dict], None], debug: boo
                     raise _worker_error(rec)
                 take(rec)
         address = opts.ray if opts.ray != "local" else f"local ({socket.gethostname()}, 127.0.0.1)"
-    return {"executor": "ray", "ray_address": address, "actors": actors, "cpus_per_actor": opts.cpus_per_actor,
-            "gpus_per_actor": opts.gpus_per_actor}
+    return {"executor": "ray", "ray_address": address, "ray_start_seconds": round(start_seconds, 3), "actors": actors,
+            "cpus_per_actor": opts.cpus_per_actor, "gpus_per_actor": opts.gpus_per_actor}
 
 
 __all__ = ["LOCAL_ENV", "PredictWorker", "WorkerConfig", "actor_device", "check_options", "default_actors",

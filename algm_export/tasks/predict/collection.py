@@ -78,8 +78,10 @@ def _image_files_under(folder: Path) -> tuple[list[Path], list[str]]:
             if n.startswith("."):
                 continue
             p = Path(root) / n
-            (files if p.suffix.lower() in IMAGE_EXTENSIONS else others).append(p)
-    return files, [str(Path(o).relative_to(folder)) for o in others]
+            if p.is_file():  # not a pipe or a socket, which would block or fail the read
+                (files if p.suffix.lower() in IMAGE_EXTENSIONS else others).append(p)
+    files.sort(key=lambda f: f.relative_to(folder).parts)   # a/deep/x before a/x: as `find | sort`
+    return files, sorted(str(Path(o).relative_to(folder)) for o in others)
 
 
 def _folder_files(folder: Path) -> list[Path]:
@@ -425,7 +427,6 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-__all__ = ["Item", "Progress", "RESULTS", "ResultsLog", "SUFFIXES", "SUMMARY", "collect_items", "failure",
-           "decode_item", "finished", "image_pixels", "model_identity", "output_paths", "read_list", "read_payload",
-           "remove_partials",
-           "run_key", "write_labels", "write_summary"]
+__all__ = ["Item", "Progress", "RESULTS", "ResultsLog", "SUFFIXES", "SUMMARY", "collect_items", "decode_item",
+           "failure", "finished", "image_pixels", "model_identity", "output_paths", "read_list", "read_payload",
+           "remove_partials", "run_key", "write_labels", "write_summary"]
