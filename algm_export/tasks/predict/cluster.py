@@ -31,7 +31,9 @@ import logging
 import os
 import re
 import socket
+import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -77,6 +79,26 @@ def _import_ray():
 
 
 @contextlib.contextmanager
+def _stderr_silenced(enabled: bool):
+    """File descriptor 2 on /dev/null for the block (Ray's native code writes there directly; what
+    goes wrong still comes back as an exception). The processes a local cluster starts send their
+    output to the files of its session folder."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+@contextlib.contextmanager
 def ray_cluster(address: str, debug: bool = False, num_cpus: Optional[int] = None):
     """Connect to Ray for the `with` block: `local` starts a private cluster on 127.0.0.1 and shuts it
     down at the end; `auto` / `ray://...` / `HOST:PORT` join a running one (left running). Within an
@@ -101,7 +123,8 @@ def ray_cluster(address: str, debug: bool = False, num_cpus: Optional[int] = Non
             else:
                 kwargs["address"] = address
             try:
-                ray.init(**kwargs)
+                with _stderr_silenced(not debug):   # Ray's C++ start-up notes
+                    ray.init(**kwargs)
             except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
                 msg = " ".join(str(e).split())[:300]
                 raise BackendUnavailable(f"cannot reach a Ray cluster at {address} ({type(e).__name__}: {msg}); start "
@@ -221,6 +244,14 @@ def run_on_ray(items, job, opts, model, take: Callable[[dict], None], debug: boo
     config = WorkerConfig(job=job, model=actor_model, backend=backend, engine=str(engine) if engine else None,
                           device=actor_device(opts), threads=threads, config=opts.config,
                           trust_checkpoint=opts.trust_checkpoint)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        if not debug:   # Ray's notes about its own deprecated settings
+            warnings.filterwarnings("ignore", module=r"ray(\.|$)")
+        return _run(items, opts, config, take, debug)
+
+
+def _run(items, opts, config: WorkerConfig, take: Callable[[dict], None], debug: bool) -> dict:
     t0 = time.perf_counter()
     with ray_cluster(opts.ray, debug=debug) as ray:
         start_seconds = time.perf_counter() - t0

@@ -398,8 +398,12 @@ class Progress:
         self.bar = tqdm(total=total, unit="img", disable=not enabled or total < 2, dynamic_ncols=True, leave=False,
                         smoothing=0.1)
         self.skipped = self.failed = 0
+        self.started = False
 
     def update(self, rec: dict) -> None:
+        if not self.started:   # the clock starts with the first image's work (not with a cluster's start)
+            self.started = True
+            self.bar.start_t = self.bar.last_print_t = self.bar._time() - rec.get("total_ms", 0.0) / 1000
         status = rec.get("status")
         if status == "skipped":
             self.skipped += 1
