@@ -401,9 +401,9 @@ class Progress:
         self.started = False
 
     def update(self, rec: dict) -> None:
-        if not self.started:   # the clock starts with the first image's work (not with a cluster's start)
-            self.started = True
-            self.bar.start_t = self.bar.last_print_t = self.bar._time() - rec.get("total_ms", 0.0) / 1000
+        if not self.started and not self.bar.disable:   # the clock starts with the first image's work
+            self.started = True                           # (not with a cluster's start)
+            self.bar.start_t = self.bar.last_print_t = time.time() - rec.get("total_ms", 0.0) / 1000
         status = rec.get("status")
         if status == "skipped":
             self.skipped += 1
