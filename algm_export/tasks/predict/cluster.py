@@ -26,6 +26,7 @@ folder at the same paths (shared storage), and have algm-export installed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from algm_export.core.errors import AlgmError, BackendUnavailable, ConfigError
+from algm_export.tasks.predict.collection import SAMPLE_PREFIX
 
 #: what `--ray local` sets for the cluster it starts: nodes on the loopback address, no tokens
 LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
@@ -238,11 +240,18 @@ def run_on_ray(items, job, opts, model, take: Callable[[dict], None], debug: boo
     engine = opts.backend_options.get("engine")
     if backend == "torch":
         actor_model = opts.model if opts.model is not None else DEFAULT_MODEL
+        if isinstance(actor_model, str) and os.path.exists(actor_model):
+            actor_model = os.path.abspath(actor_model)
     else:
         actor_model = ModelConfig(model.cfg)
     threads = max(1, int(opts.cpus_per_actor))
-    config = WorkerConfig(job=job, model=actor_model, backend=backend, engine=str(engine) if engine else None,
-                          device=actor_device(opts), threads=threads, config=opts.config,
+    # paths as every node sees them (shared storage), not relative to this process's folder
+    job = dataclasses.replace(job, out=os.path.abspath(job.out))
+    items = [it if it.source.startswith(SAMPLE_PREFIX) else dataclasses.replace(it, source=os.path.abspath(it.source))
+             for it in items]
+    config = WorkerConfig(job=job, model=actor_model, backend=backend,
+                          engine=os.path.abspath(engine) if engine else None, device=actor_device(opts),
+                          threads=threads, config=os.path.abspath(opts.config) if opts.config else None,
                           trust_checkpoint=opts.trust_checkpoint)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
