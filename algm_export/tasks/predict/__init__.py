@@ -33,6 +33,7 @@ its threshold built in refuses another one. A runner with a fixed input shape se
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -249,6 +250,29 @@ def _window_settings(model: SegModel, runner) -> tuple[tuple[int, int], tuple[in
     return ws, stride, im_size
 
 
+@contextlib.contextmanager
+def one_torch_thread():
+    """torch on one CPU thread for the block. PyTorch's bilinear resize of a 3-channel image differs in
+    the last bit between one thread and several (how the rows are split), so predict resizes
+    images and logits on one thread: the same label maps in one process with N threads as on a
+    one-thread Ray actor."""
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def prepare_input(img: np.ndarray, model: SegModel, size) -> torch.Tensor:
+    """`models.images.model_input` at `size`, the same bits whatever torch's thread count."""
+    with one_torch_thread():
+        return model_input(img, model, size)
+
+
 def _mean(v: Sequence[int]):
     m = float(np.mean(v))
     return int(m) if m == int(m) else round(m, 2)
@@ -285,20 +309,21 @@ def predict_image(model: SegModel, runner, img: np.ndarray, name: str = "image",
     t0 = time.perf_counter()
     if not sliding and H <= msize[0] and W <= msize[1]:
         mode = "single"
-        x = model_input(img, model, msize)
+        x = prepare_input(img, model, msize)
         logits = run(x)
         extra = {"input_size": list(msize)}
     else:
         mode = "sliding"
         ws, stride, im_size = _window_settings(model, runner)
         plan = window_plan((H, W), ws, stride, im_size)
-        x = model_input(img, model, plan["resized"])
+        x = prepare_input(img, model, plan["resized"])
         pending: list = []
         logits = sliding_window_logits(lambda b: run(b, pending.pop(0)), x, ws, stride, None, batch_size,
                                        on_batch=lambda anchors, crops: pending.append(anchors))
         extra = {"input_size": list(ws), "resized": list(plan["resized"]), "window_size": list(ws),
                  "window_stride": list(stride), "im_size": im_size}
-    labels = labels_at_size(logits, (H, W))
+    with one_torch_thread():
+        labels = labels_at_size(logits, (H, W))
     seconds = time.perf_counter() - t0
 
     grid = first.get("grid") or cfg.grid
