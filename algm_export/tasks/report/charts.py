@@ -135,9 +135,12 @@ def token_histogram_figure(counts: dict, n_patches: int, static_capacity: Option
         ax.axvline(n_patches, color="black", ls=":", lw=1.4, label=f"no merging: {n_patches} patches")
         ax.set_xlabel("tokens after the last merge, per image")
         ax.set_ylabel("images")
-        ax.yaxis.get_major_locator().set_params(integer=True)
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         if title:
             ax.set_title(title)
-        ax.legend(loc="upper left")
+        ax.legend(loc="best")
         fig.tight_layout()
     return fig

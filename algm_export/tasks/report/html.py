@@ -415,7 +415,8 @@ def write_report(export_dir, out: Optional[str] = None, n_images: int = 3, model
                 cost, ylab, what = labels, "mIoU on the labelled images (%)", "mIoU with labels"
             else:
                 cost, ylab, what = agreement, "pixels agreeing with the baseline (%)", (
-                    f"the share of pixels whose class equals the baseline's, on {len(rows)} sample photos")
+                    f"the share of pixels whose class equals the baseline's, on {len(rows)} sample "
+                    f"photo{'s' if len(rows) != 1 else ''}")
             figs.append(_figure(charts.operating_point_chart(results, cost, ylab, out_dir / "chart_tradeoff.png",
                                                              title) if cost else None, "trade-off chart",
                                 f"The operating-point choice: speed-up (smallest batch) against {what}, one "

@@ -36,8 +36,7 @@ def _saves(rows: list[dict], n_patches: int) -> str:
     for r in sorted(rows, key=lambda r: (r["backend"], int(r["batch"]))):
         speeds.append(f"{_x(r['speedup'])} on {r['backend']} at batch {r['batch']}")
     slower = [r for r in rows if r["speedup"] < 1.0]
-    tail = (" (below 1x: slower than the baseline there, the merging costs more time than it saves)"
-            if slower else "")
+    tail = " (below 1x: slower than the baseline there)" if slower else ""
     return (f"it {kept}, {one[0]['flop_ratio']:.2f}x fewer multiply-adds per image than the baseline (FLOP ratio), "
             f"and measures a speed-up of {', '.join(speeds)}{tail}")
 
