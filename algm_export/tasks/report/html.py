@@ -44,11 +44,47 @@ class _Html(str):
 _BAD_REPORT = (KeyError, TypeError, ValueError, IndexError, AttributeError)
 
 
-def _read_json(path: Path, what: str, fix: str):
+def _read_json(path: Path, what: str, fix: str, schema=None):
+    """The JSON file `path`; with `schema` (`core.manifest` rules), checked against it first: every
+    value the report reads has the type it reads it as (ArtifactError naming the first few that do not)."""
+    from algm_export.core.manifest import schema_errors
+
     try:
-        return json.loads(path.read_bytes())
+        data = json.loads(path.read_bytes())
     except (OSError, ValueError, RecursionError) as e:
         raise ArtifactError(f"{path} is not a readable {what} ({type(e).__name__}); {fix}") from None
+    if schema is not None:
+        errors = schema_errors(data, schema, "")
+        if errors:
+            more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+            raise ArtifactError(f"{path} is not a {what} of algm-export: {'; '.join(errors[:3])}{more}; {fix}")
+    return data
+
+
+def _schemas():
+    """(bench.json, validation report) schemas: the keys the report reads, with their types."""
+    from algm_export.core.manifest import BOOL, COUNT, DICT, NUM, SIZE, STR, ListOf, Nullable, Rule
+
+    pos = Rule("a positive finite number", "positive finite numbers", lambda v: NUM.ok(v) and v > 0)
+    tokens = {"mean": (ListOf(NUM, min_length=1), True), "min": (ListOf(NUM, min_length=1), True),
+              "max": (ListOf(NUM, min_length=1), True), "images": (COUNT, False)}
+    row = {"backend": (STR, True), "batch": (SIZE, True), "setting": (STR, True), "threshold": (Nullable(NUM), False),
+           "token_mode": (Nullable(STR), False), "threshold_input": (BOOL, False),
+           "capacities": (Nullable(ListOf(COUNT)), False), "tokens": (Nullable(tokens), False),
+           "tokens_kept": (Nullable(ListOf(NUM)), False), "latency_ms": (NUM, True), "images_per_s": (NUM, True),
+           "gmacs": (pos, True), "flop_ratio": (NUM, True), "speedup": (NUM, True),
+           "speedup_vs_flop_ratio": (NUM, True), "gmacs_at_batch_max": (pos, False)}
+    bench = {"results": (ListOf(row), True), "machine": (DICT, True), "backbone": (STR, False),
+             "image_size": (ListOf(SIZE, 2), False)}
+    summary = {"max_abs": (NUM, True), "mean_abs": (NUM, True), "agreement_mean": (NUM, True),
+               "agreement_min": (NUM, True), "parity_miou": (NUM, True), "pass": (BOOL, True), "images": (COUNT, True),
+               "tokens_mean": (ListOf(NUM), False), "token_mismatch_images": (COUNT, False),
+               "miou_backend": (NUM, False), "miou_torch": (NUM, False)}
+    entry = {"name": (STR, True), "threshold": (Nullable(NUM), False), "threshold_input": (BOOL, False),
+             "summary": (summary, True), "per_image": (ListOf({"tokens": (ListOf(NUM), False)}), False)}
+    validation = {"backend": (STR, True), "precision": (STR, True), "images": (ListOf(STR), True),
+                  "entries": (ListOf(entry), True)}
+    return bench, validation
 
 
 CSS = """
@@ -96,13 +132,9 @@ def _gmacs(v: float) -> str:
 def _validation_reports(folder: ExportFolder) -> list[tuple[Path, dict]]:
     """[(file, report)] of DIR/validation/report.*.json (files written by `validate`)."""
     fix = "run `algm-export validate DIR` again (or delete the file)"
-    out = []
-    for f in sorted(folder.resolve("validation", "validation folder").glob("report.*.json")):
-        rep = _read_json(f, "validation report", fix)
-        if not isinstance(rep, dict) or not isinstance(rep.get("entries"), list):
-            raise ArtifactError(f"{f} is not a validation report of algm-export; {fix}")
-        out.append((f, rep))
-    return out
+    schema = _schemas()[1]
+    return [(f, _read_json(f, "validation report", fix, schema))
+            for f in sorted(folder.resolve("validation", "validation folder").glob("report.*.json"))]
 
 
 def _validation_parts(reports: list[tuple[Path, dict]]) -> list[str]:
@@ -138,7 +170,9 @@ def _validation_parts(reports: list[tuple[Path, dict]]) -> list[str]:
 
 def _entry_label(e: dict) -> str:
     """A report row's setting: its name, with the threshold it ran at for a threshold-input entry."""
-    return f"{e['name']} @{e['threshold']:.3f}" if e.get("threshold_input") else str(e["name"])
+    if e.get("threshold_input") and e.get("threshold") is not None:
+        return f"{e['name']} @{e['threshold']:.3f}"
+    return str(e["name"])
 
 
 def _token_match(s: dict) -> str:
@@ -162,7 +196,7 @@ def _validation_index(reports: list[tuple[Path, dict]]) -> dict:
     for _, rep in reports:
         try:
             for e in rep["entries"]:
-                out[(rep["backend"], e["name"], round(float(e["threshold"] or 0), 6))] = e["summary"]
+                out[(rep["backend"], e["name"], round(float(e.get("threshold") or 0), 6))] = e["summary"]
         except _BAD_REPORT:
             continue
     return out
@@ -176,7 +210,7 @@ def _label_miou(reports: list[tuple[Path, dict]], results: list[dict]) -> dict:
         for e in rep.get("entries", []):
             s = e.get("summary", {})
             if "miou_backend" in s:
-                t = None if e["name"] == "baseline" else round(float(e["threshold"]), 6)
+                t = None if e["name"] == "baseline" or e.get("threshold") is None else round(float(e["threshold"]), 6)
                 out[(e["name"], t)] = float(s["miou_backend"])
         if out:
             return out
@@ -229,21 +263,6 @@ def _modes_part(folder: ExportFolder, bench: Optional[dict], reports) -> list[st
                       "tokens per image", "GMACs", "FLOP ratio", "speed-up", "speed-up / FLOP ratio"], rows)]
 
 
-def _check_bench(bench: dict, where: Path) -> list[dict]:
-    try:
-        results = bench["results"]
-        for r in results:
-            for k in ("backend", "batch", "setting", "latency_ms", "images_per_s", "gmacs", "flop_ratio",
-                      "speedup", "speedup_vs_flop_ratio"):
-                r[k]
-            float(r["speedup"]), float(r["flop_ratio"]), int(r["batch"])
-        bench["machine"]["cpus"]
-        return results
-    except _BAD_REPORT as e:
-        raise ArtifactError(f"{where} is not a benchmark report of algm-export ({type(e).__name__}: {e}); run "
-                            "`algm-export bench DIR` again (or delete the file)") from None
-
-
 def _bench_parts(bench: dict, builtin: bool) -> tuple[list[str], list[str]]:
     """The speed table and the line under the published numbers, from DIR/bench/bench.json."""
     from algm_export.tasks.report.words import at_batch_max
@@ -263,7 +282,7 @@ def _bench_parts(bench: dict, builtin: bool) -> tuple[list[str], list[str]]:
     head = ["backend", "batch", "setting", "ms", "img/s", "tokens per image", "GMACs", "FLOP ratio"] + (
         ["FLOP ratio per batch"] if per_batch else []) + ["speed-up", "speed-up / FLOP ratio"]
     mach = bench["machine"]
-    note = (f"{esc(mach['cpus'])} CPUs ({esc(mach.get('processor', ''))}), {esc(mach.get('threads', ''))} threads, "
+    note = (f"{esc(mach.get('cpus', '?'))} CPUs ({esc(mach.get('processor', ''))}), {esc(mach.get('threads', ''))} threads, "
             f"{esc(bench.get('repeats', ''))} interleaved repeats, median latency. FLOP ratio: the baseline's "
             "multiply-adds over the setting's (per image); speed-up: the baseline's latency over the setting's, "
             "same backend and batch size.")
@@ -352,11 +371,9 @@ def write_report(export_dir, out: Optional[str] = None, n_images: int = 3, model
     m = man["model"]
     out_dir = Path(out) if out else folder.resolve("report", "report folder")
     bj = folder.resolve("bench/bench.json", "bench report")
-    bench = _read_json(bj, "benchmark report", "run `algm-export bench DIR` again (or delete the file)") \
-        if bj.is_file() else None
-    if bench is not None and not isinstance(bench, dict):
-        raise ArtifactError(f"{bj} is not a benchmark report of algm-export; run `algm-export bench DIR` again")
-    results = _check_bench(bench, bj) if bench else []
+    bench = _read_json(bj, "benchmark report", "run `algm-export bench DIR` again (or delete the file)",
+                       _schemas()[0]) if bj.is_file() else None
+    results = bench["results"] if bench else []
     reports = _validation_reports(folder)
     validation = _validation_parts(reports)
     if model is None:
