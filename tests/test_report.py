@@ -168,3 +168,15 @@ def test_batch_note_says_a_batch_pays_for_its_largest_image():
     assert "saves 1.60x the multiply-adds counted image by image, but at most 1.17x" in note   # 14 / 12
     assert words.at_batch_max(res[-1], res) == pytest.approx(14 / 12)
     assert words.batch_note([r for r in res if r["batch"] == 1]) is None
+
+
+def test_class_palette_is_the_model_s_own_when_it_has_one():
+    from types import SimpleNamespace
+
+    from algm_export.tasks.report.pictures import class_palette
+
+    own = np.arange(33).reshape(11, 3) * 7
+    assert (class_palette(SimpleNamespace(palette=own.tolist()), 11) == own).all()
+    assert (class_palette(SimpleNamespace(), 11) == palette(11)).all()
+    for bad in ([[1, 2]] * 11, own[:5], own * 100, "abc"):          # wrong shape, too few, out of range, junk
+        assert (class_palette(SimpleNamespace(palette=bad), 11) == palette(11)).all()

@@ -3,8 +3,9 @@
 For each sample photo, in PyTorch (`runtimes.registry.torch_runner`, each setting as exported:
 static with its capacities, or dynamic token mode): the baseline's segmentation, and for every
 setting (every threshold of a threshold-input entry) its segmentation with its token groups drawn
-over it and the pixels whose class differs from the baseline's. Class colours come from the
-model's class count (`visualize.palette(n_cls)`), so every family draws its own classes.
+over it and the pixels whose class differs from the baseline's. Class colours: the model's own
+palette when its family provides one (`model.palette`), else `visualize.palette(n_cls)` of its
+class count, so every family draws its own classes.
 
 `run_pictures` returns the rows (files written to the report folder) and, per setting, the share
 of pixels that agree with the baseline: the cost side of the operating-point chart.
@@ -74,6 +75,23 @@ def columns(folder: ExportFolder, model) -> list[tuple[Column, object]]:
     return out
 
 
+def class_palette(model, n_cls: int) -> np.ndarray:
+    """The class colours: the model's own (`model.palette`, [n_cls, 3] values 0..255, as a family may
+    read it from its checkpoint's dataset metadata), else `visualize.palette(n_cls)`."""
+    from algm_export.tasks.visualize import palette
+
+    own = getattr(model, "palette", None)
+    if own is not None:
+        try:
+            arr = np.asarray(own, dtype=np.float64)
+            if arr.ndim == 2 and arr.shape[0] >= n_cls and arr.shape[1] == 3 and np.isfinite(arr).all() \
+                    and arr.min() >= 0 and arr.max() <= 255:
+                return arr.round().astype(np.uint8)
+        except (TypeError, ValueError):
+            pass
+    return palette(n_cls)
+
+
 def _labels(out, hw) -> np.ndarray:
     """[H, W] class map of the first image of a run: its logits (at the input, or at a stride) resized
     bilinearly to `hw`, then the argmax."""
@@ -91,15 +109,14 @@ def run_pictures(folder: ExportFolder, out_dir: Path, model, n_images: int = 3) 
     PNGs); returns the columns and the rows."""
     from algm_export.models.images import model_input, sample_images
     from algm_export.runtimes.registry import torch_runner
-    from algm_export.tasks.visualize import (changed_panel, palette, panel_patch_pixels, save_png,
-                                             segmentation_panel)
+    from algm_export.tasks.visualize import changed_panel, panel_patch_pixels, save_png, segmentation_panel
 
     cfg = model.cfg
     grid, ps_model = cfg.grid, cfg.patch_size
     hw = (int(grid[0]) * ps_model, int(grid[1]) * ps_model)
     ps = panel_patch_pixels(grid)
     size = (int(grid[0]) * ps, int(grid[1]) * ps)
-    pal = palette(int(folder.model_info.get("n_cls") or cfg.n_cls))
+    pal = class_palette(model, int(folder.model_info.get("n_cls") or cfg.n_cls))
     cols = columns(folder, model)
     photos = sample_images(n_images)
     inputs = [(name, img, model_input(img, model)) for name, img in photos]
