@@ -88,7 +88,7 @@ def test_tampered_file_is_refused(export_dir, tmp_path):
         validate(d, backend="ort", limit_images=1)
 
 
-def test_bench_and_report(export_dir):
+def test_bench_and_report(export_dir, tmp_path):
     from algm_export.tasks.bench import bench, format_bench
     from algm_export.tasks.report.html import write_report
 
@@ -108,6 +108,11 @@ def test_bench_and_report(export_dir):
     assert len(list(page.parent.glob("merge_*.png"))) == len(list(page.parent.glob("changed_*.png"))) == 2
     assert len(list(page.parent.glob("input_*.png"))) == 1                  # the photo once
     assert "MET" not in text and "spec 2" not in text
+    # --merge-pictures 0: no pictures, said so; the costs were not measured, the rest is there
+    bare = write_report(export_dir, out=str(tmp_path / "bare"), n_images=0).read_text()
+    assert "No pictures asked for" in bare and "was not measured" in bare
+    assert 'alt="speed-up chart"' in bare and 'alt="trade-off chart"' not in bare     # no cost measured
+    assert not list((tmp_path / "bare").glob("merge_*.png"))
 
 
 def test_bench_cli(export_dir, capsys):

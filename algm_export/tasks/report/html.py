@@ -390,9 +390,12 @@ def write_report(export_dir, out: Optional[str] = None, n_images: int = 3, model
     # pictures first: their runs also measure each setting's agreement with the baseline
     cols, rows, pic_error = [], [], None
     try:
-        if model is None:
+        if n_images < 1:
+            pass
+        elif model is None:
             raise FileNotFoundError(f"the checkpoint {m['source']} is not on this machine")
-        cols, rows = pictures.run_pictures(folder, out_dir, model, n_images)
+        else:
+            cols, rows = pictures.run_pictures(folder, out_dir, model, n_images)
     except Exception as e:  # noqa: BLE001  (the page is still worth having without the pictures)
         warnings.warn(f"merge pictures skipped: {e}")
         pic_error = str(e)
@@ -459,6 +462,9 @@ def write_report(export_dir, out: Optional[str] = None, n_images: int = 3, model
     elif pic_error is not None:
         parts.append(f"<h2>What merging does to the segmentation</h2><p class='fail'>pictures failed: "
                      f"{esc(pic_error)}</p>")
+    else:
+        parts.append("<h2>What merging does to the segmentation</h2><p>No pictures asked for "
+                     "(<code>--merge-pictures 0</code>).</p>")
 
     # 4. details
     ex = [["baseline", "-", "-", "-", man["baseline"]["onnx"], man["baseline"]["sha256"][:12]]]
