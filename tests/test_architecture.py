@@ -222,6 +222,11 @@ def test_every_command_help_has_an_example(name, capsys):
     assert main([name, "--help"]) == 0
     out = capsys.readouterr().out
     assert "example:\n  algm-export " + name in out
+    from algm_export.models.registry import FAMILY_MODULES
+
+    flat = " ".join(out.split())
+    missing = [title for title in FAMILY_MODULES.values() if title not in flat]
+    assert not missing, f"algm-export {name} --help does not name the families {missing}"
 
 
 def test_the_cycle_and_root_checks_can_fail(tmp_path, monkeypatch):
