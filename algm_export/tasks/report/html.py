@@ -45,9 +45,9 @@ _BAD_REPORT = (KeyError, TypeError, ValueError, IndexError, AttributeError)
 
 
 def _read_json(path: Path, what: str, fix: str, schema=None):
-    """The JSON file `path`; with `schema` (`core.manifest` rules), checked against it first: every
+    """The JSON file `path`; with `schema` (the manifest's rules, from `artifacts`), checked against it first: every
     value the report reads has the type it reads it as (ArtifactError naming the first few that do not)."""
-    from algm_export.core.manifest import schema_errors
+    from algm_export.artifacts import schema_errors
 
     try:
         data = json.loads(path.read_bytes())
@@ -63,7 +63,7 @@ def _read_json(path: Path, what: str, fix: str, schema=None):
 
 def _schemas():
     """(bench.json, validation report) schemas: the keys the report reads, with their types."""
-    from algm_export.core.manifest import BOOL, COUNT, DICT, NUM, SIZE, STR, ListOf, Nullable, Rule
+    from algm_export.artifacts import BOOL, COUNT, DICT, NUM, SIZE, STR, ListOf, Nullable, Rule
 
     pos = Rule("a positive finite number", "positive finite numbers", lambda v: NUM.ok(v) and v > 0)
     tokens = {"mean": (ListOf(NUM, min_length=1), True), "min": (ListOf(NUM, min_length=1), True),
