@@ -49,12 +49,12 @@ def test_segmentation_panel_outlines_clap_windows_black_and_gbm_groups_white():
     out = segmentation_panel(labels, [clap, gbm], grid, ps, pal)
     assert out.shape == (32, 32, 3)
     assert (out[20:22, 28:30] == pal[149]).all()                  # a patch of its own: no outline
-    win = out[0:16, 0:16]
-    assert (win[15, 2:14] == 0).all() and (win[2:14, 15] == 0).all()   # CLAP window border: black
-    assert (win[4:12, 4:12] == pal[149]).all()                     # inside: the class colour
-    grp = out[16:24, 16:32]
-    assert (grp[7, 2:14] == 255).all()                             # GBM group border: white
-    assert (grp[2:6, 6:10] == pal[149]).all()                      # no border between its two patches
+    # one line, 1 px at 8 px per patch, on each border of a merged group
+    assert (out[16, 0:16] == 0).all() and (out[0:16, 16] == 0).all()   # CLAP window border: black
+    assert (out[0:16, 0:16] == pal[149]).all()                         # inside and above it: the class
+    assert (out[16, 17:32] == 255).all() and (out[24, 16:32] == 255).all() and (out[17:24, 16] == 255).all()
+    assert (out[17:24, 17:32] == pal[149]).all()                       # GBM group: white border, none inside
+    assert (out[25:32, :] == pal[149]).all() and (out[17:32, 0:16] == pal[149]).all()
     plain = segmentation_panel(labels, None, grid, ps, pal)
     assert (plain == pal[149]).all()
 
@@ -168,6 +168,8 @@ def test_batch_note_says_a_batch_pays_for_its_largest_image():
     assert "saves 1.60x the multiply-adds counted image by image, but at most 1.17x" in note   # 14 / 12
     assert words.at_batch_max(res[-1], res) == pytest.approx(14 / 12)
     assert words.batch_note([r for r in res if r["batch"] == 1]) is None
+    torch_first = [dict(r, backend="torch") for r in res] + res               # the exported backend is quoted
+    assert "measured on onnxruntime: 0.90x" in words.batch_note(torch_first)
 
 
 def test_class_palette_is_the_model_s_own_when_it_has_one():

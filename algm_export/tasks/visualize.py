@@ -239,18 +239,16 @@ def _group_ids(a, grid) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _outline(gid: np.ndarray, merged: np.ndarray, ps: int, width: int) -> np.ndarray:
-    """[gh*ps, gw*ps] bool: the borders between groups, on the side of merged patches."""
-    g = np.repeat(np.repeat(gid, ps, 0), ps, 1)
-    m = np.repeat(np.repeat(merged, ps, 0), ps, 1)
-    out = np.zeros_like(m)
-    dx = (g[:, 1:] != g[:, :-1])
-    dy = (g[1:, :] != g[:-1, :])
-    # a border pixel belongs to the merged side, `width` pixels thick
+    """[gh*ps, gw*ps] bool: one line `width` pixels wide on every border between two groups where at
+    least one side is merged (patches on their own keep no outline)."""
+    gh, gw = gid.shape
+    out = np.zeros((gh * ps, gw * ps), dtype=bool)
+    vb = np.repeat((gid[:, 1:] != gid[:, :-1]) & (merged[:, 1:] | merged[:, :-1]), ps, 0)   # [gh*ps, gw-1]
+    hb = np.repeat((gid[1:, :] != gid[:-1, :]) & (merged[1:, :] | merged[:-1, :]), ps, 1)   # [gh-1, gw*ps]
     for k in range(width):
-        out[:, k + 1:] |= dx[:, : dx.shape[1] - k] & m[:, k + 1:]
-        out[:, : dx.shape[1] - k] |= dx[:, k:] & m[:, : dx.shape[1] - k]
-        out[k + 1:, :] |= dy[: dy.shape[0] - k] & m[k + 1:]
-        out[: dy.shape[0] - k, :] |= dy[k:] & m[: dy.shape[0] - k]
+        off = k - width // 2
+        out[:, np.arange(1, gw) * ps + off] |= vb
+        out[np.arange(1, gh) * ps + off, :] |= hb
     return out
 
 
@@ -267,7 +265,7 @@ def segmentation_panel(labels, assignments: Optional[Sequence], grid, ps: Option
         raise InputError("labels must be non-negative class indices")
     out = colorize(lab, pal).copy()
     if assignments:
-        width = 2 if ps >= 8 else 1
+        width = 2 if ps >= 12 else 1
         last, merged_last = _group_ids(assignments[-1], grid)
         out[_outline(last, merged_last, ps, width)] = 255
         first, merged_first = _group_ids(assignments[0], grid)

@@ -130,7 +130,7 @@ def token_histogram_figure(counts: dict, n_patches: int, static_capacity: Option
             ax.hist(vs, bins=bins, histtype="stepfilled", alpha=0.55, color=st["color"], edgecolor="black",
                     hatch=hatches[i % len(hatches)], label=f"{label} ({len(vs)} images, mean {np.mean(vs):.0f})")
         for i, (label, cap) in enumerate((static_capacity or {}).items()):
-            ax.axvline(cap, color=series_style(i)["color"], ls="--", lw=1.6,
+            ax.axvline(cap, color=series_style(len(counts) + i)["color"], ls="--", lw=1.8,
                        label=f"{label}: {cap} tokens, every image")
         ax.axvline(n_patches, color="black", ls=":", lw=1.4, label=f"no merging: {n_patches} patches")
         ax.set_xlabel("tokens after the last merge, per image")

@@ -101,7 +101,7 @@ img{max-width:100%;margin:.3em 0} .charts{display:grid;grid-template-columns:rep
 code{background:#f5f5f5;padding:.1em .3em} ul.settings li{margin:.45em 0}
 table.pics{table-layout:fixed;width:100%;font-size:.88em} table.pics th{text-align:center;font-weight:600;
 line-height:1.3;vertical-align:bottom} table.pics td{text-align:center;padding:.25em} table.pics img{width:100%;
-display:block;margin:0 0 .2em 0;image-rendering:pixelated} table.pics .cap{font-size:.9em;color:#333}
+display:block;margin:0 0 .2em 0} table.pics .cap{font-size:.9em;color:#333}
 .key{display:inline-block;width:.9em;height:.9em;vertical-align:-.1em;border:1px solid #444}
 """
 

@@ -114,10 +114,11 @@ def run_pictures(folder: ExportFolder, out_dir: Path, model, n_images: int = 3) 
     cfg = model.cfg
     grid, ps_model = cfg.grid, cfg.patch_size
     hw = (int(grid[0]) * ps_model, int(grid[1]) * ps_model)
-    ps = panel_patch_pixels(grid)
+    cols = columns(folder, model)
+    # panels about as wide as their column on a 1200 px page (no rescaling blurs the outlines)
+    ps = panel_patch_pixels(grid, max(128, min(320, 1150 // (2 + len(cols)))))
     size = (int(grid[0]) * ps, int(grid[1]) * ps)
     pal = class_palette(model, int(folder.model_info.get("n_cls") or cfg.n_cls))
-    cols = columns(folder, model)
     photos = sample_images(n_images)
     inputs = [(name, img, model_input(img, model)) for name, img in photos]
     rows = []
