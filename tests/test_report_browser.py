@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from report_browser_support import browser_check, chromium, screenshot
-
 try:
     from conftest import PHOTOS, photo
+    from report_browser_support import browser_check, chromium, screenshot
 except ImportError:  # tests/ as a package
     from tests.conftest import PHOTOS, photo
+    from tests.report_browser_support import browser_check, chromium, screenshot
 
 pytestmark = pytest.mark.skipif(not chromium(), reason="Chromium is not installed (Debian package 'chromium'; "
                                                        "`.ci/run` installs it when run as root with apt)")
@@ -177,7 +177,10 @@ def test_report_with_tensorrt_rows_and_an_engine(segmenter_folder, tmp_path):
 @pytest.mark.slow
 def test_mmseg_family_report_in_the_browser(tmp_path):
     """SETR (an mmseg family, 11 classes, no class token): the same page with its own class count."""
-    from test_setr_algm import tiny_setr
+    try:
+        from test_setr_algm import tiny_setr
+    except ImportError:  # tests/ as a package
+        from tests.test_setr_algm import tiny_setr
 
     from algm_export.tasks.report.html import write_report
 
