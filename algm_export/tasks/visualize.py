@@ -130,7 +130,7 @@ def merge_panels(image: np.ndarray, assignments: Sequence, grid, patch_size: int
     """Panels (uint8 RGB) showing the token groups after every merge step.
 
     image: uint8 [H, W, 3] the model saw (resized to grid * patch_size if needed).
-    assignments: per step, an [N] map (or [1, N]) patch -> token index (spec notation).
+    assignments: per step, an [N] map (or [1, N]): patch -> the index of the token that holds it.
     """
     gh, gw = int(grid[0]), int(grid[1])
     N = gh * gw
