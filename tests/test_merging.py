@@ -120,7 +120,7 @@ def test_batch_min_merges_the_batch_minimum(tiny_linear, photos_128):
 
 # ----------------------------------------------------------------------------- op level
 
-@pytest.mark.parametrize("P", [0, 1, 2])
+@pytest.mark.parametrize("P", [0, 1, 2, 5])
 def test_clap_exact_decisions_and_invariants(P):
     x = separated_tokens(P=P)
     B, T, D = x.shape
@@ -156,7 +156,7 @@ def _check_invariants(x_in, size_in, y, size, assign, P, N, assign_in=None):
                 assert torch.allclose(y[b, P + t], src[held].mean(0), atol=1e-5)
 
 
-@pytest.mark.parametrize("P", [0, 1, 2])
+@pytest.mark.parametrize("P", [0, 1, 2, 5])
 def test_gbm_invariants_and_weighted_mean(P):
     x = separated_tokens(P=P, seed=3)
     B, T, D = x.shape
@@ -177,7 +177,7 @@ def test_gbm_invariants_and_weighted_mean(P):
     assert (st[:, 0] > 0).any()
 
 
-@pytest.mark.parametrize("P", [0, 1, 2])
+@pytest.mark.parametrize("P", [0, 1, 2, 5])
 def test_gbm_static_matches_dynamic(P):
     """CLAP then GBM, static (capacities = N) against the published form, image by image (per_image)."""
     grid = (8, 8)
@@ -199,7 +199,7 @@ def test_gbm_static_matches_dynamic(P):
     assert (st1[:, 1] == 0).all() and (st2[:, 1] == 0).all()
 
 
-@pytest.mark.parametrize("P", [0, 1, 2])
+@pytest.mark.parametrize("P", [0, 1, 2, 5])
 def test_gbm_threshold_statistics_cover_all_of_a_without_prefix(P):
     """With no prefix token the GBM threshold runs over all of A, position 0 included (spec 5); with a
     class token position 0 is left out. Position 0 is the best match here and moves the threshold past
@@ -236,7 +236,7 @@ def test_gbm_capacity_bounds_without_prefix():
         assert int(st[0, 0]) == (C1 + 1) // 2                          # every A token is a source
 
 
-@pytest.mark.parametrize("P", [0, 1, 2])
+@pytest.mark.parametrize("P", [0, 1, 2, 5])
 def test_gbm_single_slot_is_a_noop(P):
     """Fewer than two slots besides the protected ones (P = 0: a single slot, no B token at all)."""
     x = torch.randn(2, P + 1, 4)
