@@ -161,7 +161,7 @@ def test_two_installations_configure_in_their_own_build_dirs(tmp_path, monkeypat
     """CMake configures two installed copies of the sources, each in its default build folder; the same
     configure into one shared folder (the old default) fails on CMake's cache of the other source."""
     from algm_export.runtimes.plugins import default_build_dir
-    from test_plugins_support import toolchain_missing
+    from _helpers.plugins import toolchain_missing
 
     missing = toolchain_missing()
     if missing:
