@@ -67,6 +67,7 @@ def rehash(d: Path, key: str = "baseline") -> None:
     (d / "manifest.json").write_text(json.dumps(data))
 
 
+@pytest.mark.slow
 def test_weights_are_stored_once_and_hashed(ext_export):
     ck, d, _ = ext_export
     data = load_manifest(d, verify=True)
@@ -89,6 +90,7 @@ def test_weights_are_stored_once_and_hashed(ext_export):
     assert all(int(off) % 4096 == 0 for off, _ in refs[0])
 
 
+@pytest.mark.slow
 def test_validate_predict_and_bench_run_the_folder(capsys, folder, ext_export, tmp_path):
     ck, _, images = ext_export
     code, errors, err = run(capsys, "validate", folder, "--images", images, "--max-images", "1")
@@ -108,6 +110,7 @@ def test_validate_predict_and_bench_run_the_folder(capsys, folder, ext_export, t
     assert code == 0, err
 
 
+@pytest.mark.slow
 def test_a_changed_data_file_stops_every_command(capsys, folder, ext_export):
     _, _, images = ext_export
     w = folder / "weights.bin"
@@ -122,6 +125,7 @@ def test_a_changed_data_file_stops_every_command(capsys, folder, ext_export):
     assert not (folder / "validation").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["parent", "absolute", "symlink", "unlisted"])
 def test_locations_outside_the_folder_are_refused_before_reading(capsys, folder, ext_export, where):
     _, _, images = ext_export
@@ -152,6 +156,7 @@ def test_locations_outside_the_folder_are_refused_before_reading(capsys, folder,
         ExportFolder.load(folder).baseline.onnx_path()
 
 
+@pytest.mark.slow
 def test_a_loose_graph_pointing_out_of_its_folder_is_refused(capsys, folder, ext_export, tmp_path):
     ck = ext_export[0]
     loose = tmp_path / "loose"
@@ -163,6 +168,7 @@ def test_a_loose_graph_pointing_out_of_its_folder_is_refused(capsys, folder, ext
     assert code == 2 and "leads out" in errors[0] or "not a plain relative path" in errors[0], err
 
 
+@pytest.mark.slow
 def test_manifest_rules_for_data_files(folder):
     data = json.loads((folder / "manifest.json").read_text())
     data["settings"][0]["external_data"] = ["nothere.bin"]

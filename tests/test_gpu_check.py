@@ -24,6 +24,7 @@ def _run(*args, timeout=300):
                           cwd=str(ROOT))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler")
 def test_dry_run_runs_the_cpu_steps_and_writes_both_reports(tmp_path):
     p = _run("--dry-run", "--out", str(tmp_path / "gc"))

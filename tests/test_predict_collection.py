@@ -142,6 +142,7 @@ def test_label_maps_are_8_bit_up_to_256_classes_and_16_bit_above(tmp_path):
 
 # ----------------------------------------------------------------------------- one process
 
+@pytest.mark.slow
 def test_collection_run_resume_and_run_log(tmp_path, ckpt, capsys):
     files = make_collection(tmp_path / "imgs", n=6)
     out = tmp_path / "out"

@@ -120,6 +120,7 @@ def test_config_errors(edit, match):
         sv.build_segvit(cfg["model"], config=cfg)
 
 
+@pytest.mark.slow
 def test_image_size_and_slide(tiny):
     cfg = tiny_config()
     m = tiny
@@ -199,6 +200,7 @@ def test_detect(tmp_path, tiny):
 
 # ----------------------------------------------------------------------------- ALGM
 
+@pytest.mark.slow
 def test_static_equals_dynamic_on_photos(tiny, photos_128, monkeypatch):
     dyn = apply_algm(tiny, SET)
     sta = apply_algm(tiny, SET, capacities=(N, N))

@@ -97,6 +97,7 @@ def _onnx_shapes(path):
     return {v.name: dims(v) for v in list(g.input) + list(g.output)}
 
 
+@pytest.mark.slow
 @needs_tritonclient
 def test_triton_repo_onnx_configs_parse_as_model_config_and_match_the_files(folders, tmp_path, capsys):
     for kind in ("mixed", "tin"):
@@ -141,6 +142,7 @@ def test_triton_repo_onnx_configs_parse_as_model_config_and_match_the_files(fold
     assert "TensorRT-RTX" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @needs_tritonclient
 def test_triton_repo_engines_as_tensorrt_plan_per_compute_capability(folders, tmp_path):
     """Engine records (fake engine bytes: triton-repo copies engines, it does not parse them) for two
@@ -256,6 +258,7 @@ def _http_infer(srv, model, x, threshold=None, outputs=("logits", "merge_stats")
         c.close()
 
 
+@pytest.mark.slow
 def test_served_answers_equal_onnxruntime(server, folders):
     x = folders["images"][:3]
     assert [m.name for m in server.models] == ["baseline", "t0.880_l1-5", "t0.880_l1-5_dyn"]
@@ -269,6 +272,7 @@ def test_served_answers_equal_onnxruntime(server, folders):
             assert got["merge_stats"].dtype == np.int32
 
 
+@pytest.mark.slow
 def test_concurrent_grpc_requests_each_get_their_own_answer(server, folders):
     """24 requests from 4 clients, different images, both ALGM entries: dynamic batching forms
     batches of several requests, and every answer is that request's own image's."""
@@ -306,6 +310,7 @@ def _metrics(srv, model) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_malformed_requests_get_errors_and_the_server_stays_healthy(server, folders):
     import tritonclient.http as th
     from tritonclient.utils import InferenceServerException
@@ -391,6 +396,7 @@ def test_cli_serves_a_threshold_input_entry_and_stops_on_sigterm(folders):
     assert not _tritonservers(ports[0])
 
 
+@pytest.mark.slow
 def test_serve_errors_name_the_problem(folders, tmp_path, capsys):
     if serving_missing():
         pytest.skip(serving_missing())
@@ -437,6 +443,7 @@ def test_client_example_prepares_photos_as_the_models_expect(tmp_path):
         np.testing.assert_allclose(got, want, atol=1e-4)   # float32 rounding, amplified by 1/std
 
 
+@pytest.mark.slow
 def test_client_example_writes_the_segmentation_png(server, folders, tmp_path, capsys):
     from PIL import Image
 

@@ -21,6 +21,7 @@ def _sd(m):
     return {k: v.clone() for k, v in m.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_setr_upstream_init_follows_mmseg_and_is_seeded():
     a = setr.builtin_setr("pup", 64, seed=3, init="upstream")
     b = setr.builtin_setr("pup", 64, seed=3, init="upstream")
