@@ -68,6 +68,7 @@ class _WinningQuery:
 
 # ----------------------------------------------------------------------------- built-ins, config
 
+@pytest.mark.slow
 def test_builtins_build_and_run():
     names = registry.builtin_names()
     assert "builtin:segvit_s16_256" in names and "builtin:segvit_s16_512" in names

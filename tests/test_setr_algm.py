@@ -41,7 +41,7 @@ def tiny_setr(kind: str, seed: int = 0):
     return model.eval()
 
 
-@pytest.fixture(scope="module", params=["naive", "pup", "mla"])
+@pytest.fixture(scope="module", params=["naive", "pup", pytest.param("mla", marks=pytest.mark.slow)])
 def setr(request):
     return request.param, tiny_setr(request.param)
 
