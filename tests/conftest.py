@@ -83,7 +83,7 @@ def plugin_library(tmp_path_factory):
     except ImportError as e:
         pytest.skip(f"the algm plugin library is not available yet (algm_export.tasks.plugins: {e})")
     try:
-        from test_plugins_support import tensorrt_include
+        from _helpers.plugins import tensorrt_include
 
         paths = build_plugins(build_dir=tmp_path_factory.mktemp("plugins"), archs=[86], require_plugins=True,
                               tensorrt_include=tensorrt_include())

@@ -335,3 +335,24 @@ def test_report_shows_static_and_dynamic_side_by_side(folders):
     assert section.count("<tr>") == 3                             # header, static, dynamic
     assert ">static<" in section and ">dynamic<" in section and "6/6" in section
     assert (folders["mixed"] / "report" / "merge_astronaut_t0.880_l1-5_dyn.png").is_file()
+    assert (folders["mixed"] / "report" / "changed_astronaut_t0.880_l1-5_dyn.png").is_file()
+    assert "a batch pays for its largest image" not in page                # batch 1 only: nothing to explain
+
+
+def test_report_of_a_mixed_folder_in_the_browser(folders, tmp_path):
+    """The report of the mixed folder (written by the test above) in headless Chromium at 1280 px
+    (`report_browser_support`): images load, no console message, no table wider than the page."""
+    try:
+        from report_browser_support import browser_check, chromium
+    except ImportError:  # tests/ as a package
+        from tests.report_browser_support import browser_check, chromium
+
+    if not chromium():
+        pytest.skip("Chromium is not installed (Debian package 'chromium'); tests/test_report_browser.py has more")
+    page = folders["mixed"] / "report" / "index.html"
+    if not page.is_file():
+        pytest.skip("the report test above did not write the report")
+    res = browser_check(page, tmp_path)
+    assert res["images"] and not res["bad_images"], res["bad_images"]
+    assert not res["errors"] and not res["console"], (res["errors"], res["console"])
+    assert not res["wide_tables"] and res["page_width"] <= res["viewport"], res["wide_tables"]

@@ -6,7 +6,10 @@
         out.merge_stats               # np.ndarray int [B, steps, 2] (merges, forced) or None (baseline)
         out.tokens                    # np.ndarray int [B, steps] patch tokens after each step, or None
         out.assignments               # list per step of np.ndarray int [B, N] (patch -> token), or None:
-                                      # only runners asked for them (the torch runner, `assignments=True`)
+                                      # only runners asked for them (the torch runner, `assignments=True`;
+                                      # the ONNX Runtime runner, `decisions=True`)
+        out.merge_inputs              # list per step of {"x": [B, T, D], "size": [B, T] or None}: the tokens
+                                      # entering each merge step (same runners, `merge_inputs` / `decisions`)
 
 A runtime that reports merge statistics but not token counts (ONNX Runtime, TensorRT) derives
 the tokens from them (`tokens_from_merge_stats`): the CLAP step removes merges*(k-1) patches
@@ -54,6 +57,7 @@ class RunOutput:
     merge_stats: Optional[np.ndarray] = None
     tokens: Optional[np.ndarray] = None
     assignments: Optional[list] = None
+    merge_inputs: Optional[list] = None
 
     # read-only mapping access (`out["logits"]`, `"merge_stats" in out`) over the fields that are set
     def keys(self):

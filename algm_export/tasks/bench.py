@@ -328,54 +328,12 @@ def tokens_cell(r: dict) -> str:
 
 
 def plot(report: dict, folder: ExportFolder, path: Path) -> Path:
-    """Speed-up vs parity mIoU (from the validation report, when present) and vs tokens kept."""
-    import json
+    """bench.png: speed-up against tokens kept, per backend and batch size, with the ideal (the FLOP
+    ratio); the same chart as the report's (`tasks.visualize.speed_chart`)."""
+    from algm_export.tasks.visualize import speed_chart
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    parity = {}
-    for f in sorted(folder.resolve("validation", "validation folder").glob("report.*.json")):
-        rep = json.loads(f.read_text())
-        for e in rep["entries"]:
-            parity.setdefault(e["name"], e["summary"]["parity_miou"])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    groups = {}
-    for r in report["results"]:
-        groups.setdefault((r["backend"], r["batch"], r.get("concurrency")), []).append(r)
-    for (backend, bs, conc), rows in groups.items():
-        lab = f"{backend} c{conc}" if conc else f"{backend} b{bs}"
-        xs_tok = [1.0 if r["tokens_kept"] is None else r["tokens_kept"][-1] for r in rows]
-        ys = [r["speedup"] for r in rows]
-        axes[1].plot(xs_tok, ys, "o-", label=lab)
-        for r, xv, yv in zip(rows, xs_tok, ys):
-            label = r["setting"] if r["threshold"] is None else (
-                f"{r['threshold']:.2f}" + (" dyn" if r.get("token_mode") == "dynamic" else ""))
-            axes[1].annotate(label, (xv, yv),
-                             textcoords="offset points", xytext=(4, 4), fontsize=8)
-        pm = [parity.get(r["setting"], 100.0 if r["setting"] == "baseline" else np.nan) for r in rows]
-        axes[0].plot(pm, ys, "o", label=lab)
-        axes[1].plot([1.0], [1.0], "k*", markersize=12)
-        axes[0].plot([100.0], [1.0], "k*", markersize=12)
-    ideal = [(1.0 if r["tokens_kept"] is None else r["tokens_kept"][-1], r["flop_ratio"])
-             for r in groups[next(iter(groups))]]
-    ideal.sort()
-    axes[1].plot([i[0] for i in ideal], [i[1] for i in ideal], "k--", alpha=0.5, label="FLOP ratio (ideal)")
-    axes[0].set_xlabel("parity mIoU vs PyTorch (%)")
-    axes[0].set_ylabel("measured speed-up over baseline")
-    axes[1].set_xlabel("tokens kept after the last merge (capacity / N; dynamic: mean real count / N)")
-    axes[1].set_ylabel("measured speed-up over baseline")
-    for a in axes:
-        a.grid(alpha=0.3)
-        a.legend(fontsize=8)
-    fig.suptitle(f"{report['backbone']} {report['image_size'][0]}x{report['image_size'][1]} - baseline marked *")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return speed_chart(report["results"], path,
+                       f"{report['backbone']} {report['image_size'][0]}x{report['image_size'][1]}")
 
 
 def _setting_cell(r: dict) -> str:

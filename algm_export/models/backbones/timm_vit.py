@@ -43,7 +43,9 @@ def attention_forward(attn: nn.Module, x: torch.Tensor, key_bias=None) -> torch.
     a = (q @ k.transpose(-2, -1)) * attn.scale
     a = a.float().softmax(dim=-1).to(v.dtype) if a.dtype == torch.float16 else a.softmax(dim=-1)
     out = (a @ v).transpose(1, 2).reshape(B, T, C)
-    out = attn.norm(out)
+    norm = getattr(attn, "norm", None)     # timm < 1.0.16 has no post-attention norm (scale_norm)
+    if norm is not None:
+        out = norm(out)
     return attn.proj(out)
 
 

@@ -65,7 +65,7 @@ class MaskTransformer(_SegmenterDecoder):
         super().__init__(n_cls, depth)
         self.d_model = d_model
         n_heads = max(1, d_model // 64)
-        dpr = [r.item() for r in torch.linspace(0, drop_path_rate, n_layers)] if n_layers else []
+        dpr = [r.item() for r in torch.linspace(0, drop_path_rate, n_layers, device="cpu")] if n_layers else []
         self.blocks = nn.ModuleList([
             Block(d_model, n_heads, mlp_ratio=4.0, qkv_bias=True, proj_drop=dropout,
                   drop_path=dpr[i], norm_layer=LayerNorm)
