@@ -104,7 +104,9 @@ def _stderr_silenced(enabled: bool):
 def ray_cluster(address: str, debug: bool = False, num_cpus: Optional[int] = None):
     """Connect to Ray for the `with` block: `local` starts a private cluster on 127.0.0.1 and shuts it
     down at the end; `auto` / `ray://...` / `HOST:PORT` join a running one (left running). Within an
-    already connected process (an API caller who ran `ray.init`), that connection is used as is."""
+    already connected process (an API caller who ran `ray.init`), that connection is used as is.
+    The loopback setting (`LOCAL_ENV`) is read when Ray is imported: a process that imported Ray
+    before gets Ray's own choice of address for a local cluster."""
     saved = {}
     if address == "local":
         for k, v in LOCAL_ENV.items():  # read when Ray is imported and by the processes it starts
@@ -129,6 +131,9 @@ def ray_cluster(address: str, debug: bool = False, num_cpus: Optional[int] = Non
                     ray.init(**kwargs)
             except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
                 msg = " ".join(str(e).split())[:300]
+                if address == "local":
+                    raise BackendUnavailable(f"cannot start a local Ray cluster ({type(e).__name__}: {msg}); run with "
+                                             "--debug for Ray's own messages, or run without --ray") from None
                 raise BackendUnavailable(f"cannot reach a Ray cluster at {address} ({type(e).__name__}: {msg}); start "
                                          "one (`ray start --head`) or run with --ray local") from None
             started = True
