@@ -32,7 +32,7 @@ from algm_export.export.readiness import check_readiness
 from algm_export.merging.static import clap_dynamic, gbm_dynamic, tokens_from_stats
 from algm_export.models.families.segmenter import make_config
 from algm_export.models.families.segmenter import Segmenter
-from test_plugins_support import MARGIN, clap_margin, gbm_margin, separated_tokens
+from _helpers.plugins import MARGIN, clap_margin, gbm_margin, separated_tokens
 
 SET = AlgmSetting(0.88, (2, 2), (1, 5))
 TESTS = Path(__file__).resolve().parent
@@ -154,7 +154,7 @@ def _separated(P, grid=(8, 8), seed=3):
     pytest.fail("no input with well-separated decisions found")
 
 
-@pytest.mark.parametrize("P", [0, 1, 2])
+@pytest.mark.parametrize("P", [0, 1, 2, 5])
 def test_dynamic_bodies_match_torch_ops(P):
     """algm version 2 in ONNX Runtime = the torch dynamic ops: decisions, token counts and the cut
     identical, per-image thresholds honoured, tokens output = P + K."""
@@ -178,7 +178,7 @@ def test_dynamic_bodies_match_torch_ops(P):
     assert (w2[3][:, 0] > 0).all()
 
 
-@pytest.mark.parametrize("P", [0, 1, 2])
+@pytest.mark.parametrize("P", [0, 1, 2, 5])
 def test_dynamic_bodies_are_static_bodies_at_full_capacity_then_cut(P):
     """The two versions share their arithmetic: in ONNX Runtime, the version-2 outputs are the
     version-1 outputs at capacity N (CLAP) / T - P (GBM) cut to P + K, bit for bit."""
@@ -204,6 +204,66 @@ def test_dynamic_bodies_are_static_bodies_at_full_capacity_then_cut(P):
     assert (g_sta[1][:, T2:] == 0).all()
     for a, b in zip(g_dyn[2:4], g_sta[2:4]):
         np.testing.assert_array_equal(a, b)
+
+
+# the only node blocks in which the two versions of a body differ (op types, version 1 -> version 2),
+# in body order: each is one `if DYNAMIC:` block of the single source in export/functions.py
+VERSION_DIFFERENCES = {
+    "AlgmClap": [
+        (["Constant", "Constant"], ["Cast", "Constant", "Unsqueeze"]),     # capacity, threshold: attribute / input
+        (["Sub", "Add", "Constant", "Sub", "Sub", "Div", "Max", "Max", "Min", "Sub", "Max"], ["Sub"]),  # need, r, forced
+        (["Unsqueeze"], ["Unsqueeze"]),                                      # r1 of r / of m (r = m)
+        ([], ["ReduceMin", "Sub", "Mul", "Sub"]),                            # K from the merge counts
+        (["Reshape"], ["Reshape"]),                                          # the cut at C / at K
+        ([], ["Add", "Cast"]),                                               # the tokens output
+    ],
+    "AlgmGbm": [
+        (["Constant", "Sub", "Sub", "Max", "Max", "Min"], ["Min"]),          # need, r
+        (["Add"], ["Sub", "ReduceMax"]),                                     # the cut at P + C / at P + K2
+        ([], ["Cast"]),                                                      # the tokens output
+    ],
+}
+
+
+def _node_signature(n):
+    """A node with the SSA suffixes onnxscript appends to re-assigned names (`x_12`) removed, so
+    that nodes after an extra node in one version still compare equal."""
+    import re
+
+    canon = lambda v: re.sub(r"_\d+$", "", v)  # noqa: E731
+    attrs = tuple(sorted((a.name, a.ref_attr_name or repr(onnx.helper.get_attribute_value(a))) for a in n.attribute))
+    return n.op_type, n.domain, attrs, tuple(map(canon, n.input)), tuple(map(canon, n.output))
+
+
+@pytest.mark.parametrize("name", ["AlgmClap", "AlgmGbm"])
+def test_both_versions_come_from_one_body(name):
+    """Each op has one onnxscript source for both token modes: the version 1 and 2 FunctionProtos
+    are node for node identical (op, attributes, dataflow) except in the `if DYNAMIC:` blocks
+    listed above, are flat (no nested function calls: TensorRT's parser takes the bodies as they
+    are) and have each version's own interface."""
+    import difflib
+
+    from algm_export.export import functions
+
+    v1, v2 = functions.function_proto(name, 1), functions.function_proto(name, 2)
+    a, b = [_node_signature(n) for n in v1.node], [_node_signature(n) for n in v2.node]
+    blocks = [([s[0] for s in a[i1:i2]], [s[0] for s in b[j1:j2]])
+              for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes()
+              if tag != "equal"]
+    assert blocks == VERSION_DIFFERENCES[name]
+    for f in (v1, v2):
+        assert f.name == name and f.domain == functions.DOMAIN
+        assert all(n.domain in ("", "ai.onnx") for n in f.node), "a body calls another function"
+    interfaces = {
+        "AlgmClap": ((["x"], ["x", "thresholds"]), ["capacity", "threshold"]),
+        "AlgmGbm": ((["x", "size", "assign"], ["x", "size", "assign"]), ["capacity"]),
+    }
+    (in1, in2), only_v1 = interfaces[name]
+    assert list(v1.input) == in1 and list(v2.input) == in2
+    assert len(v2.output) == len(v1.output) + 1 and list(v2.output[:4]) == list(v1.output)
+    assert [x for x in v1.attribute if x not in v2.attribute] == only_v1 and set(v2.attribute) <= set(v1.attribute)
+    with pytest.raises(AssertionError, match="reads"):
+        functions._interface(v1, attributes=("num_prefix",))
 
 
 # ----------------------------------------------------------------------------- model level
@@ -378,7 +438,7 @@ def test_rtx_builds_the_inlined_dynamic_graph(exported, tmp_path):
 
 @pytest.fixture(scope="module")
 def plugin_library(tmp_path_factory):
-    from test_plugins_support import build_once, tensorrt_include
+    from _helpers.plugins import build_once, tensorrt_include
 
     inc = tensorrt_include()
     if inc is None:

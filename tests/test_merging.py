@@ -11,7 +11,7 @@ from algm_export.merging import reference
 from algm_export.merging.driver import check_capacities
 from algm_export.merging.static import clap_static, gbm_capacity_min, gbm_static, rank_desc
 from conftest import smooth_image
-from test_plugins_support import (NODE_MAX_VALUES, expected_gbm_sources, gbm_sources, node_max_tokens,
+from _helpers.plugins import (NODE_MAX_VALUES, expected_gbm_sources, gbm_sources, node_max_tokens,
                                   separated_tokens)
 
 SET = AlgmSetting(0.88, (2, 2), (1, 5))
@@ -119,7 +119,7 @@ def test_batch_min_merges_the_batch_minimum(tiny_linear, photos_128):
 
 # ----------------------------------------------------------------------------- op level
 
-@pytest.mark.parametrize("P", [0, 1, 2])
+@pytest.mark.parametrize("P", [0, 1, 2, 5])
 def test_clap_exact_decisions_and_invariants(P):
     x = separated_tokens(P=P)
     B, T, D = x.shape
@@ -155,7 +155,7 @@ def _check_invariants(x_in, size_in, y, size, assign, P, N, assign_in=None):
                 assert torch.allclose(y[b, P + t], src[held].mean(0), atol=1e-5)
 
 
-@pytest.mark.parametrize("P", [0, 1, 2])
+@pytest.mark.parametrize("P", [0, 1, 2, 5])
 def test_gbm_invariants_and_weighted_mean(P):
     x = separated_tokens(P=P, seed=3)
     B, T, D = x.shape
@@ -176,7 +176,7 @@ def test_gbm_invariants_and_weighted_mean(P):
     assert (st[:, 0] > 0).any()
 
 
-@pytest.mark.parametrize("P", [0, 1, 2])
+@pytest.mark.parametrize("P", [0, 1, 2, 5])
 def test_gbm_static_matches_dynamic(P):
     """CLAP then GBM, static (capacities = N) against the published form, image by image (per_image)."""
     grid = (8, 8)
@@ -198,7 +198,7 @@ def test_gbm_static_matches_dynamic(P):
     assert (st1[:, 1] == 0).all() and (st2[:, 1] == 0).all()
 
 
-@pytest.mark.parametrize("P", [0, 1, 2])
+@pytest.mark.parametrize("P", [0, 1, 2, 5])
 def test_gbm_threshold_statistics_cover_all_of_a_without_prefix(P):
     """With no prefix token the GBM threshold runs over all of A, position 0 included (spec 5); with a
     class token position 0 is left out. Position 0 is the best match here and moves the threshold past
@@ -235,7 +235,7 @@ def test_gbm_capacity_bounds_without_prefix():
         assert int(st[0, 0]) == (C1 + 1) // 2                          # every A token is a source
 
 
-@pytest.mark.parametrize("P", [0, 1, 2])
+@pytest.mark.parametrize("P", [0, 1, 2, 5])
 def test_gbm_single_slot_is_a_noop(P):
     """Fewer than two slots besides the protected ones (P = 0: a single slot, no B token at all)."""
     x = torch.randn(2, P + 1, 4)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from algm_export.export.opmodels import clap_model, gbm_model
 from algm_export.merging import reference
 from algm_export.merging.static import clap_static, gbm_capacity_min, gbm_static
-from test_plugins_support import (MARGIN, NODE_MAX_VALUES, clap_margin, expected_gbm_sources, gbm_margin,
+from _helpers.plugins import (MARGIN, NODE_MAX_VALUES, clap_margin, expected_gbm_sources, gbm_margin,
                                   gbm_sources, near_tie_tokens, node_max_tokens, separated_tokens)
 
 HYP = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -28,7 +28,7 @@ def _sess(model):
 
 @st.composite
 def clap_case(draw):
-    P = draw(st.sampled_from([0, 1, 2]))
+    P = draw(st.integers(0, 5))
     wh, ww = draw(st.sampled_from([(2, 2), (2, 1), (1, 3), (3, 3)]))
     gh = wh * draw(st.integers(1, 4))
     gw = ww * draw(st.integers(1, 4))
@@ -69,7 +69,7 @@ def test_clap_function_matches_torch_op(case):
 
 @st.composite
 def gbm_case(draw):
-    P = draw(st.sampled_from([0, 1, 2]))
+    P = draw(st.integers(0, 5))
     gh, gw = 2 * draw(st.integers(1, 4)), 2 * draw(st.integers(1, 4))
     N = gh * gw
     D = draw(st.sampled_from([4, 16]))
@@ -169,7 +169,7 @@ def _separated_chain(P, grid, caps, seed):
     pytest.fail("no input with well-separated decisions found")
 
 
-@pytest.mark.parametrize("P", [0, 1, 2])
+@pytest.mark.parametrize("P", [0, 1, 2, 5])
 def test_functions_match_torch_ops_on_separated_inputs(P):
     """CLAP then GBM per prefix count, on inputs whose decisions are far from rounding: identical
     decisions to the torch ops and, at capacities N, to the published form image by image; both
@@ -200,7 +200,7 @@ def test_functions_match_torch_ops_on_separated_inputs(P):
                 np.testing.assert_array_equal(gg[2][b], dg.assign[0].numpy())
 
 
-@pytest.mark.parametrize("P", [0, 1, 2])
+@pytest.mark.parametrize("P", [0, 1, 2, 5])
 def test_gbm_function_threshold_statistics(P):
     """P = 0: the threshold statistics run over all of A, position 0 included (spec 5)."""
     x, size, assign = node_max_tokens(P=P, B=2)
@@ -214,7 +214,7 @@ def test_gbm_function_threshold_statistics(P):
     np.testing.assert_allclose(got[0], ref[0].numpy(), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("P", [0, 1, 2])
+@pytest.mark.parametrize("P", [0, 1, 2, 5])
 def test_gbm_function_single_slot_is_a_noop(P):
     """One slot besides the prefix (P = 0: no B token at all): copied through."""
     x = torch.randn(2, P + 1, 4)
@@ -226,7 +226,7 @@ def test_gbm_function_single_slot_is_a_noop(P):
     np.testing.assert_array_equal(got[0], x.numpy())
 
 
-@pytest.mark.parametrize("P", [0, 1, 2])
+@pytest.mark.parametrize("P", [0, 1, 2, 5])
 def test_op_chain_exports_for_every_prefix_count(P):
     """torch.ops.algm.clap -> gbm through the exporter's translation (dynamo, dynamic batch): the file
     passes the strict checks with its functions and inlined, and ONNX Runtime reproduces the ops."""

@@ -3,7 +3,7 @@
 * CI (no GPU, no TensorRT headers): the kernel library compiles with nvcc (sm_86, sm_90), and
   the same kernel sources, compiled for the CPU by the emulator build, reproduce the torch
   reference `algm_export.merging.static` (decisions exactly, tokens within float rounding).
-* With TensorRT headers (env ALGM_TENSORRT_INCLUDE, or /work/trt_include/include) and the
+* With TensorRT headers (env ALGM_TENSORRT_INCLUDE; `.ci/run` sets it when they are there) and the
   tensorrt_rtx wheel: the plugin library compiles, registers through getCreators, every algm
   ONNX node becomes a PLUGIN_V3 layer with the reference's output shapes, and TensorRT-RTX
   builds engines ahead of time for SM86 (in a child process: see `rtx_env`).
@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,11 +24,15 @@ import pytest
 import torch
 
 from algm_export.merging.static import clap_static, gbm_capacity_min, gbm_static
-from test_plugins_support import (MARGIN, NODE_MAX_VALUES, assert_same, build_once, clap_margin, duplicated_tokens,
+from _helpers.plugins import (MARGIN, NODE_MAX_VALUES, assert_same, build_once, clap_margin, duplicated_tokens,
                                   expected_gbm_sources, gbm_margin, gbm_sources, near_tie_tokens, node_max_tokens,
                                   smooth_tokens, tensorrt_include)
 
 TEST_ARCHS = (86, 90)
+
+# prefix tokens: none (with_cls_token=False), class, class + distillation, ..., class + 4 registers
+# (DINOv2/v3 with registers, EoMT), and a larger count
+PREFIX_COUNTS = (0, 1, 2, 3, 4, 5, 9)
 
 
 @pytest.fixture(scope="session")
@@ -62,17 +67,25 @@ def test_kernel_library_compiles_with_nvcc(kernel_build):
     # the C API loads and answers without a GPU (cudart is linked statically, used lazily)
     c = ctypes.CDLL(str(lib))
     c.algmKernelsVersion.restype = ctypes.c_int32
-    assert c.algmKernelsVersion() == 2
+    assert c.algmKernelsVersion() == 3                               # 3: any number of prefix tokens
+    c.algmMaxPrefix.restype = ctypes.c_int32
+    max_p = c.algmMaxPrefix()
+    assert max_p >= 16
     c.algmClapWorkspaceSize.restype = ctypes.c_size_t
     assert c.algmClapWorkspaceSize(4, 32, 32, 2, 2, 1, 600) > 0
     assert c.algmClapWorkspaceSize(4, 32, 32, 2, 2, 1, 100) == 0   # capacity below W = 256
     assert c.algmClapWorkspaceSize(4, 32, 32, 2, 2, 0, 600) > 0     # no prefix token
-    assert c.algmClapWorkspaceSize(4, 32, 32, 2, 2, 3, 600) == 0
+    assert c.algmClapWorkspaceSize(4, 32, 32, 2, 2, 5, 600) > 0     # class token + 4 registers
+    assert c.algmClapWorkspaceSize(4, 32, 32, 2, 2, max_p, 600) > 0
+    assert c.algmClapWorkspaceSize(4, 32, 32, 2, 2, max_p + 1, 600) == 0
     c.algmGbmWorkspaceSize.restype = ctypes.c_size_t
     assert c.algmGbmWorkspaceSize(4, 601, 1024, 1, 400) > 0
     assert c.algmGbmWorkspaceSize(4, 601, 1024, 1, 700) == 0       # capacity above C1
     assert c.algmGbmWorkspaceSize(4, 600, 1024, 0, 300) > 0        # no prefix token
     assert c.algmGbmWorkspaceSize(4, 600, 1024, 0, 601) == 0
+    assert c.algmGbmWorkspaceSize(4, 605, 1024, 5, 400) > 0
+    assert c.algmGbmWorkspaceSize(4, 600 + max_p, 1024, max_p, 600) > 0
+    assert c.algmGbmWorkspaceSize(4, 601 + max_p, 1024, max_p + 1, 600) == 0
 
 
 def test_workspace_grows_with_batch(emu):
@@ -81,6 +94,9 @@ def test_workspace_grows_with_batch(emu):
     assert 0 < one < eight <= 8 * one
     assert emu.gbm_workspace_size(1, 601, 1024, 1, 400) < emu.gbm_workspace_size(8, 601, 1024, 1, 400)
     assert emu.gbm_workspace_size(2, 4098, 4096, 2, 2000) > 0      # N = 4096 tokens is supported
+    P = emu.max_prefix()                                            # the largest input: 8192 + P tokens
+    assert emu.gbm_workspace_size(1, 8192 + P, 8192, P, 8192) > 0
+    assert emu.gbm_workspace_size(1, 8193 + P, 8192, P, 8192) == 0
 
 
 def test_kernel_errors_are_status_codes(emu):
@@ -89,14 +105,85 @@ def test_kernel_errors_are_status_codes(emu):
         emu.clap(x, 4, 4, 2, 2, 1, 8, 0.5, workspace=torch.empty(16, dtype=torch.uint8))
     with pytest.raises(RuntimeError, match="invalid argument"):
         emu.clap(x, 4, 4, 2, 2, 1, 3, 0.5)                          # capacity < W
+    max_p = emu.max_prefix()
     with pytest.raises(RuntimeError, match="invalid argument"):
-        emu.clap(x, 4, 4, 2, 2, 3, 8, 0.5)                           # num_prefix 3 (0, 1, 2 are valid)
+        emu.clap(torch.randn(1, 16 + max_p + 1, 8), 4, 4, 2, 2, max_p + 1, 8, 0.5)   # num_prefix above the limit
     with pytest.raises(RuntimeError, match="invalid argument"):
         emu.clap(x, 4, 4, 2, 2, -1, 8, 0.5)
     with pytest.raises(RuntimeError, match="invalid argument"):
-        emu.gbm(x, torch.ones(1, 17), torch.zeros(1, 16, dtype=torch.int32), 3, 8, 5.0)   # num_prefix 3
+        xp = torch.randn(1, 16 + max_p + 1, 8)
+        emu.gbm(xp, torch.ones(1, xp.shape[1]), torch.zeros(1, 16, dtype=torch.int32), max_p + 1, 8, 5.0)
     with pytest.raises(RuntimeError, match="invalid argument"):
         emu.gbm(x, torch.ones(1, 17), torch.zeros(1, 16, dtype=torch.int32), 1, 17, 5.0)  # C2 > C1
+
+
+def _installed_copy(root: Path, name: str) -> Path:
+    """A copy of plugins/ where an installed wheel keeps it (<site-packages>/algm_export/plugin_src)."""
+    from algm_export.runtimes.plugins import plugin_source_dir
+
+    dst = root / name / "algm_export" / "plugin_src"
+    shutil.copytree(plugin_source_dir(), dst, ignore=shutil.ignore_patterns("build", "build-*"))
+    return dst
+
+
+def test_default_build_dir_is_keyed_by_source_and_version(tmp_path, monkeypatch):
+    """An installed package builds in the user cache, in a folder of its own per source folder and
+    package version: a second installation never meets the first one's CMake cache."""
+    import algm_export
+    from algm_export.runtimes.plugins import default_build_dir
+
+    monkeypatch.delenv("ALGM_PLUGINS_BUILD", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    dirs = []
+    for name in ("venv-a", "venv-b"):
+        src = tmp_path / name / "algm_export" / "plugin_src"
+        src.mkdir(parents=True)
+        monkeypatch.setenv("ALGM_PLUGINS_SRC", str(src))
+        dirs.append(default_build_dir())
+        assert default_build_dir() == dirs[-1]                               # stable
+    assert dirs[0] != dirs[1]
+    for d in dirs:
+        assert d.parent == tmp_path / "cache" / "algm-export" / "plugins-build"
+        assert d.name.startswith(algm_export.__version__ + "-")
+    monkeypatch.setattr(algm_export, "__version__", "99.0.0")                 # an upgrade in place
+    assert default_build_dir() not in dirs
+    monkeypatch.setenv("ALGM_PLUGINS_BUILD", str(tmp_path / "mine"))
+    assert default_build_dir() == tmp_path / "mine"
+    monkeypatch.setenv("ALGM_PLUGINS_SRC", str(Path(__file__).resolve().parent.parent / "plugins"))
+    monkeypatch.delenv("ALGM_PLUGINS_BUILD")
+    assert default_build_dir() == Path(__file__).resolve().parent.parent / "plugins" / "build"   # a checkout
+
+
+@pytest.mark.slow
+def test_two_installations_configure_in_their_own_build_dirs(tmp_path, monkeypatch):
+    """CMake configures two installed copies of the sources, each in its default build folder; the same
+    configure into one shared folder (the old default) fails on CMake's cache of the other source."""
+    from algm_export.runtimes.plugins import default_build_dir
+    from test_plugins_support import toolchain_missing
+
+    missing = toolchain_missing()
+    if missing:
+        pytest.skip(missing)
+    monkeypatch.delenv("ALGM_PLUGINS_BUILD", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    nvcc = "nvcc" if shutil.which("nvcc") else os.environ.get("CUDACXX", "/usr/local/cuda/bin/nvcc")
+
+    def configure(src: Path, bdir: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(["cmake", "-S", str(src), "-B", str(bdir), "-DALGM_BUILD_PLUGINS=OFF",
+                               "-DCMAKE_CUDA_ARCHITECTURES=86", f"-DCMAKE_CUDA_COMPILER={shutil.which(nvcc) or nvcc}"],
+                              capture_output=True, text=True, timeout=300)
+
+    srcs = [_installed_copy(tmp_path, name) for name in ("venv-a", "venv-b")]
+    bdirs = []
+    for src in srcs:
+        monkeypatch.setenv("ALGM_PLUGINS_SRC", str(src))
+        bdirs.append(default_build_dir())
+        proc = configure(src, bdirs[-1])
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert f"CMAKE_HOME_DIRECTORY:INTERNAL={src}" in (bdirs[-1] / "CMakeCache.txt").read_text()
+    assert bdirs[0] != bdirs[1]
+    clash = configure(srcs[1], bdirs[0])                                      # one folder for both
+    assert clash.returncode != 0 and "does not match the source" in clash.stdout + clash.stderr
 
 
 # ----------------------------------------------------------------------------------- emulated kernels
@@ -117,6 +204,9 @@ CLAP_CASES = [  # gh, gw, wh, ww, P, D, B
     (9, 9, 3, 3, 2, 24, 2),
     (8, 8, 2, 2, 0, 32, 2),   # no prefix token (with_cls_token=False)
     (8, 6, 2, 3, 0, 16, 1),
+    (8, 8, 2, 2, 3, 24, 2),   # any number of prefix tokens: odd P leaves a prefix token in B
+    (8, 8, 2, 2, 5, 32, 2),   # class token + 4 registers
+    (8, 6, 2, 3, 9, 16, 1),
 ]
 
 
@@ -167,7 +257,7 @@ def test_emulated_clap_orders_near_ties_like_torch(emu, D):
     assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
 
 
-@pytest.mark.parametrize("P", [0, 1, 2])
+@pytest.mark.parametrize("P", PREFIX_COUNTS)
 def test_emulated_kernels_duplicated_tokens(emu, P):
     """Windows of identical tokens (merge certainly), forced merges, padding in GBM's input."""
     gh = gw = 8
@@ -187,7 +277,7 @@ def test_emulated_kernels_duplicated_tokens(emu, P):
     assert forced > 0 and padded > 0  # forced merges (C1=20) and padding slots into GBM (C1=58)
 
 
-@pytest.mark.parametrize("P", [0, 1, 2])
+@pytest.mark.parametrize("P", PREFIX_COUNTS)
 def test_emulated_kernels_exact_ties(emu, P):
     """Constant and zero tokens: every score ties exactly (exact arithmetic in any order), so
     ranks fall back to the lower index, and zero-norm clamps are exercised."""
@@ -204,7 +294,7 @@ def test_emulated_kernels_exact_ties(emu, P):
 
 def test_emulated_gbm_noop_and_tiny_inputs(emu):
     """Fewer than two real tokens besides the protected ones: GBM copies through."""
-    for P in (0, 1, 2):
+    for P in PREFIX_COUNTS:
         T = P + 6
         x = torch.randn(2, T, 8)
         size = torch.zeros(2, T)
@@ -221,10 +311,10 @@ def test_emulated_gbm_noop_and_tiny_inputs(emu):
         assert_same(emu.gbm(x1, s1, assign, P, 1, 5.0), gbm_static(x1, s1, assign, P, 1, 5.0), 0.0, f"one slot P={P}")
 
 
-@pytest.mark.parametrize("P", [0, 1, 2])
+@pytest.mark.parametrize("P", PREFIX_COUNTS)
 def test_emulated_gbm_threshold_statistics(emu, P):
-    """P = 0: the threshold statistics run over all of A, position 0 included (spec 5); it is the best
-    match and moves the threshold past another token."""
+    """The threshold statistics run over the A rows past the prefix only. P = 0: all of A, position 0
+    included (it is the best match and moves the threshold past another token)."""
     x, size, assign = node_max_tokens(P=P, B=2)
     want = expected_gbm_sources(NODE_MAX_VALUES, P, 1.0)
     C2 = x.shape[1] - P
@@ -232,6 +322,42 @@ def test_emulated_gbm_threshold_statistics(emu, P):
     assert out[3][:, 0].tolist() == [len(want)] * 2
     assert [gbm_sources(a, P, len(NODE_MAX_VALUES)) for a in out[2]] == [want] * 2
     assert_same(out, gbm_static(x, size, assign, P, C2, 1.0), 1e-6, f"threshold statistics P={P}")
+
+
+@pytest.mark.parametrize("P, dtype", [(P, torch.float32) for P in PREFIX_COUNTS + (16, "max")]
+                         + [(5, torch.float16), ("max", torch.float16)], ids=str)
+def test_emulated_prefix_tokens_never_merge(emu, P, dtype):
+    """Any number of prefix tokens, checked without the torch reference: CLAP's result on the patches
+    is bit for bit the result with no prefix token (the windows cover the patches only) with the
+    prefix copied in front; GBM gives the prefix back unchanged in front, never points a patch at it,
+    and merges only A tokens past the prefix (static and dynamic token mode)."""
+    P = emu.max_prefix() if P == "max" else P
+    gh = gw = 8
+    N = gh * gw
+    x = smooth_tokens(3, gh, gw, P, 24, seed=50 + P, dtype=dtype)
+    patches = x[:, P:].contiguous()
+    thr = torch.tensor([0.5, 0.7, 0.9])
+    for C1, run, run0 in ((40, lambda: emu.clap(x, gh, gw, 2, 2, P, 40, 0.7),
+                           lambda: emu.clap(patches, gh, gw, 2, 2, 0, 40, 0.7)),
+                          (None, lambda: emu.clap_dynamic(x, thr, gh, gw, 2, 2, P),
+                           lambda: emu.clap_dynamic(patches, thr, gh, gw, 2, 2, 0))):
+        y, size, assign, stats = run()
+        y0, size0, assign0, stats0 = run0()
+        assert torch.equal(y[:, :P], x[:, :P]) and (size[:, :P] == 1).all()
+        assert torch.equal(y[:, P:], y0) and torch.equal(size[:, P:], size0)
+        assert torch.equal(assign, assign0) and torch.equal(stats, stats0)
+        assert int(stats[:, 0].max()) > 0                                    # something merged
+        T = y.shape[1]
+        for C2, gbm in ((T - P - 6, lambda: emu.gbm(y, size, assign, P, T - P - 6, 5.0)),
+                        (None, lambda: emu.gbm_dynamic(y, size, assign, P, 5.0))):
+            gy, gsize, gassign, gstats = gbm()
+            assert torch.equal(gy[:, :P], y[:, :P]) and torch.equal(gsize[:, :P], size[:, :P])
+            n_real = (size > 0).sum(dim=1)
+            candidates = (n_real + 1) // 2 - (P + 1) // 2                   # A rows past the prefix
+            assert (gstats[:, 0] > 0).all() and (gstats[:, 0] <= candidates).all()
+            assert (gassign >= 0).all() and (gassign < gy.shape[1] - P).all()
+            # every patch still has one token: the sizes of the real tokens add up to N
+            assert torch.equal(gsize[:, P:].sum(dim=1), torch.full((3,), float(N)))
 
 
 def test_emulated_kernels_larger_grid(emu):
@@ -298,7 +424,7 @@ def test_emulated_gbm_tile_size_never_changes_a_value(emu):
 # ----------------------------------------------------------------------------------- dynamic token mode
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("P", [0, 1, 2])
+@pytest.mark.parametrize("P", PREFIX_COUNTS)
 def test_emulated_dynamic_kernels_match_reference(emu, P, dtype):
     """The dynamic kernels (capacity every slot, per-image thresholds, the slots of the batch
     written by the kernels) = `merging.static.clap_dynamic` / `gbm_dynamic`: the same cut, the same
@@ -337,7 +463,7 @@ def test_emulated_dynamic_gbm_workspace_covers_every_token_count(emu):
     """A dynamic GBM input's token count is only bounded at build time: the workspace sized for the
     bound covers every smaller count (the similarity tile, hence the layout, changes with it)."""
     lib = emu.lib
-    for P, n in ((1, 1024), (0, 256), (2, 4096)):
+    for P, n in ((1, 1024), (0, 256), (2, 4096), (5, 1024)):
         bound = lib.algmGbmDynamicWorkspaceSize(4, P + n, n, P)
         assert bound > 0
         assert all(lib.algmGbmDynamicWorkspaceSize(4, t, n, P) <= bound for t in range(P + 1, P + n + 1, 7))
@@ -378,6 +504,14 @@ def test_plugin_selftest(plugin_build):
     exe = Path(plugin_build["build_dir"]) / "algm_plugin_selftest"
     proc = subprocess.run([str(exe), plugin_build["plugins"]], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # any number of prefix tokens up to the library's limit; above it the creators say so
+    from algm_export.runtimes.plugins import KernelLibrary
+
+    max_p = KernelLibrary(plugin_build["plugins"]).max_prefix()
+    assert max_p >= 16
+    for op in ("AlgmClap", "AlgmGbm"):
+        assert f"{op} 'selftest': num_prefix={max_p + 1} is not supported: this plugin library takes 0 to {max_p} " \
+               "prefix tokens" in proc.stderr, proc.stderr
     assert " 0 failed" in proc.stdout
 
 
@@ -406,6 +540,7 @@ RTX_DYNAMIC_CASES = [  # name, grid, P, D, dtype, profile: version-2 plugins, da
     ("dyn-g32p1-fp16", (32, 32), 1, 384, "float16", (1, 1, 2)),
     ("dyn-g8p0-fp32", (8, 8), 0, 32, "float32", (1, 2, 4)),
     ("dyn-g6x10p2-fp32", (6, 10), 2, 16, "float32", (2, 2, 2)),
+    ("dyn-g8p5-fp16", (8, 8), 5, 32, "float16", (1, 2, 4)),           # class token + 4 registers
 ]
 
 RTX_CASES = [  # name, grid, P, D, C1, C2, dtype, profile (min, opt, max)
@@ -414,6 +549,8 @@ RTX_CASES = [  # name, grid, P, D, C1, C2, dtype, profile (min, opt, max)
     ("g6x10p1-fp32-static", (6, 10), 1, 16, 30, 20, "float32", (3, 3, 3)),
     ("g32p1-fp16-dyn", (32, 32), 1, 384, 600, 400, "float16", (1, 1, 2)),
     ("g8p0-fp32-dyn", (8, 8), 0, 32, 40, 26, "float32", (1, 2, 8)),   # no prefix token
+    ("g8p5-fp16-dyn", (8, 8), 5, 32, 40, 24, "float16", (1, 2, 4)),   # class token + 4 registers
+    ("g8p9-fp32-static", (8, 8), 9, 32, 30, 20, "float32", (2, 2, 2)),
 ]
 
 

@@ -3,7 +3,7 @@
 Skipped without CUDA. Checks:
 * against the torch reference `algm_export.merging.static`: assign and stats bit for bit, tokens
   within 1e-5 (float32) / 1e-3 (float16), on inputs whose decisions have a float64 margin
-  (random, smooth and near-duplicate tokens; 0, 1 and 2 prefix tokens; many capacities/thresholds);
+  (random, smooth and near-duplicate tokens; 0 to 5 and 9 prefix tokens; many capacities/thresholds);
 * against the host emulator build of the same sources: every output bit for bit (both builds
   spell out every fma and use IEEE division and square root), also at ViT sizes (N = 1024 and
   4096) where random inputs always hold near-ties and only the same arithmetic can be compared;
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from algm_export.merging.static import clap_static, gbm_capacity_min, gbm_static
-from test_plugins_support import (MARGIN, assert_same, build_once, clap_margin, duplicated_tokens, gbm_margin,
+from _helpers.plugins import (MARGIN, assert_same, build_once, clap_margin, duplicated_tokens, gbm_margin,
                                   smooth_tokens, tensorrt_include)
 
 pytestmark = pytest.mark.gpu
@@ -73,6 +73,9 @@ CASES = [  # gh, gw, wh, ww, P, D, B, kind
     (4, 8, 1, 2, 2, 200, 5, "random"),
     (8, 8, 2, 2, 0, 64, 4, "smooth"),        # no prefix token (with_cls_token=False)
     (12, 12, 2, 2, 0, 128, 2, "duplicated"),
+    (8, 8, 2, 2, 5, 64, 3, "smooth"),        # class token + 4 registers (DINOv2/v3, EoMT)
+    (12, 12, 2, 2, 3, 128, 2, "duplicated"),
+    (8, 12, 2, 3, 9, 48, 2, "smooth"),
 ]
 
 
@@ -110,7 +113,7 @@ def test_cuda_kernels_match_reference(cuda, case, dtype):
     assert checked >= 10
 
 
-@pytest.mark.parametrize("P", [0, 1, 2])
+@pytest.mark.parametrize("P", [0, 1, 2, 3, 4, 5, 9])
 def test_cuda_exact_ties(cuda, P):
     for fill, D in ((1.0, 64), (0.0, 16)):
         x = torch.full((2, P + 64, D), fill)
@@ -129,6 +132,8 @@ BIG = [  # gh, gw, P, D, B, C1, C2, dtype
     (40, 40, 1, 64, 1, 1000, 640, torch.float32),   # ViT-L/16 at 640, narrow
     (64, 64, 1, 64, 1, 2048, 1200, torch.float16),  # N = 4096 tokens
     (32, 32, 0, 384, 2, 600, 400, torch.float32),   # no prefix token (SETR-MLA / SegViT at 512)
+    (32, 32, 5, 384, 2, 600, 400, torch.float16),   # class token + 4 registers (DINOv2/v3, EoMT)
+    (64, 64, 64, 64, 1, 4096, 2048, torch.float32), # the most prefix tokens the kernels take (64)
 ]
 
 
@@ -190,7 +195,7 @@ def test_cuda_fp16_and_fp32_agree_on_exact_fp16_inputs(cuda):
     assert torch.equal(a[0], b[0].half())
 
 
-@pytest.mark.parametrize("P", [0, 1, 2])
+@pytest.mark.parametrize("P", [0, 1, 2, 3, 5, 9])
 def test_cuda_dynamic_kernels_match_emulator_and_reference(cuda, emu, P):
     """Dynamic token mode on the GPU: the size tensor P + K, the cut and every output bit equal the
     emulator's (same source); the cut and decisions equal the torch dynamic ops on inputs with a

@@ -13,7 +13,7 @@ HYP = settings(max_examples=40, deadline=None, suppress_health_check=[HealthChec
 
 @st.composite
 def chain_case(draw):
-    P = draw(st.sampled_from([0, 1, 2]))
+    P = draw(st.integers(0, 5))
     wh, ww = draw(st.sampled_from([(2, 2), (1, 2), (2, 3)]))
     gh, gw = wh * draw(st.integers(1, 4)), ww * draw(st.integers(1, 4))
     N, k = gh * gw, wh * ww

@@ -179,15 +179,20 @@ def test_key_mismatches_are_listed(tmp_path, tiny):
 
 
 def test_detect(tmp_path, tiny):
+    """SegViT claims the mmsegmentation checkpoints whose config has a SegViT head, found by content."""
+    from algm_export.models.formats import identify
+
     path = sv.save_segvit(tiny, tmp_path / "m" / "m.pth")
-    assert sv.detect(path, None) and sv.detect(path.parent, None)
+    for where in (path, path.parent):
+        fmt, files = identify(where)
+        assert fmt.name == "mmsegmentation" and sv.accepts(files)
     other = tmp_path / "setr" / "setr.py"
     other.parent.mkdir()
     other.write_text("model = dict(type='EncoderDecoder', decode_head=dict(type='SETRUPHead'))\n")
-    assert not sv.detect(path, other)
+    assert not sv.accepts(identify(path, other)[1])
     shrunk = tmp_path / "shrunk.py"
     shrunk.write_text("model = dict(type='EncoderDecoder', decode_head=dict(type='TPNATMHead'))\n")
-    assert sv.detect(path, shrunk)                            # ours, so that loading names the reason
+    assert sv.accepts(identify(path, shrunk)[1])                 # ours, so that loading names the reason
     with pytest.raises(ConfigError, match="shrunk"):
         registry.load_checkpoint(path, shrunk)
 
@@ -284,7 +289,7 @@ def test_padding_does_not_leak_into_cross_attention(tiny, photos_128, monkeypatc
     outs = _block_outputs(tiny, photos_128[2])
     with torch.no_grad():
         clean = dec.decode(_levels(tiny, outs, pad=0, garbage=0.0))
-        padded = [dec.decode(_levels(tiny, outs, pad=9, garbage=g)) for g in (0.0, 50.0, -1e3)]
+        padded = [dec.decode(_levels(tiny, outs, pad=9, garbage=g)) for g in (0.0, 50.0, -1e3, float("nan"))]
     for p in padded:
         assert (p - clean).abs().max() <= 1e-5
     # the check bites: without the padding bias the padding slots get attention weight

@@ -78,5 +78,6 @@ def test_kernel_build_from_the_wheel(fresh_venv):
     venv, site, env, tmp = fresh_venv
     env = {k: v for k, v in env.items() if k != "ALGM_TENSORRT_INCLUDE"}
     _run([str(venv / "bin" / "algm-export"), "plugins", "build", "--archs", "86"], env=env, cwd=tmp)
-    built = list((tmp / "cache" / "algm-export" / "plugins-build").glob("libalgm_kernels.so"))
-    assert built, "the kernel library was not built into the user cache"
+    # one build folder per installation (source folder + version) under the user cache
+    built = list((tmp / "cache" / "algm-export" / "plugins-build").glob("*/libalgm_kernels.so"))
+    assert len(built) == 1, "the kernel library was not built into the user cache"

@@ -13,6 +13,10 @@ from algm_export.artifacts.folder import (EngineRecord, Entry, ExportFolder, fin
 from algm_export.core.lock import folder_lock, locks_export_folder  # noqa: F401
 from algm_export.core.manifest import FORMAT as SCHEMA_VERSION  # noqa: F401
 from algm_export.core.manifest import atomic_path, sha256_file, tool_versions, write_json_atomic  # noqa: F401
+# the schema rules, for the other JSON files of a folder (bench.json, validation reports) that a reader checks
+from algm_export.core.manifest import (BOOL, COUNT, DICT, NUM, SIZE, STR, ListOf, Nullable, Rule,  # noqa: F401
+                                       schema_errors)
 
 __all__ = ["ExportFolder", "Entry", "EngineRecord", "find_engine_record", "same_engine", "SCHEMA_VERSION",
-           "locks_export_folder", "folder_lock", "atomic_path", "write_json_atomic", "sha256_file", "tool_versions"]
+           "locks_export_folder", "folder_lock", "atomic_path", "write_json_atomic", "sha256_file", "tool_versions",
+           "schema_errors", "Rule", "ListOf", "Nullable", "BOOL", "COUNT", "DICT", "NUM", "SIZE", "STR"]

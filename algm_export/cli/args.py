@@ -10,7 +10,10 @@ from algm_export.core.names import PRECISIONS
 
 
 def command_parser(sub, name: str, help: str, description: str, example: str) -> argparse.ArgumentParser:
-    """A subcommand parser with the common options and an example in its epilog."""
+    """A subcommand parser with the common options, the model families it takes and an example in its epilog."""
+    from algm_export.models.registry import families_line
+
+    description = f"{description}\n\nModel families: {families_line()} (docs/models.md)."
     return sub.add_parser(name, parents=[common()], help=help, description=description,
                           epilog="example:\n  " + example.strip().replace("\n", "\n  "),
                           formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,14 +74,19 @@ def backend_type(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def backends_type(text: str) -> list:
+def backends_type(text: str, served: bool = False) -> list:
     from algm_export.core.errors import ConfigError
     from algm_export.runtimes.registry import parse_backends
 
     try:
-        return parse_backends(text)
+        return parse_backends(text, served)
     except ConfigError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def served_backends_type(text: str) -> list:
+    """`backends_type` that also takes `triton` (the folder served by Triton: bench)."""
+    return backends_type(text, served=True)
 
 
 def config_arg(p):
@@ -91,8 +99,9 @@ def model_arg(p):
     from algm_export.models.registry import DEFAULT_MODEL, builtin_names
 
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, metavar="CHECKPOINT|BUILTIN",
-                   help=f"checkpoint.pth (variant.yml beside it), an mmsegmentation checkpoint .pth (config .py "
-                        f"beside it or --config), a folder holding either, or one of {', '.join(builtin_names())} "
+                   help=f"a checkpoint of any family below, or its folder (the format is recognised by what the "
+                        f"files hold: checkpoint.pth with variant.yml beside it, an mmsegmentation .pth with its config "
+                        f".py beside it or --config, ...), or one of {', '.join(builtin_names())} "
                         "(default: %(default)s)")
     p.add_argument("extra_checkpoint", nargs="?", default=None, metavar="CHECKPOINT.pth", help=argparse.SUPPRESS)
     config_arg(p)

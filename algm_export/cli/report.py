@@ -7,13 +7,15 @@ from algm_export.cli import args as a
 
 def add_parser(sub):
     p = a.command_parser(sub, "report", help="write the HTML report of an export folder",
-                         description="One self-contained HTML page: manifest, parity, speed, published numbers, "
-                                     "merge pictures.",
+                         description="One self-contained HTML page: what each setting saves and costs, charts "
+                                     "(speed-up, trade-off, tokens per image), the segmentation of sample photos "
+                                     "for the baseline and every setting, then parity, speed, the exported files "
+                                     "and the published numbers.",
                          example="algm-export report out/vit_s --merge-pictures 3")
     a.export_dir_arg(p)
     p.add_argument("--out", default=None, help="report folder (default: DIR/report)")
     p.add_argument("--merge-pictures", type=int, default=3, metavar="N",
-                   help="sample photos to draw merges on (default: %(default)s)")
+                   help="sample photos to segment and draw merges on (default: %(default)s)")
     a.trust_arg(p)
     a.wait_arg(p)
     p.set_defaults(func=run)

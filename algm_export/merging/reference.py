@@ -100,9 +100,17 @@ def clap(x: torch.Tensor, size: torch.Tensor, grid, window, threshold: float, nu
 
 
 def gbm(x: torch.Tensor, size: torch.Tensor, assign: torch.Tensor, num_prefix: int, divisor: float) -> MergeResult:
-    """GBM (spec 1.2), batch_min coupling: `tau = mean_b(mu_b) + mean_b(sigma_b)/L`, `r = min_b count_b`."""
+    """GBM (spec 1.2), batch_min coupling: `tau = mean_b(mu_b) + mean_b(sigma_b)/L`, `r = min_b count_b`.
+
+    Any number P of prefix tokens (docs/algorithm.md, GBM): the split stays over the whole
+    sequence (A = even positions, B = odd); prefix positions in A never merge (rows -inf), prefix
+    positions in B never receive (columns -inf), the statistics run over the non-prefix A rows, and
+    the output is [prefix in original order, unmerged non-prefix A (ascending), non-prefix B].
+    P = 0, 1, 2 is the published rule (no prefix / class token / class + distillation token).
+    """
     B, T, D = x.shape
     P = num_prefix
+    pA, pB = prefix_split(P)                                # prefix slots in A / in B
     zeros = torch.zeros(B, dtype=torch.long, device=x.device)
     if T - P < 2:
         return MergeResult(x, size, assign, zeros, zeros)
@@ -110,19 +118,17 @@ def gbm(x: torch.Tensor, size: torch.Tensor, assign: torch.Tensor, num_prefix: i
     metric = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     a, b = metric[:, ::2], metric[:, 1::2]
     scores = a @ b.transpose(-1, -2)                        # [B, nA, nB]
-    if P >= 1:
-        scores[:, 0, :] = -math.inf                         # class token never merges
-    if P == 2:
-        scores[:, :, 0] = -math.inf                         # distillation token never receives
+    scores[:, :pA, :] = -math.inf                           # prefix tokens in A never merge
+    scores[:, :, :pB] = -math.inf                           # prefix tokens in B never receive
     node_max, node_idx = scores.max(dim=-1)                 # first index on ties
-    # statistics over the candidates: all of A without the class token (the published
-    # `node_max[:, 1:]`); with no prefix token (P = 0) every A token is a candidate (spec 5)
-    cand = node_max[:, 1:] if P >= 1 else node_max
+    # statistics over the candidates: A without its prefix rows (the published `node_max[:, 1:]`
+    # skips the class token); with no prefix token (P = 0) every A token is a candidate
+    cand = node_max[:, pA:]
     tau = cand.mean(dim=1).mean() + cand.std(dim=1).mean() / divisor
     r = int((node_max >= tau).sum(dim=1).min())
     edge = torch.sort(node_max, dim=1, descending=True, stable=True).indices
-    src = edge[:, :r]                                       # [B, r]
-    unm = torch.sort(edge[:, r:], dim=1).values             # ascending A order (class token first when P >= 1)
+    src = edge[:, :r]                                       # [B, r] (prefix rows are -inf: never among them)
+    unm = torch.sort(edge[:, r:], dim=1).values             # ascending A order: the pA prefix rows first
     dst = torch.gather(node_idx, 1, src)                    # [B, r]
 
     # size-weighted merge (published merge_wavg: scatter-sum of x*size, then divide)
@@ -134,25 +140,22 @@ def gbm(x: torch.Tensor, size: torch.Tensor, assign: torch.Tensor, num_prefix: i
     src_s = torch.gather(sa, 1, src)
     new_xb = xb.scatter_reduce(1, dst[..., None].expand(-1, -1, D), src_x, reduce="sum")
     new_sb = sb.scatter_reduce(1, dst, src_s, reduce="sum")
+    unm = unm[:, pA:]                                       # unmerged non-prefix A
     unm_x = torch.gather(xa, 1, unm[..., None].expand(-1, -1, D))
     unm_s = torch.gather(sa, 1, unm)
-    U = nA - r
-    if P == 2:
-        out = torch.cat([unm_x[:, :1], new_xb[:, :1], unm_x[:, 1:], new_xb[:, 1:]], dim=1)
-        osize = torch.cat([unm_s[:, :1], new_sb[:, :1], unm_s[:, 1:], new_sb[:, 1:]], dim=1)
-    else:
-        out = torch.cat([unm_x, new_xb], dim=1)
-        osize = torch.cat([unm_s, new_sb], dim=1)
+    # [prefix in original order, unmerged non-prefix A, non-prefix B] (the prefix is never merged
+    # into: its x * size / size is itself)
+    out = torch.cat([xs[:, :P], unm_x, new_xb[:, pB:]], dim=1)
+    osize = torch.cat([size[:, :P], unm_s, new_sb[:, pB:]], dim=1)
     out = out / osize[..., None]
 
     # position of every A / B token in the output sequence
-    pos_a = torch.full((B, nA), -1, dtype=torch.long, device=x.device)
-    ar = torch.arange(U, device=x.device).expand(B, -1)
-    pos_b = U + torch.arange(nB, device=x.device).expand(B, -1).clone()
-    if P == 2:
-        ar = torch.where(ar >= 1, ar + 1, ar)
-        pos_b[:, 0] = 1
-    pos_a.scatter_(1, unm, ar)
+    U = nA - pA - r                                         # unmerged non-prefix A tokens
+    ar_a = torch.arange(nA, device=x.device)
+    ar_b = torch.arange(nB, device=x.device)
+    pos_a = torch.where(ar_a < pA, 2 * ar_a, -1).expand(B, -1).clone()
+    pos_b = torch.where(ar_b < pB, 2 * ar_b + 1, P + U + ar_b - pB).expand(B, -1)
+    pos_a.scatter_(1, unm, P + torch.arange(U, device=x.device).expand(B, -1))
     pos_a.scatter_(1, src, torch.gather(pos_b, 1, dst))
     q = assign + P                                           # input positions of the patches
     # both branches are gathered: clamp the index of the branch that is not taken (an even q = 0
@@ -160,3 +163,8 @@ def gbm(x: torch.Tensor, size: torch.Tensor, assign: torch.Tensor, num_prefix: i
     b_of_q = ((q - 1) // 2).clamp_min(0)
     new_pos = torch.where(q % 2 == 0, torch.gather(pos_a, 1, q // 2), torch.gather(pos_b, 1, b_of_q))
     return MergeResult(out.to(x.dtype), osize, new_pos - P, zeros + r, zeros)
+
+
+def prefix_split(num_prefix: int) -> tuple[int, int]:
+    """(prefix slots in A, prefix slots in B): positions 0..P-1 split by parity, A = even."""
+    return (num_prefix + 1) // 2, num_prefix // 2

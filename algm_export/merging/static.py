@@ -6,7 +6,7 @@ Orderings are ranks by counting (descending, ties by lower index), argmax is the
 equal to the max, outputs are written by scatters with unique indices, and all similarity and
 merge math is float32 whatever the token dtype.
 
-Shapes: B batch, P prefix tokens (0, 1 or 2), N = Gh*Gw patches, k = window size, W = N/k windows.
+Shapes: B batch, P prefix tokens (any number), N = Gh*Gw patches, k = window size, W = N/k windows.
 Outputs of both ops: y [B, P+C, D] (dtype of x), size [B, P+C] float32, assign [B, N] int32,
 stats [B, 2] int32 (merges done, forced merges).
 """
@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from algm_export.merging.reference import to_windows, window_patch_index, window_scores
+from algm_export.merging.reference import prefix_split, to_windows, window_patch_index, window_scores
 
 
 def rank_desc(values: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -120,12 +120,11 @@ def gbm_static(x: torch.Tensor, size: torch.Tensor, assign: torch.Tensor, num_pr
     valid = torch.arange(T, device=dev).unsqueeze(0) < n_real.unsqueeze(1)     # [B, T]
     nA, nB = (T + 1) // 2, T // 2
     va, vb = valid[:, ::2], valid[:, 1::2]
-    row_ok = va.clone()
-    if P >= 1:
-        row_ok[:, 0] = False                                                   # class token
-    col_ok = vb.clone()
-    if P == 2:
-        col_ok[:, 0] = False                                                   # distillation token
+    pA, pB = prefix_split(P)                                                   # prefix slots in A / B
+    ar_a = torch.arange(nA, device=dev)
+    ar_b = torch.arange(nB, device=dev)
+    row_ok = va & (ar_a >= pA)                                                 # prefix tokens never merge
+    col_ok = vb & (ar_b >= pB)                                                 # ... nor receive a merge
     metric = xf / xf.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     s = metric[:, ::2] @ metric[:, 1::2].transpose(1, 2)                       # [B, nA, nB]
     s = torch.where(row_ok.unsqueeze(2) & col_ok.unsqueeze(1), s, -math.inf)
@@ -157,17 +156,12 @@ def gbm_static(x: torch.Tensor, size: torch.Tensor, assign: torch.Tensor, num_pr
     size_b = sb + (mt @ sa.unsqueeze(-1)).squeeze(-1)
     xb_new = torch.where(size_b.unsqueeze(-1) > 0, num_b / size_b.clamp_min(1e-30).unsqueeze(-1), 0.0)
 
-    unm_a = va & ~is_src
-    U = unm_a.sum(dim=1, keepdim=True)
-    cum = unm_a.long().cumsum(1)
-    ar_a = torch.arange(nA, device=dev)
-    ar_b = torch.arange(nB, device=dev)
-    if P == 2:
-        pos_a = torch.where(ar_a == 0, 0, cum)
-        pos_b = torch.where(ar_b == 0, 1, U + ar_b)
-    else:
-        pos_a = cum - 1
-        pos_b = U + ar_b
+    # output order: [prefix in original order, unmerged non-prefix A (ascending), non-prefix B]
+    unm_a = va & ~is_src                                                       # prefix A rows included
+    cand_unm = unm_a & (ar_a >= pA)
+    U = cand_unm.sum(dim=1, keepdim=True)
+    pos_a = torch.where(ar_a < pA, 2 * ar_a, P + cand_unm.long().cumsum(1) - 1)
+    pos_b = torch.where(ar_b < pB, 2 * ar_b + 1, P + U + ar_b - pB)
     dest = torch.cat([torch.where(unm_a, pos_a, T + ar_a), torch.where(vb, pos_b, T + nA + ar_b)], dim=1)
     vals = torch.cat([xf[:, ::2], xb_new, torch.zeros(B, 1, D, device=dev)], dim=1)
     svals = torch.cat([sa, size_b, torch.zeros(B, 1, device=dev)], dim=1)
@@ -254,9 +248,9 @@ def clap_capacity_bounds(n_patches: int, window: tuple[int, int]) -> tuple[int, 
 def gbm_capacity_min(c_in: int, num_prefix: int) -> int:
     """Smallest valid C2 after a step with capacity c_in: only candidate A tokens can be sources.
 
-    The candidates are the A tokens (even positions) without the class token; with no prefix
+    The candidates are the A tokens (even positions) that are not prefix tokens; with no prefix
     token (P = 0) every A token is one.
     """
     n_real = num_prefix + c_in
-    candidates = (n_real + 1) // 2 - (1 if num_prefix >= 1 else 0)
+    candidates = (n_real + 1) // 2 - prefix_split(num_prefix)[0]
     return max(1, c_in - candidates)

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -71,7 +69,7 @@ def build_vit(bb_cfg: Mapping):
 
 
 class MMSegViTConfig:
-    """Methods shared by the configs of the families on mmsegmentation's ViT (SETR, SegViT): the
+    """Methods shared by the configs of the mmsegmentation-trained families (SETR, SegViT, EVA-02): the
     uniform `grid`, `num_prefix` and `to_dict` (dataclass subclasses hold the fields)."""
 
     @property
@@ -84,14 +82,49 @@ class MMSegViTConfig:
     def num_prefix(self) -> int:
         return 1 if self.with_cls_token else 0
 
+    LIST_FIELDS = ("image_size", "built_image_size", "decoder_layers")  # tuples written as lists
+
     def to_dict(self) -> dict:
         d = {k: copy.deepcopy(getattr(self, k)) for k in self.__dataclass_fields__}
-        for k in ("image_size", "built_image_size", "decoder_layers"):
+        for k in self.LIST_FIELDS:
             d[k] = list(d[k])
         d["normalization"] = {k: list(v) for k, v in self.normalization.items()}
         d["grid"] = list(self.grid)
         d["num_prefix"] = self.num_prefix
         return d
+
+
+def encoder_decoder(model_cfg, what: str) -> dict:
+    """A deep copy of a config's `model` dict, refused unless it is an `EncoderDecoder` (`what` names
+    the family in the message, e.g. "SETR models")."""
+    if not isinstance(model_cfg, Mapping):
+        raise ConfigError(f"the config's `model` must be a dict, got {type(model_cfg).__name__}")
+    model_cfg = copy.deepcopy(dict(model_cfg))
+    seg_type = typename(model_cfg) or "EncoderDecoder"
+    if seg_type != "EncoderDecoder":
+        raise ConfigError(f"model type {model_cfg.get('type')!r} is not supported; {what} are EncoderDecoder")
+    return model_cfg
+
+
+class DecoderUnderHostKeys:
+    """For models whose decoder's parameters must keep mmsegmentation's keys (`neck.*`, `decode_head.*`):
+    the parts are registered under those names, the decoder object itself is held outside the module
+    tree (so its parameters are not registered twice) and follows `train()` / `eval()`."""
+
+    def hold_decoder(self, decoder, **parts) -> None:
+        for name, part in parts.items():
+            if part is not None:
+                setattr(self, name, part)
+        object.__setattr__(self, "_held_decoder", decoder)
+
+    @property
+    def decoder(self):
+        return self.__dict__["_held_decoder"]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.decoder.training = mode
+        return self
 
 
 class MMSegWholeInference:
@@ -126,6 +159,10 @@ class MMSegWholeInference:
             return mmseg_slide_inference(self, im, inf["crop_size"], inf["stride"], self.cfg.n_cls)
         return self(im)
 
+
+# training-only parts of an mmseg checkpoint that inference never reads
+TRAINING_ONLY_PREFIXES = ("auxiliary_head.", "data_preprocessor.")
+UPSTREAM_SUFFIX = "_upstream_init"  # built-ins initialised as upstream initialises a fresh model
 
 IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
 IMAGENET_STD_255 = (58.395, 57.12, 57.375)

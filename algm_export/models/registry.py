@@ -14,15 +14,26 @@ them. Nothing outside a family module branches on the family. A new family: its 
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
 from algm_export.core.errors import CheckpointError, ConfigError
+from algm_export.core.registry import LazyRegistry
 
-# Family modules, imported on first use (each calls `register`).
-FAMILY_MODULES = ("segmenter", "setr", "segvit", "eva02")
+# Family modules (imported on first use; each calls `register`) and how help texts name them.
+FAMILY_MODULES = {
+    "segmenter": "Segmenter (timm ViT; linear / mask-transformer decoder; published checkpoints)",
+    "setr": "SETR naive / PUP / MLA (mmsegmentation)",
+    "segvit": "SegViT ATM (mmsegmentation)",
+    "eva02": "EVA-02 + UperNet (mmsegmentation)",
+    "eomt": "EoMT (timm DINOv2 ViT with queries in its last blocks; published pytorch_model.bin / Lightning .ckpt + config.yaml)",
+}
+
+
+def families_line() -> str:
+    """Every family, one line, for help texts (no family module is imported)."""
+    return "; ".join(FAMILY_MODULES.values())
 DEFAULT_MODEL = "builtin:vit_s16_512"
 
 
@@ -43,23 +54,16 @@ class Family:
     load: Optional[Callable[..., object]] = None
 
 
-_FAMILIES: dict[str, Family] = {}
-_loaded = False
+_REGISTRY: LazyRegistry[Family] = LazyRegistry("algm_export.models.families", FAMILY_MODULES)
 
 
 def register(family: Family) -> Family:
-    _FAMILIES[family.name] = family
-    return family
+    return _REGISTRY.register(family.name, family, depth=2)
 
 
 def families() -> dict[str, Family]:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for name in FAMILY_MODULES:
-            importlib.import_module(f"algm_export.models.families.{name}")
-    order = {name: i for i, name in enumerate(FAMILY_MODULES)}
-    return dict(sorted(_FAMILIES.items(), key=lambda kv: order.get(kv[0], len(order))))
+    """Every registered family, in `FAMILY_MODULES` order (the family modules are imported once)."""
+    return _REGISTRY.entries()
 
 
 def family(name: str) -> Family:

@@ -18,6 +18,7 @@ Building them is `algm_export.tasks.plugins.build_plugins` (``algm-export plugin
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -51,14 +52,20 @@ def plugin_source_dir() -> Path:
 
 def default_build_dir() -> Path:
     """``plugins/build`` in a checkout; for an installed wheel (whose package folder may be
-    read-only) ``$XDG_CACHE_HOME/algm-export/plugins-build`` (env ALGM_PLUGINS_BUILD overrides)."""
+    read-only) ``$XDG_CACHE_HOME/algm-export/plugins-build/<version>-<key>`` (env ALGM_PLUGINS_BUILD
+    overrides), `key` a short hash of the source folder and the package version: a CMake build
+    folder belongs to one source tree, so two installations (two virtual environments, or an
+    upgrade) each get their own instead of failing on the other's CMake cache."""
     env = os.environ.get("ALGM_PLUGINS_BUILD")
     if env:
         return Path(env).expanduser().resolve()
     src = plugin_source_dir()
     if src.name == "plugin_src":
+        from algm_export import __version__
+
         cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        return cache / "algm-export" / "plugins-build"
+        key = hashlib.sha256(f"{src.resolve()}\n{__version__}".encode()).hexdigest()[:12]
+        return cache / "algm-export" / "plugins-build" / f"{__version__}-{key}"
     return src / "build"
 
 
@@ -183,6 +190,14 @@ class KernelLibrary:
 
     def version(self) -> int:
         return int(self.lib.algmKernelsVersion())
+
+    def max_prefix(self) -> int:
+        """The largest ``num_prefix`` the library accepts (2 for a library older than API version 3)."""
+        fn = getattr(self.lib, "algmMaxPrefix", None)
+        if fn is None:
+            return 2
+        fn.restype = ctypes.c_int32
+        return int(fn())
 
     def set_emulation_order(self, order: int) -> None:
         """Emulator only: 0 forward, 1 reverse, 2 interleaved thread order inside barrier phases."""

@@ -6,8 +6,15 @@
   merge step. Every token that holds more than one patch (a merged CLAP window, a GBM group)
   is tinted in its own colour, with its outline drawn; patches still on their own stay plain.
   Colours are random but deterministic: a group is coloured by its lowest patch index.
+* `segmentation_panel(labels, assignments, grid)`: a class map with the token groups of an ALGM
+  run drawn over it (CLAP windows outlined in black, GBM groups in white);
+  `changed_panel(image, base, labels)`: the pixels whose class differs from the baseline's, in
+  vermillion over a faded grey photo (readable in greyscale: dark on light).
+* `speed_chart(results, path)`: measured speed-up against tokens kept, one series per backend and
+  batch size, with the ideal (speed-up = FLOP ratio); `chart_style()`: the plain axes and the
+  colour-blind-safe colours every chart uses (shared by `bench` and `report`).
 
-Pure numpy + Pillow (no display needed).
+Pure numpy + Pillow (no display needed); charts with matplotlib's Agg backend.
 """
 
 from __future__ import annotations
@@ -123,7 +130,7 @@ def merge_panels(image: np.ndarray, assignments: Sequence, grid, patch_size: int
     """Panels (uint8 RGB) showing the token groups after every merge step.
 
     image: uint8 [H, W, 3] the model saw (resized to grid * patch_size if needed).
-    assignments: per step, an [N] map (or [1, N]) patch -> token index (spec notation).
+    assignments: per step, an [N] map (or [1, N]): patch -> the index of the token that holds it.
     """
     gh, gw = int(grid[0]), int(grid[1])
     N = gh * gw
@@ -193,4 +200,205 @@ def step_titles(layers: Sequence[int]) -> list[str]:
     return [("CLAP" if i == 0 else "GBM") + f" (layer {l})" for i, l in enumerate(layers)]
 
 
-__all__ = ["colorize", "group_colors", "merge_panels", "merge_png", "palette", "segmentation_png", "step_titles"]
+# ----------------------------------------------------------------------------- report panels
+
+#: changed pixels: Okabe-Ito vermillion (luminance ~120: dark on the faded photo, also in greyscale)
+CHANGED_RGB = (213, 94, 0)
+
+
+def panel_patch_pixels(grid, target: int = 256) -> int:
+    """Pixels per patch for a panel about `target` pixels on its long side (at least 2)."""
+    return max(2, int(round(target / max(1, int(grid[0]), int(grid[1])))))
+
+
+def _labels_at(labels, hw) -> np.ndarray:
+    lab = _to_numpy(labels)
+    if lab.ndim == 3 and lab.shape[0] == 1:
+        lab = lab[0]
+    if lab.ndim != 2:
+        raise InputError(f"labels must be [H, W], got shape {lab.shape}")
+    if tuple(lab.shape) == tuple(hw):
+        return lab.astype(np.int64)
+    rows = (np.arange(hw[0]) * lab.shape[0] // hw[0]).clip(0, lab.shape[0] - 1)
+    cols = (np.arange(hw[1]) * lab.shape[1] // hw[1]).clip(0, lab.shape[1] - 1)
+    return lab[rows][:, cols].astype(np.int64)                          # nearest: classes stay classes
+
+
+def _group_ids(a, grid) -> tuple[np.ndarray, np.ndarray]:
+    """An assignment map (patch -> token) -> ([gh, gw] id of each patch's group: its lowest patch
+    index, [gh, gw] True where the patch shares its token with others)."""
+    gh, gw = int(grid[0]), int(grid[1])
+    n = gh * gw
+    a = _to_numpy(a).reshape(-1).astype(np.int64)
+    if a.size != n:
+        raise InputError(f"assignment map has {a.size} entries for a {gh}x{gw} grid")
+    counts = np.bincount(a, minlength=int(a.max(initial=0)) + 1)
+    root = np.full(counts.shape, n, dtype=np.int64)
+    np.minimum.at(root, a, np.arange(n))
+    return root[a].reshape(gh, gw), (counts[a] > 1).reshape(gh, gw)
+
+
+def _outline(gid: np.ndarray, merged: np.ndarray, ps: int, width: int) -> np.ndarray:
+    """[gh*ps, gw*ps] bool: one line `width` pixels wide on every border between two groups where at
+    least one side is merged (patches on their own keep no outline)."""
+    gh, gw = gid.shape
+    out = np.zeros((gh * ps, gw * ps), dtype=bool)
+    vb = np.repeat((gid[:, 1:] != gid[:, :-1]) & (merged[:, 1:] | merged[:, :-1]), ps, 0)   # [gh*ps, gw-1]
+    hb = np.repeat((gid[1:, :] != gid[:-1, :]) & (merged[1:, :] | merged[:-1, :]), ps, 1)   # [gh-1, gw*ps]
+    for k in range(width):
+        off = k - width // 2
+        out[:, np.arange(1, gw) * ps + off] |= vb
+        out[np.arange(1, gh) * ps + off, :] |= hb
+    return out
+
+
+def segmentation_panel(labels, assignments: Optional[Sequence], grid, ps: Optional[int] = None,
+                       pal: Optional[np.ndarray] = None) -> np.ndarray:
+    """uint8 [gh*ps, gw*ps, 3]: the class map `labels` ([H, W] at the model's input) in class colours
+    (`pal`, default `palette`), with the token groups of `assignments` (per merge step, patch -> token;
+    None: none drawn) outlined: CLAP windows (the first step) in black, the groups of the last step
+    that are not a CLAP window in white."""
+    gh, gw = int(grid[0]), int(grid[1])
+    ps = ps or panel_patch_pixels(grid)
+    lab = _labels_at(labels, (gh * ps, gw * ps))
+    if lab.size and lab.min() < 0:
+        raise InputError("labels must be non-negative class indices")
+    out = colorize(lab, pal).copy()
+    if assignments:
+        width = 2 if ps >= 12 else 1
+        last, merged_last = _group_ids(assignments[-1], grid)
+        out[_outline(last, merged_last, ps, width)] = 255
+        first, merged_first = _group_ids(assignments[0], grid)
+        out[_outline(first, merged_first, ps, width)] = 0
+    return out
+
+
+def changed_panel(image: np.ndarray, base_labels, labels, size) -> tuple[np.ndarray, float]:
+    """(uint8 [h, w, 3], fraction): the pixels whose class in `labels` differs from `base_labels`
+    (both [H, W] at the same size) in `CHANGED_RGB` over the photo faded to light grey, drawn at
+    `size` (h, w); the fraction is counted at the labels' own resolution."""
+    b, l = _to_numpy(base_labels), _to_numpy(labels)
+    b = b[0] if b.ndim == 3 else b
+    l = l[0] if l.ndim == 3 else l
+    if b.shape != l.shape:
+        raise InputError(f"label maps differ in size: {b.shape} and {l.shape}")
+    changed = b != l
+    frac = float(changed.mean()) if changed.size else 0.0
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, -1)
+    grey = _resize_rgb(img[..., :3].astype(np.uint8), size).astype(np.float32) @ np.array([0.299, 0.587, 0.114])
+    faded = (175 + grey * (80 / 255)).astype(np.uint8)                 # 175..255: light, keeps the shapes
+    out = np.repeat(faded[..., None], 3, -1)
+    out[_labels_at(changed.astype(np.int64), size).astype(bool)] = CHANGED_RGB
+    return out, frac
+
+
+def save_png(arr: np.ndarray, path) -> Path:
+    """Write a uint8 [H, W, 3] array as PNG (atomically)."""
+    return _save_png(arr, path)
+
+
+# ----------------------------------------------------------------------------- charts
+
+#: Okabe & Ito's colour-blind-safe palette (blue, orange, bluish green, reddish purple, sky blue,
+#: vermillion, yellow, black); series also differ by marker, so they survive greyscale
+SERIES_COLORS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+SERIES_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def chart_style() -> dict:
+    """matplotlib rc settings of every chart: plain numbers on the axes (no offset, no scientific
+    notation), a light grid, readable type."""
+    return {"axes.formatter.useoffset": False, "axes.formatter.limits": (-6, 6), "axes.grid": True,
+            "grid.alpha": 0.3, "font.size": 10, "axes.titlesize": 11, "legend.fontsize": 8.5,
+            "figure.dpi": 100, "savefig.dpi": 110, "svg.hashsalt": "algm-export"}
+
+
+def series_style(i: int) -> dict:
+    return {"color": SERIES_COLORS[i % len(SERIES_COLORS)], "marker": SERIES_MARKERS[i % len(SERIES_MARKERS)]}
+
+
+def tokens_kept_pct(row: dict) -> float:
+    """A bench row's tokens kept after the last merge, in % of the patches (100 for the baseline)."""
+    tk = row.get("tokens_kept")
+    return 100.0 if not tk else 100.0 * float(tk[-1])
+
+
+def point_label(row: dict) -> str:
+    """A short name of a bench row's setting: its threshold, `dyn` for dynamic token mode."""
+    if row.get("threshold") is None:
+        return "baseline"
+    return f"{float(row['threshold']):.2f}" + (" dyn" if row.get("token_mode") == "dynamic" else "")
+
+
+def save_chart(fig, path) -> Path:
+    """Write a matplotlib figure as PNG (atomically, no software tag: the same bytes for the same
+    chart) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def speed_figure(results: Sequence[dict], title: str = ""):
+    """The figure of `speed_chart` (drawn, not saved)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict = {}
+    for r in results:
+        groups.setdefault((r["backend"], int(r["batch"])), []).append(r)
+    with plt.rc_context(chart_style()):
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        for i, ((backend, bs), rows) in enumerate(sorted(groups.items())):
+            st = series_style(i)
+            for dyn in (False, True):
+                pts = [r for r in rows if (r.get("token_mode") == "dynamic") == dyn]
+                if not pts:
+                    continue
+                ax.scatter([tokens_kept_pct(r) for r in pts], [r["speedup"] for r in pts], s=46, zorder=3,
+                           marker=st["marker"], edgecolors=st["color"], linewidths=1.6,
+                           facecolors="white" if dyn else st["color"],
+                           label=f"{backend}, batch {bs}" if not dyn or len(pts) == len(rows) else None)
+        ideal = {}
+        for r in results:  # the per-image FLOP ratio depends on the setting, not on backend or batch
+            if int(r["batch"]) == min(int(x["batch"]) for x in results):
+                ideal.setdefault(round(tokens_kept_pct(r), 3), float(r["flop_ratio"]))
+        xs = sorted(ideal)
+        ax.plot(xs, [ideal[x] for x in xs], "--", color="#555555", lw=1.2, zorder=2,
+                label="ideal: speed-up = FLOP ratio")
+        ax.axhline(1.0, color="#999999", lw=0.8, zorder=1)
+        if groups:
+            for r in sorted(groups.items())[0][1]:
+                if r.get("threshold") is not None:
+                    ax.annotate(point_label(r), (tokens_kept_pct(r), r["speedup"]), textcoords="offset points",
+                                xytext=(5, 4), fontsize=8)
+        ax.set_xlabel("tokens kept after the last merge (% of patches)")
+        ax.set_ylabel("speed-up over the baseline (x)")
+        if title:
+            ax.set_title(title)
+        if any(r.get("token_mode") == "dynamic" for r in results):
+            ax.scatter([], [], marker="o", facecolors="white", edgecolors="#333333",
+                       label="hollow: dynamic token mode")
+        ax.legend(loc="best")
+        fig.tight_layout()
+    return fig
+
+
+def speed_chart(results: Sequence[dict], path, title: str = "") -> Path:
+    """Speed-up over the baseline against tokens kept after the last merge: one series per (backend,
+    batch size), markers only (settings are not a sequence), filled for static and hollow for dynamic
+    token mode; the ideal (speed-up = FLOP ratio, per image, at the smallest batch) as a dashed line."""
+    return save_chart(speed_figure(results, title), path)
+
+
+__all__ = ["CHANGED_RGB", "changed_panel", "chart_style", "colorize", "group_colors", "merge_panels", "merge_png",
+           "palette", "panel_patch_pixels", "point_label", "save_chart", "save_png", "segmentation_panel",
+           "segmentation_png", "series_style", "speed_chart", "speed_figure", "step_titles", "tokens_kept_pct"]

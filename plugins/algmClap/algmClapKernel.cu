@@ -13,6 +13,9 @@
  *                          patch copy or zero padding.
  * Every sum has a fixed order, so results are deterministic and independent of the batch.
  *
+ * Prefix tokens (any number P <= kMaxPrefix: class, distillation, register tokens) never merge:
+ * the windows cover the N patch tokens after them, and the gather copies them in front unchanged.
+ *
  * Dynamic token mode (ClapParams::slotsOut set, capacity N, docs/static-ops.md "Dynamic token
  * mode"): the decision kernel also records every image's real count, `slotCountKernel` writes
  * the token slots of the batch P + K (K = max real patch-token count) to slotsOut, and the gather
@@ -414,7 +417,7 @@ using namespace clap_detail;
 int32_t clapCheckAttributes(
     int32_t gridH, int32_t gridW, int32_t windowH, int32_t windowW, int32_t numPrefix, int32_t capacity)
 {
-    if (gridH < 1 || gridW < 1 || windowH < 1 || windowW < 1 || numPrefix < 0 || numPrefix > 2)
+    if (gridH < 1 || gridW < 1 || windowH < 1 || windowW < 1 || numPrefix < 0 || numPrefix > kMaxPrefix)
     {
         return ALGM_STATUS_INVALID_ARGUMENT;
     }

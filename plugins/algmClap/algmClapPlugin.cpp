@@ -300,6 +300,11 @@ nvinfer1::IPluginV3* AlgmClapPluginCreatorT<Dynamic>::createFromFields(
     {
         return nullptr;
     }
+    if (a.numPrefix < 0 || a.numPrefix > algmMaxPrefix())
+    {
+        logError(prefixRangeMessage(layer, a.numPrefix));
+        return nullptr;
+    }
     // dynamic: capacity N (checked without overflow for silly grids)
     int64_t const n = static_cast<int64_t>(a.gridH) * a.gridW;
     int32_t const capacity = Dynamic ? static_cast<int32_t>(n > 0 && n <= INT32_MAX ? n : 0) : a.capacity;
@@ -312,7 +317,7 @@ nvinfer1::IPluginV3* AlgmClapPluginCreatorT<Dynamic>::createFromFields(
         {
             s << " capacity=" << a.capacity;
         }
-        s << " (need: window divides grid, 2 <= window area <= 64, grid_h*grid_w <= 8192, num_prefix in {0, 1, 2}"
+        s << " (need: window divides grid, 2 <= window area <= 64, grid_h*grid_w <= 8192"
           << (Dynamic ? ")" : ", N/k <= capacity <= N)");
         logError(s.str());
         return nullptr;

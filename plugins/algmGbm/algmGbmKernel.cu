@@ -13,6 +13,13 @@
  *                         (sources in ascending A order) or zero padding.
  * No floating-point atomics; integer counts only. Deterministic and batch independent.
  *
+ * Prefix tokens (positions 0..P-1, any P <= kMaxPrefix) keep the alternating split: the prefix
+ * positions in A (even, the first ceil(P/2) A rows) are masked as rows and left out of the
+ * threshold statistics, those in B (odd, the first floor(P/2) B columns) are masked as columns,
+ * so no prefix token merges or receives a merge. The output is the prefix in its original order,
+ * the unmerged non-prefix A tokens (ascending), the non-prefix B tokens. P = 1 (class token) and
+ * P = 2 (class + distillation token) are the published handling.
+ *
  * Dynamic token mode (GbmParams::slotsOut set, capacity = every input slot T - P): the decision
  * kernel also records every image's real output count, `slotCountKernel` writes the token slots
  * of the batch P + K2 (the largest real count, prefix included) to slotsOut, and the gather kernel
@@ -60,6 +67,27 @@ int simTile(int nA, int nB)
 
 constexpr int kDecisionThreads = 512;
 constexpr int kGatherThreads = 128;
+
+//! Prefix rows of A (even positions < P) and prefix columns of B (odd positions < P).
+ALGM_DEVICE int prefixRows(int numPrefix)
+{
+    return (numPrefix + 1) / 2;
+}
+ALGM_DEVICE int prefixCols(int numPrefix)
+{
+    return numPrefix / 2;
+}
+
+//! Dynamic shared memory of gbmDecisionKernel for T input tokens: per A row a float node_max and two
+//! flags, per B column an int count. With the static part (ired, fred) it must stay within the
+//! 48 KiB every CUDA device gives a block without opt-in, for the largest T = kMaxTokens + kMaxPrefix.
+constexpr size_t decisionDynamicShared(int tokens)
+{
+    return static_cast<size_t>((tokens + 1) / 2) * (sizeof(float) + 2) + static_cast<size_t>(tokens / 2) * sizeof(int);
+}
+constexpr size_t kDecisionStaticShared = sizeof(int) * 2 * kDecisionThreads + sizeof(float) * kDecisionThreads;
+static_assert(kDecisionStaticShared + decisionDynamicShared(kMaxTokens + kMaxPrefix) <= 48 * 1024,
+    "kMaxTokens + kMaxPrefix input tokens exceed the decision kernel's shared memory");
 
 template <typename T, int TILE>
 ALGM_KERNEL void gbmSimKernel(T const* __restrict__ x, float const* __restrict__ sizeIn, float* __restrict__ pmax,
@@ -195,8 +223,9 @@ ALGM_KERNEL void gbmSimKernel(T const* __restrict__ x, float const* __restrict__
         }
     }
 
-    // mask: class-token row (P >= 1), distillation-token column (P == 2), padding rows and columns
-    int const firstRow = numPrefix >= 1 ? 1 : 0;
+    // mask: prefix rows of A, prefix columns of B, padding rows and columns
+    int const firstRow = prefixRows(numPrefix);
+    int const firstCol = prefixCols(numPrefix);
     ALGM_UNROLL
     for (int i = 0; i < TPT; ++i)
     {
@@ -206,7 +235,7 @@ ALGM_KERNEL void gbmSimKernel(T const* __restrict__ x, float const* __restrict__
             int const a = a0 + ty + 16 * i;
             int const bb = b0 + tx + 16 * j;
             bool const rowOk = live && a >= firstRow && 2 * a < nReal;
-            bool const colOk = live && 2 * bb + 1 < nReal && !(numPrefix == 2 && bb == 0);
+            bool const colOk = live && 2 * bb + 1 < nReal && bb >= firstCol;
             sS[(ty + 16 * i) * LD + tx + 16 * j] = (rowOk && colOk) ? acc[i][j] : -INFINITY;
         }
     }
@@ -269,8 +298,9 @@ ALGM_KERNEL void gbmDecisionKernel(float const* __restrict__ sizeIn, int32_t con
     int const nReal = blockSum<kDecisionThreads>(cnt, ired);
 
     // 2. node_max / node_idx: tiles in ascending column order, first index wins ties. Candidates:
-    //    real A rows without the class token; with no prefix token (P = 0) every real A row
-    int const firstRow = P >= 1 ? 1 : 0;
+    //    the real A rows past the prefix (with no prefix token, P = 0, every real A row)
+    int const firstRow = prefixRows(P);
+    int const firstCol = prefixCols(P);
     int c = 0;
     float sum = 0.0f;
     for (int a = tid; a < nA; a += kDecisionThreads)
@@ -362,7 +392,10 @@ ALGM_KERNEL void gbmDecisionKernel(float const* __restrict__ sizeIn, int32_t con
     }
     ALGM_SYNC();
 
-    // 5. positions of A tokens (cumulative count of unmerged real A tokens) and B tokens
+    // 5. positions: a prefix token keeps its own (A row a: 2a, B column bb: 2bb + 1); the unmerged
+    //    non-prefix A tokens follow the prefix in ascending order (cum counts the prefix A rows
+    //    too, so P + (cum - firstRow) - 1 = cum - 1 + firstCol), then the non-prefix B tokens
+    //    (U = every unmerged real A token, prefix included: P + (U - firstRow) + (bb - firstCol))
     int begin, end;
     chunkOf<kDecisionThreads>(nA, begin, end);
     int unm = 0;
@@ -376,7 +409,7 @@ ALGM_KERNEL void gbmDecisionKernel(float const* __restrict__ sizeIn, int32_t con
     {
         bool const keepA = 2 * a < nReal && !sSrc[a];
         cum += keepA ? 1 : 0;
-        int const pa = P == 2 ? (a == 0 ? 0 : cum) : cum - 1;
+        int const pa = a < firstRow ? 2 * a : cum - 1 + firstCol;
         posA[bA + a] = pa;
         if (!noop && keepA && pa < keep)
         {
@@ -385,7 +418,7 @@ ALGM_KERNEL void gbmDecisionKernel(float const* __restrict__ sizeIn, int32_t con
     }
     for (int bb = tid; bb < nB; bb += kDecisionThreads)
     {
-        int const pb = (P == 2 && bb == 0) ? 1 : U + bb;
+        int const pb = bb < firstCol ? 2 * bb + 1 : U + bb;
         posB[bB + bb] = pb;
         if (!noop && 2 * bb + 1 < nReal && pb < keep)
         {
@@ -614,7 +647,7 @@ int32_t launchGbm(GbmParams const& p, void const* xv, float const* sizeIn, int32
         ALGM_LAUNCH(sim, dim3(ceilDiv(nA, 16), nTiles, p.batch), dim3(kSimThreads), 0, stream, x, sizeIn, ws.pmax,
             ws.pidx, tokens, p.dim, p.numPrefix, nA, nB, ws.tileStride);
     }
-    size_t const smem = static_cast<size_t>(nA) * (sizeof(float) + 2) + static_cast<size_t>(nB) * sizeof(int);
+    size_t const smem = decisionDynamicShared(tokens);
     ALGM_LAUNCH(gbmDecisionKernel, dim3(p.batch), dim3(kDecisionThreads), smem, stream, sizeIn, assignIn, ws.pmax,
         ws.pidx, ws.nodeIdx, ws.posA, ws.posB, ws.srcStart, ws.srcList, ws.slotSrc, assignOut, statsOut, tokens,
         p.numPatches, p.numPrefix, p.capacity, nA, nB, nTiles, ws.tileStride, p.divisor, ws.realCount);
@@ -635,7 +668,7 @@ using namespace gbm_detail;
 
 int32_t gbmCheckAttributes(int32_t numTokens, int32_t numPatches, int32_t numPrefix, int32_t capacity)
 {
-    if (numPrefix < 0 || numPrefix > 2 || numPatches < 1 || numPatches > kMaxTokens)
+    if (numPrefix < 0 || numPrefix > kMaxPrefix || numPatches < 1 || numPatches > kMaxTokens)
     {
         return ALGM_STATUS_INVALID_ARGUMENT;
     }

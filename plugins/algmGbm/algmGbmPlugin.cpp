@@ -296,12 +296,16 @@ nvinfer1::IPluginV3* AlgmGbmPluginCreatorT<Dynamic>::createFromFields(
     {
         return nullptr;
     }
-    if (a.numPrefix < 0 || a.numPrefix > 2 || (!Dynamic && a.capacity < 1) || !(a.divisor > 0.0f))
+    if (a.numPrefix < 0 || a.numPrefix > algmMaxPrefix())
+    {
+        logError(prefixRangeMessage(layer, a.numPrefix));
+        return nullptr;
+    }
+    if ((!Dynamic && a.capacity < 1) || !(a.divisor > 0.0f))
     {
         logError(layer + ": unsupported attributes num_prefix=" + std::to_string(a.numPrefix)
             + (Dynamic ? "" : " capacity=" + std::to_string(a.capacity)) + " divisor=" + std::to_string(a.divisor)
-            + (Dynamic ? " (need num_prefix in {0, 1, 2}, divisor > 0)"
-                       : " (need num_prefix in {0, 1, 2}, capacity >= 1, divisor > 0)"));
+            + (Dynamic ? " (need divisor > 0)" : " (need capacity >= 1, divisor > 0)"));
         return nullptr;
     }
     return new Plugin(a);

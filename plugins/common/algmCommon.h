@@ -21,6 +21,12 @@ constexpr int kMaxTokens = 8192;
 //! Largest window area k = window_h * window_w supported by CLAP.
 constexpr int kMaxWindowArea = 64;
 
+//! Largest number of prefix tokens P (class, distillation and register tokens, which never merge).
+//! The rule is the same for every P (plugins/algmGbm/README.md); the bound only keeps GBM's
+//! per-image decision state for T = kMaxTokens + P input tokens inside 48 KiB of shared memory
+//! (checked in algmGbmKernel.cu). Also returned by algmMaxPrefix() (common/algmKernels.h).
+constexpr int kMaxPrefix = 64;
+
 constexpr size_t alignUp(size_t v, size_t a = kWorkspaceAlignment)
 {
     return (v + a - 1) / a * a;

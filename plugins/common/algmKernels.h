@@ -10,6 +10,8 @@
  *   AlgmGbm:  x [B, T, D], size [B, T] f32, assign [B, N] i32 (T = P + C1)
  *             -> y [B, P+C2, D], size [B, P+C2] f32, assign [B, N] i32, stats [B, 2] i32
  * x and y share the dtype (float32 or float16); all arithmetic is float32.
+ * P (numPrefix) is any number of prefix tokens from 0 to algmMaxPrefix() (class, distillation,
+ * register tokens): they never merge and never receive a merge (API version 3; before, P <= 2).
  *
  * Dynamic token mode (algmClapDynamicForward, algmGbmDynamicForward; docs/static-ops.md): the
  * same ops with every slot as capacity (C1 = N, C2 = T - P: never a forced merge) and the token
@@ -51,8 +53,12 @@ typedef enum
     ALGM_STATUS_CUDA_ERROR = 3 /* a kernel launch failed (cudaGetLastError) */
 } AlgmStatus;
 
-/* Version of this API (bumped on any change of signatures or semantics). */
+/* Version of this API (bumped on any change of signatures or semantics): 2 added the dynamic token
+ * mode, 3 any number of prefix tokens (algmMaxPrefix). */
 ALGM_KERNELS_API int32_t algmKernelsVersion(void);
+
+/* Largest numPrefix the kernels accept. */
+ALGM_KERNELS_API int32_t algmMaxPrefix(void);
 
 /* Human-readable text of a status code. */
 ALGM_KERNELS_API const char* algmStatusString(int32_t status);

@@ -3,12 +3,18 @@
 
 #include "../algmClap/algmClapKernel.h"
 #include "../algmGbm/algmGbmKernel.h"
+#include "algmCommon.h"
 
 extern "C" {
 
 int32_t algmKernelsVersion(void)
 {
-    return 2; // 2: the dynamic token mode functions
+    return 3; // 2: the dynamic token mode functions; 3: any number of prefix tokens (algmMaxPrefix)
+}
+
+int32_t algmMaxPrefix(void)
+{
+    return algm::kMaxPrefix;
 }
 
 const char* algmStatusString(int32_t status)

@@ -146,6 +146,14 @@ bool readFloatField(nvinfer1::PluginField const& field, float& out) noexcept
     }
 }
 
+std::string prefixRangeMessage(std::string const& layer, int32_t numPrefix)
+{
+    return layer + ": num_prefix=" + std::to_string(numPrefix) + " is not supported: this plugin library takes 0 to "
+        + std::to_string(algmMaxPrefix())
+        + " prefix tokens (class, distillation and register tokens in front of the patches); export with "
+          "fewer prefix tokens or rebuild the library with a larger kMaxPrefix (plugins/common/algmCommon.h)";
+}
+
 bool readStringField(nvinfer1::PluginField const& field, std::string& out) noexcept
 {
     try

@@ -35,6 +35,9 @@ inline void logError(std::string const& message) noexcept
     log(nvinfer1::ILogger::Severity::kERROR, message);
 }
 
+//! The creators' error for a num_prefix outside 0..algmMaxPrefix().
+std::string prefixRangeMessage(std::string const& layer, int32_t numPrefix);
+
 //! Reads an integer plugin field (any integer type, first element).
 bool readIntField(nvinfer1::PluginField const& field, int32_t& out) noexcept;
 

@@ -27,6 +27,7 @@ namespace
 
 int gFailures = 0;
 int gChecks = 0;
+int gMaxPrefix = 64; //!< algmMaxPrefix() of the library under test (set in main)
 
 #define CHECK(cond)                                                                                                    \
     do                                                                                                                 \
@@ -268,22 +269,22 @@ IPluginCreatorV3One* findCreator(
 
 constexpr int kGh = 8, kGw = 8, kP = 1, kD = 32, kC1 = 40, kC2 = 28;
 
-void fillClap(Fields& f, int capacity = kC1)
+void fillClap(Fields& f, int capacity = kC1, int numPrefix = kP)
 {
     f.i("grid_h", kGh);
     f.i("grid_w", kGw);
     f.i("window_h", 2);
     f.i("window_w", 2);
-    f.i("num_prefix", kP);
+    f.i("num_prefix", numPrefix);
     f.i("capacity", capacity);
     f.f("threshold", 0.9F);
     f.s("plugin_version", "1");
     f.s("plugin_namespace", "algm");
 }
 
-void fillGbm(Fields& f, int capacity = kC2)
+void fillGbm(Fields& f, int capacity = kC2, int numPrefix = kP)
 {
-    f.i("num_prefix", kP);
+    f.i("num_prefix", numPrefix);
     f.i("capacity", capacity);
     f.f("divisor", 5.0F);
     f.s("plugin_version", "1");
@@ -455,7 +456,7 @@ void testClap(IPluginCreatorV3One* c, ClapWsFn clapWs)
     {
         Fields f;
         fillClap(f);
-        f.i("num_prefix", 3);
+        f.i("num_prefix", gMaxPrefix + 1);
         CHECK(create(c, f) == nullptr);
     }
     {
@@ -553,7 +554,7 @@ void testGbm(IPluginCreatorV3One* c, GbmWsFn gbmWs)
     }
     {
         Fields f;
-        f.i("num_prefix", 3);
+        f.i("num_prefix", gMaxPrefix + 1);
         f.i("capacity", 5);
         f.f("divisor", 5.0F);
         CHECK(create(c, f) == nullptr);
@@ -577,20 +578,20 @@ void testGbm(IPluginCreatorV3One* c, GbmWsFn gbmWs)
 
 // ------------------------------------------------------------------ dynamic token mode (version "2")
 
-void fillClapDynamic(Fields& f)
+void fillClapDynamic(Fields& f, int numPrefix = kP)
 {
     f.i("grid_h", kGh);
     f.i("grid_w", kGw);
     f.i("window_h", 2);
     f.i("window_w", 2);
-    f.i("num_prefix", kP);
+    f.i("num_prefix", numPrefix);
     f.s("plugin_version", "2");
     f.s("plugin_namespace", "algm");
 }
 
-void fillGbmDynamic(Fields& f)
+void fillGbmDynamic(Fields& f, int numPrefix = kP)
 {
-    f.i("num_prefix", kP);
+    f.i("num_prefix", numPrefix);
     f.f("divisor", 5.0F);
     f.s("plugin_version", "2");
     f.s("plugin_namespace", "algm");
@@ -809,9 +810,230 @@ void testGbmDynamic(IPluginCreatorV3One* c, GbmDynWsFn ws)
     }
     {
         Fields f;
-        f.i("num_prefix", 3);
+        f.i("num_prefix", gMaxPrefix + 1);
         f.f("divisor", 5.0F);
         CHECK(create(c, f) == nullptr);
+    }
+}
+
+// ------------------------------------------------------------------ any number of prefix tokens
+
+//! Serialises `p` and creates it again from its fields: the same fields, num_prefix included.
+bool roundTrips(IPluginCreatorV3One* c, IPluginV3* p, int numPrefix)
+{
+    auto* rt = static_cast<IPluginV3OneRuntime*>(p->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    PluginFieldCollection const* ser = rt->getFieldsToSerialize();
+    bool found = false;
+    for (int i = 0; ser != nullptr && i < ser->nbFields; ++i)
+    {
+        if (std::strcmp(ser->fields[i].name, "num_prefix") == 0)
+        {
+            found = *static_cast<int32_t const*>(ser->fields[i].data) == numPrefix;
+        }
+    }
+    IPluginV3* p2 = c->createPlugin("selftest-runtime", ser, TensorRTPhase::kRUNTIME);
+    bool ok = found && p2 != nullptr;
+    if (p2 != nullptr)
+    {
+        auto* rt2 = static_cast<IPluginV3OneRuntime*>(p2->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+        ok = ok && sameFields(ser, rt2->getFieldsToSerialize());
+        delete p2;
+    }
+    return ok;
+}
+
+//! P prefix tokens (class, distillation, register tokens), any P up to algmMaxPrefix(): every creator
+//! accepts it, the shapes carry P in front, the workspace is the C API's for that P, the fields round
+//! trip; P = algmMaxPrefix() + 1 and P = -1 are refused by all four creators.
+void testPrefixCounts(IPluginCreatorV3One* clapC, IPluginCreatorV3One* gbmC, IPluginCreatorV3One* clapDynC,
+    IPluginCreatorV3One* gbmDynC, void* lib)
+{
+    auto clapWs = reinterpret_cast<ClapWsFn>(dlsym(lib, "algmClapWorkspaceSize"));
+    auto gbmWs = reinterpret_cast<GbmWsFn>(dlsym(lib, "algmGbmWorkspaceSize"));
+    auto clapDynWs = reinterpret_cast<ClapDynWsFn>(dlsym(lib, "algmClapDynamicWorkspaceSize"));
+    auto gbmDynWs = reinterpret_cast<GbmDynWsFn>(dlsym(lib, "algmGbmDynamicWorkspaceSize"));
+    CHECK(clapWs && gbmWs && clapDynWs && gbmDynWs);
+    if (!(clapWs && gbmWs && clapDynWs && gbmDynWs))
+    {
+        return;
+    }
+    int const N = kGh * kGw;
+    for (int P : {0, 1, 2, 3, 4, 5, 9, 16, gMaxPrefix})
+    {
+        // AlgmClap, version 1: x [B, P+N, D] -> y [B, P+C1, D]
+        {
+            Fields f;
+            fillClap(f, kC1, P);
+            IPluginV3* p = create(clapC, f);
+            CHECK(p != nullptr);
+            if (p != nullptr)
+            {
+                auto* build = static_cast<IPluginV3OneBuild*>(p->getCapabilityInterface(PluginCapabilityType::kBUILD));
+                auto* rt = static_cast<IPluginV3OneRuntime*>(p->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+                ExprBuilder eb;
+                DimsExprs x{};
+                x.nbDims = 3;
+                x.d[0] = eb.symbolic();
+                x.d[1] = eb.constant(P + N);
+                x.d[2] = eb.constant(kD);
+                DimsExprs outs[4];
+                CHECK(build->getOutputShapes(&x, 1, nullptr, 0, outs, 4, eb) == 0);
+                CHECK(outs[0].d[1]->getConstantValue() == P + kC1 && outs[1].d[1]->getConstantValue() == P + kC1);
+                CHECK(outs[2].d[1]->getConstantValue() == N);
+                x.d[1] = eb.constant(P + N + 1);
+                CHECK(build->getOutputShapes(&x, 1, nullptr, 0, outs, 4, eb) != 0);
+                DynamicPluginTensorDesc io[5] = {dyn(dims({-1, P + N, kD}), DataType::kHALF, 1, 4),
+                    dyn(dims({-1, P + kC1, kD}), DataType::kHALF, 1, 4), dyn(dims({-1, P + kC1}), DataType::kFLOAT, 1, 4),
+                    dyn(dims({-1, N}), DataType::kINT32, 1, 4), dyn(dims({-1, 2}), DataType::kINT32, 1, 4)};
+                CHECK(build->configurePlugin(io, 1, io + 1, 4) == 0);
+                CHECK(build->getWorkspaceSize(io, 1, io + 1, 4) == clapWs(4, kGh, kGw, 2, 2, P, kC1));
+                CHECK(clapWs(4, kGh, kGw, 2, 2, P, kC1) > 0);
+                PluginTensorDesc rin = desc(dims({3, P + N, kD}), DataType::kHALF);
+                CHECK(rt->onShapeChange(&rin, 1, nullptr, 4) == 0);
+                rin.dims.d[1] = P + N - 1;
+                CHECK(rt->onShapeChange(&rin, 1, nullptr, 4) != 0);
+                CHECK(roundTrips(clapC, p, P));
+                delete p;
+            }
+        }
+        // AlgmGbm, version 1: x [B, P+C1, D] -> y [B, P+C2, D]
+        {
+            Fields f;
+            fillGbm(f, kC2, P);
+            IPluginV3* p = create(gbmC, f);
+            CHECK(p != nullptr);
+            if (p != nullptr)
+            {
+                auto* build = static_cast<IPluginV3OneBuild*>(p->getCapabilityInterface(PluginCapabilityType::kBUILD));
+                auto* rt = static_cast<IPluginV3OneRuntime*>(p->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+                ExprBuilder eb;
+                DimsExprs xs[3]{};
+                IDimensionExpr const* batch = eb.symbolic();
+                xs[0].nbDims = 3;
+                xs[0].d[0] = batch;
+                xs[0].d[1] = eb.constant(P + kC1);
+                xs[0].d[2] = eb.constant(kD);
+                xs[1].nbDims = 2;
+                xs[1].d[0] = batch;
+                xs[1].d[1] = xs[0].d[1];
+                xs[2].nbDims = 2;
+                xs[2].d[0] = batch;
+                xs[2].d[1] = eb.constant(N);
+                DimsExprs outs[4];
+                CHECK(build->getOutputShapes(xs, 3, nullptr, 0, outs, 4, eb) == 0);
+                CHECK(outs[0].d[1]->getConstantValue() == P + kC2 && outs[1].d[1]->getConstantValue() == P + kC2);
+                DynamicPluginTensorDesc io[7] = {dyn(dims({-1, P + kC1, kD}), DataType::kFLOAT, 1, 8),
+                    dyn(dims({-1, P + kC1}), DataType::kFLOAT, 1, 8), dyn(dims({-1, N}), DataType::kINT32, 1, 8),
+                    dyn(dims({-1, P + kC2, kD}), DataType::kFLOAT, 1, 8), dyn(dims({-1, P + kC2}), DataType::kFLOAT, 1, 8),
+                    dyn(dims({-1, N}), DataType::kINT32, 1, 8), dyn(dims({-1, 2}), DataType::kINT32, 1, 8)};
+                CHECK(build->configurePlugin(io, 3, io + 3, 4) == 0);
+                CHECK(build->getWorkspaceSize(io, 3, io + 3, 4) == gbmWs(8, P + kC1, N, P, kC2));
+                CHECK(gbmWs(8, P + kC1, N, P, kC2) > 0);
+                PluginTensorDesc rin[3] = {desc(dims({2, P + kC1, kD}), DataType::kFLOAT),
+                    desc(dims({2, P + kC1}), DataType::kFLOAT), desc(dims({2, N}), DataType::kINT32)};
+                CHECK(rt->onShapeChange(rin, 3, nullptr, 4) == 0);
+                CHECK(roundTrips(gbmC, p, P));
+                delete p;
+            }
+        }
+        // AlgmClap, version 2: the size tensor P + K, upper bound P + N
+        {
+            Fields f;
+            fillClapDynamic(f, P);
+            IPluginV3* p = create(clapDynC, f);
+            CHECK(p != nullptr);
+            if (p != nullptr)
+            {
+                auto* build = static_cast<IPluginV3OneBuild*>(p->getCapabilityInterface(PluginCapabilityType::kBUILD));
+                ExprBuilder eb;
+                DimsExprs xs[2]{};
+                xs[0].nbDims = 3;
+                xs[0].d[0] = eb.symbolic();
+                xs[0].d[1] = eb.constant(P + N);
+                xs[0].d[2] = eb.constant(kD);
+                xs[1].nbDims = 1;
+                xs[1].d[0] = xs[0].d[0];
+                DimsExprs outs[5];
+                CHECK(build->getOutputShapes(xs, 2, nullptr, 0, outs, 5, eb) == 0);
+                SizeTensorDecl const& st = eb.sizeTensor();
+                CHECK(st.calls == 1 && st.upper == P + N && st.opt > P && st.opt <= st.upper);
+                DynamicPluginTensorDesc io[7] = {dyn(dims({-1, P + N, kD}), DataType::kFLOAT, 1, 4),
+                    dyn(dims({-1}), DataType::kFLOAT, 1, 4), dyn(dims({-1, -1, kD}), DataType::kFLOAT, 1, 4),
+                    dyn(dims({-1, -1}), DataType::kFLOAT, 1, 4), dyn(dims({-1, N}), DataType::kINT32, 1, 4),
+                    dyn(dims({-1, 2}), DataType::kINT32, 1, 4), DynamicPluginTensorDesc{}};
+                io[6].desc.type = DataType::kINT32;
+                io[6].desc.format = TensorFormat::kLINEAR;
+                CHECK(build->configurePlugin(io, 2, io + 2, 5) == 0);
+                CHECK(build->getWorkspaceSize(io, 2, io + 2, 5) == clapDynWs(4, kGh, kGw, 2, 2, P));
+                CHECK(clapDynWs(4, kGh, kGw, 2, 2, P) > 0);
+                CHECK(roundTrips(clapDynC, p, P));
+                delete p;
+            }
+        }
+        // AlgmGbm, version 2: input tokens up to P + N, the size tensor P + K2
+        {
+            Fields f;
+            fillGbmDynamic(f, P);
+            IPluginV3* p = create(gbmDynC, f);
+            CHECK(p != nullptr);
+            if (p != nullptr)
+            {
+                auto* build = static_cast<IPluginV3OneBuild*>(p->getCapabilityInterface(PluginCapabilityType::kBUILD));
+                ExprBuilder eb;
+                DimsExprs xs[3]{};
+                IDimensionExpr const* batch = eb.symbolic();
+                IDimensionExpr const* tokens = eb.symbolic();
+                xs[0].nbDims = 3;
+                xs[0].d[0] = batch;
+                xs[0].d[1] = tokens;
+                xs[0].d[2] = eb.constant(kD);
+                xs[1].nbDims = 2;
+                xs[1].d[0] = batch;
+                xs[1].d[1] = tokens;
+                xs[2].nbDims = 2;
+                xs[2].d[0] = batch;
+                xs[2].d[1] = eb.constant(N);
+                DimsExprs outs[5];
+                CHECK(build->getOutputShapes(xs, 3, nullptr, 0, outs, 5, eb) == 0);
+                SizeTensorDecl const& st = eb.sizeTensor();
+                CHECK(st.calls == 1 && st.upper == P + N && st.opt > P && st.opt <= st.upper);
+                int const tMax = P + N;
+                DynamicPluginTensorDesc io[8] = {dyn(dims({-1, -1, kD}), DataType::kFLOAT, 1, 8),
+                    dyn(dims({-1, -1}), DataType::kFLOAT, 1, 8), dyn(dims({-1, N}), DataType::kINT32, 1, 8),
+                    dyn(dims({-1, -1, kD}), DataType::kFLOAT, 1, 8), dyn(dims({-1, -1}), DataType::kFLOAT, 1, 8),
+                    dyn(dims({-1, N}), DataType::kINT32, 1, 8), dyn(dims({-1, 2}), DataType::kINT32, 1, 8),
+                    DynamicPluginTensorDesc{}};
+                io[7].desc.type = DataType::kINT32;
+                io[7].desc.format = TensorFormat::kLINEAR;
+                for (int i : {0, 1})
+                {
+                    io[i].max.d[1] = tMax;
+                    io[i].min.d[1] = P + 1;
+                    io[i].opt.d[1] = P + N / 2;
+                }
+                CHECK(build->configurePlugin(io, 3, io + 3, 5) == 0);
+                CHECK(build->getWorkspaceSize(io, 3, io + 3, 5) == gbmDynWs(8, tMax, N, P));
+                CHECK(gbmDynWs(8, tMax, N, P) > 0);
+                CHECK(roundTrips(gbmDynC, p, P));
+                delete p;
+            }
+        }
+    }
+    // above the limit (and negative): refused by every creator, with a message naming the limit
+    for (int P : {gMaxPrefix + 1, -1})
+    {
+        Fields a;
+        fillClap(a, kC1, P);
+        CHECK(create(clapC, a) == nullptr);
+        Fields b;
+        fillGbm(b, kC2, P);
+        CHECK(create(gbmC, b) == nullptr);
+        Fields c;
+        fillClapDynamic(c, P);
+        CHECK(create(clapDynC, c) == nullptr);
+        Fields d;
+        fillGbmDynamic(d, P);
+        CHECK(create(gbmDynC, d) == nullptr);
     }
 }
 
@@ -832,14 +1054,14 @@ bool sameDevice(void const* a, void const* b, size_t bytes)
     return std::memcmp(ha.data(), hb.data(), bytes) == 0;
 }
 
-void testGpu(IPluginCreatorV3One* clapC, IPluginCreatorV3One* gbmC, void* lib)
+void testGpu(IPluginCreatorV3One* clapC, IPluginCreatorV3One* gbmC, void* lib, int const P)
 {
     auto clapWs = reinterpret_cast<ClapWsFn>(dlsym(lib, "algmClapWorkspaceSize"));
     auto gbmWs = reinterpret_cast<GbmWsFn>(dlsym(lib, "algmGbmWorkspaceSize"));
     auto clapFwd = reinterpret_cast<ClapFwdFn>(dlsym(lib, "algmClapForward"));
     auto gbmFwd = reinterpret_cast<GbmFwdFn>(dlsym(lib, "algmGbmForward"));
     CHECK(clapWs && gbmWs && clapFwd && gbmFwd);
-    int const B = 3, T = kP + kGh * kGw, T1 = kP + kC1, T2 = kP + kC2, N = kGh * kGw;
+    int const B = 3, T = P + kGh * kGw, T1 = P + kC1, T2 = P + kC2, N = kGh * kGw;
     std::vector<float> hx(static_cast<size_t>(B) * T * kD);
     std::mt19937 rng(1);
     std::normal_distribution<float> nd;
@@ -869,15 +1091,15 @@ void testGpu(IPluginCreatorV3One* clapC, IPluginCreatorV3One* gbmC, void* lib)
     float* rs2 = devAlloc<float>(B * T2);
     int32_t* ra2 = devAlloc<int32_t>(B * N);
     int32_t* rst2 = devAlloc<int32_t>(B * 2);
-    size_t const wsBytes = clapWs(8, kGh, kGw, 2, 2, kP, kC1) + gbmWs(8, T1, N, kP, kC2);
+    size_t const wsBytes = clapWs(8, kGh, kGw, 2, 2, P, kC1) + gbmWs(8, T1, N, P, kC2);
     void* ws = devAlloc<unsigned char>(wsBytes);
     cudaStream_t stream;
     cudaStreamCreate(&stream);
 
     Fields fc;
-    fillClap(fc);
+    fillClap(fc, kC1, P);
     Fields fg;
-    fillGbm(fg);
+    fillGbm(fg, kC2, P);
     IPluginV3* clap = create(clapC, fc, TensorRTPhase::kRUNTIME);
     IPluginV3* gbm = create(gbmC, fg, TensorRTPhase::kRUNTIME);
     CHECK(clap != nullptr && gbm != nullptr);
@@ -900,8 +1122,8 @@ void testGpu(IPluginCreatorV3One* clapC, IPluginCreatorV3One* gbmC, void* lib)
     CHECK(rg->enqueue(gin, gout, gins, gouts, ws, stream) == 0);
     CHECK(cudaStreamSynchronize(stream) == cudaSuccess);
 
-    CHECK(clapFwd(x, ry1, rs1, ra1, rst1, B, kD, kGh, kGw, 2, 2, kP, kC1, 0.9F, 0, ws, wsBytes, stream) == 0);
-    CHECK(gbmFwd(ry1, rs1, ra1, ry2, rs2, ra2, rst2, B, T1, N, kD, kP, kC2, 5.0F, 0, ws, wsBytes, stream) == 0);
+    CHECK(clapFwd(x, ry1, rs1, ra1, rst1, B, kD, kGh, kGw, 2, 2, P, kC1, 0.9F, 0, ws, wsBytes, stream) == 0);
+    CHECK(gbmFwd(ry1, rs1, ra1, ry2, rs2, ra2, rst2, B, T1, N, kD, P, kC2, 5.0F, 0, ws, wsBytes, stream) == 0);
     CHECK(cudaStreamSynchronize(stream) == cudaSuccess);
     CHECK(sameDevice(y1, ry1, sizeof(float) * B * T1 * kD) && sameDevice(s1, rs1, sizeof(float) * B * T1));
     CHECK(sameDevice(a1, ra1, sizeof(int32_t) * B * N) && sameDevice(st1, rst1, sizeof(int32_t) * B * 2));
@@ -925,7 +1147,7 @@ void testGpu(IPluginCreatorV3One* clapC, IPluginCreatorV3One* gbmC, void* lib)
 
 //! Dynamic token mode on the GPU: the version-2 plugins' enqueue writes the bytes of the C API
 //! (y / size as [B, P+K, ...] inside buffers of the upper-bound size, K in the size tensor).
-void testGpuDynamic(IPluginCreatorV3One* clapC, IPluginCreatorV3One* gbmC, void* lib)
+void testGpuDynamic(IPluginCreatorV3One* clapC, IPluginCreatorV3One* gbmC, void* lib, int const P)
 {
     auto clapWs = reinterpret_cast<ClapDynWsFn>(dlsym(lib, "algmClapDynamicWorkspaceSize"));
     auto gbmWs = reinterpret_cast<GbmDynWsFn>(dlsym(lib, "algmGbmDynamicWorkspaceSize"));
@@ -936,7 +1158,7 @@ void testGpuDynamic(IPluginCreatorV3One* clapC, IPluginCreatorV3One* gbmC, void*
     {
         return;
     }
-    int const B = 3, N = kGh * kGw, T = kP + N;
+    int const B = 3, N = kGh * kGw, T = P + N;
     std::vector<float> hx(static_cast<size_t>(B) * T * kD);
     std::mt19937 rng(2);
     std::normal_distribution<float> nd;
@@ -972,15 +1194,15 @@ void testGpuDynamic(IPluginCreatorV3One* clapC, IPluginCreatorV3One* gbmC, void*
         o[8] = alloc(sizeof(int32_t) * B * 2);
         o[9] = alloc(sizeof(int32_t));
     }
-    size_t const wsBytes = clapWs(B, kGh, kGw, 2, 2, kP) + gbmWs(B, T, N, kP);
+    size_t const wsBytes = clapWs(B, kGh, kGw, 2, 2, P) + gbmWs(B, T, N, P);
     void* ws = alloc(wsBytes);
     cudaStream_t stream;
     cudaStreamCreate(&stream);
 
     Fields fc;
-    fillClapDynamic(fc);
+    fillClapDynamic(fc, P);
     Fields fg;
-    fillGbmDynamic(fg);
+    fillGbmDynamic(fg, P);
     IPluginV3* clap = create(clapC, fc, TensorRTPhase::kRUNTIME);
     IPluginV3* gbm = create(gbmC, fg, TensorRTPhase::kRUNTIME);
     CHECK(clap != nullptr && gbm != nullptr);
@@ -997,13 +1219,13 @@ void testGpuDynamic(IPluginCreatorV3One* clapC, IPluginCreatorV3One* gbmC, void*
     CHECK(rc->onShapeChange(cin, 2, cout, 5) == 0);
     CHECK(rc->enqueue(cin, cout, cins, out[0], ws, stream) == 0);
     CHECK(clapFwd(x, thr, out[1][0], static_cast<float*>(out[1][1]), static_cast<int32_t*>(out[1][2]),
-              static_cast<int32_t*>(out[1][3]), static_cast<int32_t*>(out[1][4]), B, kD, kGh, kGw, 2, 2, kP, 0, ws,
+              static_cast<int32_t*>(out[1][3]), static_cast<int32_t*>(out[1][4]), B, kD, kGh, kGw, 2, 2, P, 0, ws,
               wsBytes, stream)
         == 0);
     CHECK(cudaStreamSynchronize(stream) == cudaSuccess);
     int32_t t1 = -1; // P + K1
     cudaMemcpy(&t1, out[0][4], sizeof(int32_t), cudaMemcpyDeviceToHost);
-    CHECK(t1 >= kP + N / 4 && t1 <= kP + N);
+    CHECK(t1 >= P + N / 4 && t1 <= P + N);
     int const T1 = t1;
     CHECK(sameDevice(out[0][4], out[1][4], sizeof(int32_t)));
     CHECK(sameDevice(out[0][0], out[1][0], sizeof(float) * B * T1 * kD));
@@ -1020,12 +1242,12 @@ void testGpuDynamic(IPluginCreatorV3One* clapC, IPluginCreatorV3One* gbmC, void*
     CHECK(rg->enqueue(gin, gout, gins, out[0] + 5, ws, stream) == 0);
     CHECK(gbmFwd(out[0][0], static_cast<float const*>(out[0][1]), static_cast<int32_t const*>(out[0][2]), out[1][5],
               static_cast<float*>(out[1][6]), static_cast<int32_t*>(out[1][7]), static_cast<int32_t*>(out[1][8]),
-              static_cast<int32_t*>(out[1][9]), B, T1, N, kD, kP, 5.0F, 0, ws, wsBytes, stream)
+              static_cast<int32_t*>(out[1][9]), B, T1, N, kD, P, 5.0F, 0, ws, wsBytes, stream)
         == 0);
     CHECK(cudaStreamSynchronize(stream) == cudaSuccess);
     int32_t t2 = -1; // P + K2
     cudaMemcpy(&t2, out[0][9], sizeof(int32_t), cudaMemcpyDeviceToHost);
-    CHECK(t2 >= kP + 1 && t2 <= T1);
+    CHECK(t2 >= P + 1 && t2 <= T1);
     int const T2 = t2;
     CHECK(sameDevice(out[0][9], out[1][9], sizeof(int32_t)));
     CHECK(sameDevice(out[0][5], out[1][5], sizeof(float) * B * T2 * kD));
@@ -1068,6 +1290,14 @@ int main(int argc, char** argv)
     {
         return 2;
     }
+    auto kernelsVersion = reinterpret_cast<int32_t (*)()>(dlsym(lib, "algmKernelsVersion"));
+    auto maxPrefix = reinterpret_cast<int32_t (*)()>(dlsym(lib, "algmMaxPrefix"));
+    CHECK(kernelsVersion != nullptr && kernelsVersion() == 3);
+    CHECK(maxPrefix != nullptr && maxPrefix() >= 16); // DINOv2/v3 and EoMT: class token + 4 registers
+    if (maxPrefix != nullptr)
+    {
+        gMaxPrefix = maxPrefix();
+    }
     int32_t n = 0;
     IPluginCreatorInterface* const* creators = getCreators(n);
     testCreators(creators, n);
@@ -1084,15 +1314,22 @@ int main(int argc, char** argv)
     {
         testClap(clap, reinterpret_cast<ClapWsFn>(dlsym(lib, "algmClapWorkspaceSize")));
         testGbm(gbm, reinterpret_cast<GbmWsFn>(dlsym(lib, "algmGbmWorkspaceSize")));
+        if (clapDyn != nullptr && gbmDyn != nullptr)
+        {
+            testPrefixCounts(clap, gbm, clapDyn, gbmDyn, lib);
+        }
         int devices = 0;
         if (gpu)
         {
             if (cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0)
             {
-                testGpu(clap, gbm, lib);
-                if (clapDyn != nullptr && gbmDyn != nullptr)
+                for (int P : {kP, 0, 5}) // the class token, none, class token + 4 registers
                 {
-                    testGpuDynamic(clapDyn, gbmDyn, lib);
+                    testGpu(clap, gbm, lib, P);
+                    if (clapDyn != nullptr && gbmDyn != nullptr)
+                    {
+                        testGpuDynamic(clapDyn, gbmDyn, lib, P);
+                    }
                 }
             }
             else

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from algm_export.core.errors import ConfigError
 from algm_export.models.base import FeatureMapDecoder
-from algm_export.models.mmseg_bricks import TRAINING_ONLY, ConvModule, build_norm  # noqa: F401
+from algm_export.models.mmseg_bricks import ConvModule, build_norm
 from algm_export.models.mmseg_bricks import BaseDecodeHead as _DecodeHead
 from algm_export.models.mmseg_bricks import head_kwargs as _kwargs
 

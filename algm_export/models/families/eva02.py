@@ -45,7 +45,6 @@ to the padded size with the head's `align_corners`, cropped back.
 from __future__ import annotations
 
 import copy
-import math
 import re
 from dataclasses import dataclass, field
 from functools import partial
@@ -67,6 +66,10 @@ from algm_export.models.decoders.uper import (
 )
 from algm_export.models import mmseg_common
 from algm_export.models.mmseg_common import (
+    encoder_decoder,
+    UPSTREAM_SUFFIX,
+    DecoderUnderHostKeys,
+    MMSegViTConfig,
     IMAGENET_MEAN_255,
     IMAGENET_STD_255,
     inference_from_config,
@@ -75,7 +78,6 @@ from algm_export.models.mmseg_common import (
     randomize_,
 )
 from algm_export.models.formats.mmseg import accepts_types, format_config, read_mmseg, typename
-from algm_export.models.families.setr import UPSTREAM_SUFFIX
 from algm_export.models.registry import Family, register
 
 FAMILY = "eva02"
@@ -99,7 +101,7 @@ _SIZE_NAMES = {"tiny": "eva02_tiny_patch14_224", "small": "eva02_small_patch14_2
 # ----------------------------------------------------------------------------- configuration
 
 @dataclass
-class Eva02Config:
+class Eva02Config(MMSegViTConfig):
     """The uniform family fields plus what EVA-02 + UperNet needs. `image_size` is the run size."""
 
     n_cls: int
@@ -125,23 +127,11 @@ class Eva02Config:
     model_cfg: dict = field(default_factory=dict)   # the parsed mmseg `model` dict
     family: str = FAMILY
 
-    @property
-    def grid(self) -> tuple[int, int]:
-        p = self.patch_size
-        return (math.ceil(self.image_size[0] / p), math.ceil(self.image_size[1] / p))
+    LIST_FIELDS = ("image_size", "built_image_size", "out_indices")
 
     @property
     def num_prefix(self) -> int:
-        return 1
-
-    def to_dict(self) -> dict:
-        d = {k: copy.deepcopy(getattr(self, k)) for k in self.__dataclass_fields__}
-        for k in ("image_size", "built_image_size", "out_indices"):
-            d[k] = list(d[k])
-        d["normalization"] = {k: list(v) for k, v in self.normalization.items()}
-        d["grid"] = list(self.grid)
-        d["num_prefix"] = self.num_prefix
-        return d
+        return 1  # EVA-02's class token
 
 
 def _resolve_out_indices(out_indices, depth: int) -> list[int]:
@@ -262,13 +252,8 @@ def build_eva02(model_cfg: Mapping, image_size=None, config: Optional[Mapping] =
     inference, else the backbone's `img_size`), applied unless `resize=False` (the loader resizes after
     loading the weights, which are stored at the built size).
     """
-    if not isinstance(model_cfg, Mapping):
-        raise ConfigError(f"the config's `model` must be a dict, got {type(model_cfg).__name__}")
-    model_cfg = copy.deepcopy(dict(model_cfg))
+    model_cfg = encoder_decoder(model_cfg, "EVA-02 UperNets")
     config = config or {}
-    seg_type = typename(model_cfg) or "EncoderDecoder"
-    if seg_type != "EncoderDecoder":
-        raise ConfigError(f"model type {model_cfg.get('type')!r} is not supported; EVA-02 UperNets are EncoderDecoder")
     bb_cfg = dict(model_cfg.get("backbone") or {})
     bb_type = typename(bb_cfg)
     if bb_type == "TIMMBackbone":
@@ -329,7 +314,7 @@ def default_run_size(model: "Eva02UperNet", image_size=None) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------- the model
 
-class Eva02UperNet(SegModel):
+class Eva02UperNet(DecoderUnderHostKeys, SegModel):
     """EVA-02 + UperNet. `forward(im)` = mmseg's whole inference on a normalised batch."""
 
     family = FAMILY
@@ -338,19 +323,8 @@ class Eva02UperNet(SegModel):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
-        self.neck = decoder.neck
-        self.decode_head = decoder.decode_head
-        object.__setattr__(self, "_uper_decoder", decoder)  # not a registered submodule: keys stay neck.* / decode_head.*
+        self.hold_decoder(decoder, neck=decoder.neck, decode_head=decoder.decode_head)  # keys neck.* / decode_head.*
         self.load_report: dict = {}
-
-    @property
-    def decoder(self) -> UperNetDecoder:
-        return self.__dict__["_uper_decoder"]
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.decoder.training = mode
-        return self
 
     def prepare(self, im: torch.Tensor) -> torch.Tensor:
         """The BGR flip where the network consumes BGR; zero padding bottom / right to whole patches."""

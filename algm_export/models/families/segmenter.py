@@ -78,6 +78,8 @@ class SegmenterConfig:
     image_size: tuple[int, int] = (512, 512)
     n_cls: int = 150
     distilled: bool = False
+    # register tokens after the class token (timm `reg_tokens`; not in the published models)
+    reg_tokens: int = 0
     normalization: str = "vit"
     dropout: float = 0.0
     drop_path_rate: float = 0.1
@@ -91,7 +93,8 @@ class SegmenterConfig:
 
     @property
     def num_prefix(self) -> int:
-        return 2 if self.distilled else 1
+        """Class token + distillation token + register tokens."""
+        return (2 if self.distilled else 1) + int(self.reg_tokens)
 
     @property
     def decoder_name(self) -> str:
@@ -153,6 +156,10 @@ def build_encoder(cfg: SegmenterConfig):
         norm_layer=LayerNorm, drop_rate=cfg.dropout, drop_path_rate=cfg.drop_path_rate,
         dynamic_img_size=False,
     )
+    if cfg.reg_tokens:
+        if cfg.distilled:
+            raise ConfigError("a distilled (DeiT) encoder has no register tokens; set reg_tokens: 0 or distilled: false")
+        kwargs["reg_tokens"] = int(cfg.reg_tokens)
     return (TimmDeiT if cfg.distilled else TimmViT)(**kwargs)
 
 
@@ -161,11 +168,23 @@ class Segmenter(SegModel):
 
     family = "segmenter"
 
-    def __init__(self, cfg: SegmenterConfig):
+    def __init__(self, cfg: SegmenterConfig, encoder: Optional[TimmViT] = None):
+        """`encoder`: another timm ViT than the published one (e.g. `timm_backbone(
+        "vit_small_patch14_reg4_dinov2", patch_size=16, img_size=512)`: registers, layer scale);
+        its width, depth, patch size, built size and prefix tokens (`cfg.num_prefix`: class +
+        distillation + `cfg.reg_tokens`) must be cfg's. The prefix travels to ALGM through the
+        backbone (`SegModel.num_prefix`)."""
         super().__init__()
         self.cfg = cfg
         self.patch_size = cfg.patch_size
-        self.encoder = build_encoder(cfg)
+        if encoder is not None:
+            have = (int(encoder.embed_dim), encoder.depth, encoder.patch_size, encoder.built_grid, encoder.num_prefix)
+            want = (cfg.d_model, cfg.n_layers, cfg.patch_size, cfg.grid, cfg.num_prefix)
+            if have != want:
+                raise ConfigError(f"encoder (width, depth, patch, grid, prefix tokens) {have} does not match the "
+                                  f"config's {want}; build the encoder with the config's sizes (prefix tokens: "
+                                  "set cfg.distilled / cfg.reg_tokens)")
+        self.encoder = build_encoder(cfg) if encoder is None else encoder
         depth = cfg.n_layers
         if cfg.decoder.name == "linear":
             self.decoder = LinearDecoder(cfg.n_cls, cfg.d_model, depth)

@@ -34,7 +34,6 @@ would change meaning), `use_stages` above the number of backbone outputs.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional
@@ -46,24 +45,27 @@ from algm_export.core.names import pair
 from algm_export.models.backbones.mmseg_vit import MMSegViT
 from algm_export.models.base import SegModel
 from algm_export.models.decoders.atm import ATMDecoder
-from algm_export.models.mmseg_common import (MMSegViTConfig, MMSegWholeInference, backbone_name, build_vit,
-                                             load_state_dict_checked)
-from algm_export.models.formats.mmseg import accepts_types, read_mmseg
+from algm_export.models.formats.mmseg import accepts_types, format_config, read_mmseg, typename
 from algm_export.models.mmseg_common import (
+    encoder_decoder,
     IMAGENET_MEAN_255,
     IMAGENET_STD_255,
-    inference_from_config as _inference,
-    mmseg_slide_inference,
+    TRAINING_ONLY_PREFIXES,
+    UPSTREAM_SUFFIX,
+    MMSegViTConfig,
+    MMSegWholeInference,
+    backbone_name,
+    build_vit,
+    inference_from_config,
+    load_state_dict_checked,
     normalization_from_config,
     randomize_,
 )
-from algm_export.models.formats.mmseg import format_config, typename as _typename
-from algm_export.models.families.setr import IGNORED_PREFIXES as SETR_IGNORED, UPSTREAM_SUFFIX
 from algm_export.models.registry import Family, register
 
 FAMILY = "segvit"
 HEAD_TYPE = "ATMHead"
-IGNORED_PREFIXES = tuple(SETR_IGNORED) + ("decode_head.loss_decode.",)
+IGNORED_PREFIXES = TRAINING_ONLY_PREFIXES + ("decode_head.loss_decode.",)
 # ATMHead's own arguments and mmseg 0.x / 1.x BaseDecodeHead's.
 _HEAD_ARGS = ("img_size", "in_channels", "embed_dims", "num_layers", "num_heads", "use_stages", "use_proj",
               "CE_loss", "crop_train", "shrink_ratio",
@@ -108,7 +110,7 @@ class SegViTConfig(MMSegViTConfig):
 
 
 def check_head_type(head_cfg: Mapping) -> None:
-    kind = _typename(head_cfg)
+    kind = typename(head_cfg)
     if kind in _OTHER_HEADS:
         raise ConfigError(f"decode_head type {kind!r}: {_OTHER_HEADS[kind]} (supported: {HEAD_TYPE})")
     if kind != HEAD_TYPE:
@@ -156,13 +158,8 @@ def build_segvit(model_cfg: Mapping, image_size=None, config: Optional[Mapping] 
     `config` (the whole parsed config) supplies the 0.x top-level settings (`img_norm_cfg`,
     `test_cfg`). `image_size` is the run size (default: the slide crop, else the backbone's
     `img_size`)."""
-    if not isinstance(model_cfg, Mapping):
-        raise ConfigError(f"the config's `model` must be a dict, got {type(model_cfg).__name__}")
-    model_cfg = copy.deepcopy(dict(model_cfg))
+    model_cfg = encoder_decoder(model_cfg, "SegViT models")
     config = config or {}
-    seg_type = _typename(model_cfg) or "EncoderDecoder"
-    if seg_type != "EncoderDecoder":
-        raise ConfigError(f"model type {model_cfg.get('type')!r} is not supported; SegViT models are EncoderDecoder")
     if model_cfg.get("neck"):
         raise ConfigError("a neck is not supported in a SegViT model (the ATM head reads the backbone directly)")
     head_cfg = model_cfg.get("decode_head")
@@ -177,7 +174,7 @@ def build_segvit(model_cfg: Mapping, image_size=None, config: Optional[Mapping] 
     backbone = build_vit(bb_cfg)
     decoder = build_head(head_cfg, backbone)
     normalization, order, source = normalization_from_config(model_cfg, config)
-    inference = _inference(model_cfg, config)
+    inference = inference_from_config(model_cfg, config)
     if image_size is None:
         image_size = inference["crop_size"] if inference["mode"] == "slide" else backbone.img_size
     cfg = SegViTConfig(

@@ -36,7 +36,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 
@@ -44,12 +44,16 @@ from algm_export.core.errors import ConfigError
 from algm_export.core.names import pair
 from algm_export.models.backbones.mmseg_vit import MMSegViT
 from algm_export.models.base import SegModel
-from algm_export.models.decoders.setr import SETRDecoder, SETRMLAHead, SETRUPHead, build_head, build_neck
-from algm_export.models.formats.mmseg import accepts_types, format_config, read_mmseg, typename
+from algm_export.models.decoders.setr import SETRDecoder, SETRMLAHead, build_head, build_neck
+from algm_export.models.formats.mmseg import accepts_types, format_config, read_mmseg
 from algm_export.models.mmseg_common import (
+    encoder_decoder,
     IMAGENET_MEAN_255,
     IMAGENET_STD_255,
+    DecoderUnderHostKeys,
     MMSegViTConfig,
+    TRAINING_ONLY_PREFIXES,
+    UPSTREAM_SUFFIX,
     MMSegWholeInference,
     backbone_name,
     build_vit,
@@ -60,7 +64,7 @@ from algm_export.models.mmseg_common import (
 )
 
 FAMILY = "setr"
-IGNORED_PREFIXES = ("auxiliary_head.", "data_preprocessor.")
+IGNORED_PREFIXES = TRAINING_ONLY_PREFIXES
 # Common names of the ViT sizes (embed_dims, num_layers, num_heads) -> name.
 
 
@@ -107,13 +111,8 @@ def build_setr(model_cfg: Mapping, image_size=None, config: Optional[Mapping] = 
     `test_cfg`) when the model dict lacks them. `image_size` is the run size (default: the slide
     window for slide inference, else the backbone's `img_size`).
     """
-    if not isinstance(model_cfg, Mapping):
-        raise ConfigError(f"the config's `model` must be a dict, got {type(model_cfg).__name__}")
-    model_cfg = copy.deepcopy(dict(model_cfg))
+    model_cfg = encoder_decoder(model_cfg, "SETR models")
     config = config or {}
-    seg_type = typename(model_cfg) or "EncoderDecoder"
-    if seg_type != "EncoderDecoder":
-        raise ConfigError(f"model type {model_cfg.get('type')!r} is not supported; SETR models are EncoderDecoder")
     bb_cfg = dict(model_cfg.get("backbone") or {})
     head_cfg = model_cfg.get("decode_head")
     if not isinstance(head_cfg, Mapping):
@@ -144,7 +143,7 @@ def build_setr(model_cfg: Mapping, image_size=None, config: Optional[Mapping] = 
 
 # ----------------------------------------------------------------------------- the model
 
-class SETR(MMSegWholeInference, SegModel):
+class SETR(DecoderUnderHostKeys, MMSegWholeInference, SegModel):
     """SETR: mmseg ViT + SETR decoder. `forward(im)` = mmseg's whole inference on a normalised batch."""
 
     family = FAMILY
@@ -153,20 +152,8 @@ class SETR(MMSegWholeInference, SegModel):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
-        if decoder.neck is not None:
-            self.neck = decoder.neck
-        self.decode_head = decoder.decode_head
-        object.__setattr__(self, "_setr_decoder", decoder)  # not a registered submodule (see module doc)
+        self.hold_decoder(decoder, neck=decoder.neck, decode_head=decoder.decode_head)  # keys neck.* / decode_head.*
         self.load_report: dict = {}
-
-    @property
-    def decoder(self) -> SETRDecoder:
-        return self.__dict__["_setr_decoder"]
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.decoder.training = mode
-        return self
 
     def macs(self, image_size=None) -> int:
         """Multiply-accumulates of one whole-image forward (no merging)."""
@@ -263,7 +250,6 @@ def builtin_setr(kind: str, image_size=256, seed: int = 0, n_cls: int = 150, ini
 
 
 # built-ins initialised as upstream initialises a fresh model carry this suffix
-UPSTREAM_SUFFIX = "_upstream_init"
 
 # name -> factory, for the family registry
 BUILTIN_MODELS: dict[str, Callable[[], SETR]] = {

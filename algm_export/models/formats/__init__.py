@@ -15,15 +15,14 @@ A new format: a module here that calls `register_format`, and its name in `FORMA
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 from algm_export.core.errors import CheckpointError
+from algm_export.core.registry import LazyRegistry
 
-FORMAT_MODULES = ("published_segmenter", "mmseg")
-_FORMATS_IN_ORDER = ("published-segmenter", "mmsegmentation")  # the order messages list them in
+FORMAT_MODULES = ("published_segmenter", "mmseg", "eomt")
 
 
 @dataclass(frozen=True)
@@ -37,23 +36,16 @@ class Format:
     find: Callable[[Path, Optional[Path], bool], Optional[dict]]
 
 
-_FORMATS: dict[str, Format] = {}
-_loaded = False
+_REGISTRY: "LazyRegistry[Format]" = LazyRegistry("algm_export.models.formats", FORMAT_MODULES)
 
 
 def register_format(fmt: Format) -> Format:
-    _FORMATS[fmt.name] = fmt
-    return fmt
+    return _REGISTRY.register(fmt.name, fmt, depth=2)
 
 
 def formats() -> dict[str, Format]:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for name in FORMAT_MODULES:
-            importlib.import_module(f"algm_export.models.formats.{name}")
-    order = {name: i for i, name in enumerate(_FORMATS_IN_ORDER)}
-    return dict(sorted(_FORMATS.items(), key=lambda kv: order.get(kv[0], len(order))))
+    """Every registered format, in `FORMAT_MODULES` order (the format modules are imported once)."""
+    return _REGISTRY.entries()
 
 
 def formats_line() -> str:

@@ -442,26 +442,34 @@ def _parse_text(text: str, where: str, path: Optional[Path], base_chain: tuple) 
         if path is None:
             raise ConfigError(f"{where}: `_base_` files {base_files} cannot be resolved for config text "
                               "(no folder to look in); pass the config file instead")
-        for name in base_files:
-            if "::" in name:
-                raise ConfigError(f"{where}: the base {name!r} names a package config (`scope::path`), "
-                                  "which is not supported; copy that file beside the config and name it by path")
-            bpath = (path.parent / name).resolve()
-            if not bpath.is_file():
-                raise ConfigError(f"{where}: the base config {name!r} was not found (looked for {bpath})")
-            if bpath in base_chain or len(base_chain) >= MAX_BASE_DEPTH:
-                raise ConfigError(f"{where}: the base config {name!r} inherits from itself ({bpath})")
-            cfg = _parse_file(bpath, base_chain + (bpath,))
-            dup = set(base) & set(cfg)
-            if dup:
-                raise ConfigError(f"{where}: the bases define the same settings {sorted(dup)} "
-                                  f"(a key may come from one base only, as in mmengine); last: {bpath}")
-            base.update(cfg)
+        base = _read_bases(base_files, path, base_chain, where)
     env = _Evaluator(where, base).run(tree)
     env.pop(BASE_KEY, None)
     own = {k: v for k, v in env.items() if not k.startswith("__")}
     merged = merge_a_into_b(own, base, where)
     return {k: _strip_delete(v) for k, v in merged.items() if not k.startswith("__")}
+
+
+def _read_bases(names: list[str], path: Path, base_chain: tuple, where: str) -> dict:
+    """The settings of a config's `_base_` files (beside `path`), each read once per chain; a key may
+    come from one base only, as in mmengine."""
+    base: dict = {}
+    for name in names:
+        if "::" in name:
+            raise ConfigError(f"{where}: the base {name!r} names a package config (`scope::path`), "
+                              "which is not supported; copy that file beside the config and name it by path")
+        bpath = (path.parent / name).resolve()
+        if not bpath.is_file():
+            raise ConfigError(f"{where}: the base config {name!r} was not found (looked for {bpath})")
+        if bpath in base_chain or len(base_chain) >= MAX_BASE_DEPTH:
+            raise ConfigError(f"{where}: the base config {name!r} inherits from itself ({bpath})")
+        cfg = _parse_file(bpath, base_chain + (bpath,))
+        dup = set(base) & set(cfg)
+        if dup:
+            raise ConfigError(f"{where}: the bases define the same settings {sorted(dup)} "
+                              f"(a key may come from one base only, as in mmengine); last: {bpath}")
+        base.update(cfg)
+    return base
 
 
 def _base_files(tree: ast.Module, where: str) -> list[str]:
@@ -503,18 +511,7 @@ def _parse_file(path: Path, base_chain: tuple) -> dict:
             raise ConfigError(f"{where}: a config must hold a mapping at the top")
         bases = data.pop(BASE_KEY, [])
         bases = [bases] if isinstance(bases, str) else list(bases)
-        base: dict = {}
-        for name in bases:
-            bpath = (path.parent / str(name)).resolve()
-            if not bpath.is_file():
-                raise ConfigError(f"{where}: the base config {name!r} was not found (looked for {bpath})")
-            if bpath in base_chain or len(base_chain) >= MAX_BASE_DEPTH:
-                raise ConfigError(f"{where}: the base config {name!r} inherits from itself ({bpath})")
-            cfg = _parse_file(bpath, base_chain + (bpath,))
-            dup = set(base) & set(cfg)
-            if dup:
-                raise ConfigError(f"{where}: the bases define the same settings {sorted(dup)}")
-            base.update(cfg)
+        base = _read_bases([str(name) for name in bases], path, base_chain, where)
         return _strip_delete(merge_a_into_b(data, base, where))
     raise ConfigError(f"{where}: a config must be a .py, .json, .yaml or .yml file")
 

@@ -39,6 +39,7 @@ import yaml
 from algm_export.core.errors import CheckpointError, ConfigError
 from algm_export.core.names import pair
 from algm_export.core.manifest import atomic_path
+from algm_export.models.base import build_with_weights
 from algm_export.models.families.segmenter import (
     ALIASES,
     BACKBONES,
@@ -162,6 +163,9 @@ def config_from_variant(variant: dict, where: str = "variant.yml") -> SegmenterC
         raise CheckpointError(
             f"{where}: image_size {list(image_size)} is not a multiple of patch_size {patch_size}; fix variant.yml"
         )
+    reg_tokens = num("reg_tokens") if net.get("reg_tokens") is not None else 0   # not a published key
+    if reg_tokens < 0:
+        raise CheckpointError(f"{where}: net_kwargs.reg_tokens = {reg_tokens} is negative; fix variant.yml")
     distilled = net.get("distilled")
     if distilled is None:  # the published vit_large entries omit it
         distilled = BACKBONES.get(key, (0, 0, 0, "distilled" in backbone))[3]
@@ -198,6 +202,7 @@ def config_from_variant(variant: dict, where: str = "variant.yml") -> SegmenterC
         patch_size=patch_size, image_size=image_size, n_cls=n_cls, distilled=bool(distilled),
         normalization=norm, dropout=float(net.get("dropout") or 0.0),
         drop_path_rate=float(net.get("drop_path_rate") or 0.0), decoder=decoder,
+        reg_tokens=reg_tokens,
     )
     cfg.algm = algm_from_variant(variant, where)
     if isinstance(inf, Mapping):
@@ -235,6 +240,8 @@ def make_variant(cfg: SegmenterConfig, algm=None, extra_variant: Optional[dict] 
         "n_cls": int(cfg.n_cls), "distilled": bool(cfg.distilled), "normalization": cfg.normalization,
         "dropout": float(cfg.dropout), "drop_path_rate": float(cfg.drop_path_rate), "decoder": decoder,
     }
+    if cfg.reg_tokens:   # not a published key: written only for models with register tokens
+        net["reg_tokens"] = int(cfg.reg_tokens)
     inf = dict(cfg.inference or {})
     im_size = inf.get("im_size", min(H, W))
     ds: dict[str, Any] = {"dataset": "custom", "image_size": im_size, "crop_size": H if H == W else [H, W],
@@ -465,13 +472,15 @@ def load_segmenter(path: str | Path, image_size=None, strict: bool = True,
     obj = load_checkpoint_file(ckpt, trust=trust_checkpoint)
     sd = _extract_state_dict(obj, ckpt)
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = Segmenter(cfg)
+        with torch.device("meta"):
+            shape_only = Segmenter(cfg)
     except ConfigError as e:
         raise CheckpointError(f"{var_path}: cannot build the network it describes ({e})") from e
-    load = _check_keys(model, sd, cfg, strict, f"{ckpt}, {var_path}")
-    model.load_state_dict(load, strict=False)
+    load = _check_keys(shape_only, sd, cfg, strict, f"{ckpt}, {var_path}")
+    del shape_only, sd, obj
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_with_weights(lambda: Segmenter(cfg), load)   # the checkpoint's tensors, no second copy
     model.eval()
     model.variant = variant
     model.checkpoint_path = ckpt

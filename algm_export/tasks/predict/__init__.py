@@ -17,7 +17,8 @@ Otherwise the published evaluation runs (`models.inference`): short side resized
 `inference_kwargs.im_size`, sliding windows of `window_size` every `window_stride`, logits
 averaged, then resized to the image size. Every image runs on its own (one forward, or its
 windows `batch_size` at a time), in one process or on a Ray actor alike, so both give the same
-label maps.
+label maps. A family with its own evaluation windows
+(`SegModel.own_windows`, EoMT) runs them for every image not at the model size.
 
 Backends: `make_runner(model, setting, backend)` returns a `runtimes.registry` runner
 (`Runner.infer(batch) -> RunOutput`: logits, merge_stats, tokens, and from the torch runner
@@ -94,7 +95,7 @@ def algm_setting_for(model: SegModel, threshold: Optional[float] = None,
         base = default_setting(None, cfg.n_layers)
     setting = AlgmSetting(base.threshold if threshold is None else float(threshold), base.window,
                           base.layers if layers is None else tuple(layers), base.policy)
-    setting.check_model(cfg.n_layers, cfg.grid)
+    model.check_setting(setting)
     return setting
 
 
@@ -307,7 +308,14 @@ def predict_image(model: SegModel, runner, img: np.ndarray, name: str = "image",
         return torch.from_numpy(out.logits)
 
     t0 = time.perf_counter()
-    if not sliding and H <= msize[0] and W <= msize[1]:
+    if model.own_windows and (sliding or (H, W) != tuple(msize)):
+        mode = "sliding"                # the family's own evaluation windows (e.g. EoMT's)
+        x = model_input(img, model, (H, W))
+        pending = []
+        logits = model.inference(x, fn=lambda b: run(b, pending.pop(0)), batch_size=batch_size,
+                                 on_batch=lambda anchors, crops: pending.append(anchors))
+        extra = {"input_size": list(msize), "window_size": list(msize), "windowing": model.family}
+    elif not sliding and H <= msize[0] and W <= msize[1]:
         mode = "single"
         x = prepare_input(img, model, msize)
         logits = run(x)

@@ -26,11 +26,12 @@ _BUILDS: dict[str, dict] = {}
 
 
 def tensorrt_include() -> Path | None:
-    """TensorRT headers for the plugin build: env ALGM_TENSORRT_INCLUDE, else /work/trt_include/include."""
-    for cand in (os.environ.get("ALGM_TENSORRT_INCLUDE"), "/work/trt_include/include"):
-        if cand and (Path(cand) / "NvInferRuntime.h").is_file():
-            return Path(cand)
-    return None
+    """TensorRT headers for the plugin build, found as `algm-export plugins` finds them (env
+    ALGM_TENSORRT_INCLUDE, TENSORRT_INCLUDE_DIR, TENSORRT_ROOT, standard install folders; `.ci/run`
+    points ALGM_TENSORRT_INCLUDE at the shared headers when they are there)."""
+    from algm_export.tasks.plugins import find_tensorrt_include
+
+    return find_tensorrt_include()
 
 
 def toolchain_missing() -> str | None:
@@ -145,8 +146,9 @@ def node_max_tokens(values=NODE_MAX_VALUES, P: int = 0, B: int = 1):
 
 
 def expected_gbm_sources(values, P: int, L: float) -> list[int]:
-    """Float64: the A indices whose node_max passes mu + sigma / L over the candidates."""
-    cand = list(range(1 if P >= 1 else 0, len(values)))
+    """Float64: the A indices whose node_max passes mu + sigma / L over the candidates (the A
+    tokens that are not prefix tokens: index a >= ceil(P / 2))."""
+    cand = list(range((P + 1) // 2, len(values)))
     v = torch.tensor([values[a] for a in cand], dtype=torch.float64)
     tau = v.mean() + v.std() / L
     return [a for a, val in zip(cand, v.tolist()) if val >= tau]
@@ -195,9 +197,8 @@ def gbm_margin(x: torch.Tensor, size: torch.Tensor, P: int, C2: int, L: float) -
         t = t / t.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         a, bb = t[0::2], t[1::2]
         s = a @ bb.T
-        if P == 2:
-            s[:, 0] = -math.inf
-        rows = s[1:] if P >= 1 else s          # candidate rows: no class token when P = 0
+        s[:, : P // 2] = -math.inf             # prefix tokens in B never receive
+        rows = s[(P + 1) // 2:]                # candidate rows: the A tokens that are not prefix tokens
         if rows.shape[1] >= 2:
             top2 = rows.topk(2, dim=1).values
             gaps = top2[:, 0] - top2[:, 1]
