@@ -3,7 +3,7 @@
     python scripts/fuzz_artifacts.py --cases 2000 --seed 7 [--work DIR] [--keep] [--timeout 60]
 
 Makes one real export folder of a micro Segmenter, then, per case, corrupts a copy of it at
-random (see tests/fuzz_artifacts_support.py) and runs one command in-process. Prints every
+random (see tests/_helpers/fuzz_artifacts.py) and runs one command in-process. Prints every
 finding (a crash, a traceback, a wrong exit code, a hang, a write outside the folder) with the
 case's seed and mutations; exits 1 when there was one. A finding's folder is kept under --work.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from fuzz_artifacts_support import make_base, run_cases  # noqa: E402
+from _helpers.fuzz_artifacts import make_base, run_cases  # noqa: E402
 
 
 def main(argv=None) -> int:

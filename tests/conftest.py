@@ -83,7 +83,7 @@ def plugin_library(tmp_path_factory):
     except ImportError as e:
         pytest.skip(f"the algm plugin library is not available yet (algm_export.tasks.plugins: {e})")
     try:
-        from test_plugins_support import tensorrt_include
+        from _helpers.plugins import tensorrt_include
 
         paths = build_plugins(build_dir=tmp_path_factory.mktemp("plugins"), archs=[86], require_plugins=True,
                               tensorrt_include=tensorrt_include())
@@ -115,3 +115,40 @@ def tiny_export(tmp_path_factory):
     out = root / "export"
     export_folder(resolve_model(str(ck)), str(ck), out, thresholds=[0.9], calib_images=images)
     return ck, out, images
+
+
+DYNAMIC_THRESHOLDS = (0.8, 0.88)
+
+
+@pytest.fixture(scope="session")
+def dynamic_folders(tmp_path_factory):
+    """A 6-block ViT-Ti Segmenter at 128 px (8x8 patches, 21 classes, layers 1 and 5) exported once per
+    session: `mixed` (baseline, static 0.88 + dynamic 0.88, `export_folder(..., dynamic_thresholds=...)`)
+    and `tin` (baseline and one threshold-input dynamic file for 0.80 and 0.88), with the six photos
+    (`images`) they were calibrated on. Tests read them (reports written by validate / bench are fine);
+    tests that change them work on a copy."""
+    from PIL import Image
+
+    from algm_export.export.pipeline import export_folder
+    from algm_export.models.registry import resolve_model
+    from algm_export.models.formats.published_segmenter import save_segmenter
+    from algm_export.models.families.segmenter import make_config
+    from algm_export.models.families.segmenter import Segmenter
+
+    root = tmp_path_factory.mktemp("dyncmd")
+    cfg = make_config("vit_tiny", "linear", 128, 21)
+    cfg.n_layers = 6
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = Segmenter(cfg).eval()
+    save_segmenter(net, root / "ck")
+    images = root / "images"
+    images.mkdir()
+    for name in PHOTOS:
+        Image.fromarray(photo(name)).save(images / f"{name}.png")
+    model = resolve_model(str(root / "ck"))
+    export_folder(model, str(root / "ck"), root / "mixed", thresholds=[0.88], dynamic_thresholds=[0.88],
+                  calib_images=images)
+    export_folder(model, str(root / "ck"), root / "tin", thresholds=list(DYNAMIC_THRESHOLDS), token_mode="dynamic",
+                  threshold_input=True)
+    return {"ck": root / "ck", "images": images, "mixed": root / "mixed", "tin": root / "tin", "model": model}

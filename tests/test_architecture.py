@@ -242,3 +242,22 @@ def test_the_cycle_and_root_checks_can_fail(tmp_path, monkeypatch):
     assert test_the_package_root_holds_only_the_entry_points.__code__  # the check below runs on the fake tree
     with pytest.raises(AssertionError):
         test_the_package_root_holds_only_the_entry_points()
+
+
+def missing_modules() -> list[str]:
+    """`from algm_export.x.y import z` / `import algm_export.x.y` naming a module that does not exist
+    (e.g. an import left behind by a move); `from algm_export import name` may name a value."""
+    bad = []
+    for mod, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("algm_export."):
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.startswith("algm_export.")]
+            bad += [f"{mod} imports {n}, which does not exist" for n in names if n not in MODULES]
+    return bad
+
+
+def test_every_imported_module_exists():
+    assert missing_modules() == []

@@ -21,7 +21,7 @@ from algm_export.cli import NAMES
 
 ROOT = Path(__file__).resolve().parents[1] / "algm_export"
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
-SUGGESTION = re.compile(r"algm-export ([a-z]+)((?: [a-z]+)?)([^`\n;]*)")
+SUGGESTION = re.compile(r"algm-export ([a-z][a-z-]*)((?: [a-z]+)?)([^`\n;]*)")
 
 
 def strings() -> list[tuple[str, str]]:
@@ -59,7 +59,7 @@ def suggestions() -> list[tuple[str, str, str]]:
     for where, text in strings():
         for m in SUGGESTION.finditer(text):
             cmd, sub, rest = m.group(1), m.group(2).strip(), m.group(3)
-            if cmd not in NAMES:
+            if cmd.replace("-", "_") not in NAMES:
                 continue  # prose: "algm-export run holds ...", "an algm-export checkout"
             name = f"{cmd} {sub}" if cmd == "plugins" and sub else cmd
             out.append((where, name, ""))

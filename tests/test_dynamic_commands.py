@@ -1,7 +1,8 @@
 """Every command with both token modes (issue 13 wiring): validate, bench, predict and report on a
 folder holding static and dynamic entries side by side, and on a threshold-input folder.
 
-A 6-block ViT-Ti Segmenter at 128 px (8x8 patches, layers 1 and 5), exported once per module:
+A 6-block ViT-Ti Segmenter at 128 px (8x8 patches, layers 1 and 5), exported once per session
+(`conftest.dynamic_folders`, shared with test_serve.py):
 `mixed` (static 0.88 + dynamic 0.88, `export_folder(..., dynamic_thresholds=...)`) and `tin`
 (dynamic, one threshold-input file for 0.80 and 0.88). Six photos with structure, so merges
 happen and the token counts differ from image to image.
@@ -20,38 +21,16 @@ from algm_export.artifacts import ExportFolder
 from algm_export.cli import main
 from algm_export.core.errors import ConfigError, InputError
 from algm_export.models.flops import mean_macs, model_macs
-from conftest import PHOTOS, photo
+from conftest import DYNAMIC_THRESHOLDS
 
 THRESHOLDS = (0.8, 0.88)
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    from PIL import Image
-
-    from algm_export.export.pipeline import export_folder
-    from algm_export.models.registry import resolve_model
-    from algm_export.models.formats.published_segmenter import save_segmenter
-    from algm_export.models.families.segmenter import make_config
-    from algm_export.models.families.segmenter import Segmenter
-
-    root = tmp_path_factory.mktemp("dyncmd")
-    cfg = make_config("vit_tiny", "linear", 128, 21)
-    cfg.n_layers = 6
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = Segmenter(cfg).eval()
-    save_segmenter(net, root / "ck")
-    images = root / "images"
-    images.mkdir()
-    for name in PHOTOS:
-        Image.fromarray(photo(name)).save(images / f"{name}.png")
-    model = resolve_model(str(root / "ck"))
-    export_folder(model, str(root / "ck"), root / "mixed", thresholds=[0.88], dynamic_thresholds=[0.88],
-                  calib_images=images)
-    export_folder(model, str(root / "ck"), root / "tin", thresholds=list(THRESHOLDS), token_mode="dynamic",
-                  threshold_input=True)
-    return {"ck": root / "ck", "images": images, "mixed": root / "mixed", "tin": root / "tin", "model": model}
+def folders(dynamic_folders):
+    """The session's `mixed` and `tin` folders (conftest.dynamic_folders, shared with test_serve.py)."""
+    assert tuple(THRESHOLDS) == DYNAMIC_THRESHOLDS
+    return dynamic_folders
 
 
 def _inputs(folders):
@@ -226,6 +205,34 @@ def test_bench_dynamic_flop_ratio_is_baseline_over_mean_per_image_macs(folders):
     saved = json.loads((folders["mixed"] / "bench" / "bench.json").read_text())
     assert saved["results"][2]["flop_ratio"] == dyn["flop_ratio"]
     assert saved["plot"] == "bench/bench.png" and (folders["mixed"] / "bench" / "bench.png").is_file()
+
+
+def test_bench_groups_dynamic_batches_by_token_count(folders):
+    """At batch 2 the dynamic entry runs batches of similar CLAP counts (the probe's), every image equally
+    often; bench.json reports the FLOP ratio of what the batches computed (each image at its batch's
+    largest counts) beside the per-image one, and grouping pays less padding than image order."""
+    from algm_export.merging.driver import clap_counts
+    from algm_export.tasks.bench import bench, format_bench
+
+    model = folders["model"]
+    kw = dict(backends=["onnxruntime"], images=folders["images"], batches=[2], repeats=3, warmup=0, settle_s=0,
+              model=model)
+    grouped = bench(folders["mixed"], **kw)["results"][2]
+    in_order = bench(folders["mixed"], group=False, **kw)["results"][2]
+    assert grouped["token_mode"] == "dynamic" and grouped["grouped"] and not in_order["grouped"]
+    # the same six images, each once: the same per-image FLOP ratio either way
+    assert grouped["tokens"]["images"] == in_order["tokens"]["images"] == 6
+    assert grouped["flop_ratio"] == pytest.approx(in_order["flop_ratio"], rel=1e-12)
+    assert in_order["flop_ratio_at_batch_max"] < grouped["flop_ratio_at_batch_max"] <= grouped["flop_ratio"]
+    # the batches pair the images sorted by their CLAP count; in image order they are (0, 1), (2, 3), (4, 5)
+    d_entry = ExportFolder.load(folders["mixed"]).settings[1]
+    counts = [clap_counts(model, d_entry.setting(), x)[0] for x in _inputs(folders)]
+    order = sorted(range(6), key=lambda i: (counts[i], i))
+    assert grouped["batches"] == [order[0:2], order[2:4], order[4:6]]
+    assert in_order["batches"] == [[0, 1], [2, 3], [4, 5]]
+    assert grouped["tokens"]["min"][0] == min(counts) and grouped["tokens"]["max"][0] == max(counts)
+    text = format_bench({"results": [grouped], "machine": {"cpus": 2, "threads": 2}, "repeats": 3, "settle_s": 0})
+    assert "batch FLOP" in text and "grouped by CLAP token count" in text
 
 
 def test_bench_threshold_input_per_threshold(folders):

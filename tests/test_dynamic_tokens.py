@@ -32,7 +32,7 @@ from algm_export.export.readiness import check_readiness
 from algm_export.merging.static import clap_dynamic, gbm_dynamic, tokens_from_stats
 from algm_export.models.families.segmenter import make_config
 from algm_export.models.families.segmenter import Segmenter
-from test_plugins_support import MARGIN, clap_margin, gbm_margin, separated_tokens
+from _helpers.plugins import MARGIN, clap_margin, gbm_margin, separated_tokens
 
 SET = AlgmSetting(0.88, (2, 2), (1, 5))
 TESTS = Path(__file__).resolve().parent
@@ -438,7 +438,7 @@ def test_rtx_builds_the_inlined_dynamic_graph(exported, tmp_path):
 
 @pytest.fixture(scope="module")
 def plugin_library(tmp_path_factory):
-    from test_plugins_support import build_once, tensorrt_include
+    from _helpers.plugins import build_once, tensorrt_include
 
     inc = tensorrt_include()
     if inc is None:

@@ -109,7 +109,10 @@ def test_missing_plugin_library_is_refused(tmp_path, ckpt):
 
 
 def test_interrupted_export_keeps_previous_manifest(tmp_path, ckpt):
-    """Kill an export half way: the old manifest stays, nothing half-written is presented."""
+    """Kill an export half way: the old manifest stays valid, nothing half-written is presented."""
+    import onnx
+
+    from algm_export.core.lock import LOCK_NAME
     from algm_export.core.manifest import load_manifest
 
     out = tmp_path / "exp"
@@ -118,16 +121,28 @@ def test_interrupted_export_keeps_previous_manifest(tmp_path, ckpt):
            "--force"]
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
     before = (out / "manifest.json").read_bytes()
-    cmd[cmd.index("0.9")] = "0.8,0.85,0.9,0.95"
+    cmd[cmd.index("0.9")] = "0.8,0.85,0.9,0.95"      # written in order: baseline, t0.800, t0.850, t0.900, t0.950
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(out.glob("t0.800*.onnx")):
-        time.sleep(0.2)
-    os.killpg(p.pid, signal.SIGKILL)
-    p.wait()
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and p.poll() is None and not list(out.glob("t0.800*.onnx")):
+            time.sleep(0.05)
+        # the kill lands mid-export: the new export has finished its second entry and is still running
+        assert list(out.glob("t0.800*.onnx")), "the new export wrote no second entry in time"
+        assert p.poll() is None, f"the export ended (exit {p.returncode}) before it could be interrupted"
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        code = p.wait()
+    assert code == -signal.SIGKILL                     # it died by the signal, it did not finish
+    assert not list(out.glob("t0.950*.onnx"))           # its last entry was never written
+    # what follows: the previous manifest, byte for byte, and every file it lists unchanged (sha256)
     assert (out / "manifest.json").read_bytes() == before
-    man = load_manifest(out)
+    man = load_manifest(out, verify=True)
     assert [s["threshold"] for s in man["settings"]] == [0.9]
-    for f in out.iterdir():          # only hidden .partial temporaries may be left, never a final name
-        if f.name.endswith(".partial"):
-            assert f.name.startswith(".")
+    for f in out.iterdir():
+        if f.name.startswith("."):                      # temporaries (.<name>.<random>.partial) and the lock
+            assert f.name.endswith(".partial") or f.name == LOCK_NAME, f.name
+        elif f.suffix == ".onnx":                       # a final name only ever holds a complete file
+            onnx.checker.check_model(onnx.load(str(f), load_external_data=False))
+        else:
+            assert f.name == "manifest.json", f.name

@@ -2,7 +2,7 @@
 corruptions of a real export folder (fixed seed), each followed by one command, end with exit 0 or
 2 (validate: or 3), one readable `error:` line, no traceback, no hang and nothing written outside
 the folder. `scripts/fuzz_artifacts.py --cases N --seed S` runs longer; the mutations and checks
-are in tests/fuzz_artifacts_support.py.
+are in tests/_helpers/fuzz_artifacts.py.
 """
 
 from __future__ import annotations
@@ -16,10 +16,7 @@ from pathlib import Path
 
 import pytest
 
-try:
-    from fuzz_artifacts_support import commands, copy_base, make_base, m_traversal, run_cases, snapshot
-except ImportError:  # tests/ made a package
-    from tests.fuzz_artifacts_support import commands, copy_base, make_base, m_traversal, run_cases, snapshot
+from _helpers.fuzz_artifacts import commands, copy_base, make_base, m_traversal, run_cases, snapshot
 
 CASES = int(os.environ.get("ALGM_FUZZ_CASES", "300"))
 SEED = 20261124

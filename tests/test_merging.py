@@ -11,7 +11,7 @@ from algm_export.merging import reference
 from algm_export.merging.driver import check_capacities
 from algm_export.merging.static import clap_static, gbm_capacity_min, gbm_static, rank_desc
 from conftest import smooth_image
-from test_plugins_support import (NODE_MAX_VALUES, expected_gbm_sources, gbm_sources, node_max_tokens,
+from _helpers.plugins import (NODE_MAX_VALUES, expected_gbm_sources, gbm_sources, node_max_tokens,
                                   separated_tokens)
 
 SET = AlgmSetting(0.88, (2, 2), (1, 5))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from algm_export.export.opmodels import clap_model, gbm_model
 from algm_export.merging import reference
 from algm_export.merging.static import clap_static, gbm_capacity_min, gbm_static
-from test_plugins_support import (MARGIN, NODE_MAX_VALUES, clap_margin, expected_gbm_sources, gbm_margin,
+from _helpers.plugins import (MARGIN, NODE_MAX_VALUES, clap_margin, expected_gbm_sources, gbm_margin,
                                   gbm_sources, near_tie_tokens, node_max_tokens, separated_tokens)
 
 HYP = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

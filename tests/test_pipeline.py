@@ -71,7 +71,13 @@ def test_validate_ort_passes_with_merges(export_dir):
     assert first["labels"].shape == (1, 128, 128) and first["logits_stride16"].shape == (1, 21, 8, 8)
     assert saved.stat().st_size < 2_000_000
     txt = format_report(rep)
-    assert "PASS" in txt and "parity" not in txt.lower() or True
+    rows = {line.split()[0]: line.split() for line in txt.splitlines()[2:] if line.strip() and not line.startswith(" ")}
+    assert list(rows) == [e["name"] for e in rep["entries"]]            # one table row per entry, in order
+    for e in rep["entries"]:
+        row = rows[e["name"]]
+        assert row[-1] == "PASS"                                          # the verdict column
+        assert row[3] == f"{e['summary']['max_abs']:.2e}"                  # the max |d| the report measured
+    assert "FAIL" not in txt and not any(e["summary"]["failures"] for e in rep["entries"])
 
 
 def test_tampered_file_is_refused(export_dir, tmp_path):

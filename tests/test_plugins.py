@@ -3,7 +3,7 @@
 * CI (no GPU, no TensorRT headers): the kernel library compiles with nvcc (sm_86, sm_90), and
   the same kernel sources, compiled for the CPU by the emulator build, reproduce the torch
   reference `algm_export.merging.static` (decisions exactly, tokens within float rounding).
-* With TensorRT headers (env ALGM_TENSORRT_INCLUDE, or /work/trt_include/include) and the
+* With TensorRT headers (env ALGM_TENSORRT_INCLUDE; `.ci/run` sets it when they are there) and the
   tensorrt_rtx wheel: the plugin library compiles, registers through getCreators, every algm
   ONNX node becomes a PLUGIN_V3 layer with the reference's output shapes, and TensorRT-RTX
   builds engines ahead of time for SM86 (in a child process: see `rtx_env`).
@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from algm_export.merging.static import clap_static, gbm_capacity_min, gbm_static
-from test_plugins_support import (MARGIN, NODE_MAX_VALUES, assert_same, build_once, clap_margin, duplicated_tokens,
+from _helpers.plugins import (MARGIN, NODE_MAX_VALUES, assert_same, build_once, clap_margin, duplicated_tokens,
                                   expected_gbm_sources, gbm_margin, gbm_sources, near_tie_tokens, node_max_tokens,
                                   smooth_tokens, tensorrt_include)
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from algm_export.merging.static import clap_static, gbm_capacity_min, gbm_static
-from test_plugins_support import (MARGIN, assert_same, build_once, clap_margin, duplicated_tokens, gbm_margin,
+from _helpers.plugins import (MARGIN, assert_same, build_once, clap_margin, duplicated_tokens, gbm_margin,
                                   smooth_tokens, tensorrt_include)
 
 pytestmark = pytest.mark.gpu

@@ -183,10 +183,15 @@ def test_cli_empty_folder_and_unreadable_files(tmp_path, ckpt_dir, capsys):
     d.mkdir()
     (d / "broken.png").write_text("nope")
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(d / "ok.png")
-    assert main(["predict", str(d), "--model", str(ckpt_dir), "--out", str(tmp_path / "o"), "-q"]) == 0
+    # an unreadable image is recorded in results.jsonl, the run goes on, exit code 4 says some failed
+    assert main(["predict", str(d), "--model", str(ckpt_dir), "--out", str(tmp_path / "o"), "-q"]) == 4
     err = capsys.readouterr().err
-    assert "warning: skipping" in err and "broken.png" in err
-    assert (tmp_path / "o" / "ok_seg.png").is_file()
+    assert "warning: failed" in err and "broken.png" in err
+    assert (tmp_path / "o" / "ok_seg.png").is_file() and (tmp_path / "o" / "ok_labels.png").is_file()
+    recs = {r["name"]: r for r in map(json.loads, (tmp_path / "o" / "results.jsonl").read_text().splitlines())}
+    assert recs["ok"]["status"] == "done" and recs["broken"]["status"] == "failed"
+    assert "broken.png is not an image file" in recs["broken"]["error"]
+    assert not (tmp_path / "o" / "broken_tokens.json").exists()
 
 
 def test_cli_version_and_usage(capsys):

@@ -1,6 +1,6 @@
 """Engine building with TensorRT-RTX ahead of time (no GPU needed): `algm_export.tasks.build`.
 
-The export folders are tiny stand-ins (tests/test_trt_build_support.py) with the real
+The export folders are tiny stand-ins (tests/_helpers/trt_build.py) with the real
 contract: input `image`, outputs `logits` / `merge_stats`, `algm` custom nodes with
 model-local function bodies. Engines are built for SM86 and cannot be deserialised here
 (no GPU); TensorRT-RTX's engine-validity check still tells a well-formed engine from garbage.
@@ -28,10 +28,7 @@ from algm_export.core.errors import AlgmError, BackendUnavailable, ConfigError  
 from algm_export.core.manifest import load_manifest, sha256_file  # noqa: E402
 from algm_export.runtimes.tensorrt.loader import make_logger, rtx_env, rtx_link_dir  # noqa: E402
 
-try:
-    from test_trt_build_support import make_export, make_model, replace_onnx
-except ImportError:  # tests/ made a package
-    from tests.test_trt_build_support import make_export, make_model, replace_onnx
+from _helpers.trt_build import make_export, make_model, replace_onnx
 
 TESTS = Path(__file__).resolve().parent
 RTX = dict(backend="tensorrt-rtx", compute_capabilities=[86], progress=False)
@@ -233,7 +230,7 @@ _PLUGIN_WORKER = textwrap.dedent("""
     pkg = types.ModuleType("algm_export"); pkg.__path__ = [{pkg!r}]; sys.modules["algm_export"] = pkg
     sys.path.insert(0, {tests!r})
     import tensorrt_rtx as trt
-    from test_trt_build_support import register_python_algm_plugins
+    from _helpers.trt_build import register_python_algm_plugins
     keep = register_python_algm_plugins(trt, {ops!r})
     from algm_export.runtimes.tensorrt.worker import main
     sys.exit(main([{job!r}, {result!r}]))

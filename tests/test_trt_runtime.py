@@ -127,10 +127,7 @@ def test_runner_matches_onnxruntime_on_gpu(tmp_path):
     from algm_export.tasks.build import build_engines
     from algm_export.runtimes.tensorrt.runner import TrtRunner
 
-    try:
-        from test_trt_build_support import make_export
-    except ImportError:
-        from tests.test_trt_build_support import make_export
+    from _helpers.trt_build import make_export
 
     cc = _gpu()["compute_capability"]
     backend = loader.resolve_backend(None)

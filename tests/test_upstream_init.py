@@ -83,4 +83,15 @@ def test_unknown_init_and_rng_restored():
     with seeded_construction(5):
         torch.rand(10)
     assert torch.equal(torch.rand(3), x)
-    assert init_upstream_ is not None
+    # init_upstream_ draws from its own seeded generator: the global RNG is untouched, and the seed decides
+    m = setr.builtin_setr("naive", 64, seed=0)
+    before = _sd(m)["backbone.pos_embed"]
+    torch.manual_seed(123)
+    init_upstream_(m, seed=7)
+    assert torch.equal(torch.rand(3), x)
+    after = _sd(m)["backbone.pos_embed"]
+    assert not torch.equal(before, after) and 0.015 < float(after.std()) < 0.025
+    init_upstream_(m, seed=7)
+    assert torch.equal(_sd(m)["backbone.pos_embed"], after)
+    init_upstream_(m, seed=8)
+    assert not torch.equal(_sd(m)["backbone.pos_embed"], after)

@@ -140,7 +140,16 @@ class Entry:
         if not self.raw.get(key):
             raise ConfigError(f"{self.name} has no {precision} ONNX; re-export with "
                               f"`algm-export export ... --precision {precision}`")
-        return verify_file(self.folder.path, self.raw[key], self.raw[hkey], f"{self.name}.{key}")
+        return self.folder.graph_file(self.raw[key], self.raw[hkey], f"{self.name}.{key}")
+
+    def data_paths(self, precision: str = "fp32") -> list[Path]:
+        """The external-data files the entry's ONNX of `precision` points into (real paths inside the
+        folder, sha256-checked; [] when its weights are inside the graph). Whoever copies an entry
+        elsewhere (a Triton model repository) copies these beside its ONNX, under the same names."""
+        from algm_export.artifacts.external import check_graph_file
+
+        return check_graph_file(self.onnx_path(precision), self.folder.path, self.folder.data_files,
+                                f"{self.name} {precision} ONNX")
 
     def engines(self, precision: Optional[str] = None, backend: Optional[str] = None,
                 plugins: Optional[bool] = None) -> list[EngineRecord]:
@@ -238,6 +247,26 @@ class ExportFolder:
     def verify(self, rel: str, digest: str, what: str) -> Path:
         return verify_file(self.path, rel, digest, what)
 
+    @property
+    def data_files(self) -> dict[str, str]:
+        """{relative path: sha256} of the folder's ONNX external-data files (`weights.bin`); {} for a
+        folder whose graphs hold their weights."""
+        return {d["path"]: d["sha256"] for d in self.data.get("data_files") or []}
+
+    def data_file_paths(self) -> list[Path]:
+        """The external-data files, resolved inside the folder and sha256-checked."""
+        return [verify_file(self.path, rel, digest, f"data file {rel}") for rel, digest in self.data_files.items()]
+
+    def graph_file(self, rel: str, digest: str, what: str) -> Path:
+        """A listed ONNX file, ready for any parser: sha256-checked, and every external-data location
+        it names checked (inside the folder, listed in `data_files`, sha256) before anything reads it
+        (`artifacts.external`)."""
+        from algm_export.artifacts.external import check_graph_file
+
+        p = verify_file(self.path, rel, digest, what)
+        check_graph_file(p, self.path, self.data_files, what)
+        return p
+
     def write_json(self, rel: str, data: Any, what: str) -> Path:
         p = self.resolve(rel, what)
         write_json_atomic(p, data)
@@ -271,6 +300,10 @@ class ExportFolder:
             (e.name for e in folder.entries
              if rel in {e.get(k) for k in ("onnx", "onnx_fp16", "onnx_inlined")}), None)
         entry = next((e for e in folder.entries if e.name == name), None)
+        if rec is None and Path(path).suffix == ".onnx":
+            from algm_export.artifacts.external import check_graph_file
+
+            check_graph_file(Path(d) / rel, d, folder.data_files, rel)
         return folder, entry, (EngineRecord(folder, rec) if rec else None)
 
     # ---------------------------------------------------------------- model and inputs

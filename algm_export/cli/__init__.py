@@ -7,7 +7,8 @@ module here plus its name in `NAMES`.
 """
 
 # the order of `algm-export --help`
-NAMES = ("demo", "export", "validate", "build", "bench", "report", "predict", "plugins", "version")
+NAMES = ("demo", "export", "validate", "build", "bench", "report", "predict", "serve", "triton_repo", "plugins",
+         "version")
 
 from algm_export.cli.entry import build_parser, main  # noqa: E402  (after NAMES, which entry imports)
 

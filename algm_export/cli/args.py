@@ -74,14 +74,19 @@ def backend_type(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def backends_type(text: str) -> list:
+def backends_type(text: str, served: bool = False) -> list:
     from algm_export.core.errors import ConfigError
     from algm_export.runtimes.registry import parse_backends
 
     try:
-        return parse_backends(text)
+        return parse_backends(text, served)
     except ConfigError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def served_backends_type(text: str) -> list:
+    """`backends_type` that also takes `triton` (the folder served by Triton: bench)."""
+    return backends_type(text, served=True)
 
 
 def config_arg(p):

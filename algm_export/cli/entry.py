@@ -82,6 +82,21 @@ def _setup_output(debug: bool):
     return show
 
 
+def _run(args) -> int:
+    """The command; with ALGM_PROFILE_MEMORY=1 its peak resident memory is printed at the end
+    (`core.progress.stage` prints each stage's)."""
+    from algm_export.core.progress import overall_peak_rss, profiling_memory
+
+    try:
+        return int(args.func(args) or 0)
+    finally:
+        if profiling_memory():
+            peak = overall_peak_rss()
+            if peak:
+                print(f"[memory] {args.command if hasattr(args, 'command') else 'command'}: peak RSS "
+                      f"{peak / 2**30:.2f} GiB", file=sys.stderr, flush=True)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     try:
@@ -97,7 +112,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         warnings.simplefilter("default")
         warnings.showwarning = _setup_output(debug)
         try:
-            return int(args.func(args) or 0)
+            return _run(args)
         except AlgmError as e:
             if debug:
                 traceback.print_exc()

@@ -39,6 +39,9 @@ def add_parser(sub):
     p.add_argument("--dynamic-thresholds", default=None, metavar="T[,T...]",
                    help="static mode: also export these thresholds in the dynamic token mode, into the same folder "
                         "(entries <setting>_dyn), to compare both modes side by side (validate, bench, report)")
+    p.add_argument("--external-data", action="store_true",
+                   help="store the weights as ONNX external data, once for the whole folder (DIR/weights.bin, shared "
+                        "by every entry); automatic when the weights pass 1.75 GiB (protobuf's 2 GiB limit)")
     p.add_argument("--force", action="store_true", help="re-export into a non-empty folder")
     a.trust_arg(p)
     a.wait_arg(p)
@@ -52,10 +55,12 @@ def run(args) -> int:
     from algm_export.core.setting import parse_layers, parse_thresholds
     from algm_export.models.registry import resolve_model
     from algm_export.core.tables import format_table
+    from algm_export.core.progress import stage
 
     size = None if not args.image_size else (tuple(args.image_size) * 2)[:2]
     spec, config = a.model_and_config(args)
-    model = resolve_model(spec, config=config, image_size=size, trust_checkpoint=args.trust_checkpoint)
+    with stage(f"loading {spec}"):
+        model = resolve_model(spec, config=config, image_size=size, trust_checkpoint=args.trust_checkpoint)
     man = export_folder(model, str(spec), args.out,
                         thresholds=None if args.thresholds is None else parse_thresholds(args.thresholds),
                         calib_images=args.calib_images, quantile=args.quantile, inline=args.inline, force=args.force,
@@ -63,7 +68,8 @@ def run(args) -> int:
                         capacities=None if args.capacities is None else parse_capacities(args.capacities),
                         wait=args.wait, token_mode=args.token_mode, threshold_input=args.threshold_input,
                         dynamic_thresholds=None if args.dynamic_thresholds is None
-                        else parse_thresholds(args.dynamic_thresholds))
+                        else parse_thresholds(args.dynamic_thresholds),
+                        external_data=True if args.external_data else None)
     rows = [["baseline", "-", "-", "-", man["baseline"]["onnx"], "yes" if man["baseline"]["tensorrt_ready"] else "NO"]]
     for s in man["settings"]:
         cal = s.get("calibration") or {}
@@ -74,5 +80,7 @@ def run(args) -> int:
         rows.append([s["name"], tau, caps, mx, s["onnx"],
                      "yes" if s["tensorrt_ready"] else "NO: " + "; ".join(s["tensorrt_problems"][:2])])
     print(format_table(["setting", "tau", "capacities", "max counts", "onnx", "TensorRT-ready"], rows))
+    for d in man.get("data_files") or []:
+        print(f"\nexternal data: {args.out}/{d['path']} ({d['bytes'] / 1e9:.2f} GB, shared by every entry)")
     print(f"\nmanifest: {args.out}/manifest.json")
     return 0

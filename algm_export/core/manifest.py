@@ -25,8 +25,14 @@ Layout of a manifest (format "algm-export/1")::
                    "compute_capabilities": [86], "plugin_library": str | null,
                    "plugin_sha256": str | null, "build_seconds": float,
                    "layers": {"count": int, "plugin_layers": [...], "algm_nodes": int}}],
-      "versions": {"algm_export": str, "torch": str, "onnx": str, ...}
+      "versions": {"algm_export": str, "torch": str, "onnx": str, ...},
+      "data_files": [{"path": "weights.bin", "sha256": str, "bytes": int}]
     }
+
+`data_files` (optional): the ONNX external-data files of the folder (`export --external-data`,
+automatic for models above 2 GiB): every entry's graph keeps its large tensors there (an entry's
+`external_data` lists the files its graphs point into). Each is sha256-checked like every listed
+file, and a graph may only point into files listed here (`algm_export.artifacts.external`).
 
 Every write goes through `write_json_atomic` / `atomic_path`: a temporary file in the same
 folder, fsync, then `os.replace`, so an interrupted export never leaves a half-written file
@@ -162,6 +168,7 @@ BOOL = Rule("true or false", "booleans", lambda v: isinstance(v, bool))
 NUM = Rule("a finite number", "finite numbers",
            lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
 COUNT = Rule("an integer in [0, 2^31)", "integers in [0, 2^31)", _int(0, 2**31 - 1))
+COUNT_BYTES = Rule("an integer in [0, 2^53)", "integers in [0, 2^53)", _int(0, 2**53))
 SIZE = Rule("an integer in [1, 8192]", "integers in [1, 8192]", _int(1, 8192))
 SHA256 = Rule("a sha256 (64 hex digits)", "sha256s",
               lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None)
@@ -207,7 +214,9 @@ ENTRY_SCHEMA = {
     "onnx_fp16": (PATH, False), "sha256_fp16": (SHA256, False),
     "onnx_inlined": (PATH, False), "sha256_inlined": (SHA256, False),
     "tensorrt_ready": (BOOL, False), "tensorrt_problems": (ListOf(STR), False), "algm_nodes": (COUNT, False),
+    "external_data": (ListOf(PATH), False),
 }
+DATA_FILE_SCHEMA = {"path": (PATH, True), "sha256": (SHA256, True), "bytes": (COUNT_BYTES, False)}
 SETTING_SCHEMA = {
     **ENTRY_SCHEMA, "threshold": (NUM, True), "window": (ListOf(SIZE, 2), True),
     "layers": (ListOf(SIZE, min_length=1), True), "capacities": (Nullable(ListOf(COUNT, min_length=1)), True),
@@ -220,12 +229,13 @@ ENGINE_SCHEMA = {
     "plugin_library": (Nullable(PATH), False), "plugin_sha256": (Nullable(SHA256), False),
     "compute_capabilities": (ListOf(COUNT), False), "profile": (ListOf(SIZE, 3), False),
     "build_seconds": (Nullable(NUM), False), "onnx": (PATH, False), "onnx_sha256": (SHA256, False),
-    "bytes": (COUNT, False),
+    "bytes": (COUNT_BYTES, False),
 }
 MANIFEST_SCHEMA = {
     "format": (STR, True), "created": (STR, False), "model": (MODEL_SCHEMA, True),
     "baseline": (ENTRY_SCHEMA, True), "settings": (ListOf(SETTING_SCHEMA), True),
     "engines": (ListOf(ENGINE_SCHEMA), False), "versions": (DICT, False),
+    "data_files": (ListOf(DATA_FILE_SCHEMA), False),
 }
 # (path key, sha256 key): a listed file always comes with the digest it is checked against
 FILE_KEYS = (("onnx", "sha256"), ("onnx_fp16", "sha256_fp16"), ("onnx_inlined", "sha256_inlined"))
@@ -293,6 +303,17 @@ def manifest_errors(data: Any) -> list[str]:
         if e["name"] in seen:
             errors.append(f"{where}.name {e['name']!r} repeats {seen[e['name']]}.name")
         seen.setdefault(e["name"], where)
+    data_paths = [d["path"] for d in data.get("data_files") or []]
+    if len(set(data_paths)) != len(data_paths):
+        errors.append(f"data_files lists a file twice ({data_paths})")
+    graphs = {e.get(k) for _, e in entries for k, _ in FILE_KEYS if e.get(k)}
+    for p in data_paths:
+        if p in graphs or p == MANIFEST:
+            errors.append(f"data_files names {p!r}, which is a graph file or the manifest")
+    for where, e in entries:
+        for p in e.get("external_data") or []:
+            if p not in data_paths:
+                errors.append(f"{where}.external_data names {p!r}, which data_files does not list (with its sha256)")
     for i, e in enumerate(data.get("engines") or []):
         if e.get("plugin_library") and not e.get("plugin_sha256"):
             errors.append(f"engines[{i}].plugin_sha256 is missing (the digest engines[{i}].plugin_library "
@@ -352,6 +373,8 @@ def listed_files(data: dict) -> list[tuple[str, str, str]]:
         for key, hkey in FILE_KEYS:
             if e.get(key):
                 out.append((e[key], e.get(hkey), f"{where}.{key}"))
+    for i, d in enumerate(data.get("data_files") or []):
+        out.append((d["path"], d.get("sha256"), f"data_files[{i}]"))
     for i, e in enumerate(data.get("engines") or []):
         out.append((e["file"], e.get("sha256"), f"engines[{i}].file"))
         if e.get("plugin_library"):

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from algm_export.core.errors import ConfigError
+from algm_export.core.progress import stage
 from algm_export.export import functions
 from algm_export.merging import ops  # noqa: F401  (registers torch.ops.algm.*)
 from algm_export.export.schemas import register_schemas
@@ -111,7 +112,7 @@ def _export_program(module: nn.Module, image_size, batch: int, output_names, ops
     for m in module.modules():
         if isinstance(m, AlgmModel):
             m.reset_state()
-    return prog.model_proto
+    return prog.model  # the onnx_ir model: its weights are not serialised yet
 
 
 def token_mode_of(model: onnx.ModelProto) -> str | None:
@@ -159,9 +160,11 @@ def inline_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def check_model(model: onnx.ModelProto, strict: bool = True) -> onnx.ModelProto:
-    """onnx.checker full check and strict shape inference (run on a copy: the file is unchanged)."""
-    onnx.checker.check_model(model, full_check=True)
+def check_model(model: onnx.ModelProto, strict: bool = True, saved_at=None) -> onnx.ModelProto:
+    """onnx.checker full check and strict shape inference (run on a copy: the file is unchanged).
+    saved_at: the file `model` was saved to, checked from there (a model with external data: the
+    checker finds the data file beside it)."""
+    onnx.checker.check_model(model if saved_at is None else str(saved_at), full_check=True)
     inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=strict, data_prop=True)
     for out in inferred.graph.output:
         dims = out.type.tensor_type.shape.dim
@@ -173,11 +176,14 @@ def check_model(model: onnx.ModelProto, strict: bool = True) -> onnx.ModelProto:
 
 def export_onnx(model, path: str | os.PathLike, image_size=None, inline: bool = False,
                 opset: int = functions.OPSET_VERSION, example_batch: int = 2,
-                threshold_input: bool = False) -> Path:
+                threshold_input: bool = False, weights=None) -> Path:
     """Export a `SegModel` (baseline) or a static / dynamic `AlgmModel` to `path` (atomically).
 
     threshold_input (dynamic token mode only): the graph takes CLAP's threshold as a second
     input `threshold` float32 [B] instead of a constant, so one file serves every threshold.
+    weights: an `export.external.WeightStore` of the folder `path` lies in: the graph's large
+    tensors go to its shared data file (ONNX external data, stored once by content) before the
+    graph is serialised, so no second copy of the weights is ever made.
     """
     from algm_export.core.manifest import atomic_path
 
@@ -200,13 +206,27 @@ def export_onnx(model, path: str | os.PathLike, image_size=None, inline: bool = 
     else:
         raise TypeError(f"cannot export {type(model).__name__}")
     image_size = tuple(image_size or cfg.image_size)
-    proto = _export_program(module, image_size, example_batch, outputs, opset, threshold_input)
+    import onnx_ir as ir
+
+    with stage(f"{Path(path).name}: torch.export and ONNX translation", announce=False):
+        program = _export_program(module, image_size, example_batch, outputs, opset, threshold_input)
+    with stage(f"{Path(path).name}: weights out and serialisation", announce=False):
+        if weights is not None:
+            if Path(path).resolve().parent != weights.folder.resolve():
+                raise ConfigError(f"{path}: an ONNX file with external data must lie in its data file's folder "
+                                  f"{weights.folder}")
+            weights.externalize(program)
+        proto = ir.serde.serialize_model(program)
+        del program
     proto = attach_functions(proto)
     if inline:
         proto = inline_functions(proto)
     proto.producer_name = "algm-export"
-    check_model(proto)
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with stage(f"{path.name}: check and save", announce=False), atomic_path(path) as tmp:
+        if weights is None:
+            check_model(proto)
         onnx.save_model(proto, str(tmp))
+        if weights is not None:
+            check_model(proto, saved_at=tmp)
     return path

@@ -9,6 +9,7 @@ capacities per threshold; ``dynamic`` (spec 2.2) needs no capacities and no cali
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 from pathlib import Path
 from typing import Optional, Sequence
@@ -18,12 +19,13 @@ import onnx
 from algm_export.merging.calibrate import calibrate
 from algm_export.core.errors import ArtifactError, ConfigError
 from algm_export.export.exporter import export_onnx
+from algm_export.export.external import AUTO_BYTES, WeightStore, model_bytes
 from algm_export.export.readiness import check_readiness
 from algm_export.core.lock import LOCK_NAME, folder_lock
 from algm_export.core.manifest import save_manifest, sha256_file, tool_versions
 from algm_export.merging.driver import apply_algm
 from algm_export.core.setting import AlgmSetting
-from algm_export.core.progress import progress_bar, status
+from algm_export.core.progress import progress_bar, stage, status
 from algm_export.core.names import TOKEN_MODES
 
 
@@ -63,7 +65,7 @@ def settings_for(model, thresholds: Optional[Sequence[float]], layers=None, wind
         thresholds = [float(own.get("threshold", 0.88))]
     out = [AlgmSetting(t, win, base_layers) for t in thresholds]
     for s in out:
-        s.check_model(cfg.n_layers, cfg.grid)
+        model.check_setting(s)
     names = [s.name for s in out]
     if len(set(names)) != len(names):
         raise ConfigError(f"duplicate threshold settings {names}; give each threshold once")
@@ -83,7 +85,8 @@ def dynamic_name(setting: AlgmSetting, threshold_input: bool = False) -> str:
 def export_folder(model, source: str, out_dir, thresholds=None, calib_images=None, quantile: float = 1.0,
                   inline: bool = False, force: bool = False, layers=None, window=None, fp16: bool = False,
                   calib_limit: Optional[int] = None, capacities=None, wait=False, token_mode: str = "static",
-                  threshold_input: bool = False, dynamic_thresholds: Optional[Sequence[float]] = None) -> dict:
+                  threshold_input: bool = False, dynamic_thresholds: Optional[Sequence[float]] = None,
+                  external_data: Optional[bool] = None) -> dict:
     """Export baseline + settings into out_dir and write out_dir/manifest.json (last, atomically).
 
     token_mode "static" (capacities calibrated per threshold, or given) or "dynamic" (no
@@ -92,7 +95,10 @@ def export_folder(model, source: str, out_dir, thresholds=None, calib_images=Non
     export these thresholds in dynamic token mode (entries `<setting>_dyn`), in the same folder.
     The folder's lock (`algm_export.core.lock`) is held for the whole export and taken before the
     folder is checked for emptiness, so of two exports into one new folder only one proceeds;
-    the other stops with FolderInUse (or, with `wait`, waits and then finds the folder taken)."""
+    the other stops with FolderInUse (or, with `wait`, waits and then finds the folder taken).
+    external_data: store the weights as ONNX external data, once for the whole folder
+    (`export.external`: one `weights.bin` that every entry points into); None (default): when the
+    model's weights pass `external.AUTO_BYTES` (protobuf's 2 GiB limit)."""
     if token_mode not in TOKEN_MODES:
         raise ConfigError(f"token mode {token_mode!r} unknown; use one of {TOKEN_MODES}")
     if token_mode == "dynamic" and capacities is not None:
@@ -112,15 +118,26 @@ def export_folder(model, source: str, out_dir, thresholds=None, calib_images=Non
         raise ArtifactError(f"{out} exists and is not a folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     with folder_lock(out, "export", wait):
-        return _export_locked(model, source, out, settings, calib_images, quantile, inline, force, fp16,
-                              calib_limit, capacities, token_mode, threshold_input, dyn_settings)
+        if external_data is None:
+            external_data = model_bytes(model) > AUTO_BYTES
+        if any(p.name != LOCK_NAME for p in out.iterdir()) and not force:
+            raise ArtifactError(f"{out} is not empty; pass --force to re-export into it (the old manifest stays "
+                                "valid until the new export is complete)")
+        with WeightStore(out) if external_data else contextlib.nullcontext() as weights:
+            manifest = _export_locked(model, source, out, settings, calib_images, quantile, inline, fp16,
+                                      calib_limit, capacities, token_mode, threshold_input, dyn_settings, weights)
+            if weights is not None:
+                record = weights.finish()
+                manifest["data_files"] = [record] if record else []
+                for e in [manifest["baseline"]] + manifest["settings"]:
+                    e["external_data"] = [record["path"]] if record else []
+            save_manifest(out, manifest)
+            return manifest
 
 
-def _export_locked(model, source: str, out: Path, settings, calib_images, quantile, inline, force, fp16,
-                   calib_limit, capacities, token_mode, threshold_input, dyn_settings=()) -> dict:
-    if any(p.name != LOCK_NAME for p in out.iterdir()) and not force:
-        raise ArtifactError(f"{out} is not empty; pass --force to re-export into it (the old manifest stays "
-                            "valid until the new export is complete)")
+def _export_locked(model, source: str, out: Path, settings, calib_images, quantile, inline, fp16,
+                   calib_limit, capacities, token_mode, threshold_input, dyn_settings=(), weights=None) -> dict:
+    """The entries of the folder (graphs written, weights into `weights`); returns the manifest, not yet saved."""
     manifest = {
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "model": model_info(model, source),
@@ -133,45 +150,49 @@ def _export_locked(model, source: str, out: Path, settings, calib_images, quanti
     if token_mode == "dynamic":
         names, images = [], []  # nothing to calibrate
     else:
-        names, images = calibration_tensors(model, calib_images, calib_limit)
+        with stage("reading the calibration images", announce=False):
+            names, images = calibration_tensors(model, calib_images, calib_limit)
     total = 1 + (1 if threshold_input else len(settings)) + len(dyn_settings)
     with progress_bar(total=total, desc="export", unit="model") as bar:
-        entry = _export_entry(model, out / "baseline.onnx", inline, fp16)
+        with stage("exporting baseline"):
+            entry = _export_entry(model, out / "baseline.onnx", inline, fp16, weights=weights)
         manifest["baseline"] = {"name": "baseline", **entry}
         bar.update(1)
         if token_mode == "dynamic":
-            manifest["settings"] = _export_dynamic(model, out, settings, threshold_input, inline, fp16, bar)
-            save_manifest(out, manifest)
+            manifest["settings"] = _export_dynamic(model, out, settings, threshold_input, inline, fp16, bar, weights)
             return manifest
         for s in settings:
-            status(f"calibrating {s.name} on {len(images)} images")
             if capacities is not None:
                 cal = {"capacities": list(capacities), "counts": None, "quantile": None, "images": [],
                        "images_over_capacity": None, "n_patches": model.cfg.grid[0] * model.cfg.grid[1],
                        "note": "capacities given by the user"}
             else:
-                cal = calibrate(model, s, images, names, quantile)
+                with stage(f"calibrating {s.name} on {len(images)} images"):
+                    cal = calibrate(model, s, images, names, quantile, progress=lambda it, s=s: progress_bar(
+                        iterable=it, total=len(images), desc=f"calibrate {s.name}", unit="img", leave=False))
             static = apply_algm(model, s, cal["capacities"])
-            entry = _export_entry(static, out / f"{s.name}.onnx", inline, fp16)
+            with stage(f"exporting {s.name}"):
+                entry = _export_entry(static, out / f"{s.name}.onnx", inline, fp16, weights=weights)
             manifest["settings"].append({"name": s.name, **s.to_dict(), "token_mode": "static",
                                          "capacities": cal["capacities"], "calibration": cal, **entry})
             bar.update(1)
         if dyn_settings:
-            manifest["settings"] += _export_dynamic(model, out, list(dyn_settings), False, inline, fp16, bar)
-    save_manifest(out, manifest)
+            manifest["settings"] += _export_dynamic(model, out, list(dyn_settings), False, inline, fp16, bar,
+                                                    weights)
     return manifest
 
 
 def _export_dynamic(model, out: Path, settings: list, threshold_input: bool, inline: bool, fp16: bool,
-                    bar) -> list[dict]:
+                    bar, weights=None) -> list[dict]:
     """Dynamic token mode: one entry per threshold, or one threshold-input entry for all."""
     entries = []
     todo = settings[:1] if threshold_input else settings
     for s in todo:
         name = dynamic_name(s, threshold_input)
-        status(f"exporting {name} (dynamic token mode)")
         dyn = apply_algm(model, s, token_mode="dynamic")
-        entry = _export_entry(dyn, out / f"{name}.onnx", inline, fp16, threshold_input=threshold_input)
+        with stage(f"exporting {name} (dynamic token mode)"):
+            entry = _export_entry(dyn, out / f"{name}.onnx", inline, fp16, threshold_input=threshold_input,
+                                  weights=weights)
         record = {"name": name, **s.to_dict(), "token_mode": "dynamic", "capacities": None, "calibration": None,
                   "threshold_input": threshold_input, **entry}
         if threshold_input:
@@ -181,8 +202,11 @@ def _export_dynamic(model, out: Path, settings: list, threshold_input: bool, inl
     return entries
 
 
-def _export_entry(model, path: Path, inline: bool, fp16: bool, threshold_input: bool = False) -> dict:
+def _export_entry(model, path: Path, inline: bool, fp16: bool, threshold_input: bool = False,
+                  weights=None) -> dict:
     kw = {"threshold_input": True} if threshold_input else {}
+    if weights is not None:
+        kw["weights"] = weights
     export_onnx(model, path, **kw)
     ready = check_readiness(onnx.load(str(path), load_external_data=False))
     entry = {"onnx": path.name, "sha256": sha256_file(path), "precision": "fp32", "tensorrt_ready": ready["ready"],

@@ -70,7 +70,7 @@ class AlgmModel(nn.Module):
         self.capacities = None if capacities is None else tuple(int(c) for c in capacities)
         self.token_mode = _token_mode(token_mode, self.capacities)
         cfg = model.cfg
-        setting.check_model(cfg.n_layers, cfg.grid)
+        model.check_setting(setting)
         if self.token_mode != "reference" and setting.policy != "per_image":
             raise ConfigError(
                 f"{self.token_mode} token mode runs the per_image policy only: batch_min couples images, "
@@ -82,6 +82,11 @@ class AlgmModel(nn.Module):
         self.assignments: list[torch.Tensor] = []
         self.stats_tensor = None
         self._threshold: Optional[torch.Tensor] = None
+        #: set True to keep, after each forward, the token state entering every merge step in
+        #: `merge_inputs` ([{"x": [B, T, D], "size": [B, T]}] per step; `merging.margins` reads them;
+        #: the reference mode records batches of one image only)
+        self.record_inputs = False
+        self.merge_inputs: list[dict] = []
 
     @property
     def cfg(self):
@@ -93,6 +98,7 @@ class AlgmModel(nn.Module):
         self.assignments = []
         self.stats_tensor = None
         self._threshold = None
+        self.merge_inputs = []
 
     @property
     def static(self) -> bool:
@@ -131,6 +137,7 @@ class AlgmModel(nn.Module):
                 assigns.append(self.assignments)
             self.merge_stats = {k: torch.cat([s[k] for s in stats]) for k in stats[0]}
             self.assignments = [torch.cat(a) for a in zip(*assigns)]
+            self.merge_inputs = []   # token counts differ per image: recorded for batches of one image only
             return torch.cat(outs)
         return self._forward(im)
 
@@ -145,6 +152,7 @@ class AlgmModel(nn.Module):
             "forced": torch.stack(hook.forced, 1).long(),
         }
         self.assignments = hook.assigns
+        self.merge_inputs = hook.inputs
         return out
 
     def _merge(self, step: int, x, size, assign, grid, P):
@@ -177,14 +185,17 @@ class _MergeHook:
         self.steps = {l - 1: i for i, l in enumerate(owner.setting.layers)}   # 0-based block -> step
         self.layers = frozenset(self.steps)
         self.tokens, self.merges, self.forced, self.assigns = [], [], [], []
+        self.inputs: list[dict] = []
 
     def merge(self, i: int, x: torch.Tensor, state: TokenState):
         owner = self.owner
         grid, P = state.grid, state.num_prefix
         if i == min(self.steps):
-            owner.setting.check_model(owner.cfg.n_layers, grid)
+            owner.model.check_setting(owner.setting, grid)
             if owner.static:
                 check_capacities(owner.capacities, owner.setting, grid, P)
+        if owner.record_inputs and not torch.compiler.is_compiling():
+            self.inputs.append({"x": x.detach().float(), "size": state.size.detach().float()})
         y, size, assign, merges, forced = owner._merge(self.steps[i], x, state.size, state.assign, grid, P)
         state = state.replace(size, assign, padded=owner.exportable)   # static/dynamic: padding slots
         self.merges.append(merges)
@@ -265,3 +276,43 @@ def apply_algm(model: SegModel, setting: AlgmSetting, capacities: Optional[Seque
     from algm_export.merging import ops  # noqa: F401  (registers torch.ops.algm.*)
 
     return AlgmModel(model, setting, capacities, token_mode).eval()
+
+
+class _StopAfterClap(Exception):
+    pass
+
+
+class _ClapProbe:
+    """A merge hook that runs CLAP (the dynamic op: exact per-image counts) and stops the forward."""
+
+    def __init__(self, setting: AlgmSetting, threshold: torch.Tensor):
+        self.setting, self.threshold = setting, threshold
+        self.layers = frozenset({setting.layers[0] - 1})
+        self.counts: Optional[torch.Tensor] = None
+
+    def merge(self, i: int, x: torch.Tensor, state: TokenState):
+        s, P = self.setting, state.num_prefix
+        _, size, _, _ = torch.ops.algm.clap_dyn(x, self.threshold, state.grid[0], state.grid[1], s.window[0],
+                                                s.window[1], P)
+        self.counts = (size[:, P:] > 0).sum(1)
+        raise _StopAfterClap
+
+
+def clap_counts(model: SegModel, setting: AlgmSetting, images: torch.Tensor, threshold=None) -> list[int]:
+    """The real patch-token count after CLAP of every image of `images` [B, 3, H, W]: the patch
+    embedding and the blocks up to the first ALGM layer only (a cheap probe: layer 1 of 12 is ~1/12
+    of the encoder), the same counts the dynamic token mode's first step gives. For grouping images
+    of similar cost into batches (`algm_export.runtimes.batching.group_by_tokens`)."""
+    from algm_export.merging import ops  # noqa: F401  (registers torch.ops.algm.*)
+
+    check_finite(images)
+    setting.check_model(model.cfg.n_layers, model.cfg.grid)
+    hook = _ClapProbe(setting, _threshold_tensor(threshold, setting.threshold, images, check=True))
+    with torch.no_grad():
+        try:
+            model.forward_tokens(images, hook)
+        except _StopAfterClap:
+            pass
+    if hook.counts is None:
+        raise ConfigError(f"the model ran no merge step at layer {setting.layers[0]}")
+    return [int(c) for c in hook.counts]

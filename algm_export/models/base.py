@@ -11,7 +11,8 @@ The decoder reads the outputs of some blocks (`in_layers`, 0-based) as `Level`s:
 * feature-map decoders (SETR naive / PUP / MLA, UperNet) read `level.as_map()`, the full
   `[B, D, Gh, Gw]` map unmerged with the assignment map valid at that layer.
 
-`SegModel.forward_tokens(im, hook)` is the one loop over the blocks; the ALGM driver
+`SegModel.forward_tokens(im, hook)` is the one loop over the blocks (a family that adds tokens
+inside the encoder, EoMT's queries, does it in `SegModel.enter_block`); the ALGM driver
 (`algm_export.merging.driver`) passes a `hook` that merges after the attention residual of
 its layers, the baseline passes none. With no merge every `Level.unmerge` is the identity.
 
@@ -58,13 +59,19 @@ class TokenState:
     def replace(self, size: torch.Tensor, assign: torch.Tensor, padded: bool) -> "TokenState":
         return TokenState(size, assign, self.grid, self.num_prefix, self.padded or padded, True)
 
+    def with_prefix(self, n: int) -> "TokenState":
+        """The state after `n` real tokens were put in front of the sequence (they join the prefix)."""
+        B = self.size.shape[0]
+        size = torch.cat([torch.ones(B, int(n), dtype=self.size.dtype, device=self.size.device), self.size], dim=1)
+        return TokenState(size, self.assign, self.grid, self.num_prefix + int(n), self.padded, self.merged)
+
     def key_mask(self, dtype: torch.dtype) -> Optional[KeyMask]:
         """The padding mask over all tokens (prefix included), or None when nothing is padded."""
         if not self.padded:
             return None
         key = ("key_mask", dtype)
         if key not in self.cache:
-            self.cache[key] = KeyMask(key_bias_from_size(self.size, dtype))
+            self.cache[key] = KeyMask(self.size > 0)
         return self.cache[key]
 
     def patch_key_bias(self, dtype: torch.dtype) -> Optional[torch.Tensor]:
@@ -217,6 +224,9 @@ class SegModel(nn.Module):
     family = "?"
     backbone: Backbone
     decoder: Decoder
+    # True: the family's own evaluation windows every image (`inference(im, fn=, batch_size=, on_batch=)`,
+    # e.g. EoMT's); predict uses it instead of the published Segmenter sliding windows
+    own_windows = False
 
     @property
     def num_prefix(self) -> int:
@@ -234,6 +244,21 @@ class SegModel(nn.Module):
         """Decoder logits -> [B, n_cls, H, W] at the input size (what whole-image inference returns)."""
         raise NotImplementedError
 
+    def enter_block(self, i: int, x: torch.Tensor, state: TokenState) -> tuple[torch.Tensor, TokenState]:
+        """Before block i: a family that adds tokens inside the encoder (EoMT's queries) returns
+        the longer sequence and its state (the added tokens join the prefix); default: unchanged."""
+        return x, state
+
+    def check_setting(self, setting, grid=None) -> None:
+        """Refuse an ALGM setting this model cannot run: layers outside the model, a window that does
+        not divide the grid (`AlgmSetting.check_model`); families add their own rules (EoMT: no merge
+        in its query blocks)."""
+        setting.check_model(self.cfg.n_layers, self.cfg.grid if grid is None else grid)
+
+    def added_tokens(self, i: int) -> int:
+        """How many tokens `enter_block(i, ...)` adds (for FLOP counting); default 0."""
+        return 0
+
     def forward_tokens(self, im: torch.Tensor, hook: Optional[MergeHook] = None,
                        on_state: Optional[Callable[[int, TokenState], None]] = None) -> torch.Tensor:
         """The one loop over the blocks: embed, blocks (with `hook` merging), decoder, finish."""
@@ -247,6 +272,7 @@ class SegModel(nn.Module):
         levels = []
         merge_at = hook.layers if hook is not None else ()
         for i in range(bb.depth):
+            x, state = self.enter_block(i, x, state)
             x = bb.block_attn(i, x, state)
             if i in merge_at:
                 x, state = hook.merge(i, x, state)
@@ -290,3 +316,41 @@ class SegModel(nn.Module):
 
     def forward(self, im: torch.Tensor) -> torch.Tensor:
         return self.forward_tokens(im)
+
+
+def build_with_weights(build: Callable[[], nn.Module], state: dict) -> nn.Module:
+    """`build()` with `state` (a checked state dict: every key the model's, every shape its) as its
+    weights, without a second copy of them: the network is built on the meta device (no memory,
+    no random init) and takes the tensors of `state` as its parameters (`assign`), each cast to the
+    dtype the network declares. What `state` lacks (keys a format allows to be absent) is built for
+    real (seeded by the caller) and copied over; `state` is emptied as the tensors move.
+
+    A ViT-L checkpoint (1.2 GB) loads at 1x its size instead of 2x (random init + checkpoint)."""
+    try:
+        with torch.device("meta"):
+            model = build()
+    except (RuntimeError, NotImplementedError):
+        # a network whose construction reads tensor values (`.item()`): build it for real (2x peak)
+        model = build()
+        model.load_state_dict(state, strict=False)
+        state.clear()
+        return model
+    want = model.state_dict(keep_vars=True)
+    load = {}
+    for k in list(state):
+        v = state.pop(k)
+        ref = want.get(k)
+        if ref is not None and v.dtype != ref.dtype:
+            v = v.to(ref.dtype)
+        load[k] = v if v.is_contiguous() else v.contiguous()
+    model.load_state_dict(load, strict=False, assign=True)
+    del load
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        real = build().state_dict()
+        model.load_state_dict({n: real[n] for n in left if n in real}, strict=False, assign=True)
+        del real
+        still = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+        if still:
+            raise RuntimeError(f"tensors left unmaterialised after loading: {still[:5]}")
+    return model

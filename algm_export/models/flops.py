@@ -2,7 +2,8 @@
 
 For a static engine the token counts are the capacities (padding slots are computed too); for
 the dynamic reference they are the real counts. Counted: patch embedding, every encoder block
-(qkv, attention scores and values, projection, MLP; `Backbone.block_macs`), the decoder
+(qkv, attention scores and values, projection, MLP; `Backbone.block_macs`; with the tokens a
+model adds inside the encoder, `SegModel.added_tokens`, e.g. EoMT's queries), the decoder
 (`Decoder.macs`, given the token count of every level it reads), and the merge ops' own
 similarity matmuls. Not counted: norms, softmax, the final bilinear upsampling (as fvcore).
 Works for every family: nothing here knows a backbone or a decoder.
@@ -27,7 +28,11 @@ def model_macs(model, layers: Optional[Sequence[int]] = None, counts: Optional[S
     steps = dict(zip(layers or (), counts or ()))
     first = (layers or (0,))[0]
     patch_tokens = []                              # patch tokens after each block (0-based)
+    added = getattr(model, "added_tokens", lambda i: 0)
     for li in range(1, bb.depth + 1):
+        a = int(added(li - 1))                      # tokens the model puts in front before this block (EoMT's queries)
+        t += a
+        P += a
         if li in steps:
             t_after = P + int(steps[li])
             if li == first:

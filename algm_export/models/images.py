@@ -82,17 +82,22 @@ def to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def load_image(path: PathLike) -> np.ndarray:
-    """Read an image file as RGB uint8 [H, W, 3]. InputError (naming the file) when it is not readable."""
+def load_image(path: PathLike, data: Optional[bytes] = None) -> np.ndarray:
+    """Read an image file as RGB uint8 [H, W, 3]. InputError (naming the file) when it is not readable.
+
+    data: the file's bytes, already read (decoded instead of reading `path`, which names it in errors)."""
+    import io
+
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"image {p} does not exist; check the path")
-    if p.is_dir():
-        raise InputError(f"{p} is a folder, not an image file")
+    if data is None:
+        if not p.exists():
+            raise InputError(f"image {p} does not exist; check the path")
+        if p.is_dir():
+            raise InputError(f"{p} is a folder, not an image file")
     try:
-        with Image.open(p) as im:
+        with Image.open(p if data is None else io.BytesIO(data)) as im:
             im = ImageOps.exif_transpose(im)
             im.load()
             mode = im.mode

@@ -1,6 +1,7 @@
 """Reusable pieces shared by every model family: padding masks, upsampling, position resizing.
 
-* `KeyMask` / `key_bias_from_size`: the additive key bias that hides padding slots (spec 2)
+* `KeyMask`: hides padding slots from self-attention (docs/algorithm.md, the static form), cheaply (docs/decisions.md item 43)
+* `key_bias_from_size`, `hide_rows`, `floor_scores`: the same for cross-attention (token decoders)
 * `interp_matrix` / `bilinear_upsample`: bilinear resizing (align_corners=False) as matmuls
 * `resize_pos_embed`: the grid part of a position embedding resized, prefix kept
 """
@@ -11,31 +12,86 @@ import torch
 import torch.nn.functional as F
 
 
+# The score a padded key gets: the row's lower bound (see `KeyMask`) minus this. e^-32 = 1.3e-14 per
+# padded key, below float32's resolution next to the row's largest weight (1) even for 4096 padded
+# keys, and softmax arguments stay above float32's normal-range limit (-87.3) unless a row's best
+# key beats its lower bound by more than 55 (docs/decisions.md item 43).
+PAD_MARGIN = 32.0
+
+
 class KeyMask:
     """The padding mask of one token state, prepared once and shared by every block.
 
-    The key bias rides in one extra attention channel (q: 1, k: bias / scale), so masking costs
-    O(T) per block instead of a pass over the [B, H, T, T] scores: (q.k) * scale + bias. The
-    channels are built once per (heads, scale, dtype) and reused by all blocks of that shape.
+    Padding slots (size 0) must be invisible to the real tokens whatever they hold, and must not
+    push the softmax into `exp` arguments below float32's normal range (ONNX Runtime's CPU softmax
+    takes a several times slower path there, docs/decisions.md items 33 and 43). So instead of a
+    huge additive bias, `attend(q, k, v, scale)` zeroes the padded rows of q, k and v and gives every
+    padded key, in query row i, the score `max(s_ii, s_i0) - PAD_MARGIN`: s_ii (the query's own key)
+    and s_i0 (slot 0, always real: real tokens come first) are real scores of that row, so the padded
+    score lies at least PAD_MARGIN below the row's maximum (weight < e^-32 each, and v is zero there:
+    nothing of a padded slot reaches a real token), and usually within ~55 of it (exp stays normal).
+    The padded score rides in one extra attention channel (q: the per-row value / scale, k: 1 at
+    padded keys, 0 at real ones), so it costs O(T) per block, no pass over the [B, H, T, T] scores,
+    and a real key's score is exactly what it is without padding.
     """
 
-    def __init__(self, bias: torch.Tensor):
-        self.bias = bias  # [B, 1, 1, T]
-        self._channels: dict = {}
+    def __init__(self, real: torch.Tensor):
+        self.real = real  # [B, T] bool: True for real slots
+        self._cache: dict = {}
 
-    def channels(self, heads: int, scale: float, dtype: torch.dtype):
-        key = (heads, float(scale), dtype)
-        if key not in self._channels:
-            B, T = self.bias.shape[0], self.bias.shape[-1]
-            kb = (self.bias.reshape(B, 1, T, 1) / scale).expand(B, heads, T, 1).to(dtype)
-            self._channels[key] = (torch.ones_like(kb), kb)
-        return self._channels[key]
+    @classmethod
+    def from_bias(cls, bias: torch.Tensor) -> "KeyMask":
+        """From an additive bias [B, 1, 1, T] (0 real, negative padding)."""
+        return cls(bias.reshape(bias.shape[0], bias.shape[-1]) == 0)
+
+    def _pad_channel(self, heads: int, dtype: torch.dtype) -> torch.Tensor:
+        key = ("pad", heads, dtype)
+        if key not in self._cache:
+            B, T = self.real.shape
+            self._cache[key] = (~self.real).to(dtype).reshape(B, 1, T, 1).expand(B, heads, T, 1)
+        return self._cache[key]
+
+    def _real4(self) -> torch.Tensor:
+        if "real4" not in self._cache:
+            B, T = self.real.shape
+            self._cache["real4"] = self.real.reshape(B, 1, T, 1)
+        return self._cache["real4"]
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
+        """q, k, v [B, H, T, hd] -> (q', k', v') such that `softmax((q' @ k'^T) * scale) @ v'` is the
+        attention over the real keys only (see the class doc)."""
+        H = q.shape[1]
+        real = self._real4()
+        q, k, v = hide_rows(q, real), hide_rows(k, real), hide_rows(v, real)
+        own = (q * k).sum(dim=-1, keepdim=True)                      # q_i . k_i
+        first = q @ k[:, :, :1].transpose(-2, -1)                     # q_i . k_0
+        low = torch.maximum(own, first) - PAD_MARGIN / scale
+        return torch.cat([q, low], dim=-1), torch.cat([k, self._pad_channel(H, k.dtype)], dim=-1), v
+
+
+def hide_rows(t: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """`t` with the rows of padding slots set to 0 (`real` broadcasts against `t`, True = real slot);
+    a select, not a product, so whatever a padding slot holds (NaN and Inf included) is gone."""
+    return torch.where(real, t, torch.zeros((), dtype=t.dtype, device=t.device))
+
+
+# Attention scores are raised to at least (row maximum - SCORE_FLOOR) by `floor_scores`: e^-80 =
+# 1.8e-35, a float32 normal number, so no exp argument leaves float32's normal range.
+SCORE_FLOOR = 80.0
+
+
+def floor_scores(a: torch.Tensor) -> torch.Tensor:
+    """Scores [..., keys] (padding bias added) raised to at least the row maximum - SCORE_FLOOR:
+    a padded key's weight stays <= e^-80 (invisible), and ONNX Runtime's softmax stays on its fast
+    `exp` path (docs/decisions.md item 43). Two passes over the scores: for attention with few
+    query rows (cross-attention); self-attention uses `KeyMask.attend`, which needs none."""
+    return torch.maximum(a, a.amax(dim=-1, keepdim=True) - SCORE_FLOOR)
 
 
 def key_bias_from_size(size: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """[B, T] sizes -> additive attention bias [B, 1, 1, T]: 0 for real tokens, a large negative
-    value for padding (-3e4 in float16, -1e9 in float32: exp() of it is exactly 0, and it stays
-    finite after the division by the attention scale in `attention_forward`)."""
+    value for padding (-3e4 in float16, -1e9 in float32), for cross-attention: add it to the scores,
+    then `floor_scores` (which keeps exp's arguments in range); `KeyMask.from_bias` reads it back."""
     low = -3.0e4 if dtype == torch.float16 else -1.0e9
     bias = torch.where(size > 0, torch.zeros((), dtype=dtype, device=size.device),
                        torch.full((), low, dtype=dtype, device=size.device))

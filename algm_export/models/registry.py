@@ -27,6 +27,7 @@ FAMILY_MODULES = {
     "setr": "SETR naive / PUP / MLA (mmsegmentation)",
     "segvit": "SegViT ATM (mmsegmentation)",
     "eva02": "EVA-02 + UperNet (mmsegmentation)",
+    "eomt": "EoMT (timm DINOv2 ViT with queries in its last blocks; published pytorch_model.bin / Lightning .ckpt + config.yaml)",
 }
 
 

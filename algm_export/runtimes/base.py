@@ -6,7 +6,10 @@
         out.merge_stats               # np.ndarray int [B, steps, 2] (merges, forced) or None (baseline)
         out.tokens                    # np.ndarray int [B, steps] patch tokens after each step, or None
         out.assignments               # list per step of np.ndarray int [B, N] (patch -> token), or None:
-                                      # only runners asked for them (the torch runner, `assignments=True`)
+                                      # only runners asked for them (the torch runner, `assignments=True`;
+                                      # the ONNX Runtime runner, `decisions=True`)
+        out.merge_inputs              # list per step of {"x": [B, T, D], "size": [B, T] or None}: the tokens
+                                      # entering each merge step (same runners, `merge_inputs` / `decisions`)
 
 A runtime that reports merge statistics but not token counts (ONNX Runtime, TensorRT) derives
 the tokens from them (`tokens_from_merge_stats`): the CLAP step removes merges*(k-1) patches
@@ -31,12 +34,19 @@ ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "tensorrt_rtx": "tensorrt-rt
            "trt-rtx": "tensorrt-rtx"}
 
 
-def normalize_backend(name: str) -> str:
-    """The canonical name of a backend (aliases resolved, any case); ConfigError for an unknown one."""
+#: not a runner of a folder entry but the folder served by Triton, measured from clients (`bench --backend
+#: triton`, runtimes/triton/); accepted where a caller asks for it (`normalize_backend(..., served=True)`)
+SERVED = ("triton",)
+
+
+def normalize_backend(name: str, served: bool = False) -> str:
+    """The canonical name of a backend (aliases resolved, any case); ConfigError for an unknown one.
+    `served`: also `triton` (SERVED)."""
     key = str(name).strip().lower()
     key = ALIASES.get(key, key)
-    if key not in BACKENDS:
-        raise ConfigError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)} "
+    names = BACKENDS + (SERVED if served else ())
+    if key not in names:
+        raise ConfigError(f"unknown backend {name!r}; use one of {', '.join(names)} "
                           f"(aliases: {', '.join(f'{a}={b}' for a, b in ALIASES.items())})")
     return key
 
@@ -47,6 +57,7 @@ class RunOutput:
     merge_stats: Optional[np.ndarray] = None
     tokens: Optional[np.ndarray] = None
     assignments: Optional[list] = None
+    merge_inputs: Optional[list] = None
 
     # read-only mapping access (`out["logits"]`, `"merge_stats" in out`) over the fields that are set
     def keys(self):

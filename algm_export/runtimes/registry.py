@@ -18,15 +18,15 @@ from typing import Optional
 from algm_export.core.errors import ConfigError
 from algm_export.runtimes.base import Runner, check_input_size
 from algm_export.core.names import PRECISIONS
-from algm_export.runtimes.base import ALIASES, BACKENDS, normalize_backend  # noqa: F401  (re-exported)
+from algm_export.runtimes.base import ALIASES, BACKENDS, SERVED, normalize_backend  # noqa: F401  (re-exported)
 
-def parse_backends(text) -> list[str]:
-    """`torch,ort` or a list -> canonical names, duplicates removed."""
+def parse_backends(text, served: bool = False) -> list[str]:
+    """`torch,ort` or a list -> canonical names, duplicates removed (`served`: `triton` too)."""
     items = text.split(",") if isinstance(text, str) else list(text)
     out = []
     for b in items:
         if str(b).strip():
-            n = normalize_backend(b)
+            n = normalize_backend(b, served)
             if n not in out:
                 out.append(n)
     return out
@@ -45,7 +45,8 @@ def available_backends() -> list[str]:
     return out
 
 
-def _geometry(entry) -> Optional[tuple]:
+def token_geometry(entry) -> Optional[tuple]:
+    """(patches, CLAP window area) of an ALGM entry, for `tokens_from_merge_stats`; None for the baseline."""
     info = entry.folder.model_info
     grid, win = info.get("grid"), entry.window
     if entry.is_baseline or not grid or not win:
@@ -57,7 +58,8 @@ TORCH_MODES = ("static", "dynamic", "reference")
 
 
 def torch_runner(model, setting=None, capacities=None, token_mode: Optional[str] = None, device="cpu",
-                 assignments: bool = False, takes_threshold: bool = False, name: Optional[str] = None) -> Runner:
+                 assignments: bool = False, takes_threshold: bool = False, name: Optional[str] = None,
+                 merge_inputs: bool = False) -> Runner:
     """The PyTorch runner of `model` with ALGM `setting` (None: the model itself): `apply_algm(model,
     setting, capacities, token_mode)`; `assignments`: RunOutput.assignments per call (merge pictures);
     `takes_threshold` (dynamic mode): `infer(x, threshold=t)` sets the CLAP threshold per call."""
@@ -68,17 +70,19 @@ def torch_runner(model, setting=None, capacities=None, token_mode: Optional[str]
         return TorchRunner(model, name or "torch", device=device)
     net = apply_algm(model, setting, capacities, token_mode)
     return TorchRunner(net, name or f"torch-{net.token_mode}", device=device, assignments=assignments,
-                       takes_threshold=takes_threshold)
+                       takes_threshold=takes_threshold, merge_inputs=merge_inputs)
 
 
 def make_runner(backend: str, entry, precision: str = "fp32", model=None, mode: Optional[str] = None,
-                threads: Optional[int] = None, device: str = "cpu", plugins=None) -> Runner:
+                threads: Optional[int] = None, device: str = "cpu", plugins=None, decisions: bool = False) -> Runner:
     """The runner of `backend` for one `artifacts.Entry` (ONNX and engine files sha256-checked first).
 
     torch: `model` is the folder's model (`ExportFolder.model()`). `mode` None runs the entry as
     exported: a static entry with its capacities, a dynamic one in dynamic token mode (per-image
     exact counts; a threshold-input entry takes `infer(x, threshold=t)`, the reference of its
-    graph at each threshold). `mode="reference"`: the published per-image reference (spec 1)."""
+    graph at each threshold). `mode="reference"`: the published per-image reference (spec 1).
+    decisions: the runner also returns every merge step's assignment map and the tokens entering it
+    (`RunOutput.assignments`, `merge_inputs`; torch and onnxruntime; for `merging.margins`)."""
     backend = normalize_backend(backend)
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r} unknown; use one of {', '.join(PRECISIONS)}")
@@ -95,12 +99,13 @@ def make_runner(backend: str, entry, precision: str = "fp32", model=None, mode: 
             torch.set_num_threads(threads)
         s = None if entry.is_baseline else entry.setting()
         mode = mode or entry.token_mode
+        kw = {"assignments": True, "merge_inputs": True} if decisions else {}
         if s is None:
             r = torch_runner(model, device=device)
         elif mode == "reference":
-            r = torch_runner(model, s, device=device, name="torch-reference")
+            r = torch_runner(model, s, device=device, name="torch-reference", **kw)
         elif mode == "dynamic":
-            r = torch_runner(model, s, token_mode="dynamic", device=device, takes_threshold=entry.takes_threshold)
+            r = torch_runner(model, s, token_mode="dynamic", device=device, takes_threshold=entry.takes_threshold, **kw)
         elif not entry.capacities and entry.is_dynamic:
             raise ConfigError(f"{entry.name} was exported in dynamic token mode: it has no capacities, so no static "
                               "PyTorch counterpart; run it with mode None (as exported) or 'reference'")
@@ -108,20 +113,21 @@ def make_runner(backend: str, entry, precision: str = "fp32", model=None, mode: 
             raise ConfigError(f"manifest.json: setting {entry.name} has no capacities but is not marked "
                               "\"token_mode\": \"dynamic\", so it has no static PyTorch counterpart; re-export the folder")
         else:
-            r = torch_runner(model, s, entry.capacities, device=device, name="torch-static")
+            r = torch_runner(model, s, entry.capacities, device=device, name="torch-static", **kw)
         r.entry = entry
         return r
     if backend == "onnxruntime":
         from algm_export.runtimes.onnxruntime import OrtRunner
 
         path = entry.onnx_path(precision)
-        r = OrtRunner(path, threads=threads, name=f"onnxrt:{entry.name}")
+        r = OrtRunner(path, threads=threads, name=f"onnxrt:{entry.name}",
+                      decisions=decisions and not entry.is_baseline)
     else:
         from algm_export.runtimes.tensorrt.runner import HostTrtRunner, TrtRunner
 
         rec = entry.engine(precision, backend, None if plugins is None else bool(plugins))
         r = HostTrtRunner(TrtRunner.from_record(rec, plugins), f"trt:{entry.name}")
-    r.token_geometry = _geometry(entry)
+    r.token_geometry = token_geometry(entry)
     r.entry = entry
     if model is not None:
         check_input_size(r, model.cfg.image_size, entry.name)
@@ -156,6 +162,11 @@ def runner_for_file(path, backend: Optional[str] = None, n_patches: Optional[int
                           "engines on tensorrt or tensorrt-rtx")
     listing = ExportFolder.of_file(path)  # a file of an export folder: sha256-checked against its manifest
     entry = listing[1] if listing else None
+    if listing is None and onnx_file:
+        from algm_export.artifacts.external import check_graph_file
+
+        # a loose file: its external data (if any) must stay inside its own folder
+        check_graph_file(path, path.parent, None, path.name)
     if backend == "onnxruntime":
         from algm_export.runtimes.onnxruntime import OrtRunner
 
@@ -168,8 +179,8 @@ def runner_for_file(path, backend: Optional[str] = None, n_patches: Optional[int
         r = HostTrtRunner(TrtRunner(path, backend=None if rec else backend, record=rec.raw if rec else None,
                                     plugins=lib), f"trt:{path.name}")
     r.entry = entry
-    if entry is not None and _geometry(entry):
-        r.token_geometry = _geometry(entry)
+    if entry is not None and token_geometry(entry):
+        r.token_geometry = token_geometry(entry)
     elif n_patches and window:
         r.token_geometry = (n_patches, window)
     return r

@@ -114,7 +114,7 @@ def _pick_onnx(folder: ExportFolder, name: str, entry: dict, precision: str, bac
     rel = entry.get(key)
     if not rel:
         raise ArtifactError(f"{name}: the manifest names no ONNX file ({key}); re-export.")
-    path = folder.verify(rel, entry[hkey], f"{name}.{key}")
+    path = folder.graph_file(rel, entry[hkey], f"{name}.{key}")  # external data checked too
     digest = entry[hkey]
     return {"onnx": rel, "path": path, "sha256": digest, "fp16_mode": mode,
             "strongly_typed": mode != "builder-flag"}

@@ -28,7 +28,7 @@ import numpy as np
 
 from algm_export.artifacts import ExportFolder, locks_export_folder
 from algm_export.core.errors import ConfigError
-from algm_export.core.progress import progress_bar
+from algm_export.core.progress import progress_bar, stage
 
 
 @dataclass
@@ -93,7 +93,14 @@ def validate(export_dir, images=None, backend: str = "onnxruntime", labels=None,
 
     thresholds: the thresholds to validate threshold-input entries at (default: their manifest's).
     trust_checkpoint: unpickle the manifest's checkpoint completely (see `load_segmenter`).
-    wait: wait for another run that holds the folder instead of stopping (see `algm_export.core.lock`)."""
+    wait: wait for another run that holds the folder instead of stopping (see `algm_export.core.lock`).
+
+    Every file is checked (sha256, external-data locations) before any image is prepared; the backend
+    runs one entry at a time (its session is closed before the next entry's is made, so a large model
+    is in memory once beside the PyTorch one) and nothing is written before every entry has run.
+    For ALGM entries every image also gets the margins of its merge decisions (`merging.margins`,
+    float32, on the PyTorch side) and, where the backend exposes its decisions (ONNX Runtime), the
+    decisions that differ from PyTorch's."""
     from polygraphy.comparator import RunResults
     from polygraphy.comparator.struct import IterationResult
 
@@ -105,66 +112,105 @@ def validate(export_dir, images=None, backend: str = "onnxruntime", labels=None,
     limits = limits or Limits.for_precision(precision)
     runs = folder.runs(thresholds)  # per entry: [None] (threshold built in) or the thresholds to run it at
     entries = folder.entries
+    _preflight(entries, backend, precision)  # every file checked before anything is run or written
     if model is None:
-        model = folder.model(trust_checkpoint)
+        with stage("loading the PyTorch model"):
+            model = folder.model(trust_checkpoint)
     cfg = model.cfg
-    # every backend runner is made (its file parsed) before any image is prepared or output written
-    runners = [make_runner(backend, e, precision, model=model) for e in entries]
     inputs = folder.inputs(images, model=model, limit=limit_images)
     folder.resolve("validation", "validation folder")  # a symlink leading out stops here
     report = {"backend": backend, "precision": precision, "images": [n for n, _ in inputs],
               "limits": asdict(limits), "entries": []}
+    pending = []   # (relative path, RunResults) written once every entry has run
+    decisions = backend == "onnxruntime"
     with progress_bar(total=sum(map(len, runs)) * len(inputs), desc=f"validate ({backend})", unit="img") as bar:
-        for e, runner, ts in zip(entries, runners, runs):
+        for e, ts in zip(entries, runs):
             is_base = e.is_baseline
-            ref = make_runner("torch", e, model=model)
-            # static entries: also the reference (per_image, no capacities) vs static
-            dyn = None if is_base or e.is_dynamic else make_runner("torch", e, model=model, mode="reference")
-            for t in ts:
-                kw = {} if t is None else {"threshold": t}
-                per_image, conf = [], np.zeros((cfg.n_cls, cfg.n_cls), dtype=np.int64)
-                res_b, res_t = [], []
-                for name, x in inputs:
-                    b, r = runner.infer(x, **kw), ref.infer(x, **kw)
-                    m = {"image": name, **_image_metrics(b, r, dynamic=e.is_dynamic)}
-                    if dyn is not None:
-                        d = dyn.infer(x)
-                        dd = np.abs(d["logits"] - r["logits"])
-                        m["dynamic_vs_static_max_abs"] = float(dd.max())
-                        m["dynamic_vs_static_agreement"] = float(
-                            100 * (d["logits"].argmax(1) == r["logits"].argmax(1)).mean())
-                    conf += confusion(b["logits"].argmax(1), r["logits"].argmax(1), cfg.n_cls)
-                    per_image.append(m)
-                    if save_outputs:
-                        res_b.append(IterationResult(compact_outputs(b), runner_name=runner.name))
-                        res_t.append(IterationResult(compact_outputs(r), runner_name=ref.name))
-                    bar.update(1)
-                summ = summarize(per_image, miou(conf), limits)
-                if labels is not None:
-                    summ.update(label_miou(labels, ref, runner, cfg, kw))
-                entry_report = {"name": e.name, "threshold": e.threshold if t is None else t,
-                                "capacities": e.capacities, "summary": summ, "per_image": per_image}
-                if not is_base:
-                    entry_report["token_mode"] = e.token_mode
-                if e.takes_threshold:
-                    entry_report["threshold_input"] = True
-                if save_outputs:
-                    rr = RunResults()
-                    rr.append((runner.name, res_b))
-                    rr.append((ref.name, res_t))
-                    tag = e.name if t is None else f"{e.name}.t{t:.3f}"
-                    rel = f"validation/{tag}.{backend}.{precision}.outputs.json"
-                    p = folder.resolve(rel, "validation output")
-                    p.parent.mkdir(parents=True, exist_ok=True)
-                    rr.save(str(p))
-                    entry_report["outputs"] = rel
-                report["entries"].append(entry_report)
-            for rn in (runner, ref, dyn):
-                if rn is not None:
-                    rn.close()
+            with stage(f"validating {e.name} ({backend})", announce=False):
+                runner = make_runner(backend, e, precision, model=model, decisions=decisions)
+                ref = make_runner("torch", e, model=model, decisions=not is_base)
+                # static entries: also the reference (per_image, no capacities) vs static
+                dyn = None if is_base or e.is_dynamic else make_runner("torch", e, model=model, mode="reference")
+                setting = None if is_base else e.setting()
+                try:
+                    for t in ts:
+                        kw = {} if t is None else {"threshold": t}
+                        per_image, conf = [], np.zeros((cfg.n_cls, cfg.n_cls), dtype=np.int64)
+                        res_b, res_t = [], []
+                        for name, x in inputs:
+                            b, r = runner.infer(x, **kw), ref.infer(x, **kw)
+                            m = {"image": name, **_image_metrics(b, r, dynamic=e.is_dynamic)}
+                            if setting is not None:
+                                m.update(_merge_margins(b, r, setting, model, e.capacities, t))
+                            if dyn is not None:
+                                d = dyn.infer(x)
+                                dd = np.abs(d["logits"] - r["logits"])
+                                m["dynamic_vs_static_max_abs"] = float(dd.max())
+                                m["dynamic_vs_static_agreement"] = float(
+                                    100 * (d["logits"].argmax(1) == r["logits"].argmax(1)).mean())
+                            conf += confusion(b["logits"].argmax(1), r["logits"].argmax(1), cfg.n_cls)
+                            per_image.append(m)
+                            if save_outputs:
+                                res_b.append(IterationResult(compact_outputs(b), runner_name=runner.name))
+                                res_t.append(IterationResult(compact_outputs(r), runner_name=ref.name))
+                            bar.update(1)
+                        summ = summarize(per_image, miou(conf), limits)
+                        if labels is not None:
+                            summ.update(label_miou(labels, ref, runner, cfg, kw))
+                        entry_report = {"name": e.name, "threshold": e.threshold if t is None else t,
+                                        "capacities": e.capacities, "summary": summ, "per_image": per_image}
+                        if not is_base:
+                            entry_report["token_mode"] = e.token_mode
+                        if e.takes_threshold:
+                            entry_report["threshold_input"] = True
+                        if save_outputs:
+                            rr = RunResults()
+                            rr.append((runner.name, res_b))
+                            rr.append((ref.name, res_t))
+                            tag = e.name if t is None else f"{e.name}.t{t:.3f}"
+                            rel = f"validation/{tag}.{backend}.{precision}.outputs.json"
+                            pending.append((rel, rr))
+                            entry_report["outputs"] = rel
+                        report["entries"].append(entry_report)
+                finally:
+                    for rn in (runner, ref, dyn):
+                        if rn is not None:
+                            rn.close()
+                    del runner, ref, dyn
+    for rel, rr in pending:
+        p = folder.resolve(rel, "validation output")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        rr.save(str(p))
     report["pass"] = all(e["summary"]["pass"] for e in report["entries"])
     folder.write_json(f"validation/report.{backend}.{precision}.json", report, "validation report")
     return report
+
+
+def _preflight(entries, backend: str, precision: str) -> None:
+    """Check every file the backend will read (sha256; an ONNX file's external-data locations) before
+    anything runs, so that a bad folder stops before any output is written."""
+    for e in entries:
+        if backend == "onnxruntime":
+            e.onnx_path(precision)
+        else:
+            e.engine(precision, backend).engine_path()
+
+
+def _merge_margins(b, r, setting, model, capacities, threshold) -> dict:
+    """The margins of every merge decision (PyTorch side, float32) and the decisions the backend
+    made differently (when it exposes them), for one image."""
+    from algm_export.merging.margins import decision_differences, step_margins
+
+    if r.get("merge_inputs") is None:
+        return {}
+    grid = model.cfg.grid
+    P = model.num_prefix
+    out = {"margins": step_margins(r.merge_inputs, setting, grid, P, capacities, threshold)[0]}
+    if b.get("assignments") is not None and r.get("assignments") is not None:
+        out["decision_differences"] = decision_differences(
+            setting, grid, P, r.assignments, b.assignments, r.merge_inputs, b.get("merge_inputs"),
+            threshold=threshold, capacities=capacities)
+    return out
 
 
 def compact_outputs(out: dict, stride: int = 16) -> dict:
@@ -203,6 +249,11 @@ def summarize(per_image: list, parity_miou: float, limits: Limits) -> dict:
         s["tokens_min"], s["tokens_max"] = toks.min(0).tolist(), toks.max(0).tolist()
         s["token_mismatch_images"] = sum(m["token_diff"] > 0 for m in per_image)
         s["token_mismatches_allowed"] = limits.token_mismatches_allowed(len(per_image))
+    margins = [st["margin"] for m in per_image for st in m.get("margins") or [] if st.get("margin") is not None]
+    if margins:
+        s["smallest_margin"] = float(min(margins))
+    if any("decision_differences" in m for m in per_image):
+        s["decision_difference_images"] = sum(m.get("decision_differences") is not None for m in per_image)
     fails = []
     if s["agreement_mean"] < limits.mean_agreement:
         fails.append(f"mean argmax agreement {s['agreement_mean']:.3f}% < {limits.mean_agreement}%")
@@ -291,9 +342,41 @@ def format_report(report: dict) -> str:
             per = ", ".join(f"{m['image']} " + "/".join(map(str, m["tokens_backend"])) for m in e["per_image"])
             txt += (f"\n  {where}: tokens per image equal PyTorch's on {s['images'] - s['token_mismatch_images']}"
                     f"/{s['images']} images: {per}")
+        txt += format_margins(e)
         for f in s["failures"]:
             txt += f"\n  {e['name']}: {f}"
         if "miou_torch" in e["summary"]:
             s = e["summary"]
             txt += f"\n  {e['name']}: mIoU torch {s['miou_torch']:.2f}  backend {s['miou_backend']:.2f}  delta {s['miou_delta']:+.3f}"
     return txt
+
+
+def _g(v) -> str:
+    return "-" if v is None else f"{v:.2g}"
+
+
+def format_margins(entry: dict) -> str:
+    """Per image: the smallest margin of every merge step (threshold / argmax or rank), and the
+    decisions the backend made differently from PyTorch with their margins."""
+    lines = []
+    where = f"{entry['name']} at {entry['threshold']:.3f}" if entry.get("threshold_input") else entry["name"]
+    for m in entry["per_image"]:
+        if not m.get("margins"):
+            continue
+        parts = []
+        for st in m["margins"]:
+            second = (f"rank {_g(st.get('rank_margin'))}" if st["op"] == "clap"
+                      else f"argmax {_g(st.get('argmax_margin'))}")
+            parts.append(f"{st['op'].upper()}@{st['layer']} tau {_g(st.get('threshold_margin'))} {second}")
+        line = f"\n  {where}: {m['image']}: margins " + ", ".join(parts)
+        diff = m.get("decision_differences")
+        if diff:
+            ds = "; ".join(f"{d['decision']}: torch {d['torch']}, backend {d['backend']} (margin {_g(d.get('torch_margin'))}"
+                           + (f", backend's {_g(d.get('backend_margin'))}" if d.get("backend_margin") is not None else "")
+                           + ")" for d in diff["decisions"][:3])
+            line += (f"\n    decisions differ at step {diff['step']} ({diff['op'].upper()}, layer {diff['layer']}, "
+                     f"{diff['patches_differing']} patches): {ds or 'token order only'}")
+        elif "decision_differences" in m:
+            line += "; every decision equals PyTorch's"
+        lines.append(line)
+    return "".join(lines)

@@ -231,9 +231,7 @@ def eva_attention_forward(attn: EvaAttention, x: torch.Tensor, rope: Optional[to
         out = F.scaled_dot_product_attention(q, k, v)        # timm's own path, same kernel
     else:
         if key_mask is not None:
-            q_one, k_bias = key_mask.channels(H, attn.scale, k.dtype)
-            q = torch.cat([q, q_one], dim=-1)
-            k = torch.cat([k, k_bias], dim=-1)
+            q, k, v = key_mask.attend(q, k, v, attn.scale)
         a = (q @ k.transpose(-2, -1)) * attn.scale
         a = a.float().softmax(dim=-1).to(v.dtype) if a.dtype == torch.float16 else a.softmax(dim=-1)
         out = a @ v

@@ -147,9 +147,7 @@ def attention(mha: nn.MultiheadAttention, x: torch.Tensor, key_mask: Optional[Ke
     qkv = F.linear(x, mha.in_proj_weight, mha.in_proj_bias).reshape(B, T, 3, H, hd).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     if key_mask is not None:
-        q_one, k_bias = key_mask.channels(H, scale, k.dtype)
-        q = torch.cat([q, q_one], dim=-1)
-        k = torch.cat([k, k_bias], dim=-1)
+        q, k, v = key_mask.attend(q, k, v, scale)
     a = (q @ k.transpose(-2, -1)) * scale
     a = a.float().softmax(dim=-1).to(v.dtype) if a.dtype == torch.float16 else a.softmax(dim=-1)
     out = (a @ v).transpose(1, 2).reshape(B, T, C)

@@ -38,14 +38,14 @@ def attention_forward(attn: nn.Module, x: torch.Tensor, key_bias=None) -> torch.
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
     if key_bias is not None:
-        mask = key_bias if isinstance(key_bias, KeyMask) else KeyMask(key_bias)
-        q_one, k_bias = mask.channels(H, attn.scale, k.dtype)
-        q = torch.cat([q, q_one], dim=-1)
-        k = torch.cat([k, k_bias], dim=-1)
+        mask = key_bias if isinstance(key_bias, KeyMask) else KeyMask.from_bias(key_bias)
+        q, k, v = mask.attend(q, k, v, attn.scale)
     a = (q @ k.transpose(-2, -1)) * attn.scale
     a = a.float().softmax(dim=-1).to(v.dtype) if a.dtype == torch.float16 else a.softmax(dim=-1)
     out = (a @ v).transpose(1, 2).reshape(B, T, C)
-    out = attn.norm(out)
+    norm = getattr(attn, "norm", None)     # timm < 1.0.16 has no post-attention norm (scale_norm)
+    if norm is not None:
+        out = norm(out)
     return attn.proj(out)
 
 

@@ -24,7 +24,8 @@ What `ATMHead.forward` does at inference, and how it runs on merged tokens here:
    is separate q / k / v / proj linears; its pre-softmax logits `q.k * head_dim^-0.5`, averaged
    over the heads, *of the stack's last layer* are the stage's mask logits `[B, Q, T]`.
    Here the lateral is computed on the merged tokens of the stage's block (`level.patches`),
-   padding keys get an additive `-1e9` bias before the softmax (zero weight, exactly), and only
+   padding keys are zeroed, get an additive `-1e9` bias and are then raised to the row maximum
+   - 80 (`layers.floor_scores`: weight <= e^-80, no exp argument below float32's normal range), and only
    the mask logits are unmerged (`level.unmerge`, the assignment map valid at that block).
 3. SegViT does **not** add the laterals of consecutive stages: the branch that would
    (`laterals.append(lateral + laterals[idx - 1])`) sits behind `if True:` and never runs, so
@@ -55,7 +56,7 @@ import torch.nn.functional as F
 
 from algm_export.core.errors import ConfigError
 from algm_export.models.base import Level, TokenDecoder, rows_to_map
-from algm_export.models.layers import bilinear_upsample
+from algm_export.models.layers import bilinear_upsample, floor_scores, hide_rows
 
 
 class CrossAttention(nn.Module):
@@ -80,9 +81,12 @@ class CrossAttention(nn.Module):
         q = self.q(xq).reshape(B, Q, H, C // H).transpose(1, 2)
         k = self.k(xk).reshape(B, T, H, C // H).transpose(1, 2)
         v = self.v(xk).reshape(B, T, H, C // H).transpose(1, 2)
+        if key_bias is not None:   # padding keys: zero k and v, whatever the slots hold
+            real = (key_bias == 0).reshape(B, 1, T, 1)
+            k, v = hide_rows(k, real), hide_rows(v, real)
         logits = (q @ k.transpose(-2, -1)) * self.scale          # [B, H, Q, T]
         masks = logits.sum(dim=1) / H                             # SegViT: attn.sum(1) / num_heads
-        a = logits if key_bias is None else logits + key_bias.to(logits.dtype)
+        a = logits if key_bias is None else floor_scores(logits + key_bias.to(logits.dtype))
         a = a.float().softmax(dim=-1).to(v.dtype) if a.dtype == torch.float16 else a.softmax(dim=-1)
         out = (a @ v).transpose(1, 2).reshape(B, Q, C)
         return self.proj(out), masks

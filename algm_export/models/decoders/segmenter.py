@@ -65,7 +65,7 @@ class MaskTransformer(_SegmenterDecoder):
         super().__init__(n_cls, depth)
         self.d_model = d_model
         n_heads = max(1, d_model // 64)
-        dpr = [r.item() for r in torch.linspace(0, drop_path_rate, n_layers)] if n_layers else []
+        dpr = [r.item() for r in torch.linspace(0, drop_path_rate, n_layers, device="cpu")] if n_layers else []
         self.blocks = nn.ModuleList([
             Block(d_model, n_heads, mlp_ratio=4.0, qkv_bias=True, proj_drop=dropout,
                   drop_path=dpr[i], norm_layer=LayerNorm)
@@ -86,7 +86,7 @@ class MaskTransformer(_SegmenterDecoder):
         x = torch.cat((x, self.cls_emb.expand(B, -1, -1).to(x.dtype)), dim=1)
         bias = None
         if key_bias is not None:  # class embeddings are always real keys
-            bias = KeyMask(F.pad(key_bias, (0, self.n_cls), value=0.0))
+            bias = KeyMask.from_bias(F.pad(key_bias, (0, self.n_cls), value=0.0))
         for blk in self.blocks:
             x = block_forward(blk, x, bias)
         x = self.decoder_norm(x)

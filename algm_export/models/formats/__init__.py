@@ -22,7 +22,7 @@ from typing import Callable, Optional
 from algm_export.core.errors import CheckpointError
 from algm_export.core.registry import LazyRegistry
 
-FORMAT_MODULES = ("published_segmenter", "mmseg")
+FORMAT_MODULES = ("published_segmenter", "mmseg", "eomt")
 
 
 @dataclass(frozen=True)

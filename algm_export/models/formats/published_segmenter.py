@@ -39,6 +39,7 @@ import yaml
 from algm_export.core.errors import CheckpointError, ConfigError
 from algm_export.core.names import pair
 from algm_export.core.manifest import atomic_path
+from algm_export.models.base import build_with_weights
 from algm_export.models.families.segmenter import (
     ALIASES,
     BACKBONES,
@@ -471,13 +472,15 @@ def load_segmenter(path: str | Path, image_size=None, strict: bool = True,
     obj = load_checkpoint_file(ckpt, trust=trust_checkpoint)
     sd = _extract_state_dict(obj, ckpt)
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = Segmenter(cfg)
+        with torch.device("meta"):
+            shape_only = Segmenter(cfg)
     except ConfigError as e:
         raise CheckpointError(f"{var_path}: cannot build the network it describes ({e})") from e
-    load = _check_keys(model, sd, cfg, strict, f"{ckpt}, {var_path}")
-    model.load_state_dict(load, strict=False)
+    load = _check_keys(shape_only, sd, cfg, strict, f"{ckpt}, {var_path}")
+    del shape_only, sd, obj
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_with_weights(lambda: Segmenter(cfg), load)   # the checkpoint's tensors, no second copy
     model.eval()
     model.variant = variant
     model.checkpoint_path = ckpt

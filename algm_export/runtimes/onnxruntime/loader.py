@@ -8,8 +8,11 @@ from typing import Optional, Sequence
 from algm_export.core.errors import BackendUnavailable
 
 
-def make_session(path: str | os.PathLike, threads: Optional[int] = None, providers: Optional[Sequence[str]] = None,
-                 optimize: bool = True):
+def make_session(path: str | os.PathLike | bytes, threads: Optional[int] = None,
+                 providers: Optional[Sequence[str]] = None, optimize: bool = True,
+                 external_data_folder: Optional[str | os.PathLike] = None):
+    """An InferenceSession of an ONNX file (or of serialised model bytes: `external_data_folder` is
+    then the folder its external-data locations are relative to, checked by the caller)."""
     try:
         import onnxruntime as ort
     except ImportError as e:  # pragma: no cover - it is a main dependency
@@ -24,4 +27,7 @@ def make_session(path: str | os.PathLike, threads: Optional[int] = None, provide
     avail = ort.get_available_providers()
     if providers is None:
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
-    return ort.InferenceSession(str(path), sess_options=so, providers=list(providers))
+    if external_data_folder is not None:
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_data_folder))
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, sess_options=so, providers=list(providers))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -16,17 +18,56 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg[:300]}"
 
 
+def with_decision_outputs(path) -> tuple[bytes, list[tuple[int, str, str]]]:
+    """The graph of `path` (its external data not loaded) with more outputs: for every `algm` node
+    in graph order, the tokens entering it (`x`, and `size` for GBM) and the assignment map it
+    outputs. Returns (serialised model, [(step, kind, output name)])."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.output)}
+    have = {o.name for o in model.graph.output}
+    extra = []
+    step = 0
+    for node in model.graph.node:
+        if node.domain != "algm" or node.op_type not in ("AlgmClap", "AlgmGbm"):
+            continue
+        wanted = [("x", node.input[0], onnx.TensorProto.FLOAT), ("assign", node.output[2], onnx.TensorProto.INT32)]
+        if node.op_type == "AlgmGbm":
+            wanted.insert(1, ("size", node.input[1], onnx.TensorProto.FLOAT))
+        for kind, name, default in wanted:
+            if name not in have:
+                model.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name) or default, None))
+                have.add(name)
+            extra.append((step, kind, name))
+        step += 1
+    return model.SerializeToString(), extra
+
+
 class OrtRunner(Runner):
-    """`infer(image [B,3,H,W] torch or numpy float32) -> RunOutput` (see `runtimes.base`)."""
+    """`infer(image [B,3,H,W] torch or numpy float32) -> RunOutput` (see `runtimes.base`).
+
+    decisions: the session also outputs, for every merge step, the tokens entering it and its
+    assignment map (`RunOutput.merge_inputs`, `assignments`): the backend's own merge decisions,
+    compared with PyTorch's by `validate` (`merging.margins`). The logits are those of the file
+    (extra outputs change no computation). The file's external data must have been checked
+    (`artifacts`): the session reads it from the file's folder."""
 
     backend = "onnxruntime"
 
-    def __init__(self, path, threads=None, providers=None, name=None):
+    def __init__(self, path, threads=None, providers=None, name=None, decisions: bool = False):
         from polygraphy.backend.onnxrt import OnnxrtRunner
 
         self.path = str(path)
+        self._extra: list = []
         try:
-            self.session = make_session(path, threads=threads, providers=providers)
+            if decisions:
+                blob, self._extra = with_decision_outputs(path)
+                self.session = make_session(blob, threads=threads, providers=providers,
+                                            external_data_folder=os.path.dirname(os.path.abspath(self.path)))
+                del blob
+            else:
+                self.session = make_session(path, threads=threads, providers=providers)
             self.runner = OnnxrtRunner(self.session, name=name or f"onnxrt:{self.path}")
             self.runner.activate()
             self.output_names = [o.name for o in self.session.get_outputs()]
@@ -99,7 +140,18 @@ class OrtRunner(Runner):
             raise ArtifactError(f"ONNX Runtime failed to run {self.path} on a {list(image.shape)} image batch "
                                 f"({_reason(e)}); the file does not match its manifest's model: re-export it") from None
         ms = out.get("merge_stats")
-        return RunOutput(np.asarray(out["logits"], dtype=np.float32), None if ms is None else np.asarray(ms))
+        res = RunOutput(np.asarray(out["logits"], dtype=np.float32), None if ms is None else np.asarray(ms))
+        if self._extra:
+            steps = 1 + max(s for s, _, _ in self._extra)
+            res.merge_inputs = [{"x": None, "size": None} for _ in range(steps)]
+            res.assignments = [None] * steps
+            for step, kind, name in self._extra:
+                v = np.asarray(out[name])
+                if kind == "assign":
+                    res.assignments[step] = v.astype(np.int64)
+                else:
+                    res.merge_inputs[step][kind] = v.astype(np.float32)
+        return res
 
     def close(self):
         if getattr(self, "runner", None) is not None and self.runner.is_active:

@@ -14,16 +14,21 @@ class TorchRunner(Runner):
     """`model`: a `SegModel` or an `AlgmModel` (`apply_algm`). `assignments`: also return the
     assignment map after every merge step (`RunOutput.assignments`, for merge pictures).
     `takes_threshold`: the model runs dynamic token mode and `infer(x, threshold=t)` sets its
-    CLAP threshold per call (the reference of a threshold-input graph at each threshold)."""
+    CLAP threshold per call (the reference of a threshold-input graph at each threshold).
+    `merge_inputs`: also return the tokens entering every merge step (`RunOutput.merge_inputs`,
+    for the decision margins of `merging.margins`)."""
 
     backend = "torch"
 
     def __init__(self, model, name="torch", device="cpu", assignments: bool = False,
-                 takes_threshold: bool = False):
+                 takes_threshold: bool = False, merge_inputs: bool = False):
         self.model = model.eval().to(device)
         self.device = device
         self.name = name
         self.assignments = bool(assignments)
+        self.merge_inputs = bool(merge_inputs) and isinstance(model, AlgmModel)
+        if self.merge_inputs:
+            model.record_inputs = True
         if takes_threshold and not (isinstance(model, AlgmModel) and model.dynamic):
             raise ValueError("takes_threshold needs an AlgmModel in dynamic token mode")
         self.takes_threshold = bool(takes_threshold)
@@ -52,4 +57,7 @@ class TorchRunner(Runner):
             out.tokens = self.model.merge_stats["tokens"].cpu().numpy()
             if self.assignments:
                 out.assignments = [a.detach().cpu().numpy() for a in self.model.assignments]
+            if self.merge_inputs and self.model.merge_inputs:
+                out.merge_inputs = [{k: v.cpu().numpy() for k, v in rec.items()} for rec in self.model.merge_inputs]
+                self.model.merge_inputs = []
         return out

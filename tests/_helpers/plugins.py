@@ -26,11 +26,12 @@ _BUILDS: dict[str, dict] = {}
 
 
 def tensorrt_include() -> Path | None:
-    """TensorRT headers for the plugin build: env ALGM_TENSORRT_INCLUDE, else /work/trt_include/include."""
-    for cand in (os.environ.get("ALGM_TENSORRT_INCLUDE"), "/work/trt_include/include"):
-        if cand and (Path(cand) / "NvInferRuntime.h").is_file():
-            return Path(cand)
-    return None
+    """TensorRT headers for the plugin build, found as `algm-export plugins` finds them (env
+    ALGM_TENSORRT_INCLUDE, TENSORRT_INCLUDE_DIR, TENSORRT_ROOT, standard install folders; `.ci/run`
+    points ALGM_TENSORRT_INCLUDE at the shared headers when they are there)."""
+    from algm_export.tasks.plugins import find_tensorrt_include
+
+    return find_tensorrt_include()
 
 
 def toolchain_missing() -> str | None:

@@ -1,50 +1,52 @@
-"""`algm-export predict`: segment image files with a Segmenter (+ ALGM) and show what merged.
+"""`algm-export predict`: segment images or whole collections with a Segmenter (+ ALGM).
 
-Per image NAME, into the output folder:
+Per image NAME, into the output folder (the collection rules, safe writes, resume and the run
+log: `tasks/predict/collection.py`; on a Ray cluster: `tasks/predict/cluster.py`):
 
+* `NAME_labels.png` the class id of every pixel (8-bit up to 256 classes, 16-bit above);
 * `NAME_seg.png`    colour-coded segmentation at the image's own size;
 * `NAME_merge.png`  the model input with the token groups after every merge step (CLAP
   windows, then GBM groups); for sliding-window runs, the first window;
 * `NAME_tokens.json` token counts per merge step, merges, forced merges, threshold, layers
-  (with `--no-algm`: just the patch count N).
+  (with `--no-algm`: just the patch count N), the input's sha256, milliseconds, the run key;
+* and for the run: `results.jsonl` (a line per image) and `run.json` (counts, images/s).
 
 How an image is run: if it fits the model input (both sides <= the model size) and
 `sliding` is off, it is resized to the model size, run once, and the logits resized back.
 Otherwise the published evaluation runs (`models.inference`): short side resized to
 `inference_kwargs.im_size`, sliding windows of `window_size` every `window_stride`, logits
-averaged, then resized to the image size.
+averaged, then resized to the image size. Every image runs on its own (one forward, or its
+windows `batch_size` at a time), in one process or on a Ray actor alike, so both give the same
+label maps. A family with its own evaluation windows
+(`SegModel.own_windows`, EoMT) runs them for every image not at the model size.
 
 Backends: `make_runner(model, setting, backend)` returns a `runtimes.registry` runner
 (`Runner.infer(batch) -> RunOutput`: logits, merge_stats, tokens, and from the torch runner
 the assignment maps for the merge picture). `PredictOptions.backend` takes the registry's
 names (torch, onnxruntime/ort, tensorrt/trt, tensorrt-rtx; CLI `--backend`): torch runs the
-checkpoint (the per-image reference), the others an exported file (`--engine FILE`). A file an
-export folder lists runs the setting its entry records; a threshold-input file (dynamic token
-mode, `export --threshold-input`) runs at `--threshold` (default its first operating point),
-and a file with its threshold built in refuses another one. A runner with a fixed input shape
-sets `input_size = (h, w)`; predict then feeds it only that size.
+checkpoint (the per-image reference), the others an exported file (`--engine FILE`; without
+`--model`, the model of the export folder that lists the file). A file an export folder lists
+runs the setting its entry records; a threshold-input file (dynamic token mode, `export
+--threshold-input`) runs at `--threshold` (default its first operating point), and a file with
+its threshold built in refuses another one. A runner with a fixed input shape sets
+`input_size = (h, w)`; predict then feeds it only that size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from algm_export.core.errors import ConfigError, InputError
-from algm_export.models.images import (
-    SAMPLE_IMAGES,
-    expand_sources,
-    from_model_input,
-    iter_images,
-    model_input,
-    sample_images,
-)
+from algm_export.models.images import from_model_input, model_input
 from algm_export.core.setting import AlgmSetting, default_setting, parse_layers  # noqa: F401
 from algm_export.models.registry import DEFAULT_MODEL, resolve_model
 from algm_export.models.inference import sliding_window_logits, window_plan
@@ -52,25 +54,34 @@ from algm_export.models.base import SegModel
 from algm_export.models.layers import interp_matrix
 
 SAMPLE_PREFIX = "sample:"
+FAILED_EXIT = 4   # the CLI's exit code when some images failed (each recorded in results.jsonl)
 
 
 # ----------------------------------------------------------------------------- options, settings
 
 @dataclass
 class PredictOptions:
-    model: Union[str, SegModel] = DEFAULT_MODEL
+    model: Union[str, SegModel, None] = None    # None: the export folder's model of `--engine`, else the default
     config: Optional[str] = None  # the model's config file, for formats that keep one (mmsegmentation)
     threshold: Optional[float] = None           # None: the checkpoint's (variant.yml) or the default
     layers: Optional[Sequence[int]] = None      # None: the checkpoint's or (1, 5) / (1, 7) for ViT-L
     algm: bool = True
     out: Union[str, Path] = "predictions"
     sliding: bool = False                       # force the sliding-window evaluation
-    batch_size: int = 4                         # windows per forward in sliding mode
+    batch_size: int = 4                         # windows per forward in sliding mode; images per Ray batch
     device: str = "cpu"
     backend: str = "torch"
     backend_options: dict = field(default_factory=dict)
     merge_png: bool = True
+    seg_png: bool = True
     trust_checkpoint: bool = False              # full unpickling of the checkpoint (--trust-checkpoint)
+    list_file: Optional[Union[str, Path]] = None  # a text file naming one image per line (--list)
+    overwrite: bool = False                     # redo images whose outputs are complete (no resume)
+    wait: Union[bool, float] = False            # wait for another run that writes to `out`
+    ray: Optional[str] = None                   # None: this process; "local", "auto", "ray://HOST:PORT"
+    actors: Optional[int] = None                # Ray: actors (default: one per CPU, or per GPU)
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
 
 
 def algm_setting_for(model: SegModel, threshold: Optional[float] = None,
@@ -84,7 +95,7 @@ def algm_setting_for(model: SegModel, threshold: Optional[float] = None,
         base = default_setting(None, cfg.n_layers)
     setting = AlgmSetting(base.threshold if threshold is None else float(threshold), base.window,
                           base.layers if layers is None else tuple(layers), base.policy)
-    setting.check_model(cfg.n_layers, cfg.grid)
+    model.check_setting(setting)
     return setting
 
 
@@ -102,10 +113,11 @@ def resolve_device(name: str) -> torch.device:
 # ----------------------------------------------------------------------------- backends
 
 def make_runner(model: SegModel, setting: Optional[AlgmSetting], backend: str = "torch", engine=None,
-                device: str = "cpu"):
+                device: str = "cpu", threads: Optional[int] = None):
     """The predict runner, a `runtimes.registry` runner: torch runs `model` with `setting` (the
     published per-image reference, with the assignment maps for the merge picture; None: no
-    merging); the other backends run an exported file (`engine=FILE`, .onnx or a built engine)."""
+    merging); the other backends run an exported file (`engine=FILE`, .onnx or a built engine).
+    threads: CPU threads of torch / ONNX Runtime (None: their default)."""
     from algm_export.runtimes.registry import normalize_backend, runner_for_file, torch_runner
 
     name = normalize_backend(backend)
@@ -113,12 +125,14 @@ def make_runner(model: SegModel, setting: Optional[AlgmSetting], backend: str = 
         if engine:
             raise ConfigError("--engine runs an exported file: give --backend onnxruntime, tensorrt or tensorrt-rtx "
                               "(or leave --backend out)")
+        if threads:
+            torch.set_num_threads(int(threads))
         return torch_runner(model, setting, device=str(resolve_device(device)), assignments=True)
     if not engine:
         raise ConfigError(f"--backend {name} runs an exported file: give --engine FILE (.onnx or .engine)")
     window = setting.window if setting is not None else (2, 2)
     n = model.cfg.grid[0] * model.cfg.grid[1]
-    runner = runner_for_file(engine, name, n_patches=n, window=window[0] * window[1])
+    runner = runner_for_file(engine, name, n_patches=n, window=window[0] * window[1], threads=threads)
     runner.input_size = tuple(model.cfg.image_size)
     runner.path = Path(engine)
     return runner
@@ -237,6 +251,29 @@ def _window_settings(model: SegModel, runner) -> tuple[tuple[int, int], tuple[in
     return ws, stride, im_size
 
 
+@contextlib.contextmanager
+def one_torch_thread():
+    """torch on one CPU thread for the block. PyTorch's bilinear resize of a 3-channel image differs in
+    the last bit between one thread and several (how the rows are split), so predict resizes
+    images and logits on one thread: the same label maps in one process with N threads as on a
+    one-thread Ray actor."""
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def prepare_input(img: np.ndarray, model: SegModel, size) -> torch.Tensor:
+    """`models.images.model_input` at `size`, the same bits whatever torch's thread count."""
+    with one_torch_thread():
+        return model_input(img, model, size)
+
+
 def _mean(v: Sequence[int]):
     m = float(np.mean(v))
     return int(m) if m == int(m) else round(m, 2)
@@ -271,22 +308,30 @@ def predict_image(model: SegModel, runner, img: np.ndarray, name: str = "image",
         return torch.from_numpy(out.logits)
 
     t0 = time.perf_counter()
-    if not sliding and H <= msize[0] and W <= msize[1]:
+    if model.own_windows and (sliding or (H, W) != tuple(msize)):
+        mode = "sliding"                # the family's own evaluation windows (e.g. EoMT's)
+        x = model_input(img, model, (H, W))
+        pending = []
+        logits = model.inference(x, fn=lambda b: run(b, pending.pop(0)), batch_size=batch_size,
+                                 on_batch=lambda anchors, crops: pending.append(anchors))
+        extra = {"input_size": list(msize), "window_size": list(msize), "windowing": model.family}
+    elif not sliding and H <= msize[0] and W <= msize[1]:
         mode = "single"
-        x = model_input(img, model, msize)
+        x = prepare_input(img, model, msize)
         logits = run(x)
         extra = {"input_size": list(msize)}
     else:
         mode = "sliding"
         ws, stride, im_size = _window_settings(model, runner)
         plan = window_plan((H, W), ws, stride, im_size)
-        x = model_input(img, model, plan["resized"])
+        x = prepare_input(img, model, plan["resized"])
         pending: list = []
         logits = sliding_window_logits(lambda b: run(b, pending.pop(0)), x, ws, stride, None, batch_size,
                                        on_batch=lambda anchors, crops: pending.append(anchors))
         extra = {"input_size": list(ws), "resized": list(plan["resized"]), "window_size": list(ws),
                  "window_stride": list(stride), "im_size": im_size}
-    labels = labels_at_size(logits, (H, W))
+    with one_torch_thread():
+        labels = labels_at_size(logits, (H, W))
     seconds = time.perf_counter() - t0
 
     grid = first.get("grid") or cfg.grid
@@ -318,116 +363,235 @@ def predict_image(model: SegModel, runner, img: np.ndarray, name: str = "image",
 
 
 def write_prediction(pred: Prediction, out_dir: Union[str, Path], setting: Optional[AlgmSetting],
-                     patch_size: int, merge_png: bool = True, extra: Optional[dict] = None) -> dict:
-    """NAME_seg.png, NAME_merge.png (ALGM only), NAME_tokens.json. Returns {kind: path}."""
+                     patch_size: int, merge_png: bool = True, extra: Optional[dict] = None, seg_png: bool = True,
+                     n_cls: Optional[int] = None) -> dict:
+    """NAME_labels.png (given `n_cls`), NAME_seg.png, NAME_merge.png (ALGM with assignment maps), then
+    NAME_tokens.json, last, as the mark of a finished image; each written atomically. Returns {kind: path}."""
     from algm_export.artifacts import write_json_atomic
+    from algm_export.tasks.predict.collection import SUFFIXES, write_labels
     from algm_export.tasks.visualize import merge_png as write_merge, segmentation_png, step_titles
 
     out = Path(out_dir)
-    paths = {"seg": segmentation_png(pred.labels, out / f"{pred.name}_seg.png")}
+    paths = {}
+    if n_cls is not None:
+        paths["labels"] = write_labels(pred.labels, out / f"{pred.name}{SUFFIXES['labels']}", n_cls)
+    if seg_png:
+        paths["seg"] = segmentation_png(pred.labels, out / f"{pred.name}{SUFFIXES['seg']}")
     if merge_png and setting is not None and pred.assignments and pred.view is not None:
         paths["merge"] = write_merge(pred.view, pred.assignments, pred.grid, patch_size,
-                                     out / f"{pred.name}_merge.png", titles=step_titles(setting.layers))
+                                     out / f"{pred.name}{SUFFIXES['merge']}", titles=step_titles(setting.layers))
+    paths["tokens"] = out / f"{pred.name}{SUFFIXES['tokens']}"
     data = dict(pred.tokens)
     if extra:
         data.update(extra)
-    paths["tokens"] = out / f"{pred.name}_tokens.json"
+    data["files"] = {k: Path(v).relative_to(out).as_posix() for k, v in paths.items()}
     write_json_atomic(paths["tokens"], data)
     return paths
 
 
 # ----------------------------------------------------------------------------- many images
 
-def gather_inputs(specs: Sequence[Union[str, Path]]) -> tuple[int, Iterator[tuple[str, str, np.ndarray]]]:
-    """(count, iterator of (name, source, uint8 image)) for files, folders and `sample:NAME` /
-    `sample:all`. Paths are checked before anything is read (InputError for a missing path or
-    an empty folder); unreadable files are skipped with a warning as they come."""
-    if not specs:
-        raise InputError("no image given: name image files or folders (or sample:all for the built-in photos)")
-    samples: list[str] = []
-    paths: list[Path] = []
-    for s in specs:
-        s = str(s)
-        if s.startswith(SAMPLE_PREFIX):
-            which = s[len(SAMPLE_PREFIX):]
-            if which in ("all", "*", ""):
-                samples.extend(SAMPLE_IMAGES)
-            elif which in SAMPLE_IMAGES:
-                samples.append(which)
-            else:
-                raise InputError(f"unknown sample image {which!r}; choose from sample:all or "
-                                 + ", ".join(f"sample:{n}" for n in SAMPLE_IMAGES))
-        else:
-            paths.append(Path(s))
-    files = expand_sources(paths)[0] if paths else []
-
-    def gen():
-        if samples:
-            for name, img in sample_images(names=samples):
-                yield name, f"{SAMPLE_PREFIX}{name}", img
-        if files:
-            for p, img in iter_images(files):
-                yield p.stem, str(p), img
-
-    return len(samples) + len(files), gen()
+@dataclass
+class Job:
+    """What every worker (this process, or a Ray actor) needs besides its model and runner to turn
+    an image into its output files; picklable."""
+    out: str
+    key: str                           # the run key (`collection.run_key`): resume compares it
+    kinds: tuple                       # the files each image gets: labels, seg, merge, tokens
+    setting: Optional[AlgmSetting]
+    sliding: bool
+    batch_size: int
+    n_cls: int
+    patch_size: int
+    overwrite: bool
+    run_info: dict                     # model, backbone, decoder, backend, engine or device
 
 
-def _unique(name: str, used: set) -> str:
-    safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name) or "image"
-    out, i = safe, 2
-    while out in used:
-        out, i = f"{safe}_{i}", i + 1
-    used.add(out)
-    return out
+RECORD_KEYS = ("image", "size", "mode", "windows", "N", "algm", "tokens", "merges", "forced", "threshold", "ms",
+               "seconds", "backend", "engine", "device")
+
+
+def result_record(item, data: dict, status: str) -> dict:
+    """The `results.jsonl` line of a finished image from its NAME_tokens.json content."""
+    rec = {"index": item.index, "input": item.source, "name": item.name, "status": status,
+           "sha256": data.get("input_sha256")}
+    rec.update({k: data[k] for k in RECORD_KEYS if k in data})
+    rec["outputs"] = data.get("files", {})
+    return rec
+
+
+def process_item(item, model: SegModel, runner, job: Job) -> dict:
+    """Read, check (resume), segment and write one image of a collection; its `results.jsonl` record.
+    Whatever goes wrong with this image (unreadable, undecodable, a failing forward) is recorded as
+    `status: failed` with the error, so the run goes on."""
+    from algm_export.tasks.predict.collection import decode_item, failure, finished, read_payload, worker_name
+
+    t0 = time.perf_counter()
+    sha = None
+    try:
+        payload, sha = read_payload(item)
+        if not job.overwrite:
+            done = finished(job.out, item, sha, job.key, job.kinds)
+            if done is not None:
+                return result_record(item, done, "skipped")
+        img = decode_item(item, payload)
+        pred = predict_image(model, runner, img, item.name, job.setting, job.sliding, job.batch_size)
+        extra = {"source": item.source, "input_sha256": sha, "ms": round(pred.tokens["seconds"] * 1000, 2),
+                 **job.run_info, "run_key": job.key}
+        paths = write_prediction(pred, job.out, job.setting, job.patch_size, "merge" in job.kinds, extra,
+                                 "seg" in job.kinds, job.n_cls)
+    except Exception as e:  # noqa: BLE001  (one image's failure is recorded; the run goes on)
+        return failure(item, e, sha, job.run_info.get("backend"))
+    rec = result_record(item, {**pred.tokens, **extra,
+                               "files": {k: Path(v).relative_to(job.out).as_posix() for k, v in paths.items()}},
+                        "done")
+    rec["total_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+    rec["worker"] = worker_name()
+    return rec
+
+
+def open_model(opts: PredictOptions) -> SegModel:
+    """The model of the run: `opts.model`; without one, the model of the export folder that lists
+    `--engine` (sha256-checked, through `artifacts.ExportFolder`), else the default built-in."""
+    if isinstance(opts.model, SegModel):
+        return opts.model
+    engine = opts.backend_options.get("engine")
+    if opts.model is None and engine and Path(engine).is_file():
+        from algm_export.artifacts import ExportFolder
+
+        listing = ExportFolder.of_file(engine)
+        if listing is not None:
+            return listing[0].model(trust_checkpoint=opts.trust_checkpoint)
+    return resolve_model(opts.model or DEFAULT_MODEL, config=opts.config, trust_checkpoint=opts.trust_checkpoint)
+
+
+def _engine_stand_in(engine, backend: str):
+    """What the driver of a Ray run knows of a TensorRT engine without opening it (the actors open it,
+    on their GPUs): the export folder entry that lists it (sha256-checked), for `file_setting`."""
+    from types import SimpleNamespace
+
+    from algm_export.artifacts import ExportFolder
+    from algm_export.runtimes.registry import runner_for_file
+
+    if not Path(engine).is_file():
+        runner_for_file(engine, backend)  # the usual error for a missing file or a wrong backend
+    listing = ExportFolder.of_file(engine)
+    return SimpleNamespace(entry=listing[1] if listing else None, path=Path(engine), takes_threshold=False,
+                           backend=backend)
 
 
 def run_predict(images: Sequence[Union[str, Path]], options: Optional[PredictOptions] = None,
-                progress: bool = True, runner=None) -> list[dict]:
-    """Segment every image; write the output files; return one record per image.
+                progress: bool = True, runner=None, order: Optional[Callable] = None,
+                keep_records: Optional[int] = None, debug: bool = False) -> dict:
+    """Segment every image of the collection; write the output files, `results.jsonl` and `run.json`.
 
-    runner: a ready runner (else built from `options.backend`).
+    Returns the run summary (`run.json`: counts of done, skipped and failed images, seconds,
+    images/s) with `records`: the `results.jsonl` records (the first `keep_records`; None: all).
+    runner: a ready runner (this process only; else built from `options.backend`).
+    order: a sort key over the collection's items (`collection.image_pixels`; default: input order).
     """
+    from algm_export.artifacts import folder_lock, sha256_file
+    from algm_export.runtimes.registry import normalize_backend
+    from algm_export.tasks.predict.collection import (Progress, ResultsLog, collect_items, model_identity, now,
+                                                      remove_partials, run_key, write_summary)
+
     opts = options or PredictOptions()
     if not opts.algm and (opts.threshold is not None or opts.layers is not None):
         raise ConfigError("--threshold/--layers set ALGM, which --no-algm turns off; drop one of them")
     if opts.batch_size < 1:
         raise ConfigError(f"--batch-size {opts.batch_size} must be at least 1")
-    total, items = gather_inputs(images)          # fails fast on bad paths, before the model loads
-    model = resolve_model(opts.model, config=opts.config, trust_checkpoint=opts.trust_checkpoint)
+    if opts.ray is not None and runner is not None:
+        raise ConfigError("a ready runner runs in this process; leave it out to run on Ray (each actor opens its own)")
+    items = collect_items(images, opts.list_file, order)   # fails fast on bad paths, before the model loads
+    if opts.ray is not None:
+        from algm_export.tasks.predict.cluster import check_options
+
+        check_options(opts)
+    model = open_model(opts)
     setting = algm_setting_for(model, opts.threshold, opts.layers) if opts.algm else None
+    backend = normalize_backend(opts.backend) if runner is None else runner.backend
+    engine = opts.backend_options.get("engine")
     if runner is None:
-        runner = make_runner(model, setting, opts.backend, device=opts.device, **opts.backend_options)
-        if opts.algm:
-            setting = file_setting(runner, setting, opts.threshold, opts.layers)
+        check = None
+        if opts.ray is None:
+            runner = check = make_runner(model, setting, backend, device=opts.device, **opts.backend_options)
+        elif backend == "onnxruntime" or (backend == "torch" and engine):
+            # the file's checks and its setting, here, before any worker starts
+            check = make_runner(model, setting, backend, device="cpu", threads=1, **opts.backend_options)
+        elif backend != "torch":  # TensorRT: the engine opens on the actors' GPUs only
+            check = _engine_stand_in(engine, backend)
+        if check is not None and opts.algm:
+            setting = file_setting(check, setting, opts.threshold, opts.layers)
+        del check
+    if opts.ray is None:
+        info = runner_info(runner)
+    elif engine:
+        info = {"backend": backend, "engine": str(engine)}
+    else:
+        from algm_export.tasks.predict.cluster import actor_device
+
+        info = {"backend": backend, "device": actor_device(opts)}
+    summary = model.describe()
+    run_info = {"model": summary["source"], "backbone": summary["backbone"], "decoder": summary["decoder"], **info}
+    merge = opts.merge_png and setting is not None and str(backend).startswith("torch")
+    kinds = ("labels",) + (("seg",) if opts.seg_png else ()) + (("merge",) if merge else ()) + ("tokens",)
+    key = run_key(model_identity(model), setting, backend, sha256_file(engine) if engine else None, opts.sliding)
     out_dir = Path(opts.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = model.describe()
-    run_info = {"model": summary["source"], "backbone": summary["backbone"], "decoder": summary["decoder"],
-                **runner_info(runner)}
+    job = Job(out=str(out_dir), key=key, kinds=kinds, setting=setting, sliding=opts.sliding,
+              batch_size=opts.batch_size, n_cls=int(model.cfg.n_cls), patch_size=int(model.cfg.patch_size),
+              overwrite=opts.overwrite, run_info=run_info)
 
-    from tqdm import tqdm
+    kept: list[dict] = []
+    with folder_lock(out_dir, "predict", wait=opts.wait):
+        remove_partials(out_dir)
+        started, t0 = now(), time.perf_counter()
+        log = ResultsLog(out_dir)
+        bar = Progress(len(items), progress)
 
-    records, used = [], set()
-    bar = tqdm(total=total, unit="img", disable=not progress or total < 2, dynamic_ncols=True, leave=False)
-    try:
-        for name, source, img in items:
-            name = _unique(name, used)
-            bar.set_postfix_str(name)
-            pred = predict_image(model, runner, img, name, setting, opts.sliding, opts.batch_size)
-            paths = write_prediction(pred, out_dir, setting, model.cfg.patch_size, opts.merge_png,
-                                     extra={"source": source, **run_info})
-            records.append({**pred.tokens, "source": source, "files": {k: str(v) for k, v in paths.items()}})
-            bar.update(1)
-    finally:
-        bar.close()
-    return records
+        def take(rec: dict) -> None:
+            log.add(rec)
+            bar.update(rec)
+            if rec["status"] == "failed":
+                warnings.warn(f"failed: {rec['error']} (recorded in {log.path.name})", ImageFailedWarning,
+                              stacklevel=2)
+            if keep_records is None or len(kept) < keep_records:
+                kept.append(rec)
+
+        try:
+            if opts.ray is None:
+                executor = {"executor": "single-process"}
+                for item in items:
+                    take(process_item(item, model, runner, job))
+            else:
+                from algm_export.tasks.predict.cluster import run_on_ray
+
+                executor = run_on_ray(items, job, opts, model, take, debug=debug)
+        finally:
+            bar.close()
+            log.close()
+        seconds = time.perf_counter() - t0
+        counts = dict(log.counts)
+        result = {"images": len(items), **counts, "seconds": round(seconds, 3),
+                  "images_per_second": round(counts["done"] / seconds, 3) if seconds > 0 else None,
+                  "started": started, "finished": now(), "out": str(out_dir), "run_key": key,
+                  "outputs": list(kinds), **run_info, **executor, "batch_size": opts.batch_size}
+        write_summary(out_dir, result)
+    result["records"] = kept
+    return result
+
+
+class ImageFailedWarning(UserWarning):
+    """An image of a collection failed (unreadable, undecodable, a failing forward); the run goes on."""
 
 
 def format_table(records: Sequence[dict]) -> str:
-    """A readable table of `run_predict` records."""
+    """A readable table of `run_predict` records (images done or skipped; failed ones are left out)."""
     head = ["image", "size", "run", "N", "tokens per step", "reduction", "merges", "forced", "time"]
     rows = []
     for r in records:
+        if r.get("status") == "failed":
+            continue
         toks = r.get("tokens", [r.get("N")])
         fmt = [str(t) if isinstance(t, int) else f"{t:.1f}" for t in toks]
         red = f"{100 * (1 - toks[-1] / toks[0]):.1f}%" if r.get("algm") and toks[0] else "-"
@@ -435,15 +599,16 @@ def format_table(records: Sequence[dict]) -> str:
         run = "1 forward" if r["mode"] == "single" else f"{n_win} window" + ("s" if n_win != 1 else "")
         merges = "/".join(str(m) if isinstance(m, int) else f"{m:.1f}" for m in r.get("merges", [])) or "-"
         forced = str(sum(r.get("forced", []))) if r.get("algm") else "-"
-        rows.append([r["image"], f"{r['size'][1]}x{r['size'][0]}", run, str(r["N"]), " > ".join(fmt), red,
-                     merges, forced, f"{r['seconds']:.2f}s"])
+        when = "skipped" if r.get("status") == "skipped" else f"{r['seconds']:.2f}s"
+        rows.append([r.get("name", r.get("image")), f"{r['size'][1]}x{r['size'][0]}", run, str(r["N"]),
+                     " > ".join(fmt), red, merges, forced, when])
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
 __all__ = [
-    "Prediction", "PredictOptions", "algm_setting_for", "file_setting", "format_table", "gather_inputs",
-    "labels_at_size", "make_runner", "parse_layers", "predict_image", "resolve_device", "runner_info",
-    "run_predict", "write_prediction",
+    "FAILED_EXIT", "ImageFailedWarning", "Job", "Prediction", "PredictOptions", "algm_setting_for", "file_setting",
+    "format_table", "labels_at_size", "make_runner", "open_model", "parse_layers", "predict_image", "process_item",
+    "resolve_device", "runner_info", "run_predict", "write_prediction",
 ]

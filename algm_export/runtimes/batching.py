@@ -1,0 +1,81 @@
+"""Batches that keep the saving of dynamic token mode.
+
+A dynamic-token graph computes every image of a batch at the batch's largest real token count
+(the token axis is cut to the batch maximum, the rest is padding). Images of similar counts batched
+together waste little; `group_by_tokens` forms such batches from per-image counts, and
+`padded_counts` says what each image of a batch then really costs. The counts come from a run
+(`RunOutput.tokens`) or, before any run, from the cheap CLAP probe
+`algm_export.merging.driver.clap_counts` (patch embedding and the blocks up to the first merge).
+
+Pure functions of the counts: deterministic, ties broken by index. How the commands use them:
+`bench` groups its dynamic batches (docs/decisions.md item 44); a collection (`predict`, a server
+queue) probes its images, groups them, runs each group as one batch and puts the outputs back in
+the input order (`order_of`).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+Count = Union[int, Sequence[int]]
+
+
+def _key(c: Count) -> tuple[int, ...]:
+    if isinstance(c, (list, tuple)) or getattr(c, "ndim", 0) > 0:     # per-step counts (list, array row)
+        return tuple(int(v) for v in c)
+    return (int(c),)
+
+
+def group_by_tokens(counts: Sequence[Count], batch_size: int) -> list[list[int]]:
+    """Image indices in batches of `batch_size` whose token counts are close.
+
+    counts: one entry per image: its real patch-token count, or its counts after each merge step
+    (compared in step order, the first step first). The images are sorted by count (ties: by index)
+    and cut into consecutive batches of `batch_size`; with n not a multiple of `batch_size` the
+    one short batch goes where the padded cost (sum over images of their batch's maximum, per step)
+    is least, the earliest such place on a tie. Every batch lists its indices in ascending count
+    order; the batches come in ascending count order too.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    keys = [_key(c) for c in counts]
+    order = sorted(range(len(keys)), key=lambda i: (keys[i], i))
+    n = len(order)
+    if n == 0:
+        return []
+    short = n % batch_size
+    if short == 0:
+        return [order[s:s + batch_size] for s in range(0, n, batch_size)]
+    n_full = n // batch_size
+    best, best_cost = None, None
+    for pos in range(n_full + 1):                    # the short batch is the pos-th batch
+        sizes = [batch_size] * pos + [short] + [batch_size] * (n_full - pos)
+        groups, s = [], 0
+        for size in sizes:
+            groups.append(order[s:s + size])
+            s += size
+        cost = sum(len(g) * sum(max(keys[i][j] for i in g) for j in range(len(keys[g[0]]))) for g in groups)
+        if best_cost is None or cost < best_cost:
+            best, best_cost = groups, cost
+    return best
+
+
+def padded_counts(counts: Sequence[Count], groups: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+    """What each image costs when run in `groups`: its batch's largest count (per step), by image index."""
+    keys = [_key(c) for c in counts]
+    out: list = [None] * len(keys)
+    for g in groups:
+        top = tuple(max(keys[i][j] for i in g) for j in range(len(keys[g[0]])))
+        for i in g:
+            out[i] = top
+    return out
+
+
+def order_of(groups: Sequence[Sequence[int]]) -> list[int]:
+    """Where each input image landed in the concatenated grouped run: `outputs[order_of(groups)]`
+    puts outputs of the batches run in `groups` order back in input order."""
+    flat = [i for g in groups for i in g]
+    where = [0] * len(flat)
+    for pos, i in enumerate(flat):
+        where[i] = pos
+    return where
