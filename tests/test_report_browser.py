@@ -12,6 +12,7 @@ folder with TensorRT rows and an engine record added. Chromium is Debian's `chro
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -30,8 +31,10 @@ pytestmark = pytest.mark.skipif(not chromium(), reason="Chromium is not installe
                                                        "`.ci/run` installs it when run as root with apt)")
 
 
-def assert_renders(page: Path, tmp: Path) -> dict:
-    """The browser checks on `page`, and its screenshot kept as page.parent / screenshot-1280.png."""
+def assert_renders(page: Path, tmp: Path, capsys, name: str = "") -> dict:
+    """The browser checks on `page`, and its screenshot kept as page.parent / screenshot-1280.png (its
+    path printed past pytest's capture, so CI's log names it); with ALGM_SCREENSHOT_DIR set, also
+    copied there as report-<name>-1280.png (pytest's own temporary folders are pruned)."""
     res = browser_check(page, tmp)
     assert res["images"], "the report has no images"
     assert not res["bad_images"], f"images that do not load: {res['bad_images']}"
@@ -40,7 +43,12 @@ def assert_renders(page: Path, tmp: Path) -> dict:
     assert not res["wide_tables"], f"tables wider than the page at 1280 px: {res['wide_tables']}"
     assert res["page_width"] <= res["viewport"], f"the page scrolls sideways: {res['page_width']} px"
     shot = screenshot(page, page.parent / "screenshot-1280.png", res["height"], tmp)
-    print(f"screenshot of the report at 1280 px: {shot}")
+    keep = os.environ.get("ALGM_SCREENSHOT_DIR")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shot = Path(shutil.copy(shot, Path(keep) / f"report-{name or page.parent.parent.name}-1280.png"))
+    with capsys.disabled():
+        print(f"\n  screenshot of the report at 1280 px: {shot}")
     from PIL import Image
 
     import numpy as np
@@ -135,7 +143,7 @@ def segmenter_folder(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_segmenter_report_in_the_browser(segmenter_folder, tmp_path):
+def test_segmenter_report_in_the_browser(segmenter_folder, tmp_path, capsys):
     from algm_export.tasks.report.html import write_report
 
     folder, model = segmenter_folder
@@ -146,11 +154,11 @@ def test_segmenter_report_in_the_browser(segmenter_folder, tmp_path):
     for chart in ("chart_speed.png", "chart_tradeoff.png", "chart_tokens.png"):
         assert (page.parent / chart).is_file()
     assert "a batch pays for its largest image" in text
-    assert_renders(page, tmp_path)
+    assert_renders(page, tmp_path, capsys, "segmenter")
 
 
 @pytest.mark.slow
-def test_report_with_tensorrt_rows_and_an_engine(segmenter_folder, tmp_path):
+def test_report_with_tensorrt_rows_and_an_engine(segmenter_folder, tmp_path, capsys):
     """A folder whose benchmark has TensorRT rows and whose manifest lists an engine: both appear
     (the speed chart gets their series), and the page still fits."""
     from algm_export.tasks.report.html import write_report
@@ -171,11 +179,11 @@ def test_report_with_tensorrt_rows_and_an_engine(segmenter_folder, tmp_path):
     text = page.read_text()
     assert "<h3>Engines</h3>" in text and "t0.880_l1-5.fp16.engine" in text
     assert "on tensorrt at batch 1" in text
-    assert_renders(page, tmp_path / "check")
+    assert_renders(page, tmp_path / "check", capsys, "tensorrt")
 
 
 @pytest.mark.slow
-def test_mmseg_family_report_in_the_browser(tmp_path):
+def test_mmseg_family_report_in_the_browser(tmp_path, capsys):
     """SETR (an mmseg family, 11 classes, no class token): the same page with its own class count."""
     try:
         from test_setr_algm import tiny_setr
@@ -189,11 +197,11 @@ def test_mmseg_family_report_in_the_browser(tmp_path):
     _run(model, tmp_path / "f", _images(tmp_path, 3), batches=(1,))
     page = write_report(tmp_path / "f", model=model, n_images=2)
     assert_content(page, photos=2, settings=2, n_cls=11)
-    assert_renders(page, tmp_path / "check")
+    assert_renders(page, tmp_path / "check", capsys, "setr")
 
 
 @pytest.mark.slow
-def test_eomt_report_in_the_browser(tmp_path):
+def test_eomt_report_in_the_browser(tmp_path, capsys):
     """EoMT (queries join in the last blocks; 13 classes here): the same page."""
     eomt = pytest.importorskip("algm_export.models.families.eomt", reason="the EoMT family is not in this tree")
     from algm_export.tasks.report.html import write_report
@@ -203,4 +211,4 @@ def test_eomt_report_in_the_browser(tmp_path):
     _run(model, tmp_path / "f", _images(tmp_path, 3), batches=(1,))
     page = write_report(tmp_path / "f", model=model, n_images=2)
     assert_content(page, photos=2, settings=2, n_cls=13)
-    assert_renders(page, tmp_path / "check")
+    assert_renders(page, tmp_path / "check", capsys, "eomt")
