@@ -114,6 +114,7 @@ def test_symlink_leading_out_is_refused(capsys, folder, tiny_export, tmp_path):
     assert_refused(capsys, folder, tiny_export[2], ["'baseline.onnx' (baseline.onnx) leads out of the export folder"], tmp_path)
 
 
+@pytest.mark.slow
 def test_output_folder_symlinked_out_is_refused(capsys, folder, tiny_export, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -184,6 +185,7 @@ def test_resolve_inside(folder):
             resolve_inside(folder, rel, "thing")
 
 
+@pytest.mark.slow
 def test_report_escapes_what_the_folder_says(capsys, folder, tiny_export):
     edit_manifest(folder, lambda m: m["model"].update(backbone="<script>alert(1)</script>", decoder="<b>"))
     (folder / "bench").mkdir()
@@ -200,6 +202,7 @@ def test_report_escapes_what_the_folder_says(capsys, folder, tiny_export):
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
+@pytest.mark.slow
 def test_predict_engine_file_is_checked_against_its_manifest(capsys, folder, tiny_export, tmp_path):
     ck = tiny_export[0]
     onnx = folder / "t0.900_l1-5.onnx"
@@ -270,6 +273,7 @@ def hold(d: Path, seconds: float) -> subprocess.Popen:
     return p
 
 
+@pytest.mark.slow
 def test_second_writer_stops_and_names_the_holder(capsys, folder, tiny_export, tmp_path):
     holder = hold(folder, 120)
     try:
@@ -290,6 +294,7 @@ def test_second_writer_stops_and_names_the_holder(capsys, folder, tiny_export, t
     assert (folder / LOCK_NAME).read_text() == ""    # released: no holder named any more
 
 
+@pytest.mark.slow
 def test_wait_waits_for_the_holder(capsys, folder):
     holder = hold(folder, 3)
     t0 = time.monotonic()
@@ -315,6 +320,7 @@ def test_lock_is_reentrant_in_one_process(folder):
         assert "outer" in (folder / LOCK_NAME).read_text()
 
 
+@pytest.mark.slow
 def test_concurrent_exports_into_one_new_folder(tiny_export, tmp_path):
     """The issue's third case: two exports started together into one new folder. Whichever takes the
     lock is frozen (SIGSTOP) until the other has finished, so the two certainly overlap."""

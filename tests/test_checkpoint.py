@@ -42,8 +42,8 @@ def image():
 
 @pytest.mark.parametrize("backbone,decoder", [
     ("vit_tiny", "linear"),
-    ("vit_tiny", "mask_transformer"),
-    ("deit_tiny", "linear"),            # distilled: two prefix tokens, head_dist
+    pytest.param("vit_tiny", "mask_transformer", marks=pytest.mark.slow),
+    pytest.param("deit_tiny", "linear", marks=pytest.mark.slow),   # distilled: two prefix tokens, head_dist
 ])
 def test_round_trip_identical_logits(tmp_path, image, backbone, decoder):
     model = tiny(backbone, decoder)
@@ -126,6 +126,7 @@ def test_published_variant_with_python_tuples_and_optimizer_state(tmp_path, imag
         assert torch.equal(model(image), load_segmenter(tmp_path, trust_checkpoint=True)(image))
 
 
+@pytest.mark.slow
 def test_image_size_override_resizes_pos_embed(tmp_path):
     model = tiny()
     save_segmenter(model, tmp_path)
@@ -157,6 +158,7 @@ def _saved(tmp_path, model=None):
     return tmp_path / "checkpoint.pth"
 
 
+@pytest.mark.slow
 def test_variant_of_another_backbone(tmp_path):
     ckpt = _saved(tmp_path, tiny())                           # vit_tiny weights
     v = read_variant(tmp_path / "variant.yml")                # ... described as vit_small

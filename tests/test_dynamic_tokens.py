@@ -54,7 +54,7 @@ def _run(model, x, threshold=None):
 
 # ----------------------------------------------------------------------------- torch
 
-@pytest.mark.parametrize("fixture", ["tiny_linear", "tiny_mask", "tiny_deit"])
+@pytest.mark.parametrize("fixture", ["tiny_linear", pytest.param("tiny_mask", marks=pytest.mark.slow), "tiny_deit"])
 def test_torch_dynamic_equals_reference(request, fixture, photos_128):
     """Batched dynamic mode = the reference image by image: identical decisions and token counts,
     logits within float rounding, and every image independent of its batch-mates."""
@@ -286,6 +286,7 @@ def exported(tmp_path_factory):
     return model, paths
 
 
+@pytest.mark.slow
 def test_dynamic_graph_interface(exported):
     _, paths = exported
     m = onnx.load(str(paths["input"]))
@@ -314,6 +315,7 @@ def test_dynamic_graph_interface(exported):
     assert not [n for n in inl.graph.node if n.domain == "algm"] and not inl.functions
 
 
+@pytest.mark.slow
 def test_ort_dynamic_equals_reference(exported, photos_128):
     """Batch 1: logits of every photo within 1e-4 of the reference (per_image) but for at most one
     (spec 2.1), argmax agreement, and the reference's token counts exactly. A mixed batch gives
@@ -339,6 +341,7 @@ def test_ort_dynamic_equals_reference(exported, photos_128):
     assert np.abs(logits - np.concatenate(singles)).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_threshold_input_equals_fixed_exports(exported, photos_128):
     """One file for every threshold: at the fixed export's threshold it gives that export's outputs;
     at others the reference's; thresholds may differ per image within one batch."""
@@ -369,6 +372,7 @@ def test_threshold_input_equals_fixed_exports(exported, photos_128):
     assert len(set(map(tuple, stats[:, :, 0].tolist()))) == len(per)
 
 
+@pytest.mark.slow
 def test_ort_runner_threshold_input(exported, photos_128):
     """OrtRunner feeds a threshold-input file a float (broadcast) or one value per image, and
     refuses a missing threshold, a bad one, or one given to a file with its threshold built in."""

@@ -7,6 +7,8 @@ pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX (tensorrt-rtx-cu13) is 
 from algm_export.tasks.build import build_engines  # noqa: E402
 from algm_export.core.manifest import load_manifest, sha256_file  # noqa: E402
 
+pytestmark = pytest.mark.slow  # TensorRT-RTX engine builds of real exports
+
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):

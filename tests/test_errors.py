@@ -67,7 +67,11 @@ def bad_inputs(tmp_path_factory, ckpt):
     return t
 
 
-@pytest.mark.parametrize("case", range(len(CASES)))
+SLOW_CASES = (5, 6)   # capacity errors found after calibrating on images
+
+
+@pytest.mark.parametrize("case", [pytest.param(i, marks=pytest.mark.slow) if i in SLOW_CASES else i
+                                  for i in range(len(CASES))])
 def test_bad_input_exit_2_one_line(case, capsys, bad_inputs, ckpt):
     argv, words = CASES[case]
     code, errs = run_cli(capsys, *argv(bad_inputs, ckpt))
@@ -76,6 +80,7 @@ def test_bad_input_exit_2_one_line(case, capsys, bad_inputs, ckpt):
     assert "Traceback" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_nan_image_is_refused_by_every_backend(tmp_path, ckpt):
     from algm_export.core.errors import InputError
     from algm_export.export.pipeline import export_folder
@@ -96,6 +101,7 @@ def test_nan_image_is_refused_by_every_backend(tmp_path, ckpt):
             r.infer(x)
 
 
+@pytest.mark.slow
 def test_missing_plugin_library_is_refused(tmp_path, ckpt):
     pytest.importorskip("tensorrt_rtx")
     from algm_export.tasks.build import build_engines
@@ -108,6 +114,7 @@ def test_missing_plugin_library_is_refused(tmp_path, ckpt):
         build_engines(tmp_path, backend="tensorrt-rtx", plugins=tmp_path / "libnothere.so", progress=False)
 
 
+@pytest.mark.slow
 def test_interrupted_export_keeps_previous_manifest(tmp_path, ckpt):
     """Kill an export half way: the old manifest stays valid, nothing half-written is presented."""
     import onnx

@@ -154,6 +154,7 @@ def dynamic_runs(tiny_eva, eva_photos):
     return [_run(dyn, x) for x in eva_photos]
 
 
+@pytest.mark.slow
 def test_algm_static_equals_dynamic_on_photos(tiny_eva, eva_photos, dynamic_runs):
     N = 64
     sta = apply_algm(tiny_eva, SET, capacities=(N, N))
@@ -172,6 +173,7 @@ def test_algm_static_equals_dynamic_on_photos(tiny_eva, eva_photos, dynamic_runs
     assert close >= n - 1
 
 
+@pytest.mark.slow
 def test_algm_static_with_padding_equals_dynamic(tiny_eva, eva_photos, dynamic_runs):
     """A batch whose images need different counts: every one padded to shared capacities."""
     batch = torch.cat(eva_photos)
@@ -241,6 +243,7 @@ def test_builtins_registered():
         assert f"builtin:{n}" in names
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip(tiny_eva, eva_photos, tmp_path):
     path = fam.save_mmseg_eva02(tiny_eva, tmp_path / "eva.pth")
     sd = torch.load(path, weights_only=True)["state_dict"]
@@ -263,6 +266,7 @@ def test_checkpoint_round_trip(tiny_eva, eva_photos, tmp_path):
         assert m3(torch.randn(1, 3, 90, 150)).shape == (1, 21, 90, 150)     # padded to whole patches, cropped
 
 
+@pytest.mark.slow
 def test_mismatched_checkpoint_lists_keys(tiny_eva, tmp_path):
     path = fam.save_mmseg_eva02(tiny_eva, tmp_path / "eva.pth")
     ck = torch.load(path, weights_only=True)

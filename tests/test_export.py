@@ -10,6 +10,8 @@ from algm_export.export.exporter import export_onnx
 from algm_export.export.readiness import check_readiness
 from algm_export.runtimes.onnxruntime import OrtRunner
 
+pytestmark = pytest.mark.slow  # whole-model ONNX exports (module fixture, fp16)
+
 SET = AlgmSetting(0.88, (2, 2), (1, 5))
 
 

@@ -18,6 +18,8 @@ import pytest
 
 from _helpers.fuzz_artifacts import commands, copy_base, make_base, m_traversal, run_cases, snapshot
 
+pytestmark = pytest.mark.slow  # fuzzing (hundreds of commands on corrupted export folders)
+
 CASES = int(os.environ.get("ALGM_FUZZ_CASES", "300"))
 SEED = 20261124
 REPO = Path(__file__).resolve().parents[1]

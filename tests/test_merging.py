@@ -23,7 +23,8 @@ def _run(model, x):
     return out, {k: v.clone() for k, v in model.merge_stats.items()}
 
 
-@pytest.mark.parametrize("fixture", ["tiny_linear", "tiny_mask", "tiny_deit"])
+@pytest.mark.parametrize("fixture", [pytest.param("tiny_linear", marks=pytest.mark.slow),
+                                     pytest.param("tiny_mask", marks=pytest.mark.slow), "tiny_deit"])
 def test_static_equals_dynamic_on_photos(request, fixture, photos_128):
     model = request.getfixturevalue(fixture)
     N = 64

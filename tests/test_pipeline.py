@@ -9,6 +9,8 @@ from algm_export.core.errors import ArtifactError, CapacityError
 from algm_export.export.pipeline import export_folder
 from algm_export.core.manifest import load_manifest, sha256_file
 
+pytestmark = pytest.mark.slow  # whole-model exports (module fixture) and validate/bench/report on them
+
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):

@@ -28,6 +28,8 @@ from _helpers.plugins import (MARGIN, NODE_MAX_VALUES, assert_same, build_once, 
                                   expected_gbm_sources, gbm_margin, gbm_sources, near_tie_tokens, node_max_tokens,
                                   smooth_tokens, tensorrt_include)
 
+pytestmark = pytest.mark.slow  # native builds (nvcc kernel library, TensorRT plugin library) and TensorRT-RTX builds
+
 TEST_ARCHS = (86, 90)
 
 # prefix tokens: none (with_cls_token=False), class, class + distillation, ..., class + 4 registers
@@ -159,7 +161,7 @@ def test_two_installations_configure_in_their_own_build_dirs(tmp_path, monkeypat
     """CMake configures two installed copies of the sources, each in its default build folder; the same
     configure into one shared folder (the old default) fails on CMake's cache of the other source."""
     from algm_export.runtimes.plugins import default_build_dir
-    from test_plugins_support import toolchain_missing
+    from _helpers.plugins import toolchain_missing
 
     missing = toolchain_missing()
     if missing:

@@ -78,6 +78,7 @@ def _with_variant(model, d: Path, payload: dict) -> Path:
     return d / "checkpoint.pth"
 
 
+@pytest.mark.slow
 def test_training_checkpoint_loads_without_flag_or_warning(model, tmp_path):
     ck = _with_variant(model, tmp_path, training_state(model))
     with warnings.catch_warnings():
@@ -177,6 +178,7 @@ def _cli(*argv, cwd):
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_export_and_predict_refuse_a_shell_command_pickle(model, tmp_path):
     """The issue's first case, through the real command line."""
     marker = tmp_path / "MARKER"

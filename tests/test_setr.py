@@ -52,6 +52,7 @@ def builtins():
 
 # ----------------------------------------------------------------------------- built-ins
 
+@pytest.mark.slow
 def test_builtins_build_and_run(builtins):
     x = prep(photo("astronaut"), (64, 80), norm="deit")
     for kind, m in builtins.items():

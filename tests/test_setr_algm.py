@@ -130,6 +130,7 @@ def test_feature_levels_use_the_map_valid_at_their_layer():
     assert not torch.equal(both[2].as_map(), clap_only[2].as_map())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pup", "mla"])
 def test_export_and_onnxruntime_parity(tmp_path, kind, photo_batch):
     from algm_export.export.exporter import export_onnx
@@ -162,6 +163,7 @@ def setr_export(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("plugins", [False, True], ids=["function-bodies", "plugins"])
 def test_tensorrt_rtx_builds(setr_export, plugins, request):
     pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX (pip install tensorrt-rtx-cu13) is not installed")
@@ -177,6 +179,7 @@ def test_tensorrt_rtx_builds(setr_export, plugins, request):
     assert layers["algm_plugin_layers"] == (2 if plugins else 0)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_with_an_mmseg_checkpoint(tmp_path, capsys):
     """`export CONFIG.py CHECKPOINT.pth`, `validate`, `predict --model CKPT --config CONFIG.py`: the
     manifest records the family, the config and both sha256s."""

@@ -61,6 +61,7 @@ def built(tmp_path_factory):
     return d, fp32, fp16
 
 
+@pytest.mark.slow
 def test_fp32_engines_and_manifest(built):
     d, recs, _ = built
     assert [r["setting"] for r in recs] == ["baseline", "t0.900", "t0.950"]
@@ -90,6 +91,7 @@ def test_fp32_engines_and_manifest(built):
     assert find_engine_record(data, "t0.900", "fp32") == s1
 
 
+@pytest.mark.slow
 def test_fp16_engines(built):
     d, fp32, recs = built
     data = load_manifest(d, verify=True)
@@ -140,6 +142,7 @@ def test_bad_arguments(tmp_path):
     assert not list((d / "engines").glob("*.engine"))
 
 
+@pytest.mark.slow
 def test_rebuild_replaces_records(tmp_path):
     d = make_export(tmp_path, thresholds=(0.9,))
     first = build_engines(d, **RTX)
@@ -155,6 +158,7 @@ def test_rebuild_replaces_records(tmp_path):
     assert _engine_files(d) == ["baseline.fp32.engine", "t0.900.fp16.engine", "t0.900.fp32.engine"]
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_write_keeps_previous_state(tmp_path, monkeypatch):
     d = make_export(tmp_path, thresholds=(0.9, 0.95), fp16=False)
     old = {r["setting"]: r for r in build_engines(d, **RTX)}
@@ -176,6 +180,7 @@ def test_worker_killed_mid_write_keeps_previous_state(tmp_path, monkeypatch):
     assert _engine_files(d2) == ["baseline.fp32.engine"]
 
 
+@pytest.mark.slow
 def test_parent_killed_mid_build_leaves_valid_manifest(tmp_path):
     d = make_export(tmp_path, thresholds=(0.9, 0.95, 0.97), fp16=False)
     script = (f"from algm_export.tasks.build import build_engines; "
@@ -290,6 +295,7 @@ def test_rtx_parser_quirk_aborts_without_the_link(tmp_path):
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_plugin_library_build(tmp_path, plugin_library, precision):
     """With the real plugin library: every algm node is a PLUGIN_V3 layer of the engine."""

@@ -61,6 +61,7 @@ def test_default_init_is_the_random_one():
     assert float(sa["backbone.pos_embed"].std()) > 0.4                            # randomize_'s N(0, 0.5^2)
 
 
+@pytest.mark.slow
 def test_segvit_and_eva02_upstream_init():
     s = segvit.builtin_segvit(64, seed=0, init="upstream")
     sd = _sd(s)
