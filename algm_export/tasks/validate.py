@@ -6,13 +6,13 @@ PyTorch dynamic `per_image`): max/mean |logit difference|, argmax agreement, mer
 (merges and forced merges per step, compared); for static entries also the PyTorch reference
 (`per_image`, no capacities) vs static (the reference parity). Dynamic entries: the token
 counts of every image after every step, backend vs PyTorch, which must be equal (an image
-that differs is a spec 2.1 near-tie; more than `Limits.token_mismatch_images` fail), and never
+that differs is a docs/algorithm.md: numerical sensitivity near-tie; more than `Limits.token_mismatch_images` fail), and never
 a forced merge. A threshold-input entry is validated at each of its thresholds (the manifest's
 `thresholds`, or `thresholds=`), one report row per (entry, threshold). Over all images: the
 parity mIoU (backend predictions scored against PyTorch's). With `labels`, the real mIoU of
 PyTorch and of the backend with the published sliding-window inference.
 
-Parity is statistical (spec 2.1): near-ties may flip a few merge decisions; the report counts
+Parity is statistical (docs/algorithm.md: numerical sensitivity): near-ties may flip a few merge decisions; the report counts
 them. Limits (fp32 defaults): mean argmax agreement >= 99.9 %, every image >= 99 %, parity
 mIoU >= 99.5. Outputs are saved as polygraphy RunResults (`polygraphy run --load-outputs`):
 per image the labels, the logits at one pixel per patch, and the merge statistics.
@@ -36,7 +36,7 @@ class Limits:
     mean_agreement: float = 99.9     # percent of pixels, averaged over images
     min_agreement: float = 99.0      # percent of pixels, every image
     parity_miou: float = 99.5        # percent
-    #: dynamic entries: images whose token counts may differ from PyTorch's (spec 2.1: an occasional
+    #: dynamic entries: images whose token counts may differ from PyTorch's (docs/algorithm.md: numerical sensitivity: an occasional
     #: near-tie, never a systematic difference); None: one image, or 1 % of them when that is more
     token_mismatch_images: Optional[int] = None
 
@@ -263,7 +263,7 @@ def summarize(per_image: list, parity_miou: float, limits: Limits) -> dict:
         fails.append(f"parity mIoU {parity_miou:.3f} < {limits.parity_miou}")
     if dynamic and s["token_mismatch_images"] > s["token_mismatches_allowed"]:
         fails.append(f"token counts differ from PyTorch's on {s['token_mismatch_images']} of {len(per_image)} images "
-                     f"(allowed: {s['token_mismatches_allowed']}, the spec 2.1 near-ties)")
+                     f"(allowed: {s['token_mismatches_allowed']}, the docs/algorithm.md: numerical sensitivity near-ties)")
     if dynamic and s["forced_merges"]:
         fails.append(f"{s['forced_merges']} forced merges: dynamic token mode never forces one")
     s["failures"] = fails
