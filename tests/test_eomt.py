@@ -317,8 +317,7 @@ def test_merge_layers_in_query_blocks_are_refused(tiny):
     apply_algm(tiny, AlgmSetting(0.88, (2, 2), (1, 8)))          # the last block before the queries
 
 
-@pytest.fixture(scope="module")
-def algm_model():
+def make_algm_model():
     """EoMT-S/16 at 128 (grid 8x8) with the upstream init and layer scales 1: merges on photos."""
     m = fam.builtin_eomt("s", 128, 16, seed=0, n_cls=21, num_q=10, init="upstream")
     with torch.no_grad():
@@ -326,6 +325,11 @@ def algm_model():
             if n.endswith(("ls1.gamma", "ls2.gamma")):
                 p.fill_(1.0)
     return m
+
+
+@pytest.fixture(scope="module")
+def algm_model():
+    return make_algm_model()
 
 
 @pytest.mark.slow
