@@ -341,11 +341,8 @@ def test_report_shows_static_and_dynamic_side_by_side(folders):
 
 def test_report_of_a_mixed_folder_in_the_browser(folders, tmp_path):
     """The report of the mixed folder (written by the test above) in headless Chromium at 1280 px
-    (`report_browser_support`): images load, no console message, no table wider than the page."""
-    try:
-        from report_browser_support import browser_check, chromium
-    except ImportError:  # tests/ as a package
-        from tests.report_browser_support import browser_check, chromium
+    (`tests/_helpers/report_browser.py`): images load, no console message, no table wider than the page."""
+    from _helpers.report_browser import browser_check, chromium
 
     if not chromium():
         pytest.skip("Chromium is not installed (Debian package 'chromium'); tests/test_report_browser.py has more")
