@@ -289,7 +289,8 @@ def s_emulator(ctx):
             continue
         x = smooth_tokens(2, gh, gw, P, 64, seed=10 + P)
         N = gh * gw
-        C1, C2 = 40, 28
+        C1 = 40
+        C2 = max(28, S.gbm_capacity_min(C1, P))
         # static: decisions compared where torch and the kernels sum in different orders -> assignments
         # agree on all but near-ties; tokens conserved (sizes sum to P + N), capacities respected
         e = emu.clap(x, gh, gw, 2, 2, P, C1, 0.6)

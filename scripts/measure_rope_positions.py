@@ -4,7 +4,7 @@ For an EVA-02 UperNet (a built-in, seeded random weights) and the photographs sc
 bundles, run the unmerged model and ALGM (dynamic, per_image; CLAP at layer 1, GBM at the middle
 layer) with each rule for the rotary position of a merged token (`Eva02Backbone.rope_position`):
 
-* centroid: the size-weighted centroid of the held patches (the default, spec 5)
+* centroid: the size-weighted centroid of the held patches (the default, docs/algorithm.md: other families)
 * nearest:  that centroid rounded to the nearest grid position
 * first:    the position of the first (lowest raster index) patch held
 * origin:   control, every patch token at grid position (0, 0) after the first merge

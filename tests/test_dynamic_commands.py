@@ -167,7 +167,7 @@ def test_a_token_mismatch_beyond_the_near_tie_allowance_fails():
                  "token_diff": int(i < mismatching)} for i in range(6)]
 
     assert summarize(images(0), 100.0, Limits())["pass"]
-    one = summarize(images(1), 100.0, Limits())                   # an occasional near-tie (spec 2.1)
+    one = summarize(images(1), 100.0, Limits())                   # an occasional near-tie (docs/algorithm.md: numerical sensitivity)
     assert one["pass"] and one["token_mismatch_images"] == 1
     two = summarize(images(2), 100.0, Limits())
     assert not two["pass"] and "token counts differ from PyTorch's on 2 of 6 images" in two["failures"][0]
@@ -343,7 +343,7 @@ def test_report_shows_static_and_dynamic_side_by_side(folders):
 
 def test_report_of_a_mixed_folder_in_the_browser(folders, tmp_path):
     """The report of the mixed folder (written by the test above) in headless Chromium at 1280 px
-    (`_helpers.report_browser`): images load, no console message, no table wider than the page."""
+    (`tests/_helpers/report_browser.py`): images load, no console message, no table wider than the page."""
     from _helpers.report_browser import browser_check, chromium
 
     if not chromium():

@@ -1,4 +1,4 @@
-"""Dynamic token mode (issue 13, spec 2.2): data-dependent token slots and the threshold as an input.
+"""Dynamic token mode (issue 13, docs/algorithm.md: dynamic token mode): data-dependent token slots and the threshold as an input.
 
 * torch: `apply_algm(..., token_mode="dynamic")` equals the reference (`per_image`) image by image
   and batched, with exactly the reference's token counts;
@@ -318,7 +318,7 @@ def test_dynamic_graph_interface(exported):
 @pytest.mark.slow
 def test_ort_dynamic_equals_reference(exported, photos_128):
     """Batch 1: logits of every photo within 1e-4 of the reference (per_image) but for at most one
-    (spec 2.1), argmax agreement, and the reference's token counts exactly. A mixed batch gives
+    (docs/algorithm.md: numerical sensitivity), argmax agreement, and the reference's token counts exactly. A mixed batch gives
     every image its own result."""
     model, paths = exported
     ref = apply_algm(model, SET)

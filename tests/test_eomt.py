@@ -317,8 +317,7 @@ def test_merge_layers_in_query_blocks_are_refused(tiny):
     apply_algm(tiny, AlgmSetting(0.88, (2, 2), (1, 8)))          # the last block before the queries
 
 
-@pytest.fixture(scope="module")
-def algm_model():
+def make_algm_model():
     """EoMT-S/16 at 128 (grid 8x8) with the upstream init and layer scales 1: merges on photos."""
     m = fam.builtin_eomt("s", 128, 16, seed=0, n_cls=21, num_q=10, init="upstream")
     with torch.no_grad():
@@ -326,6 +325,11 @@ def algm_model():
             if n.endswith(("ls1.gamma", "ls2.gamma")):
                 p.fill_(1.0)
     return m
+
+
+@pytest.fixture(scope="module")
+def algm_model():
+    return make_algm_model()
 
 
 @pytest.mark.slow
@@ -375,3 +379,20 @@ def test_flops_of_algm_count_the_queries_after_merging(tiny):
     want = (bb.embed_macs((4, 4)) + bb.block_macs(P + n, P + 12) + 3 * bb.block_macs(P + 12, P + 12)
             + bb.block_macs(P + 12, P + 9) + 3 * bb.block_macs(P + 9, P + 9) + 4 * bb.block_macs(Q + P + 9, Q + P + 9))
     assert got == pytest.approx(want)
+
+
+def test_predict_runs_the_published_windows(tiny):
+    """predict on a non-square image runs EoMT's windowing: crops of the model size along the long
+    side, the same scores as `Eomt.inference` on the image."""
+    from algm_export.models.images import model_input
+    from algm_export.tasks.predict import make_runner, predict_image
+
+    img = np.array(photo("chelsea"))[::4, ::4]             # 75 x 113 -> scaled 64 x 96: 2 crops
+    runner = make_runner(tiny, None, "torch")
+    pred = predict_image(tiny, runner, img, name="chelsea")
+    assert pred.tokens["mode"] == "sliding" and pred.tokens["windowing"] == "eomt" and pred.tokens["windows"] == 2
+    x = model_input(img, tiny, img.shape[:2])
+    with torch.no_grad():
+        want = tiny.inference(x)
+    assert pred.labels.shape == img.shape[:2]
+    assert (pred.labels == want[0].argmax(0).numpy()).mean() >= 0.999

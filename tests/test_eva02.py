@@ -149,7 +149,7 @@ def _run(model, x):
 
 @pytest.fixture(scope="module")
 def dynamic_runs(tiny_eva, eva_photos):
-    """The dynamic (spec 1) reference, photo by photo: [(logits, merge_stats)]."""
+    """The dynamic (docs/algorithm.md: the published method) reference, photo by photo: [(logits, merge_stats)]."""
     dyn = apply_algm(tiny_eva, SET)
     return [_run(dyn, x) for x in eva_photos]
 

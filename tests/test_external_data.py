@@ -217,3 +217,17 @@ def test_large_models_go_external_by_themselves_and_build(tiny_export, tmp_path,
     recs = build_engines(out, precision="fp32", backend="tensorrt-rtx", compute_capabilities=[86], progress=False,
                          settings=["baseline"])
     assert recs and (out / recs[0]["file"]).stat().st_size > (out / "weights.bin").stat().st_size * 0.5
+
+
+def test_lean_validation_reports_the_same(folder, ext_export):
+    """Large folders are validated in phases (backend first, its outputs on disk, then PyTorch): the
+    report is the one of the interleaved run."""
+    from algm_export.tasks.validate import validate
+
+    images = ext_export[2]
+    a = validate(folder, images=images, limit_images=1, lean=False, save_outputs=False)
+    b = validate(folder, images=images, limit_images=1, lean=True, save_outputs=False)
+    assert b.get("lean") and not a.get("lean")
+    for ea, eb in zip(a["entries"], b["entries"]):
+        assert ea["summary"] == eb["summary"]
+        assert ea["per_image"] == eb["per_image"]

@@ -1,4 +1,4 @@
-"""The PyTorch reference: dynamic (spec 1) vs static (spec 2), forced merges, batching, invariants."""
+"""The PyTorch reference: dynamic (docs/algorithm.md: the published method) vs static (docs/algorithm.md: the static form), forced merges, batching, invariants."""
 
 import math
 
@@ -201,7 +201,7 @@ def test_gbm_static_matches_dynamic(P):
 
 @pytest.mark.parametrize("P", [0, 1, 2, 5])
 def test_gbm_threshold_statistics_cover_all_of_a_without_prefix(P):
-    """With no prefix token the GBM threshold runs over all of A, position 0 included (spec 5); with a
+    """With no prefix token the GBM threshold runs over all of A, position 0 included (docs/algorithm.md: other families); with a
     class token position 0 is left out. Position 0 is the best match here and moves the threshold past
     another token, so leaving it out (or only counting it) merges a different set."""
     x, size, assign = node_max_tokens(P=P)

@@ -202,7 +202,7 @@ def test_functions_match_torch_ops_on_separated_inputs(P):
 
 @pytest.mark.parametrize("P", [0, 1, 2, 5])
 def test_gbm_function_threshold_statistics(P):
-    """P = 0: the threshold statistics run over all of A, position 0 included (spec 5)."""
+    """P = 0: the threshold statistics run over all of A, position 0 included (docs/algorithm.md: other families)."""
     x, size, assign = node_max_tokens(P=P, B=2)
     want = expected_gbm_sources(NODE_MAX_VALUES, P, 1.0)
     ref = gbm_static(x, size, assign, P, x.shape[1] - P, 1.0)

@@ -152,7 +152,7 @@ def test_cuda_matches_emulator_bitwise(cuda, emu, case):
         g_emu = emu.gbm(y, size, assign, P, C2, 5.0)
         for a, b in zip(g_gpu, g_emu):
             assert torch.equal(a, b)
-        # and close to the torch reference (decisions may differ on near-ties: spec 2.1)
+        # and close to the torch reference (decisions may differ on near-ties: docs/algorithm.md: numerical sensitivity)
         ref = clap_static(x, gh, gw, 2, 2, P, C1, tau)
         assert (c_gpu[2] == ref[2]).float().mean() > 0.9
 

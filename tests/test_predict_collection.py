@@ -452,3 +452,30 @@ def test_predict_prepares_images_alike_on_any_number_of_threads():
         torch.set_num_threads(n)
     assert not torch.equal(raw[1], raw[2])      # what this guards against (if it ever holds, drop the pin)
     assert torch.equal(ours[1], ours[2])
+
+
+def test_actors_of_an_exported_file_need_the_model_without_its_weights(ckpt):
+    """What an actor of an exported file gets: the driver's model on the meta device (small to send);
+    predict reads its configuration and its family's windowing only, so the results are the same."""
+    import pickle
+
+    import torch
+
+    from algm_export.models.registry import resolve_model
+    from algm_export.tasks.predict import make_runner, predict_image
+    from algm_export.tasks.predict.cluster import weightless
+
+    model = resolve_model(str(ckpt))
+    light = pickle.loads(pickle.dumps(weightless(model)))
+    assert {p.device.type for p in light.parameters()} == {"meta"}
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    assert len(pickle.dumps(weightless(model))) < len(pickle.dumps(model)) / 4
+    setting = AlgmSetting(0.5, (2, 2), (1, 5))
+    runner = make_runner(model, setting)           # the actor's runner: the file's (here: torch's)
+    for img in (photo("coffee")[:50, :60], photo("rocket")[:90, :150]):
+        a = predict_image(model, runner, img, "x", setting)
+        b = predict_image(light, runner, img, "x", setting)
+        assert np.array_equal(a.labels, b.labels)
+        assert {k: v for k, v in a.tokens.items() if k != "seconds"} == \
+               {k: v for k, v in b.tokens.items() if k != "seconds"}
+    assert torch.equal(next(model.parameters()), next(resolve_model(str(ckpt)).parameters()))

@@ -100,6 +100,6 @@ def test_per_image_decisions_do_not_depend_on_the_batch(case):
     full = gbm_static(*clap_static(x, grid[0], grid[1], window[0], window[1], P, C1, thr)[:3], P, C2, div)
     one = gbm_static(*clap_static(x[1:2], grid[0], grid[1], window[0], window[1], P, C1, thr)[:3], P, C2, div)
     # decisions (assignment maps, stats) are per image; token values up to float summation order
-    if kind not in ("constant", "duplicated"):     # exact ties may be decided by rounding (spec 2.1)
+    if kind not in ("constant", "duplicated"):     # exact ties may be decided by rounding (docs/algorithm.md: numerical sensitivity)
         assert torch.equal(full[2][1], one[2][0]) and torch.equal(full[3][1], one[3][0])
         assert torch.allclose(full[0][1].float(), one[0][0].float(), rtol=1e-4, atol=1e-4 * x.abs().max().item())

@@ -182,3 +182,25 @@ def test_class_palette_is_the_model_s_own_when_it_has_one():
     assert (class_palette(SimpleNamespace(), 11) == palette(11)).all()
     for bad in ([[1, 2]] * 11, own[:5], own * 100, "abc"):          # wrong shape, too few, out of range, junk
         assert (class_palette(SimpleNamespace(palette=bad), 11) == palette(11)).all()
+
+
+def test_served_rows_are_their_own_series():
+    """Triton rows (batch 1, `concurrency` N) are compared with the baseline served at the same N: one
+    series per concurrency, named by its clients, never mixed with a batch of the same size."""
+    import matplotlib.pyplot as plt
+
+    from algm_export.tasks.visualize import series_key, series_label
+
+    res = _results()
+    served = [dict(r, backend="triton", batch=1, concurrency=c, speedup=s)
+              for c, s in ((1, 1.0), (8, 2.0)) for r in res if r["batch"] == 1]
+    assert series_key(served[-1]) == ("triton", 1, 8) and series_label(served[-1]) == "triton, 8 clients"
+    assert series_label(res[0]) == "onnxruntime, batch 1"
+    out = words.setting_sentences([("t0.880_l1-5", 0.88, [1, 5], "static")], res + served, [], 64)
+    assert "1.00x on triton with 1 concurrent client, 2.00x on triton with 8 concurrent clients" in out[0][1]
+    pts = charts.operating_points(res + served, {("t0.880_l1-5", 0.88): 99.0})
+    assert [r.get("concurrency") for r in pts["triton"]] == [1]           # fewest clients
+    fig = speed_figure(res + served)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "triton, 1 client" in labels and "triton, 8 clients" in labels
+    plt.close(fig)

@@ -1,6 +1,6 @@
 """The HTML report in a real browser: headless Chromium at 1280 px opens it and checks that every image
 loads (natural size > 0), that the page logs nothing to the console and raises no error, and that no
-table is wider than the page (`_helpers.report_browser`). Each report test keeps a screenshot of the
+table is wider than the page (`tests/_helpers/report_browser.py`). Each report test keeps a screenshot of the
 whole page beside the report (report/screenshot-1280.png) and prints its path, for review.
 
 Folders: a Segmenter (static and dynamic token mode at 0.88, validated, benchmarked at batch 1 and 2),
@@ -12,6 +12,7 @@ folder with TensorRT rows and an engine record added. Chromium is Debian's `chro
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -26,8 +27,10 @@ pytestmark = pytest.mark.skipif(not chromium(), reason="Chromium is not installe
                                                        "`.ci/run` installs it when run as root with apt)")
 
 
-def assert_renders(page: Path, tmp: Path) -> dict:
-    """The browser checks on `page`, and its screenshot kept as page.parent / screenshot-1280.png."""
+def assert_renders(page: Path, tmp: Path, capsys, name: str = "") -> dict:
+    """The browser checks on `page`, and its screenshot kept as page.parent / screenshot-1280.png (its
+    path printed past pytest's capture, so CI's log names it); with ALGM_SCREENSHOT_DIR set, also
+    copied there as report-<name>-1280.png (pytest's own temporary folders are pruned)."""
     res = browser_check(page, tmp)
     assert res["images"], "the report has no images"
     assert not res["bad_images"], f"images that do not load: {res['bad_images']}"
@@ -36,7 +39,12 @@ def assert_renders(page: Path, tmp: Path) -> dict:
     assert not res["wide_tables"], f"tables wider than the page at 1280 px: {res['wide_tables']}"
     assert res["page_width"] <= res["viewport"], f"the page scrolls sideways: {res['page_width']} px"
     shot = screenshot(page, page.parent / "screenshot-1280.png", res["height"], tmp)
-    print(f"screenshot of the report at 1280 px: {shot}")
+    keep = os.environ.get("ALGM_SCREENSHOT_DIR")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shot = Path(shutil.copy(shot, Path(keep) / f"report-{name or page.parent.parent.name}-1280.png"))
+    with capsys.disabled():
+        print(f"\n  screenshot of the report at 1280 px: {shot}")
     from PIL import Image
 
     import numpy as np
@@ -48,7 +56,7 @@ def assert_renders(page: Path, tmp: Path) -> dict:
 
 def assert_content(page: Path, photos: int, settings: int, n_cls: int) -> str:
     """What the issue asks of the page, read from its HTML and files."""
-    text = page.read_text()
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page.read_text())   # the words, not the pictures
     d = page.parent
     assert not re.search(r"\bspec(ification)?\s+\d+(\.\d+)*", text, flags=re.I), "cites a spec section"
     assert "NOT MET" not in text and not re.search(r"\bMET\b", text)
@@ -131,7 +139,7 @@ def segmenter_folder(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_segmenter_report_in_the_browser(segmenter_folder, tmp_path):
+def test_segmenter_report_in_the_browser(segmenter_folder, tmp_path, capsys):
     from algm_export.tasks.report.html import write_report
 
     folder, model = segmenter_folder
@@ -142,11 +150,11 @@ def test_segmenter_report_in_the_browser(segmenter_folder, tmp_path):
     for chart in ("chart_speed.png", "chart_tradeoff.png", "chart_tokens.png"):
         assert (page.parent / chart).is_file()
     assert "a batch pays for its largest image" in text
-    assert_renders(page, tmp_path)
+    assert_renders(page, tmp_path, capsys, "segmenter")
 
 
 @pytest.mark.slow
-def test_report_with_tensorrt_rows_and_an_engine(segmenter_folder, tmp_path):
+def test_report_with_tensorrt_rows_and_an_engine(segmenter_folder, tmp_path, capsys):
     """A folder whose benchmark has TensorRT rows and whose manifest lists an engine: both appear
     (the speed chart gets their series), and the page still fits."""
     from algm_export.tasks.report.html import write_report
@@ -167,11 +175,11 @@ def test_report_with_tensorrt_rows_and_an_engine(segmenter_folder, tmp_path):
     text = page.read_text()
     assert "<h3>Engines</h3>" in text and "t0.880_l1-5.fp16.engine" in text
     assert "on tensorrt at batch 1" in text
-    assert_renders(page, tmp_path / "check")
+    assert_renders(page, tmp_path / "check", capsys, "tensorrt")
 
 
 @pytest.mark.slow
-def test_mmseg_family_report_in_the_browser(tmp_path):
+def test_mmseg_family_report_in_the_browser(tmp_path, capsys):
     """SETR (an mmseg family, 11 classes, no class token): the same page with its own class count."""
     try:
         from test_setr_algm import tiny_setr
@@ -185,11 +193,11 @@ def test_mmseg_family_report_in_the_browser(tmp_path):
     _run(model, tmp_path / "f", _images(tmp_path, 3), batches=(1,))
     page = write_report(tmp_path / "f", model=model, n_images=2)
     assert_content(page, photos=2, settings=2, n_cls=11)
-    assert_renders(page, tmp_path / "check")
+    assert_renders(page, tmp_path / "check", capsys, "setr")
 
 
 @pytest.mark.slow
-def test_eomt_report_in_the_browser(tmp_path):
+def test_eomt_report_in_the_browser(tmp_path, capsys):
     """EoMT (queries join in the last blocks; 13 classes here): the same page."""
     eomt = pytest.importorskip("algm_export.models.families.eomt", reason="the EoMT family is not in this tree")
     from algm_export.tasks.report.html import write_report
@@ -199,4 +207,4 @@ def test_eomt_report_in_the_browser(tmp_path):
     _run(model, tmp_path / "f", _images(tmp_path, 3), batches=(1,))
     page = write_report(tmp_path / "f", model=model, n_images=2)
     assert_content(page, photos=2, settings=2, n_cls=13)
-    assert_renders(page, tmp_path / "check")
+    assert_renders(page, tmp_path / "check", capsys, "eomt")

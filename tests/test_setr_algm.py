@@ -71,7 +71,7 @@ def test_static_equals_dynamic_with_merges(setr, photo_batch):
     assert int(sta.merge_stats["forced"].sum()) == 0
     err = (yd - ys).abs().flatten(1).amax(1)
     agree = (yd.argmax(1) == ys.argmax(1)).float().flatten(1).mean(1)
-    assert int((err <= 1e-3).sum()) >= len(PHOTOS) - 1, err                   # spec 2.1: statistical
+    assert int((err <= 1e-3).sum()) >= len(PHOTOS) - 1, err                   # docs/algorithm.md: numerical sensitivity: statistical
     assert float(agree.min()) >= 0.99, agree
     assert float((yd - yb).abs().max()) > 1e-3                                  # merging changed the output
     assert model.num_prefix == (0 if kind == "mla" else 1)

@@ -90,9 +90,10 @@ def served_backends_type(text: str) -> list:
 
 
 def config_arg(p):
-    p.add_argument("--config", default=None, metavar="CONFIG.py",
-                   help="the model's config file for mmsegmentation checkpoints (SETR, SegViT, EVA-02); parsed, "
-                        "never executed (default: the one .py beside the checkpoint, else the checkpoint's meta)")
+    p.add_argument("--config", default=None, metavar="CONFIG",
+                   help="the model's config file: a .py for mmsegmentation checkpoints (SETR, SegViT, EVA-02), the "
+                        "LightningCLI config.yaml for EoMT; parsed, never executed (default: the one beside the "
+                        "checkpoint, else the checkpoint's meta / hyper-parameters)")
 
 
 def model_arg(p):
@@ -101,7 +102,7 @@ def model_arg(p):
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, metavar="CHECKPOINT|BUILTIN",
                    help=f"a checkpoint of any family below, or its folder (the format is recognised by what the "
                         f"files hold: checkpoint.pth with variant.yml beside it, an mmsegmentation .pth with its config "
-                        f".py beside it or --config, ...), or one of {', '.join(builtin_names())} "
+                        f".py beside it or --config, EoMT's pytorch_model.bin / .ckpt with config.yaml, ...), or one of {', '.join(builtin_names())} "
                         "(default: %(default)s)")
     p.add_argument("extra_checkpoint", nargs="?", default=None, metavar="CHECKPOINT.pth", help=argparse.SUPPRESS)
     config_arg(p)

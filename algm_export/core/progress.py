@@ -59,6 +59,21 @@ def rss_bytes() -> Optional[int]:
     return None if kib is None else kib * 1024
 
 
+def release_memory() -> None:
+    """Collect garbage and hand freed heap memory back to the system (glibc `malloc_trim`), so that
+    a closed session's weights do not stay resident while the next large allocation comes from
+    elsewhere (a model's weights loaded after a backend's were freed)."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def reset_peak_rss() -> bool:
     """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not possible."""
     try:

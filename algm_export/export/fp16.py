@@ -8,7 +8,7 @@ Precision of each part of the fp16 graph:
 | patch embedding, attention and MLP matmuls, residual stream | float16 |
 | attention softmax | float32 (scores cast up, probabilities cast back) |
 | every LayerNorm (encoder, decoder, mask_norm) | float32 |
-| CLAP / GBM similarity, thresholds, ranks, merge averages | float32 inside the ops (spec 2) |
+| CLAP / GBM similarity, thresholds, ranks, merge averages | float32 inside the ops (docs/algorithm.md: the static form) |
 | padding key bias | lowest float16 (-65504) |
 | unmerge, bilinear upsampling of the logits | float32 |
 """

@@ -59,7 +59,7 @@ def _clap_function(dynamic: bool) -> onnxscript.OnnxFunction:
         xw = op.Reshape(xw, op.Concat(B, op.Reshape(W, vec), op.Reshape(k, vec), D, axis=0))
         # window score: cosine matrix, diagonal zeroed by (1 - I), summed, / (k (k-1)), in the summation
         # order of the published code on CPU (torch's cosine_similarity over the channel axis), so that
-        # near-equal windows order the same way (spec 2.1 and docs/decisions.md, item 5):
+        # near-equal windows order the same way (docs/algorithm.md: numerical sensitivity and docs/decisions.md, item 5):
         #   norm: one sequential sum over d of x*x
         #   dot:  d = 64 b + 4 j + q: sequential over j (blocks of 16), then over b, then over q
         #   then over the k x k matrix (j, then i), then / (k (k-1))

@@ -1,7 +1,7 @@
 """`algm-export export`: baseline + one ONNX per threshold setting, calibrated, with a manifest.
 
 Token modes (recorded per setting as ``"token_mode"``): ``static`` (default) calibrates
-capacities per threshold; ``dynamic`` (spec 2.2) needs no capacities and no calibration
+capacities per threshold; ``dynamic`` (docs/algorithm.md: dynamic token mode) needs no capacities and no calibration
 (``"capacities": None``, ``"calibration": None``) and its entries are named ``<setting>_dyn``;
 ``dynamic`` with ``threshold_input=True`` writes one file for every threshold, one entry with
 ``"threshold_input": True`` and ``"thresholds"`` the operating points it was exported for.

@@ -3,7 +3,7 @@
 * every standard op (in the graph and inside the `algm` function bodies) is one that
   TensorRT's ONNX parser supports;
 * integer tensors are int32/int64/bool (the index types TensorRT accepts), no float64;
-* every `algm` node carries the plugin attributes of spec section 3, for its op version:
+* every `algm` node carries the plugin attributes of docs/algorithm.md: the ONNX/TensorRT contract, for its op version:
   version 1 (static token mode: `capacity`, `threshold` attributes, 1 / 3 inputs, 4 outputs) or
   version 2 (dynamic token mode: no capacity, CLAP's threshold an input, a fifth output `K`, the
   plugin's size tensor), the same version on every node and in the model's `algm` opset import.

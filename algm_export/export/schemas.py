@@ -34,7 +34,7 @@ def register_schemas() -> None:
           outputs=outs, type_constraints=tc,
           attributes=[S.Attribute("num_prefix", A.INT, ""), S.Attribute("capacity", A.INT, ""),
                       S.Attribute("divisor", A.FLOAT, "GBM threshold divisor (layer number)")] + common),
-        # version 2: dynamic token mode (spec 2.2): no capacity, the threshold an input, the
+        # version 2: dynamic token mode (docs/algorithm.md: dynamic token mode): no capacity, the threshold an input, the
         # token slots P + K of the batch a fifth output (int32 scalar, the plugin's size tensor)
         S("AlgmClap", "algm", 2, inputs=[S.FormalParameter("x", "T"),
                                          S.FormalParameter("threshold", "tensor(float)", "[B] one per image")],

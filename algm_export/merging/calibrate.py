@@ -1,4 +1,4 @@
-"""Capacity calibration for one threshold setting (spec section 2).
+"""Capacity calibration for one threshold setting (docs/algorithm.md: the static form).
 
 Runs the dynamic `per_image` reference on representative images, records the real patch-token
 count after every merge step, and sets each capacity to a quantile of those counts (default

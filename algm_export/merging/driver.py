@@ -1,10 +1,10 @@
 """`apply_algm`: run any `SegModel` with ALGM merging, in one of three token modes:
 
-* ``"reference"`` (no capacities): the published method (spec 1), token counts per image, a
+* ``"reference"`` (no capacities): the published method (docs/algorithm.md: the published method), token counts per image, a
   batch run image by image;
-* ``"static"`` (capacities): fixed token slots per merge step (spec 2), what fixed-shape
+* ``"static"`` (capacities): fixed token slots per merge step (docs/algorithm.md: the static form), what fixed-shape
   engines run;
-* ``"dynamic"``: as many slots as the batch needs, computed at run time (spec 2.2): the static
+* ``"dynamic"``: as many slots as the batch needs, computed at run time (docs/algorithm.md: dynamic token mode): the static
   ops with capacity = every slot (never a forced merge) and the token axis cut to the largest
   real count of the batch. Batched, padded and masked like static; exports to ONNX with a
   data-dependent token dimension, optionally with the CLAP threshold as a graph input.
@@ -106,7 +106,7 @@ class AlgmModel(nn.Module):
 
     @property
     def dynamic(self) -> bool:
-        """Dynamic token mode (spec 2.2): data-dependent token slots, batched."""
+        """Dynamic token mode (docs/algorithm.md: dynamic token mode): data-dependent token slots, batched."""
         return self.token_mode == "dynamic"
 
     @property
@@ -208,7 +208,7 @@ class _MergeHook:
 
 
 def check_capacities(caps: Sequence[int], setting: AlgmSetting, grid, num_prefix: int) -> None:
-    """Refuse capacities that no image could meet (spec 2: an error at export time)."""
+    """Refuse capacities that no image could meet (docs/algorithm.md: the static form: an error at export time)."""
     if len(caps) != setting.steps:
         raise CapacityError(
             f"{len(caps)} capacities given for {setting.steps} merge steps (layers {list(setting.layers)}); "
@@ -269,8 +269,8 @@ def apply_algm(model: SegModel, setting: AlgmSetting, capacities: Optional[Seque
                token_mode: Optional[str] = None) -> AlgmModel:
     """Wrap `model` (weights shared) so that its forward runs ALGM with `setting`.
 
-    token_mode None: capacities=None -> the reference (spec 1), capacities=(C1, C2, ...) ->
-    static (spec 2). token_mode="static" (needs capacities) or "dynamic" (spec 2.2, no
+    token_mode None: capacities=None -> the reference (docs/algorithm.md: the published method), capacities=(C1, C2, ...) ->
+    static (docs/algorithm.md: the static form). token_mode="static" (needs capacities) or "dynamic" (docs/algorithm.md: dynamic token mode, no
     capacities) name the exportable modes explicitly.
     """
     from algm_export.merging import ops  # noqa: F401  (registers torch.ops.algm.*)

@@ -42,7 +42,7 @@ def _gbm_fake(x, size, assign, num_prefix, capacity, divisor):
 
 
 # ----------------------------------------------------------------------------- dynamic token mode
-# The same merge steps with a data-dependent token axis (spec 2.2): the fake implementations
+# The same merge steps with a data-dependent token axis (docs/algorithm.md: dynamic token mode): the fake implementations
 # declare the output token dimension as an unbacked size, so the exported graph carries it as a
 # symbol computed at run time. The symbol is the whole token dimension (P + K), because
 # torch.export binds an unbacked size only when it appears as a dimension by itself.

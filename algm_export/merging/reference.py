@@ -1,4 +1,4 @@
-"""The published ALGM merge steps (spec section 1), with token counts that depend on the image.
+"""The published ALGM merge steps (docs/algorithm.md: the published method), with token counts that depend on the image.
 
 Pure functions on a token state; every image of a batch merges the same number `r` of
 windows/tokens (the published `batch_min` coupling). `per_image` is the same computation on a
@@ -36,7 +36,7 @@ def window_scores(patches: torch.Tensor, grid: tuple[int, int], window: tuple[in
     wh, ww = window
     k = wh * ww
     # The published layout [B, gh/wh, gw/ww, D, k] with the cosine over the channel axis: the
-    # summation order decides near-equal windows (spec 2.1), so it is kept exactly.
+    # summation order decides near-equal windows (docs/algorithm.md: numerical sensitivity), so it is kept exactly.
     f = (patches.float().transpose(1, 2).reshape(B, D, gh // wh, wh, gw // ww, ww)
          .permute(0, 2, 4, 1, 3, 5).reshape(B, gh // wh, gw // ww, D, k))
     sims = F.cosine_similarity(f.unsqueeze(-1), f.unsqueeze(-2), dim=3)      # [B, gh/wh, gw/ww, k, k]
@@ -60,7 +60,7 @@ def window_patch_index(grid: tuple[int, int], window: tuple[int, int], device=No
 
 
 def clap(x: torch.Tensor, size: torch.Tensor, grid, window, threshold: float, num_prefix: int) -> MergeResult:
-    """CLAP (spec 1.1), batch_min coupling: `r = min_b #{score >= tau}` windows per image."""
+    """CLAP (docs/algorithm.md: CLAP), batch_min coupling: `r = min_b #{score >= tau}` windows per image."""
     B, T, D = x.shape
     P = num_prefix
     N = T - P
@@ -100,7 +100,7 @@ def clap(x: torch.Tensor, size: torch.Tensor, grid, window, threshold: float, nu
 
 
 def gbm(x: torch.Tensor, size: torch.Tensor, assign: torch.Tensor, num_prefix: int, divisor: float) -> MergeResult:
-    """GBM (spec 1.2), batch_min coupling: `tau = mean_b(mu_b) + mean_b(sigma_b)/L`, `r = min_b count_b`.
+    """GBM (docs/algorithm.md: GBM), batch_min coupling: `tau = mean_b(mu_b) + mean_b(sigma_b)/L`, `r = min_b count_b`.
 
     Any number P of prefix tokens (docs/algorithm.md, GBM): the split stays over the whole
     sequence (A = even positions, B = odd); prefix positions in A never merge (rows -inf), prefix

@@ -1,4 +1,4 @@
-"""Static-shape CLAP and GBM (spec section 2): fixed capacities, real tokens first, zero-size padding.
+"""Static-shape CLAP and GBM (docs/algorithm.md: the static form): fixed capacities, real tokens first, zero-size padding.
 
 These are the reference the ONNX function bodies (`algm_export/export/functions.py`) and the
 CUDA kernels (`plugins/`) follow step by step; `docs/static-ops.md` writes the arithmetic out.
@@ -199,7 +199,7 @@ def real_slots(size: torch.Tensor, num_prefix: int) -> int:
 
 def clap_dynamic(x: torch.Tensor, threshold: torch.Tensor, grid_h: int, grid_w: int, window_h: int, window_w: int,
                  num_prefix: int):
-    """CLAP in dynamic token mode (spec 2.2): the static op with capacity N (so never a forced
+    """CLAP in dynamic token mode (docs/algorithm.md: dynamic token mode): the static op with capacity N (so never a forced
     merge), the token axis cut to the slots the batch needs. threshold: float32 [B] (per image).
 
     x [B, P+N, D] -> y [B, P+K, D], size [B, P+K], assign [B, N] i32, stats [B, 2] i32, with

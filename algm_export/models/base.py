@@ -2,7 +2,7 @@
 
 A segmentation model here is `SegModel(backbone, decoder)`. The backbone turns a normalised
 image into tokens and runs its blocks in two halves (attention residual, MLP residual) so that
-ALGM can merge between them (spec 1: `x = x + attn(norm1(x))`; merge; `x = x + mlp(norm2(x))`).
+ALGM can merge between them (docs/algorithm.md: the published method: `x = x + attn(norm1(x))`; merge; `x = x + mlp(norm2(x))`).
 The decoder reads the outputs of some blocks (`in_layers`, 0-based) as `Level`s:
 
 * token decoders (Segmenter linear / mask transformer, SegViT's ATM) run on `level.patches`
@@ -93,7 +93,7 @@ def unmerge_rows(x: torch.Tensor, assign: torch.Tensor) -> torch.Tensor:
 
 
 class Level:
-    """The output of one encoder block as a decoder sees it (spec 5)."""
+    """The output of one encoder block as a decoder sees it (docs/algorithm.md: other families)."""
 
     def __init__(self, index: int, tokens: torch.Tensor, state: TokenState):
         self.index = index          # 0-based block index
@@ -191,7 +191,7 @@ class Decoder(nn.Module):
 
 
 class FeatureMapDecoder(Decoder):
-    """A decoder that needs full maps: every level is unmerged before it runs (spec 5)."""
+    """A decoder that needs full maps: every level is unmerged before it runs (docs/algorithm.md: other families)."""
 
     kind = "feature"
 

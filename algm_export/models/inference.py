@@ -1,4 +1,4 @@
-"""The published Segmenter evaluation: resize, sliding windows, averaged logits (spec 1.4).
+"""The published Segmenter evaluation: resize, sliding windows, averaged logits (docs/algorithm.md: checkpoints).
 
 What the published evaluation does with one image (Segmenter `segm/model/utils.py`, re-stated
 here from reading it, not copied):

@@ -2,7 +2,7 @@
 
     torch          PyTorch: an entry's own token mode (static with its capacities, or dynamic; a
                    threshold-input entry takes `threshold=`), or `mode="reference"`: the published
-                   per-image reference (spec 1)
+                   per-image reference (docs/algorithm.md: the published method)
     onnxruntime    the entry's ONNX in ONNX Runtime (alias: ort)
     tensorrt       the entry's engine built with TensorRT (alias: trt; needs a CUDA GPU)
     tensorrt-rtx   the entry's engine built with TensorRT-RTX (needs a CUDA GPU)
@@ -80,7 +80,7 @@ def make_runner(backend: str, entry, precision: str = "fp32", model=None, mode: 
     torch: `model` is the folder's model (`ExportFolder.model()`). `mode` None runs the entry as
     exported: a static entry with its capacities, a dynamic one in dynamic token mode (per-image
     exact counts; a threshold-input entry takes `infer(x, threshold=t)`, the reference of its
-    graph at each threshold). `mode="reference"`: the published per-image reference (spec 1).
+    graph at each threshold). `mode="reference"`: the published per-image reference (docs/algorithm.md: the published method).
     decisions: the runner also returns every merge step's assignment map and the tokens entering it
     (`RunOutput.assignments`, `merge_inputs`; torch and onnxruntime; for `merging.margins`)."""
     backend = normalize_backend(backend)

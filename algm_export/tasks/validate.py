@@ -6,13 +6,13 @@ PyTorch dynamic `per_image`): max/mean |logit difference|, argmax agreement, mer
 (merges and forced merges per step, compared); for static entries also the PyTorch reference
 (`per_image`, no capacities) vs static (the reference parity). Dynamic entries: the token
 counts of every image after every step, backend vs PyTorch, which must be equal (an image
-that differs is a spec 2.1 near-tie; more than `Limits.token_mismatch_images` fail), and never
+that differs is a docs/algorithm.md: numerical sensitivity near-tie; more than `Limits.token_mismatch_images` fail), and never
 a forced merge. A threshold-input entry is validated at each of its thresholds (the manifest's
 `thresholds`, or `thresholds=`), one report row per (entry, threshold). Over all images: the
 parity mIoU (backend predictions scored against PyTorch's). With `labels`, the real mIoU of
 PyTorch and of the backend with the published sliding-window inference.
 
-Parity is statistical (spec 2.1): near-ties may flip a few merge decisions; the report counts
+Parity is statistical (docs/algorithm.md: numerical sensitivity): near-ties may flip a few merge decisions; the report counts
 them. Limits (fp32 defaults): mean argmax agreement >= 99.9 %, every image >= 99 %, parity
 mIoU >= 99.5. Outputs are saved as polygraphy RunResults (`polygraphy run --load-outputs`):
 per image the labels, the logits at one pixel per patch, and the merge statistics.
@@ -20,6 +20,7 @@ per image the labels, the logits at one pixel per patch, and the merge statistic
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -28,7 +29,7 @@ import numpy as np
 
 from algm_export.artifacts import ExportFolder, locks_export_folder
 from algm_export.core.errors import ConfigError
-from algm_export.core.progress import progress_bar, stage
+from algm_export.core.progress import progress_bar, release_memory, stage
 
 
 @dataclass
@@ -36,7 +37,7 @@ class Limits:
     mean_agreement: float = 99.9     # percent of pixels, averaged over images
     min_agreement: float = 99.0      # percent of pixels, every image
     parity_miou: float = 99.5        # percent
-    #: dynamic entries: images whose token counts may differ from PyTorch's (spec 2.1: an occasional
+    #: dynamic entries: images whose token counts may differ from PyTorch's (docs/algorithm.md: numerical sensitivity: an occasional
     #: near-tie, never a systematic difference); None: one image, or 1 % of them when that is more
     token_mismatch_images: Optional[int] = None
 
@@ -85,10 +86,14 @@ def _image_metrics(b: dict, t: dict, dynamic: bool = False) -> dict:
     return out
 
 
+#: folders whose weights pass this many bytes are validated in phases (see `validate`)
+LEAN_BYTES = 768 << 20
+
+
 @locks_export_folder("validate")
 def validate(export_dir, images=None, backend: str = "onnxruntime", labels=None, precision: str = "fp32",
              limits: Optional[Limits] = None, save_outputs: bool = True, limit_images: Optional[int] = None,
-             model=None, trust_checkpoint: bool = False, thresholds=None) -> dict:
+             model=None, trust_checkpoint: bool = False, thresholds=None, lean: Optional[bool] = None) -> dict:
     """Run the parity check; returns the report (also written to DIR/validation/report.<backend>.json).
 
     thresholds: the thresholds to validate threshold-input entries at (default: their manifest's).
@@ -96,14 +101,20 @@ def validate(export_dir, images=None, backend: str = "onnxruntime", labels=None,
     wait: wait for another run that holds the folder instead of stopping (see `algm_export.core.lock`).
 
     Every file is checked (sha256, external-data locations) before any image is prepared; the backend
-    runs one entry at a time (its session is closed before the next entry's is made, so a large model
-    is in memory once beside the PyTorch one) and nothing is written before every entry has run.
-    For ALGM entries every image also gets the margins of its merge decisions (`merging.margins`,
-    float32, on the PyTorch side) and, where the backend exposes its decisions (ONNX Runtime), the
-    decisions that differ from PyTorch's."""
+    runs one entry at a time (its session is closed before the next entry's is made) and nothing is
+    written before every entry has run. For ALGM entries every image also gets the margins of its
+    merge decisions (`merging.margins`, float32, on the PyTorch side) and, where the backend exposes
+    its decisions (ONNX Runtime), the decisions that differ from PyTorch's.
+
+    lean (default: when the folder's weights pass `LEAN_BYTES`, `model` is not given and there are
+    no `labels`): the backend and PyTorch never hold the weights at the same time. Per entry the
+    backend runs every image first, its outputs go to a temporary folder (logits memory-mapped back),
+    its session is closed, and then the PyTorch model is loaded (again) for the comparison; peak
+    memory is about one copy of the weights plus one run's activations instead of two copies."""
     from polygraphy.comparator import RunResults
     from polygraphy.comparator.struct import IterationResult
 
+    from algm_export.runtimes.base import check_input_size
     from algm_export.runtimes.registry import make_runner, normalize_backend
 
     folder = ExportFolder.load(export_dir, verify=True)
@@ -113,50 +124,81 @@ def validate(export_dir, images=None, backend: str = "onnxruntime", labels=None,
     runs = folder.runs(thresholds)  # per entry: [None] (threshold built in) or the thresholds to run it at
     entries = folder.entries
     _preflight(entries, backend, precision)  # every file checked before anything is run or written
-    if model is None:
+    if lean is None:
+        lean = model is None and labels is None and _weight_bytes(folder) >= LEAN_BYTES
+    own_model = model is None
+
+    def load_model():
         with stage("loading the PyTorch model"):
-            model = folder.model(trust_checkpoint)
-    cfg = model.cfg
+            return folder.model(trust_checkpoint)
+
+    if not lean and model is None:
+        model = load_model()
+    info = folder.model_info
+    n_cls = int(info["n_cls"])
+    grid = tuple(info["grid"]) if info.get("grid") else tuple(v // int(info["patch_size"]) for v in info["image_size"])
     inputs = folder.inputs(images, model=model, limit=limit_images)
     folder.resolve("validation", "validation folder")  # a symlink leading out stops here
     report = {"backend": backend, "precision": precision, "images": [n for n, _ in inputs],
               "limits": asdict(limits), "entries": []}
+    if lean:
+        report["lean"] = True
     pending = []   # (relative path, RunResults) written once every entry has run
     decisions = backend == "onnxruntime"
-    with progress_bar(total=sum(map(len, runs)) * len(inputs), desc=f"validate ({backend})", unit="img") as bar:
+    steps = sum(map(len, runs)) * len(inputs) * (2 if lean else 1)   # lean: the backend's runs, then PyTorch's
+    with progress_bar(total=steps, desc=f"validate ({backend})", unit="run" if lean else "img") as bar, \
+            tempfile.TemporaryDirectory(prefix="algm-validate-") as scratch:
         for e, ts in zip(entries, runs):
             is_base = e.is_baseline
             with stage(f"validating {e.name} ({backend})", announce=False):
-                runner = make_runner(backend, e, precision, model=model, decisions=decisions)
+                if lean:
+                    if own_model:
+                        model = None   # the backend's turn: PyTorch's weights leave memory
+                        release_memory()
+                    runner = make_runner(backend, e, precision, decisions=decisions)
+                    check_input_size(runner, info["image_size"], e.name)
+                    runner_name = runner.name
+                    stash = _run_backend(runner, ts, inputs, Path(scratch) / e.name, bar)
+                    runner.close()
+                    del runner
+                    release_memory()
+                    if model is None:
+                        model = load_model()
+                    runner = None
+                else:
+                    runner = make_runner(backend, e, precision, model=model, decisions=decisions)
+                    runner_name = runner.name
                 ref = make_runner("torch", e, model=model, decisions=not is_base)
                 # static entries: also the reference (per_image, no capacities) vs static
                 dyn = None if is_base or e.is_dynamic else make_runner("torch", e, model=model, mode="reference")
                 setting = None if is_base else e.setting()
                 try:
-                    for t in ts:
+                    for ti, t in enumerate(ts):
                         kw = {} if t is None else {"threshold": t}
-                        per_image, conf = [], np.zeros((cfg.n_cls, cfg.n_cls), dtype=np.int64)
+                        per_image, conf = [], np.zeros((n_cls, n_cls), dtype=np.int64)
                         res_b, res_t = [], []
-                        for name, x in inputs:
-                            b, r = runner.infer(x, **kw), ref.infer(x, **kw)
+                        for ii, (name, x) in enumerate(inputs):
+                            b = _unstash(stash[ti][ii]) if lean else runner.infer(x, **kw)
+                            r = ref.infer(x, **kw)
                             m = {"image": name, **_image_metrics(b, r, dynamic=e.is_dynamic)}
                             if setting is not None:
-                                m.update(_merge_margins(b, r, setting, model, e.capacities, t))
+                                m.update(_merge_margins(b, r, setting, grid, model.num_prefix, e.capacities, t))
                             if dyn is not None:
                                 d = dyn.infer(x)
                                 dd = np.abs(d["logits"] - r["logits"])
                                 m["dynamic_vs_static_max_abs"] = float(dd.max())
                                 m["dynamic_vs_static_agreement"] = float(
                                     100 * (d["logits"].argmax(1) == r["logits"].argmax(1)).mean())
-                            conf += confusion(b["logits"].argmax(1), r["logits"].argmax(1), cfg.n_cls)
+                            conf += confusion(b["logits"].argmax(1), r["logits"].argmax(1), n_cls)
                             per_image.append(m)
                             if save_outputs:
-                                res_b.append(IterationResult(compact_outputs(b), runner_name=runner.name))
+                                res_b.append(IterationResult(compact_outputs(b), runner_name=runner_name))
                                 res_t.append(IterationResult(compact_outputs(r), runner_name=ref.name))
+                            del b
                             bar.update(1)
                         summ = summarize(per_image, miou(conf), limits)
                         if labels is not None:
-                            summ.update(label_miou(labels, ref, runner, cfg, kw))
+                            summ.update(label_miou(labels, ref, runner, model.cfg, kw))
                         entry_report = {"name": e.name, "threshold": e.threshold if t is None else t,
                                         "capacities": e.capacities, "summary": summ, "per_image": per_image}
                         if not is_base:
@@ -165,7 +207,7 @@ def validate(export_dir, images=None, backend: str = "onnxruntime", labels=None,
                             entry_report["threshold_input"] = True
                         if save_outputs:
                             rr = RunResults()
-                            rr.append((runner.name, res_b))
+                            rr.append((runner_name, res_b))
                             rr.append((ref.name, res_t))
                             tag = e.name if t is None else f"{e.name}.t{t:.3f}"
                             rel = f"validation/{tag}.{backend}.{precision}.outputs.json"
@@ -177,6 +219,7 @@ def validate(export_dir, images=None, backend: str = "onnxruntime", labels=None,
                         if rn is not None:
                             rn.close()
                     del runner, ref, dyn
+                    release_memory()
     for rel, rr in pending:
         p = folder.resolve(rel, "validation output")
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -184,6 +227,68 @@ def validate(export_dir, images=None, backend: str = "onnxruntime", labels=None,
     report["pass"] = all(e["summary"]["pass"] for e in report["entries"])
     folder.write_json(f"validation/report.{backend}.{precision}.json", report, "validation report")
     return report
+
+
+def _weight_bytes(folder) -> int:
+    """The folder's weights: its external data files, else the baseline graph's size."""
+    if folder.data_files:
+        return sum(int(d.get("bytes") or 0) for d in folder.data.get("data_files") or [])
+    p = folder.resolve(folder.baseline.raw["onnx"], "baseline ONNX")
+    return p.stat().st_size if p.is_file() else 0
+
+
+_STASH_LISTS = ("assignments", "merge_inputs")
+
+
+def _run_backend(runner, ts, inputs, where: Path, bar) -> list[list[Path]]:
+    """Run every (threshold, image) of one entry on the backend and keep the outputs on disk
+    (`where/<t>/<i>/`: logits.npy, the rest in rest.npz); returns the folders, per threshold per image."""
+    out = []
+    for ti, t in enumerate(ts):
+        kw = {} if t is None else {"threshold": t}
+        row = []
+        for ii, (_name, x) in enumerate(inputs):
+            b = runner.infer(x, **kw)
+            d = where / str(ti) / str(ii)
+            d.mkdir(parents=True)
+            np.save(d / "logits.npy", b.logits)
+            rest = {}
+            for k in ("merge_stats", "tokens"):
+                if b.get(k) is not None:
+                    rest[k] = np.asarray(b[k])
+            for i, a in enumerate(b.get("assignments") or []):
+                if a is not None:
+                    rest[f"assignments.{i}"] = np.asarray(a)
+            for i, rec in enumerate(b.get("merge_inputs") or []):
+                for k, v in rec.items():
+                    if v is not None:
+                        rest[f"merge_inputs.{i}.{k}"] = np.asarray(v)
+            np.savez(d / "rest.npz", **rest)
+            row.append(d)
+            del b
+            bar.update(1)
+        out.append(row)
+    return out
+
+
+def _unstash(d: Path):
+    """A `RunOutput` back from `_run_backend`'s folder (logits memory-mapped)."""
+    from algm_export.runtimes.base import RunOutput
+
+    out = RunOutput(np.load(d / "logits.npy", mmap_mode="r"))
+    with np.load(d / "rest.npz", allow_pickle=False) as z:
+        data = {k: z[k] for k in z.files}
+    out.merge_stats = data.get("merge_stats")
+    out.tokens = data.get("tokens")
+    steps = sorted({int(k.split(".")[1]) for k in data if k.startswith(_STASH_LISTS)})
+    if steps:
+        n = max(steps) + 1
+        if any(k.startswith("assignments.") for k in data):
+            out.assignments = [data.get(f"assignments.{i}") for i in range(n)]
+        if any(k.startswith("merge_inputs.") for k in data):
+            out.merge_inputs = [{"x": data.get(f"merge_inputs.{i}.x"), "size": data.get(f"merge_inputs.{i}.size")}
+                                for i in range(n)]
+    return out
 
 
 def _preflight(entries, backend: str, precision: str) -> None:
@@ -196,15 +301,13 @@ def _preflight(entries, backend: str, precision: str) -> None:
             e.engine(precision, backend).engine_path()
 
 
-def _merge_margins(b, r, setting, model, capacities, threshold) -> dict:
+def _merge_margins(b, r, setting, grid, P, capacities, threshold) -> dict:
     """The margins of every merge decision (PyTorch side, float32) and the decisions the backend
     made differently (when it exposes them), for one image."""
     from algm_export.merging.margins import decision_differences, step_margins
 
     if r.get("merge_inputs") is None:
         return {}
-    grid = model.cfg.grid
-    P = model.num_prefix
     out = {"margins": step_margins(r.merge_inputs, setting, grid, P, capacities, threshold)[0]}
     if b.get("assignments") is not None and r.get("assignments") is not None:
         out["decision_differences"] = decision_differences(
@@ -263,7 +366,7 @@ def summarize(per_image: list, parity_miou: float, limits: Limits) -> dict:
         fails.append(f"parity mIoU {parity_miou:.3f} < {limits.parity_miou}")
     if dynamic and s["token_mismatch_images"] > s["token_mismatches_allowed"]:
         fails.append(f"token counts differ from PyTorch's on {s['token_mismatch_images']} of {len(per_image)} images "
-                     f"(allowed: {s['token_mismatches_allowed']}, the spec 2.1 near-ties)")
+                     f"(allowed: {s['token_mismatches_allowed']}, the docs/algorithm.md: numerical sensitivity near-ties)")
     if dynamic and s["forced_merges"]:
         fails.append(f"{s['forced_merges']} forced merges: dynamic token mode never forces one")
     s["failures"] = fails

@@ -325,6 +325,17 @@ def tokens_kept_pct(row: dict) -> float:
     return 100.0 if not tk else 100.0 * float(tk[-1])
 
 
+def series_key(row: dict) -> tuple:
+    """What a bench row's speed-up is relative to: (backend, batch size, concurrency; 0 unless served)."""
+    return (str(row["backend"]), int(row["batch"]), int(row.get("concurrency") or 0))
+
+
+def series_label(row_or_key) -> str:
+    """"onnxruntime, batch 4"; a served row: "triton, 8 clients"."""
+    backend, bs, conc = row_or_key if isinstance(row_or_key, tuple) else series_key(row_or_key)
+    return f"{backend}, {conc} client{'s' if conc != 1 else ''}" if conc else f"{backend}, batch {bs}"
+
+
 def point_label(row: dict) -> str:
     """A short name of a bench row's setting: its threshold, `dyn` for dynamic token mode."""
     if row.get("threshold") is None:
@@ -354,10 +365,10 @@ def speed_figure(results: Sequence[dict], title: str = ""):
 
     groups: dict = {}
     for r in results:
-        groups.setdefault((r["backend"], int(r["batch"])), []).append(r)
+        groups.setdefault(series_key(r), []).append(r)
     with plt.rc_context(chart_style()):
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
-        for i, ((backend, bs), rows) in enumerate(sorted(groups.items())):
+        for i, (key, rows) in enumerate(sorted(groups.items())):
             st = series_style(i)
             for dyn in (False, True):
                 pts = [r for r in rows if (r.get("token_mode") == "dynamic") == dyn]
@@ -366,10 +377,11 @@ def speed_figure(results: Sequence[dict], title: str = ""):
                 ax.scatter([tokens_kept_pct(r) for r in pts], [r["speedup"] for r in pts], s=46, zorder=3,
                            marker=st["marker"], edgecolors=st["color"], linewidths=1.6,
                            facecolors="white" if dyn else st["color"],
-                           label=f"{backend}, batch {bs}" if not dyn or len(pts) == len(rows) else None)
+                           label=series_label(key) if not dyn or len(pts) == len(rows) else None)
         ideal = {}
+        first = min(groups) if groups else None
         for r in results:  # the per-image FLOP ratio depends on the setting, not on backend or batch
-            if int(r["batch"]) == min(int(x["batch"]) for x in results):
+            if series_key(r) == first:
                 ideal.setdefault(round(tokens_kept_pct(r), 3), float(r["flop_ratio"]))
         xs = sorted(ideal)
         ax.plot(xs, [ideal[x] for x in xs], "--", color="#555555", lw=1.2, zorder=2,
@@ -401,4 +413,5 @@ def speed_chart(results: Sequence[dict], path, title: str = "") -> Path:
 
 __all__ = ["CHANGED_RGB", "changed_panel", "chart_style", "colorize", "group_colors", "merge_panels", "merge_png",
            "palette", "panel_patch_pixels", "point_label", "save_chart", "save_png", "segmentation_panel",
-           "segmentation_png", "series_style", "speed_chart", "speed_figure", "step_titles", "tokens_kept_pct"]
+           "segmentation_png", "series_key", "series_label", "series_style", "speed_chart", "speed_figure",
+           "step_titles", "tokens_kept_pct"]

@@ -61,6 +61,7 @@ import yaml
 
 TOL = 1e-5       # float32: relative to the largest value compared
 TOL64 = 1e-9     # float64: absolute
+ORT_TOL = 1e-4   # the exported baseline in ONNX Runtime: absolute
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "hubble_deep_field"]
 NON_SQUARE = "chelsea"   # 300 x 451
 SIZE = 512
@@ -317,12 +318,35 @@ def compare(name, dt, net, masked_net, ours, loaded, lm, rows) -> None:
                     gate=(TOL, "rel") if dt == torch.float64 else None)
 
 
+def compare_onnx(name, path, net, norm, lm, rows) -> None:
+    """The exported baseline in ONNX Runtime (CPU, fp32) against the published per-pixel scores, per photo."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    win = windowing(lm, (SIZE, SIZE))
+    with torch.no_grad():
+        for p in PHOTOS:
+            x01 = as_chw(pil_resize(photo(p), (SIZE, SIZE)))[None].float() / 255.0
+            _, mask, cls = final_tokens(net, x01)
+            ref = win.to_per_pixel_logits_semantic(F.interpolate(mask, (SIZE, SIZE), mode="bilinear"), cls)
+            out = sess.run(["logits"], {"image": normalise(x01, norm).numpy()})[0]
+            got = torch.from_numpy(out)
+            agree = float((ref.argmax(1) == got.argmax(1)).float().mean())
+            rows.append((name, "fp32", f"{SIZE}x{SIZE}", p, f"ONNX Runtime baseline logits vs published per-pixel "
+                         f"scores; argmax agreement {agree:.5f}", maxdiff(ref, got), float(ref.abs().max()),
+                         (ORT_TOL, "abs")))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--eomt", required=True, help="a checkout of github.com/tue-mps/eomt, or its git dir")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="keep the checkpoints here (default: a temp folder)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precisions", default="fp64,fp32", help="comma-separated: fp64 (same arithmetic), fp32")
+    ap.add_argument("--onnx", default=None,
+                    help="the baseline ONNX that `algm-export export OUT/run` wrote from the checkpoint saved here "
+                         "(same --seed): compared in ONNX Runtime with the published per-pixel scores, tol 1e-4")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -357,9 +381,13 @@ def main(argv=None) -> int:
     ours = loaded["bin + config.yaml"]
     masked_net = build_published(eomt, vit, args.seed, masked=True)
     masked_net.load_state_dict(net.state_dict())
-    for dt in (torch.float64, torch.float32):
+    for prec in args.precisions.split(","):
+        dt = {"fp64": torch.float64, "fp32": torch.float32}[prec.strip()]
         compare(name, dt, net, masked_net, ours, loaded, lm, rows)
         print(f"  {dt}: done ({time.time() - t0:.0f} s)", flush=True)
+    if args.onnx:
+        compare_onnx(name, args.onnx, net, ours.cfg.normalization, lm, rows)
+        print(f"  ONNX Runtime: done ({time.time() - t0:.0f} s)", flush=True)
     print(f"  done ({time.time() - t0:.0f} s)", flush=True)
 
     print("\n| model | precision | input | photo | compared | max abs diff | max abs value | gate |")

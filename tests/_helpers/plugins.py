@@ -2,7 +2,7 @@
 session, test data, and checks against the torch reference `algm_export.merging.static`.
 
 The kernels' arithmetic differs from torch's (summation orders), so merge decisions can only
-be compared exactly when no decision sits within rounding of another (spec 2.1). The data
+be compared exactly when no decision sits within rounding of another (docs/algorithm.md: numerical sensitivity). The data
 generators here therefore check, in float64, that every decision has a comfortable margin
 and draw again otherwise; constructed cases with exact ties use values whose arithmetic is
 exact in any order.
@@ -85,7 +85,7 @@ def separated_tokens(B=2, P=1, D=16, grid=(4, 4), seed=0):
 
 def near_tie_tokens(B, P, grid, D, seed):
     """Every window holds the same four vectors in another order and at another scale: all window scores
-    are equal in exact arithmetic, so their order is decided by float rounding alone (spec 2.1)."""
+    are equal in exact arithmetic, so their order is decided by float rounding alone (docs/algorithm.md: numerical sensitivity)."""
     g = torch.Generator().manual_seed(seed)
     base = torch.randn(4, D, generator=g) + 2.0 * torch.randn(1, D, generator=g)
     gh, gw = grid

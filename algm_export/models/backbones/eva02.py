@@ -19,7 +19,7 @@ What timm does and this module reproduces (timm `Eva._pos_embed`, `EvaAttention.
 * attention written out with an optional additive padding bias (`KeyMask`, one extra channel),
   SwiGLU / packed-GLU MLP with optional sub-LN, optional layer scale.
 
-Rotary positions after merging (spec 5): a merged token takes the rotary embedding evaluated at
+Rotary positions after merging (docs/algorithm.md: other families): a merged token takes the rotary embedding evaluated at
 the centroid of the grid positions of the patches it holds (`rotary_positions`): with the one-hot
 assignment matrix `A[b, t, n] = (assign[b, n] == t)`, `centroid = (A @ pos) / size`, a matmul
 over integer positions (exact in any summation order) and one division. It is recomputed once
@@ -107,7 +107,7 @@ def token_positions(assign: torch.Tensor, size: torch.Tensor, grid: Sequence[int
                     rule: str = "centroid") -> torch.Tensor:
     """[B, T, 2] the grid position a merged token's rotary embedding is evaluated at.
 
-    `centroid` (the default, spec 5): the size-weighted centroid of the held patches;
+    `centroid` (the default, docs/algorithm.md: other families): the size-weighted centroid of the held patches;
     `nearest`: that centroid rounded to the nearest grid position; `first`: the position of the
     first (lowest raster index) patch held. The last two exist to measure the choice
     (docs/decisions.md); all three are the patch's own position for an unmerged token.

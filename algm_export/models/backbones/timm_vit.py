@@ -61,7 +61,7 @@ def block_mlp(blk: Block, x: torch.Tensor) -> torch.Tensor:
 
 def block_forward(blk: Block, x: torch.Tensor, key_bias=None,
                   merge: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
-    """`x = x + attn(norm1(x))`; optional `x = merge(x)`; `x = x + mlp(norm2(x))` (spec 1)."""
+    """`x = x + attn(norm1(x))`; optional `x = merge(x)`; `x = x + mlp(norm2(x))` (docs/algorithm.md: the published method)."""
     x = block_attn(blk, x, key_bias)
     if merge is not None:
         x = merge(x)

@@ -1,4 +1,4 @@
-"""SegViT's ATM (attention-to-mask) decoder as a token decoder (spec 5).
+"""SegViT's ATM (attention-to-mask) decoder as a token decoder (docs/algorithm.md: other families).
 
 Written from reading SegViT's `decode_heads/atm_head.py` (`ATMHead`, `TPN_Decoder`,
 `TPN_DecoderLayer`, `Attention`; github.com/zbwxp/SegVit), not copied. `state_dict()` keys are

@@ -1,4 +1,4 @@
-"""Segmenter's two published decoders, as token decoders (spec 1.3, 5).
+"""Segmenter's two published decoders, as token decoders (docs/algorithm.md: decoders and unmerging, other families).
 
 Both read the normalised output of the last encoder block and run on the merged patch tokens
 (padding masked); only their per-token class logits are unmerged.

@@ -19,7 +19,7 @@ average pools matmuls with PyTorch's bins (`[floor(i L / s), ceil((i + 1) L / s)
 with `F.interpolate` / `F.adaptive_avg_pool2d` to float rounding (~1e-7 relative).
 
 `UperNetDecoder` is a `FeatureMapDecoder`: it reads the backbone blocks `in_layers` as full
-`[B, D, Gh, Gw]` maps, each unmerged with the assignment map valid at that block (spec 5).
+`[B, D, Gh, Gw]` maps, each unmerged with the assignment map valid at that block (docs/algorithm.md: other families).
 """
 
 from __future__ import annotations

@@ -254,7 +254,7 @@ def create_segmenter(
     return model.eval()
 
 
-# Published ALGM thresholds per backbone (ADE20K, spec 1.3): the default operating point of builtins.
+# Published ALGM thresholds per backbone (ADE20K, docs/algorithm.md: decoders and unmerging): the default operating point of builtins.
 PUBLISHED_THRESHOLDS = {"vit_tiny_patch16_384": 0.90, "vit_small_patch16_384": 0.88,
                         "vit_base_patch16_384": 0.94, "vit_large_patch16_384": 0.95}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import numpy as np
 import torch
@@ -63,9 +64,18 @@ class OrtRunner(Runner):
         try:
             if decisions:
                 blob, self._extra = with_decision_outputs(path)
-                self.session = make_session(blob, threads=threads, providers=providers,
-                                            external_data_folder=os.path.dirname(os.path.abspath(self.path)))
-                del blob
+                # ONNX Runtime reads (maps) external data only for a graph opened from a file, relative
+                # to it and never through a symlink leading out: the graph with the extra outputs
+                # goes beside the original for as long as the session takes to open
+                fd, tmp = tempfile.mkstemp(prefix=".decisions.", suffix=".onnx",
+                                           dir=os.path.dirname(os.path.abspath(self.path)))
+                try:
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(blob)
+                    del blob
+                    self.session = make_session(tmp, threads=threads, providers=providers)
+                finally:
+                    os.unlink(tmp)
             else:
                 self.session = make_session(path, threads=threads, providers=providers)
             self.runner = OnnxrtRunner(self.session, name=name or f"onnxrt:{self.path}")

@@ -492,8 +492,8 @@ def run_predict(images: Sequence[Union[str, Path]], options: Optional[PredictOpt
     """
     from algm_export.artifacts import folder_lock, sha256_file
     from algm_export.runtimes.registry import normalize_backend
-    from algm_export.tasks.predict.collection import (Progress, ResultsLog, collect_items, model_identity, now,
-                                                      remove_partials, run_key, write_summary)
+    from algm_export.tasks.predict.collection import (SUMMARY, Progress, ResultsLog, collect_items, model_identity,
+                                                      now, remove_partials, run_key, write_summary)
 
     opts = options or PredictOptions()
     if not opts.algm and (opts.threshold is not None or opts.layers is not None):
@@ -545,6 +545,7 @@ def run_predict(images: Sequence[Union[str, Path]], options: Optional[PredictOpt
     kept: list[dict] = []
     with folder_lock(out_dir, "predict", wait=opts.wait):
         remove_partials(out_dir)
+        (out_dir / SUMMARY).unlink(missing_ok=True)     # written again when this run completes
         started, t0 = now(), time.perf_counter()
         log = ResultsLog(out_dir)
         bar = Progress(len(items), progress)

@@ -14,7 +14,7 @@ file first (an export folder's file sha256-checked against its manifest, a Tenso
 without opening it), so bad input stops before any actor starts. Each actor then opens the file
 again itself through the same artifact layer and checks (`runtimes.registry.runner_for_file`);
 the torch backend loads the checkpoint in each actor (`models.registry.resolve_model`). Actors
-of an exported file get the model's configuration from the driver, not its weights.
+of an exported file get the model from the driver without its weights (`weightless`).
 
 Clusters: `local` starts a private cluster on this machine, on the loopback address, and stops
 it at the end (also when the run fails or is interrupted). `auto` joins the cluster this machine
@@ -104,7 +104,9 @@ def _stderr_silenced(enabled: bool):
 def ray_cluster(address: str, debug: bool = False, num_cpus: Optional[int] = None):
     """Connect to Ray for the `with` block: `local` starts a private cluster on 127.0.0.1 and shuts it
     down at the end; `auto` / `ray://...` / `HOST:PORT` join a running one (left running). Within an
-    already connected process (an API caller who ran `ray.init`), that connection is used as is."""
+    already connected process (an API caller who ran `ray.init`), that connection is used as is.
+    The loopback setting (`LOCAL_ENV`) is read when Ray is imported: a process that imported Ray
+    before gets Ray's own choice of address for a local cluster."""
     saved = {}
     if address == "local":
         for k, v in LOCAL_ENV.items():  # read when Ray is imported and by the processes it starts
@@ -129,6 +131,9 @@ def ray_cluster(address: str, debug: bool = False, num_cpus: Optional[int] = Non
                     ray.init(**kwargs)
             except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
                 msg = " ".join(str(e).split())[:300]
+                if address == "local":
+                    raise BackendUnavailable(f"cannot start a local Ray cluster ({type(e).__name__}: {msg}); run with "
+                                             "--debug for Ray's own messages, or run without --ray") from None
                 raise BackendUnavailable(f"cannot reach a Ray cluster at {address} ({type(e).__name__}: {msg}); start "
                                          "one (`ray start --head`) or run with --ray local") from None
             started = True
@@ -164,11 +169,20 @@ class WorkerConfig:
     trust_checkpoint: bool = False
 
 
-class ModelConfig:
-    """The part of a model that predict reads around an exported file: its configuration."""
+def weightless(model):
+    """A copy of `model` whose parameters and buffers live on the meta device (shapes, no data): what
+    an actor of an exported file needs of the model (its configuration, its family's windowing),
+    light to send."""
+    import copy
 
-    def __init__(self, cfg):
-        self.cfg = cfg
+    import torch
+
+    memo = {}
+    for prm in model.parameters():
+        memo[id(prm)] = torch.nn.Parameter(torch.empty_like(prm, device="meta"), requires_grad=prm.requires_grad)
+    for buf in model.buffers():
+        memo[id(buf)] = torch.empty_like(buf, device="meta")
+    return copy.deepcopy(model, memo)
 
 
 class PredictWorker:
@@ -243,7 +257,7 @@ def run_on_ray(items, job, opts, model, take: Callable[[dict], None], debug: boo
         if isinstance(actor_model, str) and os.path.exists(actor_model):
             actor_model = os.path.abspath(actor_model)
     else:
-        actor_model = ModelConfig(model.cfg)
+        actor_model = weightless(model)
     threads = max(1, int(opts.cpus_per_actor))
     # paths as every node sees them (shared storage), not relative to this process's folder
     job = dataclasses.replace(job, out=os.path.abspath(job.out))

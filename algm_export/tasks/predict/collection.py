@@ -27,7 +27,8 @@ every output file the run asks for is there (`finished`). `--overwrite` redoes e
 
 The run log: `results.jsonl`, one JSON line per image as it finishes (`status` done, skipped
 or failed; input, name, sha256, size, token counts, milliseconds, backend, outputs, error), in
-the order images finish; `run.json` at the end: counts (done, skipped, failed), seconds, images/s.
+the order images finish; `run.json` when the run completes (removed when a run starts): counts
+(done, skipped, failed), seconds, images/s.
 One run at a time writes to an output folder (the folder lock, as for export folders).
 """
 

@@ -22,14 +22,17 @@ def _key(name: str, threshold) -> tuple:
 
 
 def operating_points(results: Sequence[dict], cost: dict) -> dict:
-    """{backend: [(label, speed-up, cost value, row)]} at each backend's smallest batch, for the rows
-    whose (setting, threshold) has a cost value (`cost`: {(name, threshold or None): value})."""
+    """{backend: [row]} at each backend's smallest batch (served: fewest clients), for the rows whose
+    (setting, threshold) has a cost value (`cost`: {(name, threshold or None): value})."""
+    from algm_export.tasks.visualize import series_key
+
     out: dict = {}
-    smallest = {}
+    smallest: dict = {}
     for r in results:
-        smallest[r["backend"]] = min(int(r["batch"]), smallest.get(r["backend"], 1 << 30))
+        k = series_key(r)
+        smallest[k[0]] = min(k, smallest.get(k[0], k))
     for r in results:
-        if int(r["batch"]) != smallest[r["backend"]]:
+        if series_key(r) != smallest[r["backend"]]:
             continue
         k = _key(r["setting"], None if r["setting"] == "baseline" else r.get("threshold"))
         if k in cost:
@@ -54,7 +57,7 @@ def operating_point_figure(results: Sequence[dict], cost: dict, y_label: str, ti
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from algm_export.tasks.visualize import chart_style, point_label, series_style
+    from algm_export.tasks.visualize import chart_style, point_label, series_label, series_style
 
     pts = operating_points(results, cost)
     if not pts:
@@ -63,7 +66,6 @@ def operating_point_figure(results: Sequence[dict], cost: dict, y_label: str, ti
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
         for i, (backend, rows) in enumerate(sorted(pts.items())):
             st = series_style(i)
-            bs = rows[0]["batch"]
             for dyn in (False, True):
                 sel = [r for r in rows if (r.get("token_mode") == "dynamic") == dyn]
                 if sel:
@@ -71,7 +73,7 @@ def operating_point_figure(results: Sequence[dict], cost: dict, y_label: str, ti
                                [cost[_key(r["setting"], None if r["setting"] == "baseline" else r["threshold"])]
                                 for r in sel], s=50, marker=st["marker"], edgecolors=st["color"], linewidths=1.6,
                                facecolors="white" if dyn else st["color"], zorder=3,
-                               label=None if dyn and len(sel) < len(rows) else f"{backend}, batch {bs}")
+                               label=None if dyn and len(sel) < len(rows) else series_label(rows[0]))
             if i == 0:
                 for r in rows:
                     y = cost[_key(r["setting"], None if r["setting"] == "baseline" else r["threshold"])]

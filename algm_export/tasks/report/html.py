@@ -73,7 +73,8 @@ def _schemas():
            "capacities": (Nullable(ListOf(COUNT)), False), "tokens": (Nullable(tokens), False),
            "tokens_kept": (Nullable(ListOf(NUM)), False), "latency_ms": (NUM, True), "images_per_s": (NUM, True),
            "gmacs": (pos, True), "flop_ratio": (NUM, True), "speedup": (NUM, True),
-           "speedup_vs_flop_ratio": (NUM, True), "gmacs_at_batch_max": (pos, False)}
+           "speedup_vs_flop_ratio": (NUM, True), "gmacs_at_batch_max": (pos, False),
+           "concurrency": (Nullable(COUNT), False)}
     bench = {"results": (ListOf(row), True), "machine": (DICT, True), "backbone": (STR, False),
              "image_size": (ListOf(SIZE, 2), False)}
     summary = {"max_abs": (NUM, True), "mean_abs": (NUM, True), "agreement_mean": (NUM, True),
@@ -182,6 +183,11 @@ def _token_match(s: dict) -> str:
     return f"{s['images'] - s['token_mismatch_images']}/{s['images']}"
 
 
+def _batch_cell(r: dict) -> str:
+    """A bench row's batch size; a served row (Triton): `cN`, N concurrent clients of one image each."""
+    return f"c{r['concurrency']}" if r.get("concurrency") else str(r["batch"])
+
+
 def _is_dynamic(r: dict) -> bool:
     return r.get("token_mode") == "dynamic"
 
@@ -237,7 +243,7 @@ def _modes_part(folder: ExportFolder, bench: Optional[dict], reports) -> list[st
         s = parity.get((r["backend"], r["setting"], round(COMPARE_AT, 6)))
         par = "-" if s is None else _Html(f"{s['agreement_mean']:.3f} % / {s['max_abs']:.1e} " + _ok(s["pass"]))
         b = at_batch_max(r, results)
-        rows.append(["dynamic" if _is_dynamic(r) else "static", r["setting"], r["backend"], r["batch"], par,
+        rows.append(["dynamic" if _is_dynamic(r) else "static", r["setting"], r["backend"], _batch_cell(r), par,
                      "-" if s is None else _token_match(s), tokens_text(r.get("tokens"), _is_dynamic(r)),
                      _gmacs(r["gmacs"]), f"{r['flop_ratio']:.2f}" + ("" if b is None or r["batch"] == 1
                                                                      else f" (batch: {b:.2f})"),
@@ -266,6 +272,7 @@ def _modes_part(folder: ExportFolder, bench: Optional[dict], reports) -> list[st
 def _bench_parts(bench: dict, builtin: bool) -> tuple[list[str], list[str]]:
     """The speed table and the line under the published numbers, from DIR/bench/bench.json."""
     from algm_export.tasks.report.words import at_batch_max
+    from algm_export.tasks.visualize import series_label
 
     esc = lambda v: html.escape(str(v))  # noqa: E731
     results = bench["results"]
@@ -273,7 +280,7 @@ def _bench_parts(bench: dict, builtin: bool) -> tuple[list[str], list[str]]:
     rows = []
     for r in results:
         b = at_batch_max(r, results)
-        row = [r["backend"], r["batch"], _entry_label(r) if r.get("threshold_input") else r["setting"],
+        row = [r["backend"], _batch_cell(r), _entry_label(r) if r.get("threshold_input") else r["setting"],
                f"{r['latency_ms']:.1f}", f"{r['images_per_s']:.2f}", tokens_text(r.get("tokens"), _is_dynamic(r)),
                _gmacs(r["gmacs"]), f"{r['flop_ratio']:.2f}"]
         if per_batch:
@@ -286,6 +293,10 @@ def _bench_parts(bench: dict, builtin: bool) -> tuple[list[str], list[str]]:
             f"{esc(bench.get('repeats', ''))} interleaved repeats, median latency. FLOP ratio: the baseline's "
             "multiply-adds over the setting's (per image); speed-up: the baseline's latency over the setting's, "
             "same backend and batch size.")
+    if any(r.get("concurrency") for r in results):
+        note += (" Rows with batch cN: served (Triton), N concurrent clients sending one image per request; "
+                 "img/s is the served throughput, ms the request latency, and the speed-up is relative to the "
+                 "baseline served at the same concurrency.")
     if per_batch:
         note += (" FLOP ratio per batch (dynamic token mode): what a batch can save when it is computed at its "
                  "largest image's token count.")
@@ -296,8 +307,8 @@ def _bench_parts(bench: dict, builtin: bool) -> tuple[list[str], list[str]]:
         best = max(ours, key=lambda r: r["speedup"])
         weights = ", seeded random weights" if builtin else ""
         tail.append(f"<p>This export ({esc(bench.get('backbone', ''))}{weights}): best measured speed-up "
-                    f"{best['speedup']:.2f}x at {esc(best['setting'])} ({esc(best['backend'])}, batch "
-                    f"{esc(best['batch'])}) for a FLOP ratio of {best['flop_ratio']:.2f} "
+                    f"{best['speedup']:.2f}x at {esc(best['setting'])} ({esc(series_label(best))}) for a FLOP ratio "
+                    f"of {best['flop_ratio']:.2f} "
                     f"({100 * best['speedup_vs_flop_ratio']:.0f}% of the ideal).</p>")
     return parts, tail
 

@@ -30,11 +30,14 @@ def _saves(rows: list[dict], n_patches: int) -> str:
         kept = f"keeps {c} of {n_patches} tokens ({100 * c / n_patches:.0f} %) after the last merge"
     else:
         kept = "keeps every token"
-    one = sorted((r for r in rows if int(r["batch"]) == min(int(x["batch"]) for x in rows)),
-                 key=lambda r: r["backend"])
+    from algm_export.tasks.visualize import series_key
+
+    one = sorted(rows, key=lambda r: (series_key(r)[1:], series_key(r)[0]))
     speeds = []
-    for r in sorted(rows, key=lambda r: (r["backend"], int(r["batch"]))):
-        speeds.append(f"{_x(r['speedup'])} on {r['backend']} at batch {r['batch']}")
+    for r in sorted(rows, key=series_key):
+        k = series_key(r)
+        where = f"with {k[2]} concurrent client{'s' if k[2] != 1 else ''}" if k[2] else f"at batch {k[1]}"
+        speeds.append(f"{_x(r['speedup'])} on {r['backend']} {where}")
     slower = [r for r in rows if r["speedup"] < 1.0]
     tail = " (below 1x: slower than the baseline there)" if slower else ""
     return (f"it {kept}, {one[0]['flop_ratio']:.2f}x fewer multiply-adds per image than the baseline (FLOP ratio), "
@@ -84,14 +87,13 @@ def setting_sentences(settings: Sequence[tuple], results: Sequence[dict], valida
 def batch_note(results: Sequence[dict]) -> Optional[str]:
     """The note on batches in dynamic token mode, with this benchmark's numbers; None without dynamic
     rows at a batch above 1."""
-    base = {(r["backend"], int(r["batch"])): r["gmacs"] for r in results if r["setting"] == "baseline"}
     rows = [r for r in results if r.get("token_mode") == "dynamic" and int(r["batch"]) > 1
-            and r.get("gmacs_at_batch_max") and (r["backend"], int(r["batch"])) in base]
+            and at_batch_max(r, results) is not None]
     if not rows:
         return None
     # an exported graph's backend first: PyTorch's dynamic mode is the reference, not a deployment
     r = sorted(rows, key=lambda x: (x["backend"] == "torch", int(x["batch"])))[0]
-    at_max = base[(r["backend"], int(r["batch"]))] / r["gmacs_at_batch_max"]
+    at_max = at_batch_max(r, results)
     return (f"Batches in dynamic token mode: every image keeps as many tokens as it needs, but the images of a "
             f"batch are computed together, at the token count of the batch's largest image. So a batch pays "
             f"for its largest image: at batch {r['batch']}, {r['setting']} saves {r['flop_ratio']:.2f}x the "
@@ -102,8 +104,9 @@ def batch_note(results: Sequence[dict]) -> Optional[str]:
 
 def at_batch_max(r: dict, results: Sequence[dict]) -> Optional[float]:
     """A dynamic row's FLOP ratio when each batch is computed at its largest image's token count."""
+    from algm_export.tasks.visualize import series_key
+
     if r.get("token_mode") != "dynamic" or not r.get("gmacs_at_batch_max"):
         return None
-    base = [x["gmacs"] for x in results if x["setting"] == "baseline" and x["backend"] == r["backend"]
-            and int(x["batch"]) == int(r["batch"])]
+    base = [x["gmacs"] for x in results if x["setting"] == "baseline" and series_key(x) == series_key(r)]
     return base[0] / r["gmacs_at_batch_max"] if base else None

@@ -1,0 +1,58 @@
+"""EoMT -> ONNX: baseline and dynamic-token-mode ALGM in ONNX Runtime (P = 5 prefix + queries in the graph)."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from algm_export import AlgmSetting, apply_algm
+from algm_export.export.exporter import export_onnx
+from algm_export.export.readiness import check_readiness
+from algm_export.merging.static import tokens_from_stats
+from algm_export.runtimes.onnxruntime import OrtRunner
+from test_eomt import _inputs, make_algm_model
+
+pytestmark = pytest.mark.slow
+SET = AlgmSetting(0.88, (2, 2), (1, 5))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    model = make_algm_model()
+    dyn = apply_algm(model, SET, token_mode="dynamic")
+    d = tmp_path_factory.mktemp("eomt_exp")
+    return model, dyn, {"baseline": export_onnx(model, d / "eomt_base.onnx"),
+                        "dynamic": export_onnx(dyn, d / "eomt_dyn.onnx")}
+
+
+def test_graph_interface(exported):
+    _, _, paths = exported
+    for which, p in paths.items():
+        m = onnx.load(str(p))
+        assert [i.name for i in m.graph.input] == ["image"]
+        outs = [o.name for o in m.graph.output]
+        assert outs == (["logits"] if which == "baseline" else ["logits", "merge_stats"])
+        r = check_readiness(m)
+        assert r["ready"], r["problems"]
+    custom = [n.op_type for n in onnx.load(str(paths["dynamic"])).graph.node if n.domain == "algm"]
+    assert custom == ["AlgmClap", "AlgmGbm"]
+
+
+def test_ort_parity_and_token_counts(exported):
+    model, dyn, paths = exported
+    x = _inputs(model, 128)
+    base = OrtRunner(paths["baseline"], threads=2)
+    drun = OrtRunner(paths["dynamic"], threads=2)
+    with torch.no_grad():
+        ref = model(x).numpy()
+        ref_dyn = dyn(x).numpy()
+    want_tokens = dyn.merge_stats["tokens"].numpy()
+    out = base.infer(x)
+    assert np.abs(out["logits"] - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+    batch = drun.infer(x)                                   # a mixed batch of 3
+    assert np.abs(batch["logits"] - ref_dyn).max() <= 1e-4 * max(1.0, np.abs(ref_dyn).max())
+    tok_batch = tokens_from_stats(batch["merge_stats"], 64)
+    np.testing.assert_array_equal(tok_batch, want_tokens)
+    solo = np.concatenate([tokens_from_stats(drun.infer(x[i:i + 1])["merge_stats"], 64) for i in range(3)])
+    np.testing.assert_array_equal(solo, tok_batch)          # per-image counts: the same at batch 1
+    assert (batch["merge_stats"][:, :, 0].sum(1) > 0).all()
