@@ -118,6 +118,11 @@ def test_forward_equals_published_forward(tiny):
         got = tiny(x)
     assert got.shape == (3, 21, SIZE, SIZE)
     assert (ref - got).abs().max() <= 1e-5 * max(1.0, float(ref.abs().max()))
+    tok, mask, cls = tiny.predict_masks(x)          # what the reference check compares
+    assert tok.shape == (3, 10 + 5 + 16, 384) and mask.shape == (3, 10, 16, 16) and cls.shape == (3, 10, 22)
+    from algm_export.models.decoders.eomt import semantic_logits
+
+    assert torch.equal(semantic_logits(mask, cls, (SIZE, SIZE)), got)
 
 
 @pytest.mark.slow
