@@ -67,7 +67,8 @@ def published_forward(model, x):
 
 # ----------------------------------------------------------------------------- backbone
 
-@pytest.mark.parametrize("name", sorted(DINOV2_MODELS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if "giant" in n else n
+                                  for n in sorted(DINOV2_MODELS)])
 def test_dinov2_table_matches_timms_registry(name, monkeypatch):
     """Our arguments are the ones timm registers for `name`, and build the same modules as
     timm.create_model(name) (depth cut to 1 block)."""
@@ -386,6 +387,7 @@ def test_flops_of_algm_count_the_queries_after_merging(tiny):
     assert got == pytest.approx(want)
 
 
+@pytest.mark.slow
 def test_predict_runs_the_published_windows(tiny):
     """predict on a non-square image runs EoMT's windowing: crops of the model size along the long
     side, the same scores as `Eomt.inference` on the image."""
