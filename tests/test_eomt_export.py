@@ -56,3 +56,18 @@ def test_ort_parity_and_token_counts(exported):
     solo = np.concatenate([tokens_from_stats(drun.infer(x[i:i + 1])["merge_stats"], 64) for i in range(3)])
     np.testing.assert_array_equal(solo, tok_batch)          # per-image counts: the same at batch 1
     assert (batch["merge_stats"][:, :, 0].sum(1) > 0).all()
+
+
+def test_threshold_input(exported, tmp_path):
+    """One dynamic graph with the CLAP threshold as an input serves every threshold."""
+    model, dyn, _ = exported
+    path = export_onnx(dyn, tmp_path / "eomt_tin.onnx", threshold_input=True)
+    run = OrtRunner(path, threads=2)
+    x = _inputs(model, 128)[:2]
+    for t in (0.8, 0.95):
+        ref = apply_algm(model, SET.with_threshold(t), token_mode="dynamic")
+        with torch.no_grad():
+            want = ref(x).numpy()
+        out = run.infer(x, threshold=t)
+        assert np.abs(out["logits"] - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+        np.testing.assert_array_equal(tokens_from_stats(out["merge_stats"], 64), ref.merge_stats["tokens"].numpy())

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from algm_export.core.errors import CheckpointError, ConfigError
 from algm_export.models.backbones.dinov2 import DINOV2_MODELS, dinov2_backbone
 from algm_export.models.backbones.timm_vit import TimmViT
-from algm_export.models.base import Level, SegModel, TokenState
+from algm_export.models.base import SegModel, TokenState
 from algm_export.models.decoders.eomt import EomtHead, semantic_logits
 from algm_export.models.formats import eomt as fmt
 from algm_export.models.registry import Family, register
@@ -157,22 +157,26 @@ class Eomt(SegModel):
 
     def finish(self, out, padded_hw, out_hw) -> torch.Tensor:
         mask_logits, class_logits = out
+        if self._raw_outputs:
+            return out
         return semantic_logits(mask_logits, class_logits, out_hw)
+
+    _raw_outputs = False
 
     @torch.no_grad()
     def predict_masks(self, im: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(normed tokens [B, Q+P+N, D], mask logits, class logits) of the last block, no merging:
         what the published `EoMT.forward` returns last (masked attention off) and the tokens its
-        head reads."""
-        bb = self.backbone
-        x, grid = bb.embed(im.to(self.dtype_of_input()))
-        state = TokenState.initial(x, grid, bb.num_prefix)
-        for i in range(bb.depth):
-            x, state = self.enter_block(i, x, state)
-            x = bb.block_mlp(i, bb.block_attn(i, x, state), state)
-        lv = Level(bb.depth - 1, bb.layer_output(bb.depth - 1, x), state)
-        mask_logits, class_logits = self.decoder.decode([lv])
-        return lv.tokens, mask_logits, class_logits
+        head reads (the model's own loop, `forward_tokens`, with the head's outputs returned as they are)."""
+        seen = []
+        hook = self.backbone.norm.register_forward_hook(lambda m, i, o: seen.append(o))
+        self._raw_outputs = True
+        try:
+            mask_logits, class_logits = self.forward_tokens(im)
+        finally:
+            self._raw_outputs = False
+            hook.remove()
+        return seen[-1], mask_logits, class_logits
 
     own_windows = True
 
