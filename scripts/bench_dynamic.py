@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""ONNX Runtime CPU: baseline vs static vs dynamic token mode, side by side in one run (issue 13).
+"""ONNX Runtime CPU: baseline vs static vs dynamic token mode, side by side in one run.
 
     PYTHONPATH=. .venv/bin/python scripts/bench_dynamic.py [--out runs/bench-dynamic] [--repeats 10]
         [--threshold 0.88] [--reuse] [--threshold-check 0.85,0.88,0.92]
@@ -16,7 +16,7 @@ scripts/bench_reference.py and docs/performance.md) at batch 1 it then
   model in turn) with a settle pause before every run (`algm_export/tasks/bench.py`, docs/decisions.md
   item 10), and prints the median latency per photo and model, the per-image FLOP ratio (mean
   MACs over the photos, `algm_export.models.flops.model_macs`: the static model at its capacities, the
-  dynamic one at each photo's real counts) and speed-up / FLOP ratio. Target (issue 13): the
+  dynamic one at each photo's real counts) and speed-up / FLOP ratio. Target: the
   dynamic speed-up >= 0.9 x its FLOP ratio;
 * with --threshold-check T1,T2,...: exports the threshold-input model once and a fixed-threshold
   dynamic model per threshold, and compares their outputs photo by photo.

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""ONNX Runtime CPU: baseline vs each threshold setting, side by side in one run (issue: export).
+"""ONNX Runtime CPU: baseline vs each threshold setting, side by side in one run.
 
     .venv/bin/python scripts/bench_ort.py [--out runs/bench-ort] [--thresholds 0.85,0.88,0.92] [--repeats 10]
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Eager PyTorch CPU time per image: baseline vs ALGM dynamic vs ALGM static (issue: reference).
+"""Eager PyTorch CPU time per image: baseline vs ALGM dynamic vs ALGM static.
 
     .venv/bin/python scripts/bench_reference.py [--model builtin:vit_s16_512] [--threshold 0.88] [--repeats 3]
 

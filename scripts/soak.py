@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Soak: a threshold sweep of 10 settings x 50 images validated in one process (issue: reliability).
+"""Soak: a threshold sweep of 10 settings x 50 images validated in one process.
 
     .venv/bin/python scripts/soak.py [--model builtin:vit_ti16_512] [--settings 10] [--images 50]
 

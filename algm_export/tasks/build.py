@@ -1,5 +1,5 @@
 """Build TensorRT / TensorRT-RTX engines for an export folder: the baseline and one engine per
-threshold setting (issue "TensorRT engines per threshold setting").
+threshold setting.
 
     from algm_export.tasks.build import build_engines
     build_engines("out/vit_s", backend="tensorrt-rtx", compute_capabilities=[86], precision="fp32")
