@@ -20,6 +20,14 @@ windows `batch_size` at a time), in one process or on a Ray actor alike, so both
 label maps. A family with its own evaluation windows
 (`SegModel.own_windows`, EoMT) runs them for every image not at the model size.
 
+Dynamic token mode (a dynamic-token exported file, or a ready torch runner of `apply_algm(...,
+token_mode="dynamic")`) at `batch_size` > 1, unless `group=False` (CLI `--no-grouping`): the images
+that run at the model size go `batch_size` to a forward, the batches formed of images of similar
+CLAP token counts (`tasks/predict/grouping.py`); each image keeps its own outputs and real counts,
+and NAME_tokens.json adds `batch_images` and `batch_tokens` (the counts its batch computed at);
+`run.json`'s `grouping` gives the FLOP ratio as computed beside the image-by-image one. The run key
+leaves the batching out: the label maps of a batch equal the image's own up to float32 rounding.
+
 Backends: `make_runner(model, setting, backend)` returns a `runtimes.registry` runner
 (`Runner.infer(batch) -> RunOutput`: logits, merge_stats, tokens, and from the torch runner
 the assignment maps for the merge picture). `PredictOptions.backend` takes the registry's

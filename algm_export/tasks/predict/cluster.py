@@ -7,7 +7,10 @@ registry (`tasks.predict.make_runner`: torch, onnxruntime, tensorrt) with `--cpu
 `--gpus-per-actor` reserved. An actor reads each image, checks it against its finished outputs
 (resume), segments it and writes its files exactly as the single-process run does
 (`tasks.predict.process_item`); it returns one `results.jsonl` record per image, which the
-driver logs and counts.
+driver logs and counts. In dynamic token mode (`tasks/predict/grouping.py`) the driver, which holds
+the model's weights, reads, resume-checks and probes every image first (pools, then groups by
+CLAP count, as the single process forms them); each group is one row, run by an actor as one
+forward, so both executors form the same batches and write the same label maps.
 
 Where the model and the exported file come from: the driver loads the model and checks the
 file first (an export folder's file sha256-checked against its manifest, a TensorRT engine
