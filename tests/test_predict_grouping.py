@@ -3,8 +3,9 @@
 A 6-block ViT-Ti Segmenter at 128 px (8x8 patches, layers 1 and 5) exported once for this module in
 dynamic token mode (tau 0.88). The collection: the bundled photos resized to the model size and
 cropped below it (CLAP counts from 16 to 64), one image larger than the model (sliding windows, run
-on its own) and one file that is no image. Grouped runs are compared with the same runner image by
-image (`group=False`): on these images the label maps are identical (measured: 100 % of pixels,
+on its own) and one file that is no image. Grouping is asked for (`group="on"`: "auto" leaves it off
+on a CPU). Grouped runs are compared with the same runner image by
+image (`group="off"`): on these images the label maps are identical (measured: 100 % of pixels,
 ONNX Runtime and PyTorch alike; the test allows 99.9 %, the agreement a batch's padding may cost in
 float32), the token counts exactly equal.
 """
@@ -85,9 +86,9 @@ def _batches(recs) -> dict:
 
 def test_dynamic_onnx_groups_by_token_count_and_matches_image_by_image(dyn, tmp_path):
     with pytest.warns(UserWarning, match="failed"):
-        res = _run(dyn, tmp_path / "g", batch_size=4)
+        res = _run(dyn, tmp_path / "g", batch_size=4, group="on")
     with pytest.warns(UserWarning, match="failed"):
-        one = _run(dyn, tmp_path / "one", batch_size=4, group=False)
+        one = _run(dyn, tmp_path / "one", batch_size=4, group="off")
     assert res["done"] == 13 and res["failed"] == 1 and one["done"] == 13
     g = res["grouping"]
     assert g["grouped"] is True and g["images"] == 12 and one["grouping"] == {"grouped": False}
@@ -121,9 +122,9 @@ def test_dynamic_torch_runner_groups_too(dyn, tmp_path):
     runner = torch_runner(dyn.model, algm_setting_for(dyn.model), token_mode="dynamic", assignments=True)
     opts = dict(model=dyn.model, merge_png=True)
     with pytest.warns(UserWarning, match="failed"):
-        res = run_predict([dyn.imgs], PredictOptions(out=tmp_path / "g", **opts), progress=False, runner=runner)
+        res = run_predict([dyn.imgs], PredictOptions(out=tmp_path / "g", group="on", **opts), progress=False, runner=runner)
     with pytest.warns(UserWarning, match="failed"):
-        run_predict([dyn.imgs], PredictOptions(out=tmp_path / "one", group=False, **opts), progress=False,
+        run_predict([dyn.imgs], PredictOptions(out=tmp_path / "one", group="off", **opts), progress=False,
                     runner=runner)
     assert res["grouping"]["images"] == 12
     a, b = _outputs(tmp_path / "g"), _outputs(tmp_path / "one")
@@ -134,13 +135,13 @@ def test_dynamic_torch_runner_groups_too(dyn, tmp_path):
 
 def test_resume_groups_the_images_still_to_do(dyn, tmp_path):
     with pytest.warns(UserWarning):
-        _run(dyn, tmp_path / "o", batch_size=4)
+        _run(dyn, tmp_path / "o", batch_size=4, group="on")
     before = _outputs(tmp_path / "o")
     gone = ["1_" + PHOTOS[1], "3_" + PHOTOS[3] + "_crop", "5_" + PHOTOS[5]]
     for name in gone:
         (tmp_path / "o" / f"{name}_tokens.json").unlink()
     with pytest.warns(UserWarning):
-        res = _run(dyn, tmp_path / "o", batch_size=4)
+        res = _run(dyn, tmp_path / "o", batch_size=4, group="on")
     recs = {r["name"]: r for r in res["records"]}
     assert sorted(n for n, r in recs.items() if r["status"] == "done") == sorted(gone)
     assert res["skipped"] == 10 and res["grouping"]["images"] == 3
@@ -199,27 +200,32 @@ def test_a_failing_batch_runs_its_images_alone(dyn, tmp_path):
     assert all("batch_images" not in r for r in recs)
 
 
-def test_only_dynamic_token_mode_groups():
+def test_only_dynamic_token_mode_groups_and_auto_only_on_a_gpu():
+    from algm_export.core.errors import ConfigError
+
     dyn_entry = SimpleNamespace(is_dynamic=True, is_baseline=False)
     static_entry = SimpleNamespace(is_dynamic=False, is_baseline=False)
-    assert groups_images(SimpleNamespace(entry=dyn_entry), 4)
-    assert not groups_images(SimpleNamespace(entry=dyn_entry), 1)
-    assert not groups_images(SimpleNamespace(entry=dyn_entry), 4, enabled=False)
-    assert not groups_images(SimpleNamespace(entry=static_entry), 4)
-    assert groups_images(SimpleNamespace(entry=None, takes_threshold=True), 4)
-    assert not groups_images(SimpleNamespace(entry=None, model=SimpleNamespace(dynamic=False)), 4)   # torch reference
-    assert groups_images(SimpleNamespace(entry=None, model=SimpleNamespace(dynamic=True)), 4)
+    cpu = SimpleNamespace(entry=dyn_entry, backend="onnxruntime")
+    assert groups_images(cpu, 4, "on") and not groups_images(cpu, 4) and not groups_images(cpu, 4, "off")
+    assert groups_images(SimpleNamespace(entry=dyn_entry, backend="tensorrt"), 4)          # auto: on a GPU
+    assert not groups_images(SimpleNamespace(entry=dyn_entry, backend="tensorrt"), 1)
+    assert not groups_images(SimpleNamespace(entry=static_entry, backend="tensorrt"), 4, "on")
+    assert groups_images(SimpleNamespace(entry=None, takes_threshold=True), 4, "on")
+    assert not groups_images(SimpleNamespace(entry=None, model=SimpleNamespace(dynamic=False)), 4, "on")   # reference
+    assert groups_images(SimpleNamespace(entry=None, model=SimpleNamespace(dynamic=True), device="cuda:0"), 4)
+    with pytest.raises(ConfigError, match="--grouping"):
+        groups_images(cpu, 4, "sometimes")
 
 
-def test_cli_no_grouping_and_the_summary_line(dyn, tmp_path, capsys):
+def test_cli_grouping_and_the_summary_line(dyn, tmp_path, capsys):
     from algm_export.cli import main
 
     base = ["predict", str(dyn.imgs / f"0_{PHOTOS[0]}.png"), str(dyn.imgs / f"1_{PHOTOS[1]}.png"),
             "--engine", str(dyn.onnx), "--no-merge"]
-    assert main(base + ["--out", str(tmp_path / "a")]) == 0
+    assert main(base + ["--out", str(tmp_path / "a"), "--grouping", "on"]) == 0
     assert "FLOP ratio" in capsys.readouterr().out
     assert json.loads((tmp_path / "a" / "run.json").read_text())["grouping"]["images"] == 2
-    assert main(base + ["--out", str(tmp_path / "b"), "--no-grouping"]) == 0
+    assert main(base + ["--out", str(tmp_path / "b")]) == 0          # auto: off on the CPU
     assert json.loads((tmp_path / "b" / "run.json").read_text())["grouping"] == {"grouped": False}
 
 
@@ -227,9 +233,9 @@ def test_cli_no_grouping_and_the_summary_line(dyn, tmp_path, capsys):
 def test_ray_local_forms_the_single_process_batches(dyn, tmp_path):
     pytest.importorskip("ray.data")
     with pytest.warns(UserWarning):
-        single = _run(dyn, tmp_path / "single", batch_size=3)
+        single = _run(dyn, tmp_path / "single", batch_size=3, group="on")
     with pytest.warns(UserWarning):
-        ray = _run(dyn, tmp_path / "ray", batch_size=3, ray="local", actors=2)
+        ray = _run(dyn, tmp_path / "ray", batch_size=3, ray="local", actors=2, group="on")
     assert ray["executor"] == "ray" and ray["done"] == 13 and ray["failed"] == 1
     assert ray["grouping"] == single["grouping"]
     a, b = _outputs(tmp_path / "single"), _outputs(tmp_path / "ray")

@@ -50,14 +50,13 @@ def add_parser(sub):
     p.add_argument("--sliding", action="store_true",
                    help="always use the sliding-window evaluation (default: only for images larger than the model)")
     p.add_argument("--batch-size", type=int, default=4,
-                   help="sliding windows of a large image per forward pass; with a dynamic-token --engine also "
-                        "images per forward: images that fit the model run in batches of this many, formed of "
-                        "images of similar token counts (see --no-grouping); with --ray also images per batch an "
-                        "actor gets (default: %(default)s)")
-    p.add_argument("--no-grouping", dest="group", action="store_false",
-                   help="with a dynamic-token --engine, run every image in a forward of its own (as with a static "
-                        "file) instead of in batches of similar token counts (a dynamic graph computes every image "
-                        "of a batch at the batch's largest count)")
+                   help="sliding windows of a large image per forward pass; where --grouping is on, also images "
+                        "per forward; with --ray also images per batch an actor gets (default: %(default)s)")
+    p.add_argument("--grouping", choices=("auto", "on", "off"), default="auto", dest="group",
+                   help="with a dynamic-token --engine: on runs the images that fit the model --batch-size to a "
+                        "forward, batched by similar token counts (a dynamic graph computes every image of a batch "
+                        "at the batch's largest count); off runs one image per forward; auto (the default): on for "
+                        "TensorRT and CUDA, off on a CPU, where one image per forward is the cheapest")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no table")
     p.add_argument("--backend", type=a.backend_type, default=None,

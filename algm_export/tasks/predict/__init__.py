@@ -21,7 +21,8 @@ label maps. A family with its own evaluation windows
 (`SegModel.own_windows`, EoMT) runs them for every image not at the model size.
 
 Dynamic token mode (a dynamic-token exported file, or a ready torch runner of `apply_algm(...,
-token_mode="dynamic")`) at `batch_size` > 1, unless `group=False` (CLI `--no-grouping`): the images
+token_mode="dynamic")`) at `batch_size` > 1 with `group` "on", or "auto" (the default) on a GPU
+(TensorRT, CUDA; on a CPU one image per forward is cheaper, docs/decisions.md item 56): the images
 that run at the model size go `batch_size` to a forward, the batches formed of images of similar
 CLAP token counts (`tasks/predict/grouping.py`); each image keeps its own outputs and real counts,
 and NAME_tokens.json adds `batch_images` and `batch_tokens` (the counts its batch computed at);
@@ -78,7 +79,8 @@ class PredictOptions:
     out: Union[str, Path] = "predictions"
     sliding: bool = False                       # force the sliding-window evaluation
     batch_size: int = 4                         # windows per forward; dynamic token mode: images per forward
-    group: bool = True                          # dynamic token mode: batch images of similar token counts
+    group: Union[str, bool] = "auto"            # dynamic token mode: images of similar token counts per forward:
+                                                # "on", "off", "auto" (on where the runner is on a GPU)
     device: str = "cpu"
     backend: str = "torch"
     backend_options: dict = field(default_factory=dict)
@@ -579,6 +581,7 @@ def run_predict(images: Sequence[Union[str, Path]], options: Optional[PredictOpt
         raise ConfigError("--threshold/--layers set ALGM, which --no-algm turns off; drop one of them")
     if opts.batch_size < 1:
         raise ConfigError(f"--batch-size {opts.batch_size} must be at least 1")
+    groups_images(None, 1, opts.group)    # a ConfigError for an unknown --grouping
     if opts.ray is not None and runner is not None:
         raise ConfigError("a ready runner runs in this process; leave it out to run on Ray (each actor opens its own)")
     items = collect_items(images, opts.list_file, order)   # fails fast on bad paths, before the model loads
@@ -602,6 +605,7 @@ def run_predict(images: Sequence[Union[str, Path]], options: Optional[PredictOpt
             check = _engine_stand_in(engine, backend)
         if check is not None and opts.algm:
             setting = file_setting(check, setting, opts.threshold, opts.layers)
+        # Ray: the driver's check runs on the CPU; TensorRT's stand-in says tensorrt (the actors' GPUs)
         grouped = setting is not None and groups_images(check, opts.batch_size, opts.group)
         del check
     else:

@@ -33,12 +33,37 @@ import numpy as np
 POOL_BATCHES = 16
 
 
-def groups_images(runner, batch_size: int, enabled: bool = True) -> bool:
-    """Whether predict batches images of similar token counts: `enabled`, `batch_size` > 1 and `runner`
-    (a runner, or the Ray driver's stand-in) runs dynamic token mode: an export folder's dynamic entry,
-    a threshold-input graph (dynamic only), or a torch runner of `apply_algm(..., token_mode="dynamic")`."""
-    if not enabled or batch_size < 2 or runner is None:
+#: `PredictOptions.group` / `predict --grouping`
+GROUPING = ("auto", "on", "off")
+
+
+def groups_images(runner, batch_size: int, enabled="auto") -> bool:
+    """Whether predict batches images of similar token counts: `batch_size` > 1, `runner` (a runner, or
+    the Ray driver's stand-in) runs dynamic token mode (an export folder's dynamic entry, a
+    threshold-input graph, which is dynamic only, or a torch runner of `apply_algm(...,
+    token_mode="dynamic")`), and `enabled` is "on" (True), or "auto" with the runner on a GPU (on a CPU
+    one image per forward is cheaper: docs/decisions.md item 56)."""
+    if enabled not in GROUPING + (True, False):
+        from algm_export.core.errors import ConfigError
+
+        raise ConfigError(f"--grouping {enabled}: use one of {', '.join(GROUPING)}")
+    if enabled in ("off", False) or batch_size < 2 or runner is None or not _dynamic(runner):
         return False
+    return enabled in ("on", True) or on_gpu(runner)
+
+
+def on_gpu(runner) -> bool:
+    """Whether `runner` computes on a GPU: TensorRT, torch on CUDA, ONNX Runtime with a GPU provider first."""
+    if getattr(runner, "backend", None) in ("tensorrt", "tensorrt-rtx"):
+        return True
+    if str(getattr(runner, "device", "")).startswith("cuda"):
+        return True
+    session = getattr(runner, "session", None)
+    providers = session.get_providers() if session is not None else []
+    return bool(providers) and providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def _dynamic(runner) -> bool:
     entry = getattr(runner, "entry", None)
     if entry is not None and entry.is_dynamic and not entry.is_baseline:
         return True
@@ -146,4 +171,5 @@ def flop_ratios(model, layers: Sequence[int], real: Sequence[Sequence[int]],
             "mean_batch_tokens": np.asarray(padded, dtype=float).mean(0).round(1).tolist()}
 
 
-__all__ = ["POOL_BATCHES", "Plan", "flop_ratios", "groups_images", "plan_pool", "pools", "run_group"]
+__all__ = ["GROUPING", "POOL_BATCHES", "Plan", "flop_ratios", "groups_images", "on_gpu", "plan_pool", "pools",
+           "run_group"]
