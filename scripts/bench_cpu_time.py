@@ -8,7 +8,9 @@ other jobs, where wall-clock latencies are meaningless but the CPU time a run ta
     PYTHONPATH=. .venv/bin/python scripts/bench_cpu_time.py batches DIR [--batch 4] [--repeats 4]
 
 `files` prints per photo and on average the median CPU ms of every file and its speed-up over the
-first; `batches` prints, for both ways of batching the bench images, the CPU time per image, the
+first; `batches` prints, for three ways of running the bench images (batches grouped by CLAP count,
+batches in image order, and one image at a time: what a server that split its batches would
+run), the CPU time per image, the
 speed-up over the baseline, the per-image FLOP ratio and the FLOP ratio of what the batches computed
 (every image at its batch's largest counts), and their quotients (docs/decisions.md items 43-44).
 """
@@ -78,7 +80,8 @@ def batches(a) -> None:
     base = next(e for e in f.entries if e.is_baseline)
     bs = a.batch
     ways = {"grouped": _dynamic_batches(model, dyn, None, xs, bs, True),
-            "in order": _dynamic_batches(model, dyn, None, xs, bs, False)}
+            "in order": _dynamic_batches(model, dyn, None, xs, bs, False),
+            "one by one": [[j] for j in range(len(xs))]}       # batch 1: every image at its own counts
     for k, v in ways.items():
         print(f"{k}: {v}")
     rb, rd = OrtRunner(base.onnx_path(), threads=1), OrtRunner(dyn.onnx_path(), threads=1)

@@ -50,8 +50,13 @@ def add_parser(sub):
     p.add_argument("--sliding", action="store_true",
                    help="always use the sliding-window evaluation (default: only for images larger than the model)")
     p.add_argument("--batch-size", type=int, default=4,
-                   help="windows per forward pass; with --ray also images per batch an actor gets "
-                        "(default: %(default)s)")
+                   help="sliding windows of a large image per forward pass; where --grouping is on, also images "
+                        "per forward; with --ray also images per batch an actor gets (default: %(default)s)")
+    p.add_argument("--grouping", choices=("auto", "on", "off"), default="auto", dest="group",
+                   help="with a dynamic-token --engine: on runs the images that fit the model --batch-size to a "
+                        "forward, batched by similar token counts (a dynamic graph computes every image of a batch "
+                        "at the batch's largest count); off runs one image per forward; auto (the default): on for "
+                        "TensorRT and CUDA, off on a CPU, where one image per forward is the cheapest")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no table")
     p.add_argument("--backend", type=a.backend_type, default=None,
@@ -86,7 +91,8 @@ def run(args) -> int:
     backend = args.backend or (backend_for_file(args.engine) if args.engine else "torch")
     opts = PredictOptions(
         model=args.model, config=args.config, threshold=args.threshold, layers=parse_layers(args.layers),
-        algm=not args.no_algm, out=args.out, sliding=args.sliding, batch_size=args.batch_size, device=args.device,
+        algm=not args.no_algm, out=args.out, sliding=args.sliding, batch_size=args.batch_size, group=args.group,
+        device=args.device,
         backend=backend, backend_options={"engine": args.engine} if args.engine else {},
         trust_checkpoint=args.trust_checkpoint, list_file=args.list_file, seg_png=not args.no_seg,
         merge_png=not args.no_merge, overwrite=args.overwrite, wait=args.wait, ray=args.ray, actors=args.actors,
@@ -105,6 +111,11 @@ def run(args) -> int:
         print(f"{res['images']} image(s): {res['done']} segmented, {res['skipped']} skipped (already done), "
               f"{res['failed']} failed{where} in {res['seconds']:.1f} s{rate} -> {opts.out}/ ({kinds}; "
               f"results.jsonl, run.json)")
+        g = res.get("grouping") or {}
+        if g.get("images"):
+            print(f"dynamic token mode: {g['images']} image(s) in batches of up to {opts.batch_size} of similar token "
+                  f"counts; FLOP ratio {g['flop_ratio_at_batch_max']:.2f} as computed (each image at its batch's "
+                  f"largest count), {g['flop_ratio']:.2f} image by image")
     return FAILED_EXIT if res["failed"] else 0
 
 

@@ -20,6 +20,15 @@ windows `batch_size` at a time), in one process or on a Ray actor alike, so both
 label maps. A family with its own evaluation windows
 (`SegModel.own_windows`, EoMT) runs them for every image not at the model size.
 
+Dynamic token mode (a dynamic-token exported file, or a ready torch runner of `apply_algm(...,
+token_mode="dynamic")`) at `batch_size` > 1 with `group` "on", or "auto" (the default) on a GPU
+(TensorRT, CUDA; on a CPU one image per forward is cheaper, docs/decisions.md item 56): the images
+that run at the model size go `batch_size` to a forward, the batches formed of images of similar
+CLAP token counts (`tasks/predict/grouping.py`); each image keeps its own outputs and real counts,
+and NAME_tokens.json adds `batch_images` and `batch_tokens` (the counts its batch computed at);
+`run.json`'s `grouping` gives the FLOP ratio as computed beside the image-by-image one. The run key
+leaves the batching out: the label maps of a batch equal the image's own up to float32 rounding.
+
 Backends: `make_runner(model, setting, backend)` returns a `runtimes.registry` runner
 (`Runner.infer(batch) -> RunOutput`: logits, merge_stats, tokens, and from the torch runner
 the assignment maps for the merge picture). `PredictOptions.backend` takes the registry's
@@ -52,6 +61,7 @@ from algm_export.models.registry import DEFAULT_MODEL, resolve_model
 from algm_export.models.inference import sliding_window_logits, window_plan
 from algm_export.models.base import SegModel
 from algm_export.models.layers import interp_matrix
+from algm_export.tasks.predict.grouping import groups_images, plan_pool, pools, run_group
 
 SAMPLE_PREFIX = "sample:"
 FAILED_EXIT = 4   # the CLI's exit code when some images failed (each recorded in results.jsonl)
@@ -68,7 +78,9 @@ class PredictOptions:
     algm: bool = True
     out: Union[str, Path] = "predictions"
     sliding: bool = False                       # force the sliding-window evaluation
-    batch_size: int = 4                         # windows per forward in sliding mode; images per Ray batch
+    batch_size: int = 4                         # windows per forward; dynamic token mode: images per forward
+    group: Union[str, bool] = "auto"            # dynamic token mode: images of similar token counts per forward:
+                                                # "on", "off", "auto" (on where the runner is on a GPU)
     device: str = "cpu"
     backend: str = "torch"
     backend_options: dict = field(default_factory=dict)
@@ -279,64 +291,45 @@ def _mean(v: Sequence[int]):
     return int(m) if m == int(m) else round(m, 2)
 
 
-def predict_image(model: SegModel, runner, img: np.ndarray, name: str = "image",
-                  setting: Optional[AlgmSetting] = None, sliding: bool = False,
-                  batch_size: int = 4) -> Prediction:
-    """Segment one uint8 [H, W, 3] image with `runner`; collect the merge statistics."""
-    cfg = model.cfg
-    H, W = img.shape[:2]
-    msize = _model_size(model, runner)
-    per_window: list[dict] = []
-    first: dict = {}
-
-    thr = {"threshold": setting.threshold} if getattr(runner, "takes_threshold", False) and setting else {}
-
-    def run(batch: torch.Tensor, anchors=None) -> torch.Tensor:
-        out = runner.infer(batch, **thr)
-        stats = None if out.merge_stats is None or out.tokens is None else {
-            "tokens": out.tokens, "merges": out.merge_stats[..., 0], "forced": out.merge_stats[..., 1]}
-        for j in range(batch.shape[0]):
-            rec: dict = {"anchor": list(anchors[j]) if anchors else [0, 0]}
-            if stats is not None:
-                rec.update({k: [int(v) for v in stats[k][j]] for k in ("tokens", "merges", "forced")})
-            per_window.append(rec)
-        if not first:
-            first["view"] = from_model_input(batch[:1], cfg.normalization)
-            first["grid"] = (batch.shape[-2] // cfg.patch_size, batch.shape[-1] // cfg.patch_size)
-            if out.assignments is not None:
-                first["assign"] = [np.asarray(a[0]) for a in out.assignments]
-        return torch.from_numpy(out.logits)
-
-    t0 = time.perf_counter()
+def runs_windowed(model: SegModel, size: Sequence[int], msize: Sequence[int], sliding: bool) -> bool:
+    """Whether an image of `size` (H, W) runs windows (the family's own, or the published sliding
+    windows) rather than one forward at the model size `msize`."""
+    H, W = int(size[0]), int(size[1])
     if model.own_windows and (sliding or (H, W) != tuple(msize)):
-        mode = "sliding"                # the family's own evaluation windows (e.g. EoMT's)
-        x = model_input(img, model, (H, W))
-        pending = []
-        logits = model.inference(x, fn=lambda b: run(b, pending.pop(0)), batch_size=batch_size,
-                                 on_batch=lambda anchors, crops: pending.append(anchors))
-        extra = {"input_size": list(msize), "window_size": list(msize), "windowing": model.family}
-    elif not sliding and H <= msize[0] and W <= msize[1]:
-        mode = "single"
-        x = prepare_input(img, model, msize)
-        logits = run(x)
-        extra = {"input_size": list(msize)}
-    else:
-        mode = "sliding"
-        ws, stride, im_size = _window_settings(model, runner)
-        plan = window_plan((H, W), ws, stride, im_size)
-        x = prepare_input(img, model, plan["resized"])
-        pending: list = []
-        logits = sliding_window_logits(lambda b: run(b, pending.pop(0)), x, ws, stride, None, batch_size,
-                                       on_batch=lambda anchors, crops: pending.append(anchors))
-        extra = {"input_size": list(ws), "resized": list(plan["resized"]), "window_size": list(ws),
-                 "window_stride": list(stride), "im_size": im_size}
-    with one_torch_thread():
-        labels = labels_at_size(logits, (H, W))
-    seconds = time.perf_counter() - t0
+        return True
+    return sliding or H > msize[0] or W > msize[1]
 
+
+def _window_record(out, j: int, anchor=None) -> dict:
+    """The statistics of image `j` of a runner's batch output (`RunOutput`): its anchor and, where the
+    runner reports them, tokens / merges / forced per merge step."""
+    rec: dict = {"anchor": list(anchor) if anchor else [0, 0]}
+    if out.merge_stats is not None and out.tokens is not None:
+        rec.update({"tokens": [int(v) for v in out.tokens[j]],
+                    "merges": [int(v) for v in out.merge_stats[j, :, 0]],
+                    "forced": [int(v) for v in out.merge_stats[j, :, 1]]})
+    return rec
+
+
+def _first_view(batch: torch.Tensor, j: int, out, cfg) -> dict:
+    """What the merge picture needs of input `j` of `batch` [B, 3, h, w]: the image, its patch grid and
+    (from runners that return them) its assignment map after every step."""
+    first = {"view": from_model_input(batch[j:j + 1], cfg.normalization),
+             "grid": (batch.shape[-2] // cfg.patch_size, batch.shape[-1] // cfg.patch_size)}
+    if out.assignments is not None:
+        first["assign"] = [np.asarray(a[j]) for a in out.assignments]
+    return first
+
+
+def _prediction(model: SegModel, name: str, size, mode: str, per_window: list, extra: dict, first: dict,
+                setting: Optional[AlgmSetting], labels: np.ndarray, seconds: float) -> Prediction:
+    """The Prediction of one image from its windows' statistics (`_window_record`, one per forward
+    input; several: their mean per step) and the first input's view (`_first_view`)."""
+    cfg = model.cfg
+    H, W = int(size[0]), int(size[1])
     grid = first.get("grid") or cfg.grid
     N = int(grid[0] * grid[1])
-    tokens: dict = {"image": name, "size": [int(H), int(W)], "mode": mode, "windows": len(per_window), **extra,
+    tokens: dict = {"image": name, "size": [H, W], "mode": mode, "windows": len(per_window), **extra,
                     "grid": list(grid), "N": N, "algm": setting is not None}
     if setting is not None:
         steps = []
@@ -360,6 +353,86 @@ def predict_image(model: SegModel, runner, img: np.ndarray, name: str = "image",
     tokens["seconds"] = round(seconds, 4)
     return Prediction(name=name, labels=labels, tokens=tokens, view=first.get("view"),
                       assignments=first.get("assign"), grid=tuple(grid))
+
+
+def _threshold_kw(runner, setting: Optional[AlgmSetting]) -> dict:
+    return {"threshold": setting.threshold} if getattr(runner, "takes_threshold", False) and setting else {}
+
+
+def predict_image(model: SegModel, runner, img: np.ndarray, name: str = "image",
+                  setting: Optional[AlgmSetting] = None, sliding: bool = False,
+                  batch_size: int = 4) -> Prediction:
+    """Segment one uint8 [H, W, 3] image with `runner`; collect the merge statistics."""
+    H, W = img.shape[:2]
+    msize = _model_size(model, runner)
+    per_window: list[dict] = []
+    first: dict = {}
+    thr = _threshold_kw(runner, setting)
+
+    def run(batch: torch.Tensor, anchors=None) -> torch.Tensor:
+        out = runner.infer(batch, **thr)
+        per_window.extend(_window_record(out, j, anchors[j] if anchors else None) for j in range(batch.shape[0]))
+        if not first:
+            first.update(_first_view(batch, 0, out, model.cfg))
+        return torch.from_numpy(out.logits)
+
+    t0 = time.perf_counter()
+    if model.own_windows and runs_windowed(model, (H, W), msize, sliding):
+        mode = "sliding"                # the family's own evaluation windows (e.g. EoMT's)
+        x = model_input(img, model, (H, W))
+        pending = []
+        logits = model.inference(x, fn=lambda b: run(b, pending.pop(0)), batch_size=batch_size,
+                                 on_batch=lambda anchors, crops: pending.append(anchors))
+        extra = {"input_size": list(msize), "window_size": list(msize), "windowing": model.family}
+    elif not runs_windowed(model, (H, W), msize, sliding):
+        mode = "single"
+        x = prepare_input(img, model, msize)
+        logits = run(x)
+        extra = {"input_size": list(msize)}
+    else:
+        mode = "sliding"
+        ws, stride, im_size = _window_settings(model, runner)
+        plan = window_plan((H, W), ws, stride, im_size)
+        x = prepare_input(img, model, plan["resized"])
+        pending: list = []
+        logits = sliding_window_logits(lambda b: run(b, pending.pop(0)), x, ws, stride, None, batch_size,
+                                       on_batch=lambda anchors, crops: pending.append(anchors))
+        extra = {"input_size": list(ws), "resized": list(plan["resized"]), "window_size": list(ws),
+                 "window_stride": list(stride), "im_size": im_size}
+    with one_torch_thread():
+        labels = labels_at_size(logits, (H, W))
+    return _prediction(model, name, (H, W), mode, per_window, extra, first, setting, labels,
+                       time.perf_counter() - t0)
+
+
+def predict_batch(model: SegModel, runner, imgs: Sequence[np.ndarray], names: Sequence[str],
+                  setting: Optional[AlgmSetting] = None) -> list[Prediction]:
+    """Segment images that each run at the model size (`runs_windowed` False) in ONE forward of
+    `runner` (dynamic token mode: every image computed at the batch's largest real token count).
+    imgs: uint8 [H_i, W_i, 3]. Per image the Prediction `predict_image` gives (mode "single", its own
+    real counts), plus in `tokens`: `batch_images` (images in the forward), `batch_tokens` (the
+    batch's largest count after every step: what each image was computed at) and `seconds` (the
+    forward's time shared evenly)."""
+    msize = _model_size(model, runner)
+    t0 = time.perf_counter()
+    x = torch.cat([prepare_input(img, model, msize) for img in imgs])       # [B, 3, h, w]
+    out = runner.infer(x, **_threshold_kw(runner, setting))
+    logits = torch.from_numpy(out.logits)
+    labels = []
+    with one_torch_thread():
+        for j, img in enumerate(imgs):
+            labels.append(labels_at_size(logits[j:j + 1], img.shape[:2]))
+    share = (time.perf_counter() - t0) / len(imgs)
+    top = None if out.tokens is None else [int(v) for v in np.asarray(out.tokens).max(0)]
+    preds = []
+    for j, (img, name) in enumerate(zip(imgs, names)):
+        p = _prediction(model, name, img.shape[:2], "single", [_window_record(out, j)], {"input_size": list(msize)},
+                        _first_view(x, j, out, model.cfg), setting, labels[j], share)
+        p.tokens["batch_images"] = len(imgs)
+        if top is not None and setting is not None:
+            p.tokens["batch_tokens"] = top
+        preds.append(p)
+    return preds
 
 
 def write_prediction(pred: Prediction, out_dir: Union[str, Path], setting: Optional[AlgmSetting],
@@ -408,7 +481,7 @@ class Job:
 
 
 RECORD_KEYS = ("image", "size", "mode", "windows", "N", "algm", "tokens", "merges", "forced", "threshold", "ms",
-               "seconds", "backend", "engine", "device")
+               "seconds", "batch_images", "batch_tokens", "backend", "engine", "device")
 
 
 def result_record(item, data: dict, status: str) -> dict:
@@ -424,7 +497,7 @@ def process_item(item, model: SegModel, runner, job: Job) -> dict:
     """Read, check (resume), segment and write one image of a collection; its `results.jsonl` record.
     Whatever goes wrong with this image (unreadable, undecodable, a failing forward) is recorded as
     `status: failed` with the error, so the run goes on."""
-    from algm_export.tasks.predict.collection import decode_item, failure, finished, read_payload, worker_name
+    from algm_export.tasks.predict.collection import decode_item, failure, finished, read_payload
 
     t0 = time.perf_counter()
     sha = None
@@ -436,12 +509,20 @@ def process_item(item, model: SegModel, runner, job: Job) -> dict:
                 return result_record(item, done, "skipped")
         img = decode_item(item, payload)
         pred = predict_image(model, runner, img, item.name, job.setting, job.sliding, job.batch_size)
-        extra = {"source": item.source, "input_sha256": sha, "ms": round(pred.tokens["seconds"] * 1000, 2),
-                 **job.run_info, "run_key": job.key}
-        paths = write_prediction(pred, job.out, job.setting, job.patch_size, "merge" in job.kinds, extra,
-                                 "seg" in job.kinds, job.n_cls)
+        return write_item(item, pred, sha, job, t0)
     except Exception as e:  # noqa: BLE001  (one image's failure is recorded; the run goes on)
         return failure(item, e, sha, job.run_info.get("backend"))
+
+
+def write_item(item, pred: Prediction, sha: str, job: Job, t0: float) -> dict:
+    """Write the output files of a segmented image of a collection; its `results.jsonl` record
+    (`total_ms`: since `t0`, when its work began)."""
+    from algm_export.tasks.predict.collection import worker_name
+
+    extra = {"source": item.source, "input_sha256": sha, "ms": round(pred.tokens["seconds"] * 1000, 2),
+             **job.run_info, "run_key": job.key}
+    paths = write_prediction(pred, job.out, job.setting, job.patch_size, "merge" in job.kinds, extra,
+                             "seg" in job.kinds, job.n_cls)
     rec = result_record(item, {**pred.tokens, **extra,
                                "files": {k: Path(v).relative_to(job.out).as_posix() for k, v in paths.items()}},
                         "done")
@@ -500,6 +581,7 @@ def run_predict(images: Sequence[Union[str, Path]], options: Optional[PredictOpt
         raise ConfigError("--threshold/--layers set ALGM, which --no-algm turns off; drop one of them")
     if opts.batch_size < 1:
         raise ConfigError(f"--batch-size {opts.batch_size} must be at least 1")
+    groups_images(None, 1, opts.group)    # a ConfigError for an unknown --grouping
     if opts.ray is not None and runner is not None:
         raise ConfigError("a ready runner runs in this process; leave it out to run on Ray (each actor opens its own)")
     items = collect_items(images, opts.list_file, order)   # fails fast on bad paths, before the model loads
@@ -511,6 +593,7 @@ def run_predict(images: Sequence[Union[str, Path]], options: Optional[PredictOpt
     setting = algm_setting_for(model, opts.threshold, opts.layers) if opts.algm else None
     backend = normalize_backend(opts.backend) if runner is None else runner.backend
     engine = opts.backend_options.get("engine")
+    grouped = False
     if runner is None:
         check = None
         if opts.ray is None:
@@ -522,7 +605,11 @@ def run_predict(images: Sequence[Union[str, Path]], options: Optional[PredictOpt
             check = _engine_stand_in(engine, backend)
         if check is not None and opts.algm:
             setting = file_setting(check, setting, opts.threshold, opts.layers)
+        # Ray: the driver's check runs on the CPU; TensorRT's stand-in says tensorrt (the actors' GPUs)
+        grouped = setting is not None and groups_images(check, opts.batch_size, opts.group)
         del check
+    else:
+        grouped = setting is not None and groups_images(runner, opts.batch_size, opts.group)
     if opts.ray is None:
         info = runner_info(runner)
     elif engine:
@@ -550,8 +637,12 @@ def run_predict(images: Sequence[Union[str, Path]], options: Optional[PredictOpt
         log = ResultsLog(out_dir)
         bar = Progress(len(items), progress)
 
+        batched: list = []          # (real counts, counts its batch computed at) of every image run in a batch
+
         def take(rec: dict) -> None:
             log.add(rec)
+            if rec["status"] == "done" and rec.get("batch_tokens") is not None:
+                batched.append((rec["tokens"][1:], rec["batch_tokens"]))
             bar.update(rec)
             if rec["status"] == "failed":
                 warnings.warn(f"failed: {rec['error']} (recorded in {log.path.name})", ImageFailedWarning,
@@ -560,14 +651,30 @@ def run_predict(images: Sequence[Union[str, Path]], options: Optional[PredictOpt
                 kept.append(rec)
 
         try:
+            size = _model_size(model, runner) if runner is not None else tuple(model.cfg.image_size)
             if opts.ray is None:
                 executor = {"executor": "single-process"}
-                for item in items:
-                    take(process_item(item, model, runner, job))
+                if not grouped:
+                    for item in items:
+                        take(process_item(item, model, runner, job))
+                for pool in pools(items, opts.batch_size) if grouped else ():
+                    plan = plan_pool(pool, model, job, size)
+                    for rec in plan.records:
+                        take(rec)
+                    for item in plan.windowed:
+                        take(process_item(item, model, runner, job))
+                    for group in plan.groups:
+                        for rec in run_group(group, model, runner, job):
+                            take(rec)
             else:
                 from algm_export.tasks.predict.cluster import run_on_ray
 
-                executor = run_on_ray(items, job, opts, model, take, debug=debug)
+                plans = None
+                if grouped:   # planned here, where the model has its weights; each group one Ray row
+                    plans = [plan_pool(pool, model, job, size) for pool in pools(items, opts.batch_size)]
+                    for rec in (r for plan in plans for r in plan.records):
+                        take(rec)
+                executor = run_on_ray(items, job, opts, model, take, debug=debug, plans=plans)
         finally:
             bar.close()
             log.close()
@@ -576,10 +683,25 @@ def run_predict(images: Sequence[Union[str, Path]], options: Optional[PredictOpt
         result = {"images": len(items), **counts, "seconds": round(seconds, 3),
                   "images_per_second": round(counts["done"] / seconds, 3) if seconds > 0 else None,
                   "started": started, "finished": now(), "out": str(out_dir), "run_key": key,
-                  "outputs": list(kinds), **run_info, **executor, "batch_size": opts.batch_size}
+                  "outputs": list(kinds), **run_info, **executor, "batch_size": opts.batch_size,
+                  "grouping": _grouping_summary(model, setting, grouped, opts.batch_size, batched)}
         write_summary(out_dir, result)
     result["records"] = kept
     return result
+
+
+def _grouping_summary(model: SegModel, setting: Optional[AlgmSetting], grouped: bool, batch_size: int,
+                      batched: list) -> dict:
+    """What `run.json` says about image batching: whether images were batched by token count, the
+    pool size, and over the images segmented in batches the FLOP ratio at their own counts beside
+    the one of what their batches computed (`grouping.flop_ratios`)."""
+    from algm_export.tasks.predict.grouping import POOL_BATCHES, flop_ratios
+
+    if not grouped:
+        return {"grouped": False}
+    out = {"grouped": True, "pool": POOL_BATCHES * batch_size}
+    ratios = flop_ratios(model, setting.layers, [r for r, _ in batched], [p for _, p in batched])
+    return {**out, **(ratios or {})}
 
 
 class ImageFailedWarning(UserWarning):
@@ -610,6 +732,6 @@ def format_table(records: Sequence[dict]) -> str:
 
 __all__ = [
     "FAILED_EXIT", "ImageFailedWarning", "Job", "Prediction", "PredictOptions", "algm_setting_for", "file_setting",
-    "format_table", "labels_at_size", "make_runner", "open_model", "parse_layers", "predict_image", "process_item",
-    "resolve_device", "runner_info", "run_predict", "write_prediction",
+    "format_table", "labels_at_size", "make_runner", "open_model", "parse_layers", "predict_batch", "predict_image",
+    "process_item", "resolve_device", "runner_info", "run_predict", "runs_windowed", "write_item", "write_prediction",
 ]

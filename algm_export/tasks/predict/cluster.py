@@ -7,7 +7,10 @@ registry (`tasks.predict.make_runner`: torch, onnxruntime, tensorrt) with `--cpu
 `--gpus-per-actor` reserved. An actor reads each image, checks it against its finished outputs
 (resume), segments it and writes its files exactly as the single-process run does
 (`tasks.predict.process_item`); it returns one `results.jsonl` record per image, which the
-driver logs and counts.
+driver logs and counts. In dynamic token mode (`tasks/predict/grouping.py`) the driver, which holds
+the model's weights, reads, resume-checks and probes every image first (pools, then groups by
+CLAP count, as the single process forms them); each group is one row, run by an actor as one
+forward, so both executors form the same batches and write the same label maps.
 
 Where the model and the exported file come from: the driver loads the model and checks the
 file first (an export folder's file sha256-checked against its manifest, a TensorRT engine
@@ -209,16 +212,24 @@ class PredictWorker:
     def __call__(self, batch: dict) -> dict:
         from algm_export.tasks.predict import process_item
         from algm_export.tasks.predict.collection import Item, failure
+        from algm_export.tasks.predict.grouping import run_group
 
+        if "items" in batch:   # planned rows (dynamic token mode): a group, one forward; or images one by one
+            rows = [([Item(int(i), str(n), str(s)) for i, n, s in json.loads(text)], bool(g))
+                    for text, g in zip(batch["items"], batch["grouped"])]
+        else:
+            rows = [([Item(int(i), str(n), str(s))], False)
+                    for i, n, s in zip(batch["index"], batch["name"], batch["source"])]
         out = []
-        for index, name, source in zip(batch["index"], batch["name"], batch["source"]):
-            item = Item(int(index), str(name), str(source))
+        for items, grouped in rows:
             if self.error is not None:
-                rec = failure(item, self.error, None, self.config.backend)
-                rec["worker_error"] = type(self.error).__name__
+                recs = [failure(item, self.error, None, self.config.backend) | {"worker_error": type(self.error).__name__}
+                        for item in items]
+            elif grouped:
+                recs = run_group(items, self.model, self.runner, self.config.job)
             else:
-                rec = process_item(item, self.model, self.runner, self.config.job)
-            out.append(json.dumps(rec, default=str))
+                recs = [process_item(item, self.model, self.runner, self.config.job) for item in items]
+            out.extend(json.dumps(rec, default=str) for rec in recs)
         return {"record": np.asarray(out, dtype=object)}
 
 
@@ -244,9 +255,12 @@ def default_actors(resources: dict, cpus_per_actor: float, gpus_per_actor: float
     return max(1, int(cpus // cpus_per_actor + 1e-9))
 
 
-def run_on_ray(items, job, opts, model, take: Callable[[dict], None], debug: bool = False) -> dict:
+def run_on_ray(items, job, opts, model, take: Callable[[dict], None], debug: bool = False, plans=None) -> dict:
     """Segment `items` on Ray (see the module docstring); `take(record)` gets each image's record as it
-    comes back. Returns what `run.json` records about the execution."""
+    comes back. Returns what `run.json` records about the execution.
+    plans: in dynamic token mode, the driver's planned pools (`grouping.plan_pool`, their skipped and
+    failed images already taken): each group becomes one row, run as one forward by an actor, so the
+    batches are the single-process run's; the windowed images go `batch_size` to a row."""
     from algm_export.runtimes.registry import normalize_backend
     from algm_export.models.registry import DEFAULT_MODEL
 
@@ -261,8 +275,18 @@ def run_on_ray(items, job, opts, model, take: Callable[[dict], None], debug: boo
     threads = max(1, int(opts.cpus_per_actor))
     # paths as every node sees them (shared storage), not relative to this process's folder
     job = dataclasses.replace(job, out=os.path.abspath(job.out))
-    items = [it if it.source.startswith(SAMPLE_PREFIX) else dataclasses.replace(it, source=os.path.abspath(it.source))
-             for it in items]
+    def shared(it):
+        return it if it.source.startswith(SAMPLE_PREFIX) else dataclasses.replace(it, source=os.path.abspath(it.source))
+
+    items = [shared(it) for it in items]
+    rows = None
+    if plans is not None:
+        bs = opts.batch_size
+        rows = []
+        for plan in plans:
+            rows += [{"items": _row_items(map(shared, plan.windowed[s:s + bs])), "grouped": False}
+                     for s in range(0, len(plan.windowed), bs)]
+            rows += [{"items": _row_items(map(shared, g)), "grouped": True} for g in plan.groups]
     config = WorkerConfig(job=job, model=actor_model, backend=backend,
                           engine=os.path.abspath(engine) if engine else None, device=actor_device(opts),
                           threads=threads, config=os.path.abspath(opts.config) if opts.config else None,
@@ -271,19 +295,26 @@ def run_on_ray(items, job, opts, model, take: Callable[[dict], None], debug: boo
     with warnings.catch_warnings():
         if not debug:   # Ray's notes about its own deprecated settings
             warnings.filterwarnings("ignore", module=r"ray(\.|$)")
-        return _run(items, opts, config, take, debug)
+        return _run(items, opts, config, take, debug, rows)
 
 
-def _run(items, opts, config: WorkerConfig, take: Callable[[dict], None], debug: bool) -> dict:
+def _row_items(items) -> str:
+    """A planned row's images, as JSON: [[index, name, source], ...]."""
+    return json.dumps([[it.index, it.name, it.source] for it in items])
+
+
+def _run(items, opts, config: WorkerConfig, take: Callable[[dict], None], debug: bool, rows=None) -> dict:
     t0 = time.perf_counter()
     with ray_cluster(opts.ray, debug=debug) as ray:
         start_seconds = time.perf_counter() - t0
         wanted = opts.actors or default_actors(ray.cluster_resources(), opts.cpus_per_actor, opts.gpus_per_actor)
-        n_batches = max(1, -(-len(items) // opts.batch_size))
+        per_call = opts.batch_size if rows is None else 1        # planned rows: one group (or chunk) per call
+        if rows is None:
+            rows = [{"index": it.index, "name": it.name, "source": it.source} for it in items]
+        n_batches = max(1, -(-len(rows) // per_call))
         actors = max(1, min(wanted, n_batches))
-        rows = [{"index": it.index, "name": it.name, "source": it.source} for it in items]
         ds = ray.data.from_items(rows, override_num_blocks=min(n_batches, 10_000))
-        ds = ds.map_batches(PredictWorker, fn_constructor_kwargs={"config": config}, batch_size=opts.batch_size,
+        ds = ds.map_batches(PredictWorker, fn_constructor_kwargs={"config": config}, batch_size=per_call,
                             batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
                             num_cpus=opts.cpus_per_actor, num_gpus=opts.gpus_per_actor or None)
         if rows:
