@@ -68,6 +68,36 @@ def reference(folder, entry: str, x, threshold=None):
         return r.infer(x, **({} if threshold is None else {"threshold": threshold}))
 
 
+def test_a_dynamic_entry_on_a_cpu_answers_a_triton_batch_one_image_per_forward():
+    """`ServedModel.per_image`: the runner sees images one at a time, the answers keep the requests'
+    order and each request gets its own rows (thresholds per image too); without it one forward."""
+    from algm_export.runtimes.base import RunOutput
+    from algm_export.runtimes.triton.server import ServedModel, TensorSpec, make_infer_fn
+
+    class Runner:
+        def __init__(self):
+            self.batches = []
+
+        def infer(self, x, threshold=None):
+            self.batches.append((x.shape[0], None if threshold is None else threshold.tolist()))
+            return RunOutput(logits=x[:, :1] * 2, merge_stats=np.full((x.shape[0], 2, 2), x.shape[0], np.int32))
+
+    spec = [TensorSpec("image", np.float32, (3, 2, 2)), TensorSpec("threshold", np.float32, (1,), optional=True)]
+    outs = [TensorSpec("logits", np.float32, (1, 2, 2)), TensorSpec("merge_stats", np.int32, (2, 2))]
+    xs = [np.random.default_rng(k).normal(size=(n, 3, 2, 2)).astype(np.float32) for k, n in enumerate((2, 1))]
+    reqs = [{"image": xs[0], "threshold": np.array([[0.5], [0.75]], np.float32)}, {"image": xs[1]}]
+    for per_image, seen, stats in ((True, [(1, [0.5]), (1, [0.75]), (1, [0.25])], 1),
+                                   (False, [(3, [0.5, 0.75, 0.25])], 3)):
+        r = Runner()
+        m = ServedModel("t", "t", "onnxruntime", spec, outs, 1, default_threshold=0.25, per_image=per_image)
+        ans = make_infer_fn(r, m)(reqs)
+        assert r.batches == seen
+        assert [a["logits"].shape[0] for a in ans] == [2, 1]
+        np.testing.assert_array_equal(ans[0]["logits"], xs[0][:, :1] * 2)
+        np.testing.assert_array_equal(ans[1]["logits"], xs[1][:, :1] * 2)
+        assert (ans[0]["merge_stats"] == stats).all() and (ans[1]["merge_stats"] == stats).all()
+
+
 # --------------------------------------------------------------------------- names
 
 def test_triton_names_keep_what_triton_accepts_and_replace_the_rest():
@@ -262,10 +292,16 @@ def _http_infer(srv, model, x, threshold=None, outputs=("logits", "merge_stats")
 def test_served_answers_equal_onnxruntime(server, folders):
     x = folders["images"][:3]
     assert [m.name for m in server.models] == ["baseline", "t0.880_l1-5", "t0.880_l1-5_dyn"]
+    # on a CPU a dynamic entry answers a batch one image per forward (docs/decisions.md item 57)
+    assert [m.per_image for m in server.models] == [False, False, True]
     for m in server.models:
         outs = ("logits",) if m.entry == "baseline" else ("logits", "merge_stats")
         got = _http_infer(server, m.name, x, outputs=outs)
         ref = reference(folders["mixed"], m.entry, x)
+        if m.per_image:
+            one = [reference(folders["mixed"], m.entry, x[i:i + 1]) for i in range(len(x))]
+            ref.logits = np.concatenate([o.logits for o in one])
+            ref.merge_stats = np.concatenate([o.merge_stats for o in one])
         np.testing.assert_array_equal(got["logits"], ref.logits, err_msg=m.name)
         if m.entry != "baseline":
             np.testing.assert_array_equal(got["merge_stats"], ref.merge_stats, err_msg=m.name)

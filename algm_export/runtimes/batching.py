@@ -7,10 +7,11 @@ together waste little; `group_by_tokens` forms such batches from per-image count
 (`RunOutput.tokens`) or, before any run, from the cheap CLAP probe
 `algm_export.merging.driver.clap_counts` (patch embedding and the blocks up to the first merge).
 
-Pure functions of the counts: deterministic, ties broken by index. How the commands use them:
-`bench` groups its dynamic batches (docs/decisions.md item 44); a collection (`predict`, a server
-queue) probes its images, groups them, runs each group as one batch and puts the outputs back in
-the input order (`order_of`).
+Pure functions of the counts: deterministic, ties broken by index; and two predicates over a
+runner (`runs_dynamic`, `runs_on_gpu`) that say whether batching pays. How the commands use them:
+`bench` groups its dynamic batches (docs/decisions.md item 44); `predict` probes a collection's
+images, groups them and runs each group as one forward where batching pays (on a GPU, item 56);
+`serve` runs a dynamic entry's Triton batch one image per forward on a CPU (item 57).
 """
 
 from __future__ import annotations
@@ -79,3 +80,29 @@ def order_of(groups: Sequence[Sequence[int]]) -> list[int]:
     for pos, i in enumerate(flat):
         where[i] = pos
     return where
+
+
+# ----------------------------------------------------------------------------- where batching pays
+
+def runs_dynamic(runner) -> bool:
+    """Whether `runner` runs dynamic token mode: an export folder's dynamic entry, a threshold-input
+    graph (dynamic only), or a torch runner of `apply_algm(..., token_mode="dynamic")`."""
+    entry = getattr(runner, "entry", None)
+    if entry is not None and entry.is_dynamic and not entry.is_baseline:
+        return True
+    if getattr(runner, "takes_threshold", False):
+        return True
+    return getattr(getattr(runner, "model", None), "dynamic", False) is True
+
+
+def runs_on_gpu(runner) -> bool:
+    """Whether `runner` computes on a GPU: TensorRT, torch on CUDA, ONNX Runtime with a GPU provider
+    first. On a CPU a larger batch buys no efficiency, so a dynamic batch's padding is lost time and
+    one image per forward is cheapest (docs/decisions.md items 56-57)."""
+    if getattr(runner, "backend", None) in ("tensorrt", "tensorrt-rtx"):
+        return True
+    if str(getattr(runner, "device", "")).startswith("cuda"):
+        return True
+    session = getattr(runner, "session", None)
+    providers = session.get_providers() if session is not None else []
+    return bool(providers) and providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")

@@ -11,7 +11,10 @@ waiting at most `max_queue_delay_us` for a batch to fill; `instances` model inst
 its own runner) and answers `logits` FP32 [n_cls, H, W] and, for ALGM entries, `merge_stats`
 INT32 [steps, 2] (merges and forced merges per ALGM step; the baseline merges nothing and has no
 `merge_stats`, like its file). A threshold-input entry also takes `threshold` FP32 [1] (optional:
-default its first exported threshold). Each model instance runs on a runner of the registry
+default its first exported threshold). A dynamic-token entry on a CPU runner answers a Triton
+batch one image per forward (`ServedModel.per_image`: a batch would compute every image at its
+largest image's token count, and a CPU gains nothing from batching; docs/decisions.md item 57);
+every other model runs the batch whole. Each model instance runs on a runner of the registry
 (`make_runner`): onnxruntime with the entry's ONNX, tensorrt / tensorrt-rtx with its engine and,
 when the engine was built with them, the plugin library; every file is sha256-checked by the
 artifact layer before it is loaded, with the folder's lock held while the runners are made.
@@ -157,6 +160,7 @@ class ServedModel:
     instances: int
     default_threshold: Optional[float] = None
     load_seconds: float = 0.0
+    per_image: bool = False     # run a Triton batch one image per forward (dynamic token mode on a CPU)
     runners: list = field(default_factory=list, repr=False)
 
     @property
@@ -207,8 +211,10 @@ _Refused.__module__ = "builtins"
 def make_infer_fn(runner, model: ServedModel) -> Callable:
     """PyTriton's callable for one model instance: the requests of one dynamic batch in, one answer
     dict each out. All requests run as one batch on `runner` (the images of every request, in
-    order); an AlgmError (NaN/Inf in an image, a threshold out of range) answers the batch with its
-    message."""
+    order), or, with `model.per_image` (a dynamic-token entry on a CPU runner: a batch would compute
+    every image at its largest image's token count, and a CPU gains nothing from the batch;
+    docs/decisions.md item 57), one image per forward, the answers stacked in the same order; an
+    AlgmError (NaN/Inf in an image, a threshold out of range) answers the batch with its message."""
     lock = threading.Lock()
     out_names = [t.name for t in model.outputs]
 
@@ -222,13 +228,17 @@ def make_infer_fn(runner, model: ServedModel) -> Callable:
                 kw = {"threshold": np.concatenate([request_threshold(r, n, model.default_threshold, k)
                                                    for k, (r, n) in enumerate(zip(requests, sizes))])}
             with lock:
-                out = runner.infer(batch, **kw)
+                if model.per_image and batch.shape[0] > 1:
+                    outs = [runner.infer(batch[i:i + 1], **{k: v[i:i + 1] for k, v in kw.items()})
+                            for i in range(batch.shape[0])]
+                else:
+                    outs = [runner.infer(batch, **kw)]
         except AlgmError as e:
             log.warning("%s: refused a batch of %d request(s): %s", model.name, len(requests), e)
             raise _Refused(f"{model.name}: {e}") from None
-        answer = {"logits": np.asarray(out.logits, np.float32)}
+        answer = {"logits": np.concatenate([np.asarray(o.logits, np.float32) for o in outs])}
         if "merge_stats" in out_names:
-            answer["merge_stats"] = np.asarray(out.merge_stats, np.int32)
+            answer["merge_stats"] = np.concatenate([np.asarray(o.merge_stats, np.int32) for o in outs])
         res, start = [], 0
         for n in sizes:
             res.append({k: v[start:start + n] for k, v in answer.items()})
@@ -349,6 +359,7 @@ class FolderServer:
     def _load_runners(self, entry, model: ServedModel) -> None:
         """`model.runners`: one runner per instance, each checked on a first image."""
         from algm_export.runtimes.base import check_input_size
+        from algm_export.runtimes.batching import runs_dynamic, runs_on_gpu
         from algm_export.runtimes.registry import make_runner
 
         t0 = time.perf_counter()
@@ -357,6 +368,7 @@ class FolderServer:
             model.runners.append(r)
             check_input_size(r, model.inputs[0].shape[1:], entry.name)
             _warm_up(r, model)
+        model.per_image = runs_dynamic(model.runners[0]) and not runs_on_gpu(model.runners[0])
         model.load_seconds = time.perf_counter() - t0
 
     def _start_triton(self) -> None:

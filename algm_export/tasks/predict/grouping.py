@@ -29,6 +29,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from algm_export.runtimes.batching import runs_dynamic, runs_on_gpu
+
 #: a pool is this many batches of the collection: grouping looks that far ahead
 POOL_BATCHES = 16
 
@@ -47,29 +49,9 @@ def groups_images(runner, batch_size: int, enabled="auto") -> bool:
         from algm_export.core.errors import ConfigError
 
         raise ConfigError(f"--grouping {enabled}: use one of {', '.join(GROUPING)}")
-    if enabled in ("off", False) or batch_size < 2 or runner is None or not _dynamic(runner):
+    if enabled in ("off", False) or batch_size < 2 or runner is None or not runs_dynamic(runner):
         return False
-    return enabled in ("on", True) or on_gpu(runner)
-
-
-def on_gpu(runner) -> bool:
-    """Whether `runner` computes on a GPU: TensorRT, torch on CUDA, ONNX Runtime with a GPU provider first."""
-    if getattr(runner, "backend", None) in ("tensorrt", "tensorrt-rtx"):
-        return True
-    if str(getattr(runner, "device", "")).startswith("cuda"):
-        return True
-    session = getattr(runner, "session", None)
-    providers = session.get_providers() if session is not None else []
-    return bool(providers) and providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-
-
-def _dynamic(runner) -> bool:
-    entry = getattr(runner, "entry", None)
-    if entry is not None and entry.is_dynamic and not entry.is_baseline:
-        return True
-    if getattr(runner, "takes_threshold", False):
-        return True
-    return getattr(getattr(runner, "model", None), "dynamic", False) is True
+    return enabled in ("on", True) or runs_on_gpu(runner)
 
 
 def pools(items: Sequence, batch_size: int) -> list[list]:
@@ -171,5 +153,5 @@ def flop_ratios(model, layers: Sequence[int], real: Sequence[Sequence[int]],
             "mean_batch_tokens": np.asarray(padded, dtype=float).mean(0).round(1).tolist()}
 
 
-__all__ = ["GROUPING", "POOL_BATCHES", "Plan", "flop_ratios", "groups_images", "on_gpu", "plan_pool", "pools",
+__all__ = ["GROUPING", "POOL_BATCHES", "Plan", "flop_ratios", "groups_images", "plan_pool", "pools",
            "run_group"]
