@@ -319,12 +319,13 @@ def _merge_margins(b, r, setting, grid, P, capacities, threshold) -> dict:
 def compact_outputs(out: dict, stride: int = 16) -> dict:
     """What is saved per image as polygraphy outputs: full-resolution logits are 157 MB per
     ViT 512 image (150 classes), so keep the per-pixel labels (argmax), the logits at one pixel per
-    patch (`logits[..., ::16, ::16]`, the grid the model predicts on) and the merge statistics."""
-    lo = out["logits"]
+    patch (`logits[..., ::16, ::16]`, the grid the model predicts on) and the merge statistics.
+    Plain arrays: a lean run's logits come back memory-mapped, which polygraphy cannot write."""
+    lo = np.asarray(out["logits"])
     keep = {"labels": lo.argmax(1).astype(np.uint8 if lo.shape[1] <= 256 else np.int32),
             f"logits_stride{stride}": np.ascontiguousarray(lo[..., ::stride, ::stride])}
     if "merge_stats" in out:
-        keep["merge_stats"] = out["merge_stats"]
+        keep["merge_stats"] = np.asarray(out["merge_stats"])
     return keep
 
 
