@@ -41,7 +41,7 @@ from timm.models.eva import Eva, EvaAttention, EvaBlock
 
 from algm_export.core.errors import ConfigError
 from algm_export.models.base import Backbone, TokenState
-from algm_export.models.layers import KeyMask
+from algm_export.models.layers import KeyMask, attend, split_heads
 
 # timm's EVA-02 ImageNet models (the configurations `eva02_*` registers), as Eva kwargs.
 _GLU = 4 * 2 / 3
@@ -216,7 +216,7 @@ def eva_attention_forward(attn: EvaAttention, x: torch.Tensor, rope: Optional[to
                 qkv = attn.qkv(x) + bias
             else:
                 qkv = F.linear(x, weight=attn.qkv.weight, bias=bias)
-        q, k, v = qkv.reshape(B, T, 3, H, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = split_heads(qkv, H)
     else:
         q = attn.q_proj(x).reshape(B, T, H, -1).transpose(1, 2)
         k = attn.k_proj(x).reshape(B, T, H, -1).transpose(1, 2)
@@ -228,14 +228,9 @@ def eva_attention_forward(attn: EvaAttention, x: torch.Tensor, rope: Optional[to
         q = torch.cat([q[:, :, :npt], apply_rot_embed_cat(q[:, :, npt:], rope, half=half)], dim=2).type_as(v)
         k = torch.cat([k[:, :, :npt], apply_rot_embed_cat(k[:, :, npt:], rope, half=half)], dim=2).type_as(v)
     if key_mask is None and attn.fused_attn and x.dtype != torch.float16:
-        out = F.scaled_dot_product_attention(q, k, v)        # timm's own path, same kernel
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, -1)  # timm's own path
     else:
-        if key_mask is not None:
-            q, k, v = key_mask.attend(q, k, v, attn.scale)
-        a = (q @ k.transpose(-2, -1)) * attn.scale
-        a = a.float().softmax(dim=-1).to(v.dtype) if a.dtype == torch.float16 else a.softmax(dim=-1)
-        out = a @ v
-    out = out.transpose(1, 2).reshape(B, T, -1)
+        out = attend(q, k, v, attn.scale, key_mask)
     out = attn.norm(out)
     if gate is not None:
         out = out * gate

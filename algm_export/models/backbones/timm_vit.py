@@ -23,7 +23,7 @@ from timm.models.vision_transformer import Attention, Block, VisionTransformer
 
 from algm_export.core.errors import ConfigError
 from algm_export.models.base import Backbone, TokenState
-from algm_export.models.layers import KeyMask, resize_pos_embed
+from algm_export.models.layers import KeyMask, attend, resize_pos_embed, split_heads
 
 
 def attention_forward(attn: nn.Module, x: torch.Tensor, key_bias=None) -> torch.Tensor:
@@ -32,17 +32,10 @@ def attention_forward(attn: nn.Module, x: torch.Tensor, key_bias=None) -> torch.
     x: [B, T, C]; key_bias: a `KeyMask`, a [B, 1, 1, T] bias (0 for real keys, very negative for
     padding), or None.
     """
-    B, T, C = x.shape
-    H = attn.num_heads
-    qkv = attn.qkv(x).reshape(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
+    q, k, v = split_heads(attn.qkv(x), attn.num_heads)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    if key_bias is not None:
-        mask = key_bias if isinstance(key_bias, KeyMask) else KeyMask.from_bias(key_bias)
-        q, k, v = mask.attend(q, k, v, attn.scale)
-    a = (q @ k.transpose(-2, -1)) * attn.scale
-    a = a.float().softmax(dim=-1).to(v.dtype) if a.dtype == torch.float16 else a.softmax(dim=-1)
-    out = (a @ v).transpose(1, 2).reshape(B, T, C)
+    mask = key_bias if key_bias is None or isinstance(key_bias, KeyMask) else KeyMask.from_bias(key_bias)
+    out = attend(q, k, v, attn.scale, mask)
     norm = getattr(attn, "norm", None)     # timm < 1.0.16 has no post-attention norm (scale_norm)
     if norm is not None:
         out = norm(out)
