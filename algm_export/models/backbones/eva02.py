@@ -41,6 +41,7 @@ from timm.models.eva import Eva, EvaAttention, EvaBlock
 
 from algm_export.core.errors import ConfigError
 from algm_export.models.base import Backbone, TokenState
+from algm_export.models.backbones.timm_vit import TimmShape
 from algm_export.models.layers import KeyMask, attend, split_heads
 
 # timm's EVA-02 ImageNet models (the configurations `eva02_*` registers), as Eva kwargs.
@@ -264,8 +265,9 @@ def _mlp_hidden(mlp: nn.Module) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------- the backbone
 
-class Eva02Backbone(Eva, Backbone):
-    """timm `Eva` (EVA-02 configurations) with the Backbone interface.
+class Eva02Backbone(Eva, TimmShape, Backbone):
+    """timm `Eva` (EVA-02 configurations) with the Backbone interface (`num_prefix`, `depth`,
+    `patch_size`, `built_grid` as for timm's ViT: `TimmShape`).
 
     `out_indices` (0-based blocks whose raw outputs a decoder reads) prunes the model as timm's
     `features_only` wrapper does: blocks after the last index, the final norm and the head go.
@@ -287,23 +289,6 @@ class Eva02Backbone(Eva, Backbone):
         self.rope_at = RotaryAt(self.rope) if self.rope is not None else None
         self.rope_position = "centroid"     # where a merged token's rotary embedding is evaluated (ROPE_POSITIONS)
         self.eva_kwargs = dict(kwargs)
-
-    # -- Backbone properties
-    @property
-    def num_prefix(self) -> int:
-        return int(self.num_prefix_tokens)
-
-    @property
-    def depth(self) -> int:
-        return len(self.blocks)
-
-    @property
-    def patch_size(self) -> int:
-        return int(self.patch_embed.proj.kernel_size[0])
-
-    @property
-    def built_grid(self) -> tuple[int, int]:
-        return tuple(int(v) for v in self.patch_embed.grid_size)
 
     # -- forward pieces
     def embed(self, im: torch.Tensor):

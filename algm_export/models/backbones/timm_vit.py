@@ -61,25 +61,14 @@ def block_forward(blk: Block, x: torch.Tensor, key_bias=None,
     return block_mlp(blk, x)
 
 
-class _TimmBackbone(Backbone):
-    """The Backbone methods on top of a timm ViT (mixed into the timm classes below)."""
+class TimmShape:
+    """The Backbone properties every timm ViT-like model answers alike (its `blocks`, `patch_embed`
+    and `num_prefix_tokens`): mixed into the timm ViT here and into EVA-02 (`backbones/eva02.py`)."""
 
     @property
     def num_prefix(self) -> int:
         """Class token + distillation token + register tokens (timm's `num_prefix_tokens`)."""
         return int(self.num_prefix_tokens)
-
-    @property
-    def pos_prefix(self) -> int:
-        """Prefix entries of `pos_embed`: none for `no_embed_class` models, else one per prefix token."""
-        return 0 if getattr(self, "no_embed_class", False) else self.num_prefix
-
-    @property
-    def mlp_ratio(self) -> float:
-        """The MLP's MACs per token / (2 D^2) (for MAC counts): hidden width / D for timm's `Mlp`;
-        a packed gated MLP (fc1 to 2h, fc2 from h) counts as 3h / (2D)."""
-        mlp = self.blocks[0].mlp
-        return (mlp.fc1.out_features + mlp.fc2.in_features) / (2.0 * self.embed_dim)
 
     @property
     def depth(self) -> int:
@@ -92,6 +81,22 @@ class _TimmBackbone(Backbone):
     @property
     def built_grid(self) -> tuple[int, int]:
         return tuple(int(v) for v in self.patch_embed.grid_size)
+
+
+class _TimmBackbone(TimmShape, Backbone):
+    """The Backbone methods on top of a timm ViT (mixed into the timm classes below)."""
+
+    @property
+    def pos_prefix(self) -> int:
+        """Prefix entries of `pos_embed`: none for `no_embed_class` models, else one per prefix token."""
+        return 0 if getattr(self, "no_embed_class", False) else self.num_prefix
+
+    @property
+    def mlp_ratio(self) -> float:
+        """The MLP's MACs per token / (2 D^2) (for MAC counts): hidden width / D for timm's `Mlp`;
+        a packed gated MLP (fc1 to 2h, fc2 from h) counts as 3h / (2D)."""
+        mlp = self.blocks[0].mlp
+        return (mlp.fc1.out_features + mlp.fc2.in_features) / (2.0 * self.embed_dim)
 
     def prefix_tokens(self, batch: int) -> list[torch.Tensor]:
         """The prefix token parameters in sequence order, each expanded to [batch, n, D]."""
