@@ -1,6 +1,8 @@
 """Reusable pieces shared by every model family: padding masks, upsampling, position resizing.
 
 * `KeyMask`: hides padding slots from self-attention (docs/algorithm.md, the static form), cheaply (docs/decisions.md item 43)
+* `split_heads` / `attend`: the written-out self-attention every backbone shares (q/k/v split, the
+  `KeyMask` channel, softmax in float32 for float16)
 * `key_bias_from_size`, `hide_rows`, `floor_scores`: the same for cross-attention (token decoders)
 * `interp_matrix` / `bilinear_upsample`: bilinear resizing (align_corners=False) as matmuls
 * `resize_pos_embed`: the grid part of a position embedding resized, prefix kept
@@ -67,6 +69,25 @@ class KeyMask:
         first = q @ k[:, :, :1].transpose(-2, -1)                     # q_i . k_0
         low = torch.maximum(own, first) - PAD_MARGIN / scale
         return torch.cat([q, low], dim=-1), torch.cat([k, self._pad_channel(H, k.dtype)], dim=-1), v
+
+
+def split_heads(qkv: torch.Tensor, heads: int):
+    """A fused q/k/v projection [B, T, 3 * H * hd] -> (q, k, v), each [B, H, T, hd]."""
+    B, T = qkv.shape[:2]
+    return qkv.reshape(B, T, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+           key_mask: KeyMask | None = None) -> torch.Tensor:
+    """`softmax((q @ k^T) * scale) @ v` written out, heads merged: q, k, v [B, H, T, hd] -> [B, T, H * hd].
+
+    Padding slots ride in `key_mask`'s extra channel; a float16 softmax runs in float32."""
+    if key_mask is not None:
+        q, k, v = key_mask.attend(q, k, v, scale)
+    a = (q @ k.transpose(-2, -1)) * scale
+    a = a.float().softmax(dim=-1).to(v.dtype) if a.dtype == torch.float16 else a.softmax(dim=-1)
+    B, H, T = q.shape[:3]
+    return (a @ v).transpose(1, 2).reshape(B, T, -1)
 
 
 def hide_rows(t: torch.Tensor, real: torch.Tensor) -> torch.Tensor:

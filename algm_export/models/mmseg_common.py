@@ -14,8 +14,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from algm_export.core.errors import CheckpointError, ConfigError
+from algm_export.core.errors import ConfigError
 from algm_export.core.names import pair
+from algm_export.models.checkpoint_keys import load_checked
 from algm_export.models.formats.mmseg import short, typename
 
 # mmseg 1.x / late 0.x `VisionTransformer` arguments (the training-only ones are accepted and ignored).
@@ -33,22 +34,8 @@ def load_state_dict_checked(model, sd: Mapping[str, torch.Tensor], strict: bool 
     `strict`). Returns {"ignored", "missing", "unexpected"} key lists."""
     ignored = sorted(k for k in sd if k.startswith(tuple(ignored_prefixes)))
     sd = {k: v for k, v in sd.items() if not k.startswith(tuple(ignored_prefixes))}
-    own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = sorted(f"{k} {tuple(sd[k].shape)} (model {tuple(own[k].shape)})"
-                    for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
-    problems = []
-    if shapes:
-        problems.append(f"shape mismatches: {short(shapes, 6)}")
-    if strict and missing:
-        problems.append(f"missing keys ({len(missing)}): {short(missing)}")
-    if strict and unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {short(unexpected)}")
-    if problems:
-        raise CheckpointError(f"{where} does not match its config: " + "; ".join(problems)
-                              + ("; check that the config belongs to this checkpoint" if not shapes else ""))
-    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+    missing, unexpected = load_checked(model, sd, strict, f"{where} does not match its config: ", short,
+                                       hint="; check that the config belongs to this checkpoint")
     return {"ignored": ignored, "missing": missing, "unexpected": unexpected}
 
 

@@ -12,7 +12,8 @@
   vermillion over a faded grey photo (readable in greyscale: dark on light).
 * `speed_chart(results, path)`: measured speed-up against tokens kept, one series per backend and
   batch size, with the ideal (speed-up = FLOP ratio); `chart_style()`: the plain axes and the
-  colour-blind-safe colours every chart uses (shared by `bench` and `report`).
+  colour-blind-safe colours every chart uses (shared by `bench` and `report`); `chart_axes(figsize,
+  title)`: one such chart's figure and axes, finished with its title, legend and layout.
 
 Pure numpy + Pillow (no display needed); charts with matplotlib's Agg backend.
 """
@@ -20,6 +21,7 @@ Pure numpy + Pillow (no display needed); charts with matplotlib's Agg backend.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -315,6 +317,24 @@ def chart_style() -> dict:
             "figure.dpi": 100, "savefig.dpi": 110, "svg.hashsalt": "algm-export"}
 
 
+@contextmanager
+def chart_axes(figsize, title: str = ""):
+    """A chart's figure with one axes, drawn under `chart_style()` with matplotlib's Agg backend:
+    yields (fig, ax); after the body has drawn, the title (if any), the legend and a tight layout."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with plt.rc_context(chart_style()):
+        fig, ax = plt.subplots(figsize=figsize)
+        yield fig, ax
+        if title:
+            ax.set_title(title)
+        ax.legend(loc="best")
+        fig.tight_layout()
+
+
 def series_style(i: int) -> dict:
     return {"color": SERIES_COLORS[i % len(SERIES_COLORS)], "marker": SERIES_MARKERS[i % len(SERIES_MARKERS)]}
 
@@ -358,16 +378,10 @@ def save_chart(fig, path) -> Path:
 
 def speed_figure(results: Sequence[dict], title: str = ""):
     """The figure of `speed_chart` (drawn, not saved)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     groups: dict = {}
     for r in results:
         groups.setdefault(series_key(r), []).append(r)
-    with plt.rc_context(chart_style()):
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    with chart_axes((6.4, 4.4), title) as (fig, ax):
         for i, (key, rows) in enumerate(sorted(groups.items())):
             st = series_style(i)
             for dyn in (False, True):
@@ -394,13 +408,9 @@ def speed_figure(results: Sequence[dict], title: str = ""):
                                 xytext=(5, 4), fontsize=8)
         ax.set_xlabel("tokens kept after the last merge (% of patches)")
         ax.set_ylabel("speed-up over the baseline (x)")
-        if title:
-            ax.set_title(title)
         if any(r.get("token_mode") == "dynamic" for r in results):
             ax.scatter([], [], marker="o", facecolors="white", edgecolors="#333333",
                        label="hollow: dynamic token mode")
-        ax.legend(loc="best")
-        fig.tight_layout()
     return fig
 
 
@@ -411,7 +421,7 @@ def speed_chart(results: Sequence[dict], path, title: str = "") -> Path:
     return save_chart(speed_figure(results, title), path)
 
 
-__all__ = ["CHANGED_RGB", "changed_panel", "chart_style", "colorize", "group_colors", "merge_panels", "merge_png",
+__all__ = ["CHANGED_RGB", "changed_panel", "chart_axes", "chart_style", "colorize", "group_colors", "merge_panels", "merge_png",
            "palette", "panel_patch_pixels", "point_label", "save_chart", "save_png", "segmentation_panel",
            "segmentation_png", "series_key", "series_label", "series_style", "speed_chart", "speed_figure",
            "step_titles", "tokens_kept_pct"]

@@ -41,7 +41,8 @@ from timm.models.eva import Eva, EvaAttention, EvaBlock
 
 from algm_export.core.errors import ConfigError
 from algm_export.models.base import Backbone, TokenState
-from algm_export.models.layers import KeyMask
+from algm_export.models.backbones.timm_vit import TimmShape
+from algm_export.models.layers import KeyMask, attend, split_heads
 
 # timm's EVA-02 ImageNet models (the configurations `eva02_*` registers), as Eva kwargs.
 _GLU = 4 * 2 / 3
@@ -216,7 +217,7 @@ def eva_attention_forward(attn: EvaAttention, x: torch.Tensor, rope: Optional[to
                 qkv = attn.qkv(x) + bias
             else:
                 qkv = F.linear(x, weight=attn.qkv.weight, bias=bias)
-        q, k, v = qkv.reshape(B, T, 3, H, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = split_heads(qkv, H)
     else:
         q = attn.q_proj(x).reshape(B, T, H, -1).transpose(1, 2)
         k = attn.k_proj(x).reshape(B, T, H, -1).transpose(1, 2)
@@ -228,14 +229,9 @@ def eva_attention_forward(attn: EvaAttention, x: torch.Tensor, rope: Optional[to
         q = torch.cat([q[:, :, :npt], apply_rot_embed_cat(q[:, :, npt:], rope, half=half)], dim=2).type_as(v)
         k = torch.cat([k[:, :, :npt], apply_rot_embed_cat(k[:, :, npt:], rope, half=half)], dim=2).type_as(v)
     if key_mask is None and attn.fused_attn and x.dtype != torch.float16:
-        out = F.scaled_dot_product_attention(q, k, v)        # timm's own path, same kernel
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, -1)  # timm's own path
     else:
-        if key_mask is not None:
-            q, k, v = key_mask.attend(q, k, v, attn.scale)
-        a = (q @ k.transpose(-2, -1)) * attn.scale
-        a = a.float().softmax(dim=-1).to(v.dtype) if a.dtype == torch.float16 else a.softmax(dim=-1)
-        out = a @ v
-    out = out.transpose(1, 2).reshape(B, T, -1)
+        out = attend(q, k, v, attn.scale, key_mask)
     out = attn.norm(out)
     if gate is not None:
         out = out * gate
@@ -269,8 +265,9 @@ def _mlp_hidden(mlp: nn.Module) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------- the backbone
 
-class Eva02Backbone(Eva, Backbone):
-    """timm `Eva` (EVA-02 configurations) with the Backbone interface.
+class Eva02Backbone(Eva, TimmShape, Backbone):
+    """timm `Eva` (EVA-02 configurations) with the Backbone interface (`num_prefix`, `depth`,
+    `patch_size`, `built_grid` as for timm's ViT: `TimmShape`).
 
     `out_indices` (0-based blocks whose raw outputs a decoder reads) prunes the model as timm's
     `features_only` wrapper does: blocks after the last index, the final norm and the head go.
@@ -292,23 +289,6 @@ class Eva02Backbone(Eva, Backbone):
         self.rope_at = RotaryAt(self.rope) if self.rope is not None else None
         self.rope_position = "centroid"     # where a merged token's rotary embedding is evaluated (ROPE_POSITIONS)
         self.eva_kwargs = dict(kwargs)
-
-    # -- Backbone properties
-    @property
-    def num_prefix(self) -> int:
-        return int(self.num_prefix_tokens)
-
-    @property
-    def depth(self) -> int:
-        return len(self.blocks)
-
-    @property
-    def patch_size(self) -> int:
-        return int(self.patch_embed.proj.kernel_size[0])
-
-    @property
-    def built_grid(self) -> tuple[int, int]:
-        return tuple(int(v) for v in self.patch_embed.grid_size)
 
     # -- forward pieces
     def embed(self, im: torch.Tensor):

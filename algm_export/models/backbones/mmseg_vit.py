@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from algm_export.core.errors import ConfigError
 from algm_export.models.base import Backbone, TokenState
-from algm_export.models.layers import KeyMask
+from algm_export.models.layers import KeyMask, attend, split_heads
 from algm_export.models.mmseg_bricks import build_act, build_norm, norm_abbr
 from algm_export.core.names import pair
 
@@ -140,18 +140,10 @@ class TransformerEncoderLayer(nn.Module):
 def attention(mha: nn.MultiheadAttention, x: torch.Tensor, key_mask: Optional[KeyMask] = None) -> torch.Tensor:
     """torch's `MultiheadAttention` (self-attention, eval) written out from its fused weights,
     with the padding mask riding in one extra q/k channel (`KeyMask`); softmax in float32 for fp16."""
-    B, T, C = x.shape
     H = mha.num_heads
-    hd = C // H
-    scale = hd ** -0.5
-    qkv = F.linear(x, mha.in_proj_weight, mha.in_proj_bias).reshape(B, T, 3, H, hd).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    if key_mask is not None:
-        q, k, v = key_mask.attend(q, k, v, scale)
-    a = (q @ k.transpose(-2, -1)) * scale
-    a = a.float().softmax(dim=-1).to(v.dtype) if a.dtype == torch.float16 else a.softmax(dim=-1)
-    out = (a @ v).transpose(1, 2).reshape(B, T, C)
-    return mha.out_proj(out)
+    q, k, v = split_heads(F.linear(x, mha.in_proj_weight, mha.in_proj_bias), H)
+    scale = (x.shape[-1] // H) ** -0.5
+    return mha.out_proj(attend(q, k, v, scale, key_mask))
 
 
 class MMSegViT(Backbone):

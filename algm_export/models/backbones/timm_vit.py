@@ -23,7 +23,7 @@ from timm.models.vision_transformer import Attention, Block, VisionTransformer
 
 from algm_export.core.errors import ConfigError
 from algm_export.models.base import Backbone, TokenState
-from algm_export.models.layers import KeyMask, resize_pos_embed
+from algm_export.models.layers import KeyMask, attend, resize_pos_embed, split_heads
 
 
 def attention_forward(attn: nn.Module, x: torch.Tensor, key_bias=None) -> torch.Tensor:
@@ -32,17 +32,10 @@ def attention_forward(attn: nn.Module, x: torch.Tensor, key_bias=None) -> torch.
     x: [B, T, C]; key_bias: a `KeyMask`, a [B, 1, 1, T] bias (0 for real keys, very negative for
     padding), or None.
     """
-    B, T, C = x.shape
-    H = attn.num_heads
-    qkv = attn.qkv(x).reshape(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
+    q, k, v = split_heads(attn.qkv(x), attn.num_heads)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    if key_bias is not None:
-        mask = key_bias if isinstance(key_bias, KeyMask) else KeyMask.from_bias(key_bias)
-        q, k, v = mask.attend(q, k, v, attn.scale)
-    a = (q @ k.transpose(-2, -1)) * attn.scale
-    a = a.float().softmax(dim=-1).to(v.dtype) if a.dtype == torch.float16 else a.softmax(dim=-1)
-    out = (a @ v).transpose(1, 2).reshape(B, T, C)
+    mask = key_bias if key_bias is None or isinstance(key_bias, KeyMask) else KeyMask.from_bias(key_bias)
+    out = attend(q, k, v, attn.scale, mask)
     norm = getattr(attn, "norm", None)     # timm < 1.0.16 has no post-attention norm (scale_norm)
     if norm is not None:
         out = norm(out)
@@ -68,25 +61,14 @@ def block_forward(blk: Block, x: torch.Tensor, key_bias=None,
     return block_mlp(blk, x)
 
 
-class _TimmBackbone(Backbone):
-    """The Backbone methods on top of a timm ViT (mixed into the timm classes below)."""
+class TimmShape:
+    """The Backbone properties every timm ViT-like model answers alike (its `blocks`, `patch_embed`
+    and `num_prefix_tokens`): mixed into the timm ViT here and into EVA-02 (`backbones/eva02.py`)."""
 
     @property
     def num_prefix(self) -> int:
         """Class token + distillation token + register tokens (timm's `num_prefix_tokens`)."""
         return int(self.num_prefix_tokens)
-
-    @property
-    def pos_prefix(self) -> int:
-        """Prefix entries of `pos_embed`: none for `no_embed_class` models, else one per prefix token."""
-        return 0 if getattr(self, "no_embed_class", False) else self.num_prefix
-
-    @property
-    def mlp_ratio(self) -> float:
-        """The MLP's MACs per token / (2 D^2) (for MAC counts): hidden width / D for timm's `Mlp`;
-        a packed gated MLP (fc1 to 2h, fc2 from h) counts as 3h / (2D)."""
-        mlp = self.blocks[0].mlp
-        return (mlp.fc1.out_features + mlp.fc2.in_features) / (2.0 * self.embed_dim)
 
     @property
     def depth(self) -> int:
@@ -99,6 +81,22 @@ class _TimmBackbone(Backbone):
     @property
     def built_grid(self) -> tuple[int, int]:
         return tuple(int(v) for v in self.patch_embed.grid_size)
+
+
+class _TimmBackbone(TimmShape, Backbone):
+    """The Backbone methods on top of a timm ViT (mixed into the timm classes below)."""
+
+    @property
+    def pos_prefix(self) -> int:
+        """Prefix entries of `pos_embed`: none for `no_embed_class` models, else one per prefix token."""
+        return 0 if getattr(self, "no_embed_class", False) else self.num_prefix
+
+    @property
+    def mlp_ratio(self) -> float:
+        """The MLP's MACs per token / (2 D^2) (for MAC counts): hidden width / D for timm's `Mlp`;
+        a packed gated MLP (fc1 to 2h, fc2 from h) counts as 3h / (2D)."""
+        mlp = self.blocks[0].mlp
+        return (mlp.fc1.out_features + mlp.fc2.in_features) / (2.0 * self.embed_dim)
 
     def prefix_tokens(self, batch: int) -> list[torch.Tensor]:
         """The prefix token parameters in sequence order, each expanded to [batch, n, D]."""

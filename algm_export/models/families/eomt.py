@@ -42,6 +42,7 @@ from algm_export.core.errors import CheckpointError, ConfigError
 from algm_export.models.backbones.dinov2 import DINOV2_MODELS, dinov2_backbone
 from algm_export.models.backbones.timm_vit import TimmViT
 from algm_export.models.base import SegModel, TokenState
+from algm_export.models.checkpoint_keys import load_checked
 from algm_export.models.decoders.eomt import EomtHead, semantic_logits
 from algm_export.models.formats import eomt as fmt
 from algm_export.models.registry import Family, register
@@ -341,23 +342,15 @@ def load_files(files: dict, image_size=None, strict: bool = True, trust_checkpoi
     return model.eval()
 
 
+def _listing(keys, n=None) -> str:
+    """Keys in a load error: the first n, or all cut at 600 characters."""
+    return ", ".join(keys[:n]) if n else ", ".join(keys)[:600]
+
+
 def load_state_dict_mapped(model: Eomt, sd, strict: bool = True, where: str = "checkpoint") -> dict:
     mapped, origin, ignored = fmt.to_ours(sd)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(mapped))
-    unexpected = sorted(origin[k] for k in set(mapped) - set(own))
-    shapes = sorted(f"{origin[k]} {tuple(mapped[k].shape)} (model {tuple(own[k].shape)})"
-                    for k in set(mapped) & set(own) if mapped[k].shape != own[k].shape)
-    problems = []
-    if shapes:
-        problems.append(f"shape mismatches: {', '.join(shapes[:6])}")
-    if strict and missing:
-        problems.append(f"missing keys ({len(missing)}): {', '.join(fmt.to_published({k: 0 for k in missing}))[:600]}")
-    if strict and unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)[:600]}")
-    if problems:
-        raise CheckpointError(f"{where} does not match the EoMT it describes: " + "; ".join(problems))
-    model.load_state_dict({k: v for k, v in mapped.items() if k in own}, strict=False)
+    missing, unexpected = load_checked(model, mapped, strict, f"{where} does not match the EoMT it describes: ",
+                                       _listing, name=lambda k: origin[k] if k in origin else fmt.published_name(k))
     return {"ignored": ignored, "missing": missing, "unexpected": unexpected,
             "derived": [k for k in fmt.DERIVED if k in sd], "config_source": model.cfg.config_source}
 

@@ -426,17 +426,18 @@ def to_ours(sd: Mapping[str, torch.Tensor]) -> tuple[dict, dict, list]:
     return out, origin, sorted(ignored)
 
 
+def published_name(k: str) -> str:
+    """Our key -> its published name (the inverse of `to_ours` for our keys)."""
+    if k.startswith("backbone."):
+        return BACKBONE_KEY + k[len("backbone."):]
+    if k.startswith("decoder."):
+        return NETWORK + k[len("decoder."):]
+    return k
+
+
 def to_published(sd: Mapping[str, torch.Tensor]) -> dict:
     """Ours -> published names (the inverse of `to_ours` for our keys)."""
-    out = {}
-    for k, v in sd.items():
-        if k.startswith("backbone."):
-            out[BACKBONE_KEY + k[len("backbone."):]] = v
-        elif k.startswith("decoder."):
-            out[NETWORK + k[len("decoder."):]] = v
-        else:
-            out[k] = v
-    return out
+    return {published_name(k): v for k, v in sd.items()}
 
 
 def normalization_of(sd: Mapping[str, torch.Tensor], where: str) -> dict:

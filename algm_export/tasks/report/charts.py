@@ -52,18 +52,12 @@ def operating_point_chart(results: Sequence[dict], cost: dict, y_label: str, pat
 
 def operating_point_figure(results: Sequence[dict], cost: dict, y_label: str, title: str = ""):
     """The figure of `operating_point_chart` (None without points)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from algm_export.tasks.visualize import chart_style, point_label, series_label, series_style
+    from algm_export.tasks.visualize import chart_axes, point_label, series_label, series_style
 
     pts = operating_points(results, cost)
     if not pts:
         return None
-    with plt.rc_context(chart_style()):
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    with chart_axes((6.4, 4.4), title) as (fig, ax):
         for i, (backend, rows) in enumerate(sorted(pts.items())):
             st = series_style(i)
             for dyn in (False, True):
@@ -88,10 +82,6 @@ def operating_point_figure(results: Sequence[dict], cost: dict, y_label: str, ti
         lo = min(cost[k] for k in cost)
         if lo > 90:  # keep small differences visible, never a range below 0.5 points
             ax.set_ylim(max(0.0, min(lo - 0.1 * (100 - lo), 99.5)) if lo < 100 else 99.5, 100.05)
-        if title:
-            ax.set_title(title)
-        ax.legend(loc="best")
-        fig.tight_layout()
     return fig
 
 
@@ -109,13 +99,9 @@ def token_histogram(counts: dict, n_patches: int, path: Path, static_capacity: O
 
 def token_histogram_figure(counts: dict, n_patches: int, static_capacity: Optional[dict] = None, title: str = ""):
     """The figure of `token_histogram` (None without counts)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    from algm_export.tasks.visualize import chart_style, series_style
+    from algm_export.tasks.visualize import chart_axes, series_style
 
     counts = {k: [int(v) for v in vs] for k, vs in counts.items() if vs}
     if not counts:
@@ -125,8 +111,7 @@ def token_histogram_figure(counts: dict, n_patches: int, static_capacity: Option
     lo, hi = min(allv), max(allv)
     step = max(1, int(np.ceil((hi - lo + 1) / 40)))
     bins = np.arange(lo - 0.5 * step, hi + 1.5 * step, step)
-    with plt.rc_context(chart_style()):
-        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    with chart_axes((6.4, 4.0), title) as (fig, ax):
         for i, (label, vs) in enumerate(counts.items()):
             st = series_style(i)
             ax.hist(vs, bins=bins, histtype="stepfilled", alpha=0.55, color=st["color"], edgecolor="black",
@@ -141,8 +126,4 @@ def token_histogram_figure(counts: dict, n_patches: int, static_capacity: Option
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        if title:
-            ax.set_title(title)
-        ax.legend(loc="best")
-        fig.tight_layout()
     return fig
