@@ -180,3 +180,19 @@ def test_validate_with_labels_reports_real_miou(export_dir, tmp_path):
         assert 0.0 <= s["miou_torch"] <= 100.0 and 0.0 <= s["miou_backend"] <= 100.0
         assert abs(s["miou_delta"]) < 1.0
     assert "mIoU torch" in format_report(rep)
+
+
+def test_logit_differences_in_class_chunks_equal_the_whole_array():
+    """`validate.abs_diff` walks the classes in chunks (a large model's full-resolution float64
+    difference would hold gigabytes): same max, same mean up to summation order."""
+    from algm_export.tasks.validate import abs_diff
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(2, 21, 9, 7)).astype(np.float32)
+    b = a + rng.normal(scale=1e-3, size=a.shape).astype(np.float32)
+    b[1, 20, 8, 6] += 5.0                                   # the largest difference in the last, short chunk
+    whole = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    for chunk in (1, 8, 21, 64):
+        mx, mean = abs_diff(a, b, chunk)
+        assert mx == whole.max() and mx > 4.9
+        assert mean == pytest.approx(whole.mean(), rel=1e-12)

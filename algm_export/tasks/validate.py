@@ -68,11 +68,22 @@ def miou(conf: np.ndarray) -> float:
     return float(100.0 * (inter[present] / union[present]).mean()) if present.any() else 100.0
 
 
+def abs_diff(a: np.ndarray, b: np.ndarray, chunk: int = 8) -> tuple[float, float]:
+    """max and mean of |a - b| in float64, for logits [B, C, H, W], `chunk` classes at a time: one
+    full-resolution float64 difference of a large model's logits is 0.5 GB per copy (150 classes at
+    640 x 640), so the whole array would hold several such copies at once."""
+    mx, total = 0.0, 0.0
+    for c in range(0, a.shape[1], chunk):
+        d = np.abs(np.asarray(a[:, c:c + chunk], np.float64) - np.asarray(b[:, c:c + chunk], np.float64))
+        mx, total = max(mx, float(d.max())), total + float(d.sum())
+    return mx, total / a.size
+
+
 def _image_metrics(b: dict, t: dict, dynamic: bool = False) -> dict:
     lb, lt = b["logits"], t["logits"]
-    diff = np.abs(lb.astype(np.float64) - lt.astype(np.float64))
+    max_abs, mean_abs = abs_diff(lb, lt)
     agree = float(100.0 * (lb.argmax(1) == lt.argmax(1)).mean())
-    out = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()), "agreement": agree}
+    out = {"max_abs": max_abs, "mean_abs": mean_abs, "agreement": agree}
     if "merge_stats" in t:
         sb, st = b["merge_stats"].astype(np.int64), t["merge_stats"].astype(np.int64)
         out["merges_backend"] = sb[0, :, 0].tolist()
@@ -185,10 +196,10 @@ def validate(export_dir, images=None, backend: str = "onnxruntime", labels=None,
                                 m.update(_merge_margins(b, r, setting, grid, model.num_prefix, e.capacities, t))
                             if dyn is not None:
                                 d = dyn.infer(x)
-                                dd = np.abs(d["logits"] - r["logits"])
-                                m["dynamic_vs_static_max_abs"] = float(dd.max())
+                                m["dynamic_vs_static_max_abs"] = abs_diff(d["logits"], r["logits"])[0]
                                 m["dynamic_vs_static_agreement"] = float(
                                     100 * (d["logits"].argmax(1) == r["logits"].argmax(1)).mean())
+                                del d
                             conf += confusion(b["logits"].argmax(1), r["logits"].argmax(1), n_cls)
                             per_image.append(m)
                             if save_outputs:
