@@ -29,7 +29,7 @@ import torch.nn as nn
 from timm.layers import LayerNorm2d
 
 from algm_export.models.base import Level, TokenDecoder
-from algm_export.models.layers import bilinear_upsample
+from algm_export.models.layers import bilinear_upsample, upsample_bilinear_by
 
 
 def num_upscale_blocks(patch_size: int) -> int:
@@ -109,10 +109,14 @@ class EomtHead(TokenDecoder):
 def semantic_logits(mask_logits: torch.Tensor, class_logits: torch.Tensor, size) -> torch.Tensor:
     """The published per-pixel semantic scores [B, n_cls, H, W]:
     `einsum("bqhw, bqc -> bchw", sigmoid(resize(mask_logits, size)), softmax(class_logits)[..., :-1])`
-    with a bilinear resize (align_corners=False), written as a matmul."""
+    with a bilinear resize (align_corners=False): at an integer scale (the crop over the upscaled
+    grid, 4 at 512) two neighbours per output, else a matmul."""
     size = (int(size[0]), int(size[1]))
     m = mask_logits if mask_logits.dtype == torch.float64 else mask_logits.float()   # half precision: sum in fp32
-    if tuple(m.shape[-2:]) != size:
+    h, w = m.shape[-2:]
+    if (h, w) != size and size[0] % h == 0 and size[1] % w == 0 and size[0] // h == size[1] // w:
+        m = upsample_bilinear_by(m, size[0] // h)      # two neighbours per output: the mask logits are large
+    elif (h, w) != size:
         m = bilinear_upsample(m, size)
     B, Q, H, W = m.shape
     probs = class_logits.to(m.dtype).softmax(dim=-1)[..., :-1]               # [B, Q, C]

@@ -229,16 +229,22 @@ def make_infer_fn(runner, model: ServedModel) -> Callable:
                                                    for k, (r, n) in enumerate(zip(requests, sizes))])}
             with lock:
                 if model.per_image and batch.shape[0] > 1:
-                    outs = [runner.infer(batch[i:i + 1], **{k: v[i:i + 1] for k, v in kw.items()})
-                            for i in range(batch.shape[0])]
+                    answer = {}
+                    for i in range(batch.shape[0]):       # each image's rows written into one answer array
+                        o = runner.infer(batch[i:i + 1], **{k: v[i:i + 1] for k, v in kw.items()})
+                        for name, v, dtype in (("logits", o.logits, np.float32), ("merge_stats", o.merge_stats, np.int32)):
+                            if name in out_names:
+                                if name not in answer:
+                                    answer[name] = np.empty((batch.shape[0],) + np.shape(v)[1:], dtype)
+                                answer[name][i] = v[0]
                 else:
-                    outs = [runner.infer(batch, **kw)]
+                    out = runner.infer(batch, **kw)
+                    answer = {"logits": np.asarray(out.logits, np.float32)}
+                    if "merge_stats" in out_names:
+                        answer["merge_stats"] = np.asarray(out.merge_stats, np.int32)
         except AlgmError as e:
             log.warning("%s: refused a batch of %d request(s): %s", model.name, len(requests), e)
             raise _Refused(f"{model.name}: {e}") from None
-        answer = {"logits": np.concatenate([np.asarray(o.logits, np.float32) for o in outs])}
-        if "merge_stats" in out_names:
-            answer["merge_stats"] = np.concatenate([np.asarray(o.merge_stats, np.int32) for o in outs])
         res, start = [], 0
         for n in sizes:
             res.append({k: v[start:start + n] for k, v in answer.items()})
