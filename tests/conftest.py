@@ -132,16 +132,10 @@ def dynamic_folders(tmp_path_factory):
     from algm_export.export.pipeline import export_folder
     from algm_export.models.registry import resolve_model
     from algm_export.models.formats.published_segmenter import save_segmenter
-    from algm_export.models.families.segmenter import make_config
-    from algm_export.models.families.segmenter import Segmenter
+    from _helpers.models import tiny_segmenter
 
     root = tmp_path_factory.mktemp("dyncmd")
-    cfg = make_config("vit_tiny", "linear", 128, 21)
-    cfg.n_layers = 6
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = Segmenter(cfg).eval()
-    save_segmenter(net, root / "ck")
+    save_segmenter(tiny_segmenter(), root / "ck")
     images = root / "images"
     images.mkdir()
     for name in PHOTOS:

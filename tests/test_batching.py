@@ -77,13 +77,9 @@ def test_grouping_saves_padding_on_real_counts():
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from algm_export.models.families.segmenter import Segmenter, make_config
+    from _helpers.models import tiny_segmenter
 
-    cfg = make_config("vit_tiny", "linear", 128, 21)
-    cfg.n_layers = 6
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return Segmenter(cfg).eval()
+    return tiny_segmenter()
 
 
 def test_clap_probe_gives_the_dynamic_models_first_counts(tiny_model):

@@ -95,13 +95,9 @@ def test_cross_attention_floor(garbage):
 
 
 def _segmenter():
-    from algm_export.models.families.segmenter import Segmenter, make_config
+    from _helpers.models import tiny_segmenter
 
-    cfg = make_config("vit_tiny", "linear", 64, 5)
-    cfg.n_layers = 2
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return Segmenter(cfg).eval()
+    return tiny_segmenter(64, 5, 2)
 
 
 def _setr():

@@ -29,20 +29,13 @@ AGREEMENT = 0.999
 
 @pytest.fixture(scope="module")
 def dyn(tmp_path_factory):
-    import torch
-
+    from _helpers.models import tiny_segmenter
     from algm_export.export.pipeline import export_folder
-    from algm_export.models.families.segmenter import Segmenter, make_config
     from algm_export.models.formats.published_segmenter import save_segmenter
     from algm_export.models.registry import resolve_model
 
     root = tmp_path_factory.mktemp("grouping")
-    cfg = make_config("vit_tiny", "linear", 128, 21)
-    cfg.n_layers = 6
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = Segmenter(cfg).eval()
-    save_segmenter(net, root / "ck")
+    save_segmenter(tiny_segmenter(), root / "ck")
     model = resolve_model(str(root / "ck"))
     export_folder(model, str(root / "ck"), root / "dyn", thresholds=[0.88], token_mode="dynamic")
     imgs = root / "imgs"

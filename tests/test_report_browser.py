@@ -18,7 +18,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from _helpers.report_browser import browser_check, chromium, screenshot
 from conftest import PHOTOS, photo
@@ -125,14 +124,10 @@ def _run(model, out: Path, images: Path, dynamic=(0.88,), batches=(1, 2)) -> Non
 
 @pytest.fixture(scope="module")
 def segmenter_folder(tmp_path_factory):
-    from algm_export.models.families.segmenter import Segmenter, make_config
+    from _helpers.models import tiny_segmenter
 
     root = tmp_path_factory.mktemp("report_seg")
-    cfg = make_config("vit_tiny", "linear", 128, 21)
-    cfg.n_layers = 6
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = Segmenter(cfg).eval()
+    model = tiny_segmenter()
     model.source = "builtin:test-tiny-segmenter"
     _run(model, root / "f", _images(root))
     return root / "f", model
