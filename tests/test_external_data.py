@@ -219,6 +219,32 @@ def test_large_models_go_external_by_themselves_and_build(tiny_export, tmp_path,
     assert recs and (out / recs[0]["file"]).stat().st_size > (out / "weights.bin").stat().st_size * 0.5
 
 
+@pytest.mark.slow
+def test_lean_validation_holds_one_pytorch_model_at_a_time(tiny_export, tmp_path, monkeypatch):
+    """Each entry's PyTorch model is gone before the next entry loads its own (one copy of the weights
+    at a time), also after a static entry, whose extra reference runner once kept it."""
+    import weakref
+
+    from algm_export.artifacts import ExportFolder
+    from algm_export.tasks.validate import validate
+
+    ck, _plain, images = tiny_export
+    out = tmp_path / "export"
+    assert main(["export", str(ck), "--out", str(out), "--thresholds", "0.9,0.95", "--calib-images", str(images),
+                 "--external-data"]) == 0
+    loaded, load = [], ExportFolder.model
+
+    def model(self, *args, **kw):
+        assert all(r() is None for r in loaded), "an earlier entry's PyTorch model is still in memory"
+        m = load(self, *args, **kw)
+        loaded.append(weakref.ref(m))
+        return m
+
+    monkeypatch.setattr(ExportFolder, "model", model)
+    report = validate(out, images=images, limit_images=1, lean=True, save_outputs=False)
+    assert len(loaded) == len(report["entries"]) == 3
+
+
 def test_lean_validation_reports_the_same(folder, ext_export):
     """Large folders are validated in phases (backend first, its outputs on disk, then PyTorch): the
     report is the one of the interleaved run."""

@@ -229,7 +229,9 @@ def validate(export_dir, images=None, backend: str = "onnxruntime", labels=None,
                     for rn in (runner, ref, dyn):
                         if rn is not None:
                             rn.close()
-                    del runner, ref, dyn
+                    # the loop variable too: it kept the last runner (and through it this entry's
+                    # PyTorch model) alive while the next entry loaded its own
+                    del runner, ref, dyn, rn
                     release_memory()
     for rel, rr in pending:
         p = folder.resolve(rel, "validation output")
