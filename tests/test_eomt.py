@@ -403,18 +403,3 @@ def test_predict_runs_the_published_windows(tiny):
         want = tiny.inference(x)
     assert pred.labels.shape == img.shape[:2]
     assert (pred.labels == want[0].argmax(0).numpy()).mean() >= 0.999
-
-
-@pytest.mark.parametrize("shape, scale", [((2, 5, 7, 9), 4), ((1, 3, 1, 4), 2), ((1, 2, 5, 3), 3), ((1, 4, 32, 32), 4)])
-def test_integer_scale_upsampling_equals_pytorchs_bilinear(shape, scale):
-    """The mask logits' resize (`layers.upsample_bilinear_by`: two neighbours per output) is PyTorch's
-    bilinear resize (align_corners=False, edges clamped) up to float rounding, in float32 and float64."""
-    from algm_export.models.layers import upsample_bilinear_by
-
-    g = torch.Generator().manual_seed(0)
-    for dtype, eps in ((torch.float32, 2 ** -23), (torch.float64, 2 ** -52)):
-        x = torch.randn(shape, generator=g, dtype=dtype) * 5
-        want = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
-        got = upsample_bilinear_by(x, scale)
-        assert got.shape == want.shape and got.dtype == dtype
-        assert (got - want).abs().max().item() <= 4 * eps * x.abs().max().item()     # a few roundings

@@ -4,8 +4,7 @@
 * `split_heads` / `attend`: the written-out self-attention every backbone shares (q/k/v split, the
   `KeyMask` channel, softmax in float32 for float16)
 * `key_bias_from_size`, `hide_rows`, `floor_scores`: the same for cross-attention (token decoders)
-* `interp_matrix` / `bilinear_upsample`: bilinear resizing (align_corners=False) as matmuls;
-  `upsample_bilinear_by`: the same for an integer scale, two neighbours per output
+* `interp_matrix` / `bilinear_upsample`: bilinear resizing (align_corners=False) as matmuls
 * `resize_pos_embed`: the grid part of a position embedding resized, prefix kept
 """
 
@@ -139,32 +138,6 @@ def bilinear_upsample(x: torch.Tensor, size) -> torch.Tensor:
     ry = interp_matrix(h, H, x.device).to(x.dtype)
     rx = interp_matrix(w, W, x.device).to(x.dtype)
     return ry @ x @ rx.transpose(0, 1)
-
-
-def upsample_bilinear_by(x: torch.Tensor, scale: int) -> torch.Tensor:
-    """`F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)` for an integer
-    `scale`, as two neighbours per output and axis: [..., h, w] -> [..., h*scale, w*scale].
-
-    Output `scale*i + k` lies at source `i + d_k`, d_k = (k + 0.5) / scale - 0.5, between `x[i]` and
-    its neighbour on the side of d_k (edges repeated, PyTorch's clamp); `bilinear_upsample`'s matmul
-    form multiplies every source row into every output (128 -> 512: 128 multiply-adds per output
-    and axis where 2 do), which for large inputs (EoMT's 128 x 128 mask logits per query) costs more
-    than the network's head. Equal to PyTorch's up to float rounding."""
-    return _upsample_axis(_upsample_axis(x, scale, -1), scale, -2)
-
-
-def _upsample_axis(x: torch.Tensor, s: int, dim: int) -> torch.Tensor:
-    n = x.shape[dim]
-    first, last = x.narrow(dim, 0, 1), x.narrow(dim, n - 1, 1)
-    prev = torch.cat([first, x.narrow(dim, 0, n - 1)], dim) if n > 1 else first
-    nxt = torch.cat([x.narrow(dim, 1, n - 1), last], dim) if n > 1 else last
-    phases = []
-    for k in range(s):
-        d = (k + 0.5) / s - 0.5
-        phases.append((1 - d) * x + d * nxt if d >= 0 else (1 + d) * x - d * prev)
-    d = dim % x.dim()
-    out = torch.stack(phases, d + 1)                      # [..., n, s, ...]
-    return out.reshape(*x.shape[:d], n * s, *x.shape[d + 1:])
 
 
 def resize_pos_embed(pos_embed: torch.Tensor, num_prefix: int, old_grid, new_grid) -> torch.Tensor:
