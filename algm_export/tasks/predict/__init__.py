@@ -657,15 +657,16 @@ def run_predict(images: Sequence[Union[str, Path]], options: Optional[PredictOpt
                 if not grouped:
                     for item in items:
                         take(process_item(item, model, runner, job))
-                for pool in pools(items, opts.batch_size) if grouped else ():
-                    plan = plan_pool(pool, model, job, size)
-                    for rec in plan.records:
-                        take(rec)
-                    for item in plan.windowed:
-                        take(process_item(item, model, runner, job))
-                    for group in plan.groups:
-                        for rec in run_group(group, model, runner, job):
+                else:
+                    for pool in pools(items, opts.batch_size):
+                        plan = plan_pool(pool, model, job, size)
+                        for rec in plan.records:
                             take(rec)
+                        for item in plan.windowed:
+                            take(process_item(item, model, runner, job))
+                        for group in plan.groups:
+                            for rec in run_group(group, model, runner, job):
+                                take(rec)
             else:
                 from algm_export.tasks.predict.cluster import run_on_ray
 
