@@ -83,6 +83,30 @@ def test_validate_ort_passes_with_merges(export_dir):
     assert "FAIL" not in txt and not any(e["summary"]["failures"] for e in rep["entries"])
 
 
+def test_validate_writes_nothing_when_a_later_entry_fails(export_dir, monkeypatch):
+    """Entries' outputs wait in the scratch folder until every entry has run: a failure in the last
+    entry leaves neither the earlier entries' outputs nor a report in the folder."""
+    import shutil
+
+    from algm_export.runtimes import registry
+    from algm_export.tasks.validate import validate
+
+    d = export_dir.parent / "validate-fails-late"
+    shutil.copytree(export_dir, d, ignore=shutil.ignore_patterns("validation", ".algm-export.lock"))
+    real = registry.make_runner
+    last = load_manifest(d)["settings"][-1]["name"]
+
+    def failing(backend, entry, *a, **kw):
+        if entry.name == last and backend != "torch":
+            raise RuntimeError("backend failed on the last entry")
+        return real(backend, entry, *a, **kw)
+
+    monkeypatch.setattr(registry, "make_runner", failing)
+    with pytest.raises(RuntimeError, match="last entry"):
+        validate(d, backend="ort", limit_images=2)
+    assert not (d / "validation").exists() or not any((d / "validation").iterdir())
+
+
 def test_tampered_file_is_refused(export_dir, tmp_path):
     import shutil
 

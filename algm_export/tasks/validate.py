@@ -20,6 +20,7 @@ per image the labels, the logits at one pixel per patch, and the merge statistic
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -154,7 +155,7 @@ def validate(export_dir, images=None, backend: str = "onnxruntime", labels=None,
               "limits": asdict(limits), "entries": []}
     if lean:
         report["lean"] = True
-    pending = []   # (relative path, RunResults) written once every entry has run
+    pending = []   # (relative path, file in the scratch folder) moved into place once every entry has run
     decisions = backend == "onnxruntime"
     steps = sum(map(len, runs)) * len(inputs) * (2 if lean else 1)   # lean: the backend's runs, then PyTorch's
     with progress_bar(total=steps, desc=f"validate ({backend})", unit="run" if lean else "img") as bar, \
@@ -194,18 +195,19 @@ def validate(export_dir, images=None, backend: str = "onnxruntime", labels=None,
                             m = {"image": name, **_image_metrics(b, r, dynamic=e.is_dynamic)}
                             if setting is not None:
                                 m.update(_merge_margins(b, r, setting, grid, model.num_prefix, e.capacities, t))
+                            conf += confusion(b["logits"].argmax(1), r["logits"].argmax(1), n_cls)
+                            if save_outputs:
+                                res_b.append(IterationResult(compact_outputs(b), runner_name=runner_name))
+                                res_t.append(IterationResult(compact_outputs(r), runner_name=ref.name))
+                            del b   # before the reference runs: at most two full-resolution logit arrays at once
                             if dyn is not None:
                                 d = dyn.infer(x)
                                 m["dynamic_vs_static_max_abs"] = abs_diff(d["logits"], r["logits"])[0]
                                 m["dynamic_vs_static_agreement"] = float(
                                     100 * (d["logits"].argmax(1) == r["logits"].argmax(1)).mean())
                                 del d
-                            conf += confusion(b["logits"].argmax(1), r["logits"].argmax(1), n_cls)
+                            del r
                             per_image.append(m)
-                            if save_outputs:
-                                res_b.append(IterationResult(compact_outputs(b), runner_name=runner_name))
-                                res_t.append(IterationResult(compact_outputs(r), runner_name=ref.name))
-                            del b
                             bar.update(1)
                         summ = summarize(per_image, miou(conf), limits)
                         if labels is not None:
@@ -222,7 +224,11 @@ def validate(export_dir, images=None, backend: str = "onnxruntime", labels=None,
                             rr.append((ref.name, res_t))
                             tag = e.name if t is None else f"{e.name}.t{t:.3f}"
                             rel = f"validation/{tag}.{backend}.{precision}.outputs.json"
-                            pending.append((rel, rr))
+                            # to the scratch folder now (its arrays leave memory), into place at the end
+                            held = Path(scratch) / f"outputs.{len(pending)}.json"
+                            rr.save(str(held))
+                            del rr, res_b, res_t
+                            pending.append((rel, held))
                             entry_report["outputs"] = rel
                         report["entries"].append(entry_report)
                 finally:
@@ -233,10 +239,10 @@ def validate(export_dir, images=None, backend: str = "onnxruntime", labels=None,
                     # PyTorch model) alive while the next entry loaded its own
                     del runner, ref, dyn, rn
                     release_memory()
-    for rel, rr in pending:
-        p = folder.resolve(rel, "validation output")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        rr.save(str(p))
+        for rel, held in pending:
+            p = folder.resolve(rel, "validation output")
+            p.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(held), str(p))
     report["pass"] = all(e["summary"]["pass"] for e in report["entries"])
     folder.write_json(f"validation/report.{backend}.{precision}.json", report, "validation report")
     return report
