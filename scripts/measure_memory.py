@@ -1,13 +1,16 @@
-"""Peak memory and time of export and validate for Segmenter checkpoints of growing size (docs/performance.md).
+"""Peak memory and time of export and validate for checkpoints of growing size (docs/performance.md).
 
     PYTHONPATH=. .venv/bin/python scripts/measure_memory.py --work /tmp/mem \\
         --model vit_small:512 --model vit_base:512 --model vit_large:640 \\
-        --model giant:640:export [--thresholds 0.95] [--images DIR] [--external-data]
+        --model giant:640:export --model eomt_g:512:export [--thresholds 0.95] [--images DIR]
 
 Each `--model BACKBONE:SIZE[:STEPS]` (STEPS: `export`, or `export+validate`, the default) gets a
-published-format checkpoint with seeded random weights in WORK (made once; `giant` is a
-DINOv2-g-sized ViT: d 1536, 40 blocks, 24 heads, MLP 6144, patch 16, linear decoder, 4.5 GB of
-float32 weights). Then every step runs as its own child process (`algm-export export CKPT
+published-format checkpoint with seeded random weights in WORK (made once). `vit_*` and `giant`
+are Segmenter checkpoints (`checkpoint.pth`, linear decoder; `giant` is a DINOv2-g-sized ViT:
+d 1536, 40 blocks, 24 heads, MLP 6144, patch 16, 4.5 GB of float32 weights); `eomt_s`, `eomt_b`,
+`eomt_l`, `eomt_g` are EoMT checkpoints as its training code saves them (`pytorch_model.bin` +
+`config.yaml`; DINOv2 with 4 registers at patch 16, 100 queries in the last 4 blocks, 150 classes,
+the weights a fresh model gets from the published code; `eomt_g`: DINOv2-g, 1.1 B parameters). Then every step runs as its own child process (`algm-export export CKPT
 --thresholds T --external-data --out WORK/<model>`, then `algm-export validate WORK/<model>
 --images DIR`), and its peak resident memory is read from the kernel's accounting of that child
 (`os.wait4`: ru_maxrss, what `/usr/bin/time -v` prints), with its wall time and CPU time. The step
@@ -31,12 +34,25 @@ from pathlib import Path
 GIANT = dict(d_model=1536, n_heads=24, n_layers=40)
 
 
+def checkpoint_file(ckpt_dir: Path) -> Path:
+    """The weights file of a made checkpoint folder (Segmenter's or EoMT's)."""
+    eomt = ckpt_dir / "pytorch_model.bin"
+    return eomt if eomt.is_file() else ckpt_dir / "checkpoint.pth"
+
+
 def weights_bytes(ckpt_dir: Path) -> int:
-    return (ckpt_dir / "checkpoint.pth").stat().st_size
+    return checkpoint_file(ckpt_dir).stat().st_size
 
 
 def make_checkpoint(backbone: str, size: int, out: Path) -> None:
     """Written by a child process (its own peak does not count against the measured steps)."""
+    if backbone.startswith("eomt_"):
+        code = f"""
+from algm_export.models.families.eomt import builtin_eomt, save_eomt
+save_eomt(builtin_eomt({backbone[5:]!r}, {size}, 16, 0, init="upstream"), {str(out)!r})
+"""
+        subprocess.run([sys.executable, "-c", code], check=True)
+        return
     code = f"""
 import torch
 from algm_export.core.setting import AlgmSetting
@@ -87,7 +103,7 @@ def main():
         steps = (parts[2] if len(parts) > 2 else "export+validate").split("+")
         name = f"{backbone}_{size}"
         ck = work / f"ckpt_{name}"
-        if not (ck / "checkpoint.pth").is_file():
+        if not checkpoint_file(ck).is_file():
             make_checkpoint(backbone, size, ck)
         wb = weights_bytes(ck)
         out = work / f"export_{name}"

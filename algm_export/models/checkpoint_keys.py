@@ -12,10 +12,11 @@ from algm_export.core.errors import CheckpointError
 
 def load_checked(model, sd: Mapping[str, torch.Tensor], strict: bool, mismatch: str,
                  listing: Callable[..., str], name: Optional[Callable[[str], str]] = None,
-                 hint: str = "") -> tuple[list, list]:
+                 hint: str = "", copy: bool = True) -> tuple[list, list]:
     """Load `sd` (keys as the model names them) into `model`, or refuse it with a `CheckpointError`
     `mismatch + problems (+ hint)`: the shape mismatches, and, when `strict`, the missing and the
-    unexpected keys; `hint` is added when no shape mismatch is among them.
+    unexpected keys; `hint` is added when no shape mismatch is among them. copy=False: the check
+    only (a network on the meta device, which takes the tensors afterwards).
 
     listing(keys) / listing(shapes, 6): a list in the message; name(key): how a key is shown (the
     checkpoint's own name of a key the family renamed; default: as it is). Returns (missing: the
@@ -35,5 +36,6 @@ def load_checked(model, sd: Mapping[str, torch.Tensor], strict: bool, mismatch: 
         problems.append(f"unexpected keys ({len(unexpected)}): {listing(unexpected)}")
     if problems:
         raise CheckpointError(mismatch + "; ".join(problems) + ("" if shapes else hint))
-    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+    if copy:     # copy=False: only the check (a network on the meta device, built with the weights later)
+        model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
     return missing, unexpected

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from algm_export.core.errors import CheckpointError, ConfigError
 from algm_export.models.backbones.dinov2 import DINOV2_MODELS, dinov2_backbone
 from algm_export.models.backbones.timm_vit import TimmViT
-from algm_export.models.base import SegModel, TokenState
+from algm_export.models.base import SegModel, TokenState, build_with_weights
 from algm_export.models.checkpoint_keys import load_checked
 from algm_export.models.decoders.eomt import EomtHead, semantic_logits
 from algm_export.models.formats import eomt as fmt
@@ -326,14 +326,24 @@ def load_files(files: dict, image_size=None, strict: bool = True, trust_checkpoi
     norm = fmt.normalization_of(sd, str(ckpt))
     probs_t = sd.get("network.attn_mask_probs")
     probs = None if probs_t is None else [float(v) for v in probs_t.flatten()]
-    model = build_eomt(spec, norm, probs)
+    # the network on the meta device first (no memory, no initial weights): the checkpoint is checked
+    # against it, and its tensors become the weights, so that loading holds one copy of them
+    # (`base.build_with_weights`), not two
+    with torch.device("meta"):
+        model = build_eomt(spec, norm, probs)
+    report = load_state_dict_mapped(model, sd, strict=strict, where=str(ckpt), copy=False)
+    mapped = report.pop("mapped")
+    del sd
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_with_weights(lambda: build_eomt(spec, norm, probs), mapped)
+    model.load_report = report
     if probs is not None and any(v > 0 for v in probs):
         msg = (f"{ckpt}: network.attn_mask_probs = {probs}: the run ended mid-annealing (masked attention still on "
                "for some queries); inference runs with masked attention off, as the published evaluation does "
                "once annealing has ended, so results differ from that run's own validation")
         model.cfg.notes.append(msg)
         warnings.warn(msg, AttnMaskAnnealingWarning, stacklevel=2)
-    model.load_report = load_state_dict_mapped(model, sd, strict=strict, where=str(ckpt))
     if image_size is not None:
         model.set_image_size(image_size)
     model.source = str(ckpt)
@@ -347,12 +357,20 @@ def _listing(keys, n=None) -> str:
     return ", ".join(keys[:n]) if n else ", ".join(keys)[:600]
 
 
-def load_state_dict_mapped(model: Eomt, sd, strict: bool = True, where: str = "checkpoint") -> dict:
+def load_state_dict_mapped(model: Eomt, sd, strict: bool = True, where: str = "checkpoint",
+                           copy: bool = True) -> dict:
+    """Check `sd` (published names) against `model` and load it (`copy=False`: check only; the
+    report's `mapped` holds the tensors under our names, the model's keys only)."""
     mapped, origin, ignored = fmt.to_ours(sd)
     missing, unexpected = load_checked(model, mapped, strict, f"{where} does not match the EoMT it describes: ",
-                                       _listing, name=lambda k: origin[k] if k in origin else fmt.published_name(k))
-    return {"ignored": ignored, "missing": missing, "unexpected": unexpected,
-            "derived": [k for k in fmt.DERIVED if k in sd], "config_source": model.cfg.config_source}
+                                       _listing, name=lambda k: origin[k] if k in origin else fmt.published_name(k),
+                                       copy=copy)
+    report = {"ignored": ignored, "missing": missing, "unexpected": unexpected,
+              "derived": [k for k in fmt.DERIVED if k in sd], "config_source": model.cfg.config_source}
+    if not copy:
+        own = model.state_dict()
+        report["mapped"] = {k: v for k, v in mapped.items() if k in own}
+    return report
 
 
 def save_eomt(model: Eomt, folder, form: str = "bin", config: Optional[dict] = None) -> Path:
@@ -391,7 +409,7 @@ def save_eomt(model: Eomt, folder, form: str = "bin", config: Optional[dict] = N
 # ----------------------------------------------------------------------------- built-ins
 
 SIZES = {"s": "vit_small_patch14_reg4_dinov2", "b": "vit_base_patch14_reg4_dinov2",
-         "l": "vit_large_patch14_reg4_dinov2"}
+         "l": "vit_large_patch14_reg4_dinov2", "g": "vit_giant_patch14_reg4_dinov2"}
 
 
 @torch.no_grad()
