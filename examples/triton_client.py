@@ -108,20 +108,26 @@ def main(argv=None) -> int:
     if "threshold" in inputs and a.threshold is not None:
         req.append(th.InferInput("threshold", [1, 1], "FP32"))
         req[1].set_data_from_numpy(np.array([[a.threshold]], np.float32))
-    outputs = [t["name"] for t in meta["outputs"]]
+    served = {t["name"]: t for t in meta["outputs"]}
+    n_cls = int(served["logits"]["shape"][-3])
+    # `algm-export serve` answers each pixel's class (`labels`): no logits need to travel; a model
+    # of a `triton-repo` repository answers the logits, whose argmax is the same classes
+    outputs = ["labels" if "labels" in served else "logits"] + [n for n in ("merge_stats",) if n in served]
     try:
         res = client.infer(a.model, req, outputs=[th.InferRequestedOutput(n) for n in outputs])
     except InferenceServerException as e:
         print(f"error: the server refused the request: {e.message()}", file=sys.stderr)
         return 2
-    logits = res.as_numpy("logits")[0]                       # [n_cls, h, w]
-    labels = logits.argmax(0).astype(np.int32)
+    if "labels" in outputs:
+        labels = res.as_numpy("labels")[0].astype(np.int32)  # [h, w]
+    else:
+        labels = res.as_numpy("logits")[0].argmax(0).astype(np.int32)
     photo = Image.open(a.image)
-    seg = Image.fromarray(palette(logits.shape[0])[labels]).resize(photo.size, Image.NEAREST)
+    seg = Image.fromarray(palette(n_cls)[labels]).resize(photo.size, Image.NEAREST)
     seg.save(a.out)
-    share = np.bincount(labels.ravel(), minlength=logits.shape[0]) / labels.size
+    share = np.bincount(labels.ravel(), minlength=n_cls) / labels.size
     top = ", ".join(f"class {c}: {100 * share[c]:.1f}%" for c in np.argsort(-share)[:5] if share[c] > 0)
-    print(f"{a.model}: {logits.shape[0]} classes at {h}x{w}; {top}")
+    print(f"{a.model}: {n_cls} classes at {h}x{w}; {top}")
     if "merge_stats" in outputs:
         ms = res.as_numpy("merge_stats")[0]
         print("merges per ALGM step (merges, forced): " + ", ".join(f"({m}, {f})" for m, f in ms.tolist()))

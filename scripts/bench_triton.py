@@ -3,7 +3,7 @@
 
     PYTHONPATH=. .venv/bin/python scripts/bench_triton.py [--out runs/bench-triton] [--reuse]
         [--model builtin:vit_s16_512] [--threshold 0.88] [--concurrency 1,8] [--repeats 5]
-        [--requests 4] [--threads N] [--triton-backend onnxruntime]
+        [--requests 4] [--threads N] [--triton-backend onnxruntime] [--answer logits|labels]
 
 Exports the model (default: Segmenter ViT-S/16 512, seeded weights) with the baseline, the static
 ALGM setting at --threshold (capacities calibrated on the bundled photos) and the same threshold in
@@ -14,7 +14,8 @@ up to the largest concurrency), and for each concurrency c, c gRPC clients send 
 request (the bundled photos in turn), --requests each per timed block, the entries interleaved
 block by block for --repeats rounds. Prints served images/s per entry and concurrency, the ratio
 ALGM / baseline (the speed-up) next to the FLOP ratio, and writes DIR/bench/bench.json and
-DIR/bench/triton.md (the table for docs/performance.md).
+DIR/bench/triton.md (the table for docs/performance.md). `--answer labels`: each request asks for
+the classes (`labels`, [H, W]) instead of the logits (157 MB per 512 x 512 image at 150 classes).
 
 Run it on a quiet machine: every other process takes cores from the server and the clients alike,
 but not evenly from one block to the next.
@@ -75,6 +76,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="ONNX Runtime threads of each model")
     ap.add_argument("--triton-backend", default="onnxruntime")
     ap.add_argument("--images", default=None, help="image folder (default: the bundled sample photos)")
+    ap.add_argument("--answer", choices=("logits", "labels"), default="logits",
+                    help="what each request asks for besides merge_stats (default: logits)")
     a = ap.parse_args()
 
     from algm_export.tasks.bench import bench, format_bench
@@ -83,16 +86,17 @@ def main():
     t0 = time.perf_counter()
     rep = bench(out, backends=["triton"], images=a.images, repeats=a.repeats, warmup=a.warmup, threads=a.threads,
                 concurrency=[int(c) for c in a.concurrency.split(",")], requests=a.requests,
-                triton_backend=a.triton_backend)
+                triton_backend=a.triton_backend, answer=a.answer)
     wall = time.perf_counter() - t0
     print(format_bench(rep))
     md = table(rep)
     m = rep["machine"]
     note = (f"\n\n{a.model} {rep['image_size'][0]}x{rep['image_size'][1]}, threshold {a.threshold}; served on "
             f"{a.triton_backend} ({m['threads']} threads per model), {m['cpus']} CPUs ({m['processor']}, "
-            f"{platform.platform()}); {a.repeats} rounds x {a.requests} requests per client; {wall:.0f} s.\n"
+            f"{platform.platform()}); {a.repeats} rounds x {a.requests} requests per client; answers: "
+            f"{a.answer}; {wall:.0f} s.\n"
             f"`scripts/bench_triton.py --out {a.out} --repeats {a.repeats} --requests {a.requests} "
-            f"--concurrency {a.concurrency} --threads {a.threads}`\n")
+            f"--concurrency {a.concurrency} --threads {a.threads} --answer {a.answer}`\n")
     (out / "bench" / "triton.md").write_text(md + note)
     print("\n" + md + note)
     print(json.dumps({r["setting"] + f"@c{r['concurrency']}": round(r["speedup"], 3)

@@ -98,6 +98,45 @@ def test_a_dynamic_entry_on_a_cpu_answers_a_triton_batch_one_image_per_forward()
         assert (ans[0]["merge_stats"] == stats).all() and (ans[1]["merge_stats"] == stats).all()
 
 
+def test_a_request_gets_the_outputs_it_asks_for_and_labels_without_logits():
+    """Requests that name their outputs get those only; `labels` is each pixel's class (the first of
+    equal maxima) in the declared dtype; logits asked by nobody in a batch are not kept."""
+    from algm_export.runtimes.base import RunOutput
+    from algm_export.runtimes.triton.server import ServedModel, TensorSpec, labels_of, make_infer_fn
+
+    logits = np.random.default_rng(0).normal(size=(3, 4, 2, 2)).astype(np.float32)
+    logits[0, :, 0, 0] = 1.0                          # a tie: the first class wins
+
+    class Runner:
+        def infer(self, x, threshold=None):
+            n = x.shape[0]
+            return RunOutput(logits=logits[:n] if n == 3 else logits[int(x[0, 0, 0, 0]):][:1],
+                             merge_stats=np.ones((n, 2, 2), np.int32))
+
+    class Req(dict):
+        def __init__(self, data, names):
+            super().__init__(data)
+            self.requested_output_names = names
+
+    spec = [TensorSpec("image", np.float32, (3, 2, 2))]
+    outs = [TensorSpec("logits", np.float32, (4, 2, 2)), TensorSpec("labels", np.uint8, (2, 2)),
+            TensorSpec("merge_stats", np.int32, (2, 2))]
+    xs = np.zeros((3, 3, 2, 2), np.float32)
+    xs[:, 0, 0, 0] = np.arange(3)                     # which row of `logits` the per-image runner answers
+    want = logits.argmax(1)
+    assert want[0, 0, 0] == 0 and (labels_of(logits) == want).all() and labels_of(logits).dtype == np.uint8
+    for per_image in (False, True):
+        m = ServedModel("t", "t", "onnxruntime", spec, outs, 1, per_image=per_image)
+        infer = make_infer_fn(Runner(), m)
+        ans = infer([Req({"image": xs[:2]}, ["labels"]), Req({"image": xs[2:]}, ["labels", "merge_stats"])])
+        assert [set(a) for a in ans] == [{"labels"}, {"labels", "merge_stats"}]
+        np.testing.assert_array_equal(np.concatenate([a["labels"] for a in ans]), want)
+        assert ans[0]["labels"].dtype == np.uint8
+        ans = infer([Req({"image": xs[:1]}, None), Req({"image": xs[1:]}, ["logits"])])
+        assert [set(a) for a in ans] == [{"logits", "labels", "merge_stats"}, {"logits"}]
+        np.testing.assert_array_equal(np.concatenate([a["logits"] for a in ans]), logits)
+
+
 # --------------------------------------------------------------------------- names
 
 def test_triton_names_keep_what_triton_accepts_and_replace_the_rest():
@@ -306,6 +345,10 @@ def test_served_answers_equal_onnxruntime(server, folders):
         if m.entry != "baseline":
             np.testing.assert_array_equal(got["merge_stats"], ref.merge_stats, err_msg=m.name)
             assert got["merge_stats"].dtype == np.int32
+        # a client that wants the segmentation only: the classes, no logits sent
+        cls = _http_infer(server, m.name, x, outputs=("labels",))
+        assert set(cls) == {"labels"} and cls["labels"].dtype == np.uint8
+        np.testing.assert_array_equal(cls["labels"], ref.logits.argmax(1), err_msg=m.name)
 
 
 @pytest.mark.slow
@@ -525,5 +568,6 @@ def test_bench_backend_triton_measures_served_throughput(folders, tmp_path):
             assert r["speedup"] == 1.0
         else:
             assert r["token_mode"] == "dynamic" and r["tokens"]["images"] == r["concurrency"]
-    assert rep["served"] == {"concurrency": [1, 2], "requests_per_client": 1, "runs_on": "onnxruntime"}
+    assert rep["served"] == {"concurrency": [1, 2], "requests_per_client": 1, "runs_on": "onnxruntime",
+                             "answer": "logits"}
     assert "c2" in format_bench(rep) and (d / "bench" / "bench.json").is_file()

@@ -29,6 +29,10 @@ def add_parser(sub):
     p.add_argument("--triton-backend", type=a.backend_type, default="onnxruntime",
                    help="triton: what the served models run on (onnxruntime, tensorrt, tensorrt-rtx; "
                         "default: %(default)s)")
+    p.add_argument("--answer", choices=("logits", "labels"), default="logits",
+                   help="triton: what each request asks the served models for, besides merge_stats: logits "
+                        "(FP32 [n_cls, H, W], default) or labels (each pixel's class, [H, W]: what a client that "
+                        "wants the segmentation asks for; the server then neither computes nor sends the logits)")
     a.precision_arg(p, help="fp32 or fp16 (fp16 runs the float16 ONNX / engines; torch runs fp32 only); "
                             "default: %(default)s")
     p.add_argument("--batch", default="1", help="comma-separated batch sizes (default: 1)")
@@ -55,7 +59,8 @@ def run(args) -> int:
                 images=args.images, precision=args.precision, repeats=args.repeats, warmup=args.warmup, threads=args.threads,
                 settle_s=args.settle_ms / 1e3, trust_checkpoint=args.trust_checkpoint, wait=args.wait,
                 thresholds=args.threshold, concurrency=_ints(args.concurrency, "--concurrency"),
-                requests=args.requests, triton_backend=args.triton_backend, group=args.group)
+                requests=args.requests, triton_backend=args.triton_backend, group=args.group,
+                answer=args.answer)
     print(format_bench(rep))
     print(f"\nwritten: {args.dir}/bench/bench.json, {args.dir}/bench/bench.png")
     return 0

@@ -53,11 +53,14 @@ def normalize_backend(name: str, served: bool = False) -> str:
 
 @dataclass
 class RunOutput:
-    logits: np.ndarray
+    logits: Optional[np.ndarray]
     merge_stats: Optional[np.ndarray] = None
     tokens: Optional[np.ndarray] = None
     assignments: Optional[list] = None
     merge_inputs: Optional[list] = None
+    #: per-pixel classes [B, H, W] where the backend answers them instead of the logits (a Triton
+    #: client that asked the served model for `labels` only); logits is None then
+    labels: Optional[np.ndarray] = None
 
     # read-only mapping access (`out["logits"]`, `"merge_stats" in out`) over the fields that are set
     def keys(self):

@@ -59,11 +59,13 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
           repeats: int = 10, warmup: int = 2, threads: Optional[int] = None, model=None,
           settle_s: float = 0.05, trust_checkpoint: bool = False, thresholds=None,
           concurrency: Sequence[int] = (1, 8), requests: int = 4, triton_backend: str = "onnxruntime",
-          group: bool = True) -> dict:
+          group: bool = True, answer: str = "logits") -> dict:
     """Benchmark an export folder (see the module doc); writes DIR/bench/bench.json and bench.png.
 
     thresholds: the thresholds to bench threshold-input entries at (default: their manifest's);
     concurrency, requests, triton_backend: the served measurement (`backends` holding "triton");
+    answer: what each served request asks for: "logits" (with merge_stats) or "labels" (the classes,
+    with merge_stats: what a client that wants the segmentation asks for);
     group: at batch > 1, batch a dynamic entry's images by similar token counts (else in bench order);
     trust_checkpoint: unpickle the manifest's checkpoint completely (see `load_segmenter`);
     wait: wait for another run that holds the folder instead of stopping (`algm_export.core.lock`)."""
@@ -99,7 +101,7 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
     for backend in backends:
         if backend == "triton":
             results += bench_served(folder, model, xs, slots, concurrency, requests, repeats, warmup, threads,
-                                    precision, triton_backend, base_macs, n_patches)
+                                    precision, triton_backend, base_macs, n_patches, answer)
             continue
         for bs in batches:
             def batch_of(r: int):
@@ -156,7 +158,7 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
         "model": man["model"]["source"], "backbone": cfg.backbone, "image_size": list(cfg.image_size),
         "precision": precision, "repeats": repeats, "warmup": warmup, "settle_s": settle_s, "results": results,
         **({"served": {"concurrency": list(concurrency), "requests_per_client": requests,
-                       "runs_on": triton_backend}} if "triton" in backends else {}),
+                       "runs_on": triton_backend, "answer": answer}} if "triton" in backends else {}),
         "published": PUBLISHED.get(cfg.backbone),
     }
     out = folder.resolve("bench", "bench folder")
@@ -187,8 +189,12 @@ def _dynamic_batches(model, entry, threshold, xs, bs: int, group: bool) -> list[
     return group_by_tokens([clap_counts(model, setting, x)[0] for x in xs], bs)
 
 
+#: what a served request may ask for (`--answer`)
+ANSWERS = ("logits", "labels")
+
+
 def bench_served(folder, model, xs, slots, concurrency, requests, repeats, warmup, threads, precision,
-                 triton_backend, base_macs, n_patches) -> list[dict]:
+                 triton_backend, base_macs, n_patches, answer: str = "logits") -> list[dict]:
     """The served measurement (see the module doc): rows with backend "triton" and `concurrency`."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -197,6 +203,10 @@ def bench_served(folder, model, xs, slots, concurrency, requests, repeats, warmu
     from algm_export.runtimes.triton.server import FolderServer
 
     concurrency = sorted({int(c) for c in concurrency})
+    if answer not in ANSWERS:
+        from algm_export.core.errors import ConfigError
+
+        raise ConfigError(f"--answer {answer!r}: use one of {', '.join(ANSWERS)}")
     if not concurrency or concurrency[0] < 1 or requests < 1:
         from algm_export.core.errors import ConfigError
 
@@ -218,7 +228,8 @@ def bench_served(folder, model, xs, slots, concurrency, requests, repeats, warmu
                 for i, _ in slots:
                     served = names[entries[i].name]
                     r = TritonRunner(server.urls["grpc"], served.name, takes_threshold=entries[i].takes_threshold,
-                                     outputs=[t.name for t in served.outputs])
+                                     outputs=[t.name for t in served.outputs
+                                              if t.name in (answer, "merge_stats")])
                     r.token_geometry = token_geometry(entries[i])
                     pool.append(r)
                 pools.append(pool)
@@ -267,6 +278,7 @@ def bench_served(folder, model, xs, slots, concurrency, requests, repeats, warmu
                               float(np.median(lat[0])), base_macs, n_patches, groups[k])
                 tput = c * requests * len(walls[k]) / sum(walls[k])
                 row.update({"batch": 1, "concurrency": c, "requests": len(lat[k]), "runs_on": triton_backend,
+                            "answer": answer,
                             "images_per_s": tput, "speedup": tput / base_tput,
                             "speedup_vs_flop_ratio": (tput / base_tput) / row["flop_ratio"],
                             "wall_s": float(sum(walls[k]))})
@@ -368,5 +380,6 @@ def format_bench(report: dict) -> str:
                                                                   else "in image order")
                if batched else "")
             + ("\n  triton rows: served by Triton, cN = N concurrent clients of one image per request; img/s = served "
-               "throughput, speed-up = its ratio to the baseline's at the same concurrency, ms = request latency"
+               "throughput, speed-up = its ratio to the baseline's at the same concurrency, ms = request latency; "
+               f"answers: {(report.get('served') or {}).get('answer', 'logits')} (and merge_stats)"
                if any(r.get("concurrency") for r in report["results"]) else ""))

@@ -2,6 +2,7 @@
 
     with TritonRunner("127.0.0.1:8001", "t0.880_l1-5", protocol="grpc") as r:
         out = r.infer(images)          # RunOutput: logits, merge_stats (tokens from them, see base)
+    TritonRunner(url, model, outputs=["labels", "merge_stats"])   # the classes only: no logits sent
 
 One client per runner; tritonclient's clients are not shared between threads, so a caller with
 several threads makes one runner per thread (`bench --backend triton` does).
@@ -76,8 +77,10 @@ class TritonRunner(Runner):
         outs = [self.mod.InferRequestedOutput(n) for n in self.outputs]
         kw = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         res = self.client.infer(self.model, inputs, outputs=outs, **kw)
-        ms = res.as_numpy("merge_stats") if "merge_stats" in self.outputs else None
-        return RunOutput(np.asarray(res.as_numpy("logits"), np.float32), None if ms is None else np.asarray(ms))
+        got = {n: res.as_numpy(n) for n in self.outputs}
+        return RunOutput(None if got.get("logits") is None else np.asarray(got["logits"], np.float32),
+                         None if got.get("merge_stats") is None else np.asarray(got["merge_stats"]),
+                         labels=got.get("labels"))
 
     def close(self) -> None:
         c, self.client = getattr(self, "client", None), None

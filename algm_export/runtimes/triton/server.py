@@ -8,9 +8,12 @@
 One Triton model per entry (`baseline`, then each setting), named by `names.triton_name`. Every
 model takes `image` FP32 [3, H, W] with a batch dimension (dynamic batching up to `max_batch`,
 waiting at most `max_queue_delay_us` for a batch to fill; `instances` model instances, each with
-its own runner) and answers `logits` FP32 [n_cls, H, W] and, for ALGM entries, `merge_stats`
-INT32 [steps, 2] (merges and forced merges per ALGM step; the baseline merges nothing and has no
-`merge_stats`, like its file). A threshold-input entry also takes `threshold` FP32 [1] (optional:
+its own runner) and answers `logits` FP32 [n_cls, H, W], `labels` [H, W] (each pixel's class,
+the first of equal maxima: UINT8 up to 256 classes, INT32 above) and, for ALGM entries,
+`merge_stats` INT32 [steps, 2] (merges and forced merges per ALGM step; the baseline merges nothing
+and has no `merge_stats`, like its file). A request gets the outputs it asks for (all when it names
+none): a client that needs only the segmentation asks for `labels` and the server neither computes
+nor sends the logits (157 MB per 512 x 512 image at 150 classes, against 0.26 MB). A threshold-input entry also takes `threshold` FP32 [1] (optional:
 default its first exported threshold). A dynamic-token entry on a CPU runner answers a Triton
 batch one image per forward (`ServedModel.per_image`: a batch would compute every image at its
 largest image's token count, and a CPU gains nothing from batching; docs/decisions.md item 57);
@@ -145,7 +148,8 @@ class TensorSpec:
 
     @property
     def triton_type(self) -> str:
-        return {np.float32: "FP32", np.int32: "INT32", np.int64: "INT64", np.float16: "FP16"}[self.dtype]
+        return {np.float32: "FP32", np.int32: "INT32", np.int64: "INT64", np.float16: "FP16",
+                np.uint8: "UINT8"}[self.dtype]
 
 
 @dataclass
@@ -176,7 +180,9 @@ def model_io(folder, entry) -> tuple[list, list]:
     inputs = [TensorSpec("image", np.float32, (3, h, w))]
     if entry.takes_threshold:
         inputs.append(TensorSpec("threshold", np.float32, (1,), optional=True))
-    outputs = [TensorSpec("logits", np.float32, (int(info["n_cls"]), h, w))]
+    n_cls = int(info["n_cls"])
+    outputs = [TensorSpec("logits", np.float32, (n_cls, h, w)),
+               TensorSpec("labels", np.uint8 if n_cls <= 256 else np.int32, (h, w))]
     if not entry.is_baseline:
         outputs.append(TensorSpec("merge_stats", np.int32, (len(entry.layers or ()), 2)))
     return inputs, outputs
@@ -217,6 +223,22 @@ def make_infer_fn(runner, model: ServedModel) -> Callable:
     AlgmError (NaN/Inf in an image, a threshold out of range) answers the batch with its message."""
     lock = threading.Lock()
     out_names = [t.name for t in model.outputs]
+    dtypes = {t.name: t.dtype for t in model.outputs}
+
+    def asked(req) -> list:
+        names = getattr(req, "requested_output_names", None)
+        return [n for n in out_names if not names or n in names]
+
+    def answer_of(o, need) -> dict:
+        """The outputs in `need` of one runner answer (labels from the logits: the first of equal maxima)."""
+        got = {}
+        if "logits" in need:
+            got["logits"] = np.asarray(o.logits, np.float32)
+        if "labels" in need:
+            got["labels"] = labels_of(o.logits, dtypes["labels"])
+        if "merge_stats" in need and o.merge_stats is not None:
+            got["merge_stats"] = np.asarray(o.merge_stats, np.int32)
+        return got
 
     def infer(requests):
         images = [np.asarray(req["image"], dtype=np.float32) for req in requests]
@@ -227,31 +249,37 @@ def make_infer_fn(runner, model: ServedModel) -> Callable:
             if model.takes_threshold:
                 kw = {"threshold": np.concatenate([request_threshold(r, n, model.default_threshold, k)
                                                    for k, (r, n) in enumerate(zip(requests, sizes))])}
+            need = set().union(*(asked(r) for r in requests))
             with lock:
                 if model.per_image and batch.shape[0] > 1:
                     answer = {}
                     for i in range(batch.shape[0]):       # each image's rows written into one answer array
                         o = runner.infer(batch[i:i + 1], **{k: v[i:i + 1] for k, v in kw.items()})
-                        for name, v, dtype in (("logits", o.logits, np.float32), ("merge_stats", o.merge_stats, np.int32)):
-                            if name in out_names:
-                                if name not in answer:
-                                    answer[name] = np.empty((batch.shape[0],) + np.shape(v)[1:], dtype)
-                                answer[name][i] = v[0]
+                        for name, v in answer_of(o, need).items():
+                            if name not in answer:
+                                answer[name] = np.empty((batch.shape[0],) + v.shape[1:], v.dtype)
+                            answer[name][i] = v[0]
                 else:
-                    out = runner.infer(batch, **kw)
-                    answer = {"logits": np.asarray(out.logits, np.float32)}
-                    if "merge_stats" in out_names:
-                        answer["merge_stats"] = np.asarray(out.merge_stats, np.int32)
+                    answer = answer_of(runner.infer(batch, **kw), need)
         except AlgmError as e:
             log.warning("%s: refused a batch of %d request(s): %s", model.name, len(requests), e)
             raise _Refused(f"{model.name}: {e}") from None
         res, start = [], 0
-        for n in sizes:
-            res.append({k: v[start:start + n] for k, v in answer.items()})
+        for req, n in zip(requests, sizes):
+            res.append({k: answer[k][start:start + n] for k in asked(req) if k in answer})
             start += n
         return res
 
     return infer
+
+
+def labels_of(logits, dtype=np.uint8) -> np.ndarray:
+    """Logits [B, C, H, W] -> each pixel's class [B, H, W] in `dtype` (the first of equal maxima, as
+    numpy's argmax; torch's argmax is the same rule and uses every core)."""
+    import torch
+
+    t = logits if isinstance(logits, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(logits))
+    return t.argmax(dim=1).numpy().astype(dtype)
 
 
 def _warm_up(runner, model: ServedModel) -> None:
@@ -259,7 +287,7 @@ def _warm_up(runner, model: ServedModel) -> None:
     shape = (1,) + model.inputs[0].shape
     kw = {"threshold": model.default_threshold} if model.takes_threshold else {}
     out = runner.infer(np.zeros(shape, np.float32), **kw)
-    got = {"logits": np.asarray(out.logits).shape[1:]}
+    got = {"logits": np.asarray(out.logits).shape[1:], "labels": np.asarray(out.logits).shape[2:]}
     if out.merge_stats is not None:
         got["merge_stats"] = np.asarray(out.merge_stats).shape[1:]
     want = {t.name: tuple(t.shape) for t in model.outputs}
