@@ -228,6 +228,22 @@ def test_checkpoint_forms_round_trip(tiny, tmp_path):
     assert m.load_report["ignored"] == ["criterion.empty_weight"]
 
 
+def test_loaded_models_own_their_weights(tiny, tmp_path):
+    """A checkpoint's tensors become the model's weights without a copy (the network is built on the
+    meta device): two loads of one file share no storage, and changing one model changes neither
+    the other nor a later load."""
+    path = _save(tiny, tmp_path / "run")
+    a, b = resolve_model(str(path)), resolve_model(str(path))
+    pa = {p.data_ptr() for p in a.parameters()}
+    assert not pa & {p.data_ptr() for p in b.parameters()}
+    assert not any(p.is_meta for p in a.parameters()) and not any(t.is_meta for t in a.buffers())
+    with torch.no_grad():
+        a.decoder.class_head.bias.add_(1.0)
+    c = resolve_model(str(path))
+    assert torch.equal(b.decoder.class_head.bias, c.decoder.class_head.bias)
+    assert torch.equal(c.decoder.class_head.bias, tiny.decoder.class_head.bias)
+
+
 def test_config_defaults_of_the_dataset_classes(tiny, tmp_path):
     path = _save(tiny, tmp_path)
     cfg = yaml.safe_load((tmp_path / "config.yaml").read_text())

@@ -83,16 +83,21 @@ def test_validate_ort_passes_with_merges(export_dir):
     assert "FAIL" not in txt and not any(e["summary"]["failures"] for e in rep["entries"])
 
 
-def test_validate_writes_nothing_when_a_later_entry_fails(export_dir, monkeypatch):
-    """Entries' outputs wait in the scratch folder until every entry has run: a failure in the last
-    entry leaves neither the earlier entries' outputs nor a report in the folder."""
+def test_validate_writes_nothing_when_a_later_entry_fails(export_dir, monkeypatch, tmp_path):
+    """Entries' outputs leave memory as each entry ends (saved in the run's scratch folder) and wait
+    there until every entry has run: a failure in the last entry leaves neither the earlier entries'
+    outputs nor a report in the folder."""
     import shutil
+
+    from polygraphy.comparator import RunResults
 
     from algm_export.runtimes import registry
     from algm_export.tasks.validate import validate
 
-    d = export_dir.parent / "validate-fails-late"
+    d = tmp_path / "validate-fails-late"
     shutil.copytree(export_dir, d, ignore=shutil.ignore_patterns("validation", ".algm-export.lock"))
+    saved, save = [], RunResults.save
+    monkeypatch.setattr(RunResults, "save", lambda self, path: (saved.append(path), save(self, path))[1])
     real = registry.make_runner
     last = load_manifest(d)["settings"][-1]["name"]
 
@@ -105,6 +110,8 @@ def test_validate_writes_nothing_when_a_later_entry_fails(export_dir, monkeypatc
     with pytest.raises(RuntimeError, match="last entry"):
         validate(d, backend="ort", limit_images=2)
     assert not (d / "validation").exists() or not any((d / "validation").iterdir())
+    # the entries before the failing one were saved, outside the folder, before it ran
+    assert len(saved) == len(load_manifest(d)["settings"]) and not any(str(d) in str(p) for p in saved)
 
 
 def test_tampered_file_is_refused(export_dir, tmp_path):

@@ -349,6 +349,15 @@ def test_served_answers_equal_onnxruntime(server, folders):
         cls = _http_infer(server, m.name, x, outputs=("labels",))
         assert set(cls) == {"labels"} and cls["labels"].dtype == np.uint8
         np.testing.assert_array_equal(cls["labels"], ref.logits.argmax(1), err_msg=m.name)
+        from algm_export.runtimes.triton.client import TritonRunner
+
+        asked = ["labels"] + ([] if m.entry == "baseline" else ["merge_stats"])
+        with TritonRunner(server.urls["grpc"], m.name, outputs=asked) as r:
+            o = r.infer(x)
+        assert o.logits is None and "logits" not in o
+        np.testing.assert_array_equal(o.labels, ref.logits.argmax(1), err_msg=m.name)
+        if m.entry != "baseline":
+            np.testing.assert_array_equal(o.merge_stats, ref.merge_stats, err_msg=m.name)
 
 
 @pytest.mark.slow

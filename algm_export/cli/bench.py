@@ -32,7 +32,7 @@ def add_parser(sub):
     p.add_argument("--answer", choices=("logits", "labels"), default="logits",
                    help="triton: what each request asks the served models for, besides merge_stats: logits "
                         "(FP32 [n_cls, H, W], default) or labels (each pixel's class, [H, W]: what a client that "
-                        "wants the segmentation asks for; the server then neither computes nor sends the logits)")
+                        "wants the segmentation asks for; the server then does not send the logits)")
     a.precision_arg(p, help="fp32 or fp16 (fp16 runs the float16 ONNX / engines; torch runs fp32 only); "
                             "default: %(default)s")
     p.add_argument("--batch", default="1", help="comma-separated batch sizes (default: 1)")

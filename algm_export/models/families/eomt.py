@@ -334,6 +334,7 @@ def load_files(files: dict, image_size=None, strict: bool = True, trust_checkpoi
     report = load_state_dict_mapped(model, sd, strict=strict, where=str(ckpt), copy=False)
     mapped = report.pop("mapped")
     del sd
+    fmt.forget_read()          # the tensors become this model's weights: nothing else may hold them
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = build_with_weights(lambda: build_eomt(spec, norm, probs), mapped)

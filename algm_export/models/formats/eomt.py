@@ -142,6 +142,13 @@ def _read(path: Path, trust: bool = False) -> tuple[Optional[dict], dict]:
     return out, hparams
 
 
+def forget_read() -> None:
+    """Drop the cached checkpoint: a model about to take its tensors as its own weights (no copy)
+    must be the only holder, or a later load would get tensors that model has changed, and the
+    weights would outlive the model."""
+    _CACHE.clear()
+
+
 def read_checkpoint(path: Path, trust: bool = False) -> tuple[dict, dict]:
     """(state dict, Lightning hyper-parameters as config-shaped data or {}); CheckpointError when
     the file is not an EoMT checkpoint."""

@@ -12,8 +12,8 @@ its own runner) and answers `logits` FP32 [n_cls, H, W], `labels` [H, W] (each p
 the first of equal maxima: UINT8 up to 256 classes, INT32 above) and, for ALGM entries,
 `merge_stats` INT32 [steps, 2] (merges and forced merges per ALGM step; the baseline merges nothing
 and has no `merge_stats`, like its file). A request gets the outputs it asks for (all when it names
-none): a client that needs only the segmentation asks for `labels` and the server neither computes
-nor sends the logits (157 MB per 512 x 512 image at 150 classes, against 0.26 MB). A threshold-input entry also takes `threshold` FP32 [1] (optional:
+none): a client that needs only the segmentation asks for `labels`, and the logits the runner
+computes are then neither kept nor sent (157 MB per 512 x 512 image at 150 classes, against 0.26 MB). A threshold-input entry also takes `threshold` FP32 [1] (optional:
 default its first exported threshold). A dynamic-token entry on a CPU runner answers a Triton
 batch one image per forward (`ServedModel.per_image`: a batch would compute every image at its
 largest image's token count, and a CPU gains nothing from batching; docs/decisions.md item 57);
