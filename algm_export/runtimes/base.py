@@ -84,6 +84,12 @@ class RunOutput:
         return [(k, getattr(self, k)) for k in self.keys()]
 
 
+def label_dtype(n_cls: int) -> type:
+    """The integer type of per-pixel classes: uint8 up to 256 classes, int32 above (what `validate`
+    saves and `serve` answers)."""
+    return np.uint8 if int(n_cls) <= 256 else np.int32
+
+
 def tokens_from_merge_stats(merge_stats: np.ndarray, n_patches: int, window: int) -> np.ndarray:
     """Patch tokens after each step [B, steps] from merge_stats [B, steps, 2]: step 0 is CLAP
     (each merge folds a window of `window` patches into one), later steps are GBM (one per merge)."""

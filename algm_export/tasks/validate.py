@@ -340,8 +340,10 @@ def compact_outputs(out: dict, stride: int = 16) -> dict:
     ViT 512 image (150 classes), so keep the per-pixel labels (argmax), the logits at one pixel per
     patch (`logits[..., ::16, ::16]`, the grid the model predicts on) and the merge statistics.
     Plain arrays: a lean run's logits come back memory-mapped, which polygraphy cannot write."""
+    from algm_export.runtimes.base import label_dtype
+
     lo = np.asarray(out["logits"])
-    keep = {"labels": lo.argmax(1).astype(np.uint8 if lo.shape[1] <= 256 else np.int32),
+    keep = {"labels": lo.argmax(1).astype(label_dtype(lo.shape[1])),
             f"logits_stride{stride}": np.ascontiguousarray(lo[..., ::stride, ::stride])}
     if "merge_stats" in out:
         keep["merge_stats"] = np.asarray(out["merge_stats"])

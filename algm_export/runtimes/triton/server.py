@@ -13,8 +13,9 @@ the first of equal maxima: UINT8 up to 256 classes, INT32 above) and, for ALGM e
 `merge_stats` INT32 [steps, 2] (merges and forced merges per ALGM step; the baseline merges nothing
 and has no `merge_stats`, like its file). A request gets the outputs it asks for (all when it names
 none): a client that needs only the segmentation asks for `labels`, and the logits the runner
-computes are then neither kept nor sent (157 MB per 512 x 512 image at 150 classes, against 0.26 MB). A threshold-input entry also takes `threshold` FP32 [1] (optional:
-default its first exported threshold). A dynamic-token entry on a CPU runner answers a Triton
+computes are then neither kept nor sent (157 MB per 512 x 512 image at 150 classes, against
+0.26 MB). A threshold-input entry also takes `threshold` FP32 [1] (optional: default its first
+exported threshold). A dynamic-token entry on a CPU runner answers a Triton
 batch one image per forward (`ServedModel.per_image`: a batch would compute every image at its
 largest image's token count, and a CPU gains nothing from batching; docs/decisions.md item 57);
 every other model runs the batch whole. Each model instance runs on a runner of the registry
@@ -51,6 +52,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from algm_export.core.errors import AlgmError, ArtifactError, BackendUnavailable, ConfigError, InputError
+from algm_export.runtimes.base import label_dtype
 from algm_export.runtimes.triton.names import triton_names
 
 log = logging.getLogger("algm_export.serve")
@@ -182,7 +184,7 @@ def model_io(folder, entry) -> tuple[list, list]:
         inputs.append(TensorSpec("threshold", np.float32, (1,), optional=True))
     n_cls = int(info["n_cls"])
     outputs = [TensorSpec("logits", np.float32, (n_cls, h, w)),
-               TensorSpec("labels", np.uint8 if n_cls <= 256 else np.int32, (h, w))]
+               TensorSpec("labels", label_dtype(n_cls), (h, w))]
     if not entry.is_baseline:
         outputs.append(TensorSpec("merge_stats", np.int32, (len(entry.layers or ()), 2)))
     return inputs, outputs
