@@ -2,7 +2,7 @@
 """ONNX Runtime CPU: baseline vs static vs dynamic token mode, side by side in one run.
 
     PYTHONPATH=. .venv/bin/python scripts/bench_dynamic.py [--out runs/bench-dynamic] [--repeats 10]
-        [--threshold 0.88] [--reuse] [--threshold-check 0.85,0.88,0.92]
+        [--threshold 0.88] [--reuse] [--threshold-check 0.85,0.88,0.92] [--export-batch 1]
 
 Exports Segmenter ViT-S/16 512 (`builtin:vit_s16_512`, seeded weights): the baseline, the static
 ALGM model with capacities calibrated on the photos (their maximum: no forced merge), and the
@@ -64,6 +64,9 @@ def main():
     ap.add_argument("--settle-ms", type=float, default=50.0, help="idle time before each timed run (0: back to back)")
     ap.add_argument("--reuse", action="store_true", help="reuse the ONNX files already in --out")
     ap.add_argument("--threshold-check", default="", help="e.g. 0.85,0.88,0.92: threshold-input file vs per-threshold exports")
+    ap.add_argument("--export-batch", type=int, default=None, choices=(1,),
+                    help="1: export every graph for one image per run (`export --batch 1`: no padding mask in dynamic "
+                         "token mode, EoMT's head as a convolution); default: a dynamic batch axis")
     ap.add_argument("--photos", default=PHOTOS, help="bundled photos (algm_export.models.images.SAMPLE_IMAGES), comma-separated")
     a = ap.parse_args()
     if a.init == "upstream":
@@ -106,15 +109,18 @@ def main():
     caps = cal["capacities"]
     print(f"  real token counts {ref_tokens}; capacities (max) {caps}", flush=True)
 
+    kw = {} if a.export_batch is None else {"batch": a.export_batch}
+    tag = "" if a.export_batch is None else f"_b{a.export_batch}"
     paths = {
-        "baseline": _export(out / "baseline.onnx", model, a.reuse),
-        "static": _export(out / f"{setting.name}.onnx", apply_algm(model, setting, caps), a.reuse),
-        "dynamic": _export(out / f"{setting.name}_dyn.onnx", apply_algm(model, setting, token_mode="dynamic"), a.reuse),
+        "baseline": _export(out / f"baseline{tag}.onnx", model, a.reuse, **kw),
+        "static": _export(out / f"{setting.name}{tag}.onnx", apply_algm(model, setting, caps), a.reuse, **kw),
+        "dynamic": _export(out / f"{setting.name}_dyn{tag}.onnx", apply_algm(model, setting, token_mode="dynamic"),
+                           a.reuse, **kw),
     }
     runners = {k: OrtRunner(p, threads=a.threads) for k, p in paths.items()}
 
     # parity (first run of every photo; also the warm-up)
-    report = {"model": a.model, "setting": setting.to_dict(), "capacities": caps, "photos": names,
+    report = {"model": a.model, "setting": setting.to_dict(), "export_batch": a.export_batch, "capacities": caps, "photos": names,
               "reference_tokens": ref_tokens, "parity": {}, "latency_ms": {}}
     print("\nparity vs the PyTorch reference (per_image), batch 1:")
     for k in ("static", "dynamic"):
@@ -162,7 +168,8 @@ def main():
     dyn_mean = mean_macs(model, setting.layers, ref_tokens)["total"]
     flop = {"baseline": 1.0, "static": base / static_macs, "dynamic": base / dyn_mean}
     mean = {k: float(np.mean(med[k])) for k in order}
-    print(f"\nONNX Runtime CPU, {a.threads} threads, batch 1, median of {a.repeats} interleaved rounds per photo, "
+    print(f"\nONNX Runtime CPU, {a.threads} threads, batch 1 ("
+          f"{'graphs for one image' if a.export_batch else 'graphs with a dynamic batch axis'}), median of {a.repeats} interleaved rounds per photo, "
           f"settle {a.settle_ms:g} ms (ms):")
     print("  " + f"{'photo':18s}" + "".join(f"{k:>10s}" for k in order))
     for i, n in enumerate(names):

@@ -504,7 +504,7 @@ def test_export_folder_dynamic_entries(monkeypatch, tmp_path, tiny_linear):
 
     calls = []
 
-    def fake_entry(model, path, inline, fp16, threshold_input=False, weights=None):
+    def fake_entry(model, path, inline, fp16, threshold_input=False, weights=None, batch=None):
         calls.append((getattr(model, "token_mode", "baseline"), path.name, threshold_input))
         return {"onnx": path.name, "sha256": "0" * 64, "inputs": ["image", "threshold"] if threshold_input else ["image"]}
 

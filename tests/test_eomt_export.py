@@ -71,3 +71,24 @@ def test_threshold_input(exported, tmp_path):
         out = run.infer(x, threshold=t)
         assert np.abs(out["logits"] - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
         np.testing.assert_array_equal(tokens_from_stats(out["merge_stats"], 64), ref.merge_stats["tokens"].numpy())
+
+
+def test_graph_for_one_image(exported, tmp_path):
+    """`batch=1`: no padding mask in the dynamic graph and the head's per-pixel product as a 1x1 `Conv`
+    (weights computed in the graph: the image's class probabilities), the shipped graph's outputs on
+    every image of a mixed batch (the runner feeds them one at a time)."""
+    model, dyn, paths = exported
+    one = export_onnx(dyn, tmp_path / "eomt_dyn_b1.onnx", batch=1)
+    g = onnx.load(str(one)).graph
+    inits = {i.name for i in g.initializer}
+    head = [n for n in g.node if n.op_type == "Conv" and n.input[1] not in inits]
+    assert len(head) == 1 and head[0].output[0] in {o.name for o in g.output} | {
+        n.input[0] for n in g.node if n.op_type == "Identity"}
+    shipped = onnx.load(str(paths["dynamic"])).graph
+    assert sum(n.op_type == "Where" for n in g.node) < sum(n.op_type == "Where" for n in shipped.node)
+    x = _inputs(model, 128)
+    r1, ra = OrtRunner(one, threads=2), OrtRunner(paths["dynamic"], threads=2)
+    got, want = r1.infer(x), ra.infer(x)
+    assert np.abs(got["logits"] - want["logits"]).max() <= 1e-5 * max(1.0, np.abs(want["logits"]).max())
+    np.testing.assert_array_equal(got["merge_stats"], want["merge_stats"])
+    assert (got["merge_stats"][:, :, 0].sum(1) > 0).all()

@@ -194,6 +194,12 @@ class ExportFolder:
         return self.data["model"]
 
     @property
+    def batch(self) -> Optional[int]:
+        """The images every graph of the folder takes per run (exported with `--batch 1`), None for a
+        dynamic batch axis."""
+        return self.data.get("batch")
+
+    @property
     def baseline(self) -> Entry:
         return Entry(self, self.data["baseline"])
 

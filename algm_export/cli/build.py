@@ -16,7 +16,8 @@ def add_parser(sub):
                    help="tensorrt (alias trt) or tensorrt-rtx; default: tensorrt when importable, else tensorrt-rtx")
     p.add_argument("--plugins", default=None, metavar="LIB", help="algm plugin library (libalgm_plugins.so)")
     a.precision_arg(p)
-    p.add_argument("--batch", default="1,1,8", help="MIN,OPT,MAX batch of the profile (default: %(default)s)")
+    p.add_argument("--batch", default=None, help="MIN,OPT,MAX batch of the profile (default: 1,1,8; a folder exported "
+                                                 "with --batch 1: 1,1,1)")
     p.add_argument("--compute-capability", nargs="+", default=None, metavar="SM",
                    help="TensorRT-RTX targets, e.g. 86 89 (default: 86)")
     p.add_argument("--workspace", type=int, default=None, metavar="MB", help="builder workspace limit")
@@ -33,12 +34,14 @@ def run(args) -> int:
     if args.backend not in (None, "tensorrt", "tensorrt-rtx"):
         raise ConfigError(f"--backend {args.backend}: engines are built with tensorrt or tensorrt-rtx "
                           "(an export folder's ONNX files run on onnxruntime as they are)")
-    try:
-        batch = [int(v) for v in args.batch.split(",")]
-    except ValueError:
-        raise ConfigError(f"--batch {args.batch!r}: give MIN,OPT,MAX, e.g. 1,4,8") from None
-    if len(batch) == 1:
-        batch = batch * 3
+    batch = None
+    if args.batch is not None:
+        try:
+            batch = [int(v) for v in args.batch.split(",")]
+        except ValueError:
+            raise ConfigError(f"--batch {args.batch!r}: give MIN,OPT,MAX, e.g. 1,4,8") from None
+        if len(batch) == 1:
+            batch = batch * 3
     ccs = None
     if args.compute_capability:
         try:

@@ -42,6 +42,10 @@ def add_parser(sub):
     p.add_argument("--external-data", action="store_true",
                    help="store the weights as ONNX external data, once for the whole folder (DIR/weights.bin, shared "
                         "by every entry); automatic when the weights pass 1.75 GiB (protobuf's 2 GiB limit)")
+    p.add_argument("--batch", type=int, default=None, metavar="1",
+                   help="1: graphs for one image per run (fixed batch axis): dynamic token mode drops its padding "
+                        "mask and EoMT's head becomes a convolution, for the fastest single-image latency; runners "
+                        "split larger batches. Default: a dynamic batch axis")
     p.add_argument("--force", action="store_true", help="re-export into a non-empty folder")
     a.trust_arg(p)
     a.wait_arg(p)
@@ -69,7 +73,7 @@ def run(args) -> int:
                         wait=args.wait, token_mode=args.token_mode, threshold_input=args.threshold_input,
                         dynamic_thresholds=None if args.dynamic_thresholds is None
                         else parse_thresholds(args.dynamic_thresholds),
-                        external_data=True if args.external_data else None)
+                        external_data=True if args.external_data else None, batch=args.batch)
     rows = [["baseline", "-", "-", "-", man["baseline"]["onnx"], "yes" if man["baseline"]["tensorrt_ready"] else "NO"]]
     for s in man["settings"]:
         cal = s.get("calibration") or {}
@@ -82,5 +86,7 @@ def run(args) -> int:
     print(format_table(["setting", "tau", "capacities", "max counts", "onnx", "TensorRT-ready"], rows))
     for d in man.get("data_files") or []:
         print(f"\nexternal data: {args.out}/{d['path']} ({d['bytes'] / 1e9:.2f} GB, shared by every entry)")
+    if man.get("batch"):
+        print(f"\ngraphs take {man['batch']} image per run (--batch {man['batch']}): larger batches run image by image")
     print(f"\nmanifest: {args.out}/manifest.json")
     return 0

@@ -26,8 +26,12 @@ Layout of a manifest (format "algm-export/1")::
                    "plugin_sha256": str | null, "build_seconds": float,
                    "layers": {"count": int, "plugin_layers": [...], "algm_nodes": int}}],
       "versions": {"algm_export": str, "torch": str, "onnx": str, ...},
-      "data_files": [{"path": "weights.bin", "sha256": str, "bytes": int}]
+      "data_files": [{"path": "weights.bin", "sha256": str, "bytes": int}],
+      "batch": null | 1
     }
+
+`batch` (optional): null or absent for graphs with a dynamic batch axis, 1 for graphs exported for
+one image per run (`export --batch 1`): runners split larger batches, engines get the profile 1,1,1.
 
 `data_files` (optional): the ONNX external-data files of the folder (`export --external-data`,
 automatic for models above 2 GiB): every entry's graph keeps its large tensors there (an entry's
@@ -53,6 +57,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from algm_export.core.errors import ArtifactError
+from algm_export.core.names import FIXED_BATCHES
 
 MANIFEST = "manifest.json"
 FORMAT = "algm-export/1"
@@ -176,6 +181,8 @@ NAME = Rule("a plain name (letters, digits, '.', '_', '-', not starting with '.'
             "plain names", is_plain_name)
 PATH = Rule("a plain relative path inside the export folder", "plain relative paths", is_plain_relpath)
 DICT = Rule("an object", "objects", lambda v: isinstance(v, dict))
+BATCH = Rule(f"one of {list(FIXED_BATCHES)} (the images each graph takes per run) or null (a dynamic batch)",
+             "fixed batches", lambda v: isinstance(v, int) and not isinstance(v, bool) and v in FIXED_BATCHES)
 
 
 def _is_norm(v) -> bool:
@@ -236,6 +243,7 @@ MANIFEST_SCHEMA = {
     "baseline": (ENTRY_SCHEMA, True), "settings": (ListOf(SETTING_SCHEMA), True),
     "engines": (ListOf(ENGINE_SCHEMA), False), "versions": (DICT, False),
     "data_files": (ListOf(DATA_FILE_SCHEMA), False),
+    "batch": (Nullable(BATCH), False),
 }
 # (path key, sha256 key): a listed file always comes with the digest it is checked against
 FILE_KEYS = (("onnx", "sha256"), ("onnx_fp16", "sha256_fp16"), ("onnx_inlined", "sha256_inlined"))

@@ -6,6 +6,9 @@ from algm_export.core.errors import ConfigError
 
 PRECISIONS = ("fp32", "fp16")          # graph / engine precisions
 TOKEN_MODES = ("static", "dynamic")    # exportable token modes ("reference" is the eager published method)
+# The fixed batches a graph can be exported for (`export --batch 1`, a manifest's `batch`); None (the
+# default) is a dynamic batch axis. One image per run drops the padding mask of dynamic token mode.
+FIXED_BATCHES = (1,)
 # Normalisations by name (the published Segmenter `STATS`): what a manifest's `normalization` may name.
 NORMALIZATION = {
     "vit": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},

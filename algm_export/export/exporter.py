@@ -1,6 +1,7 @@
 """Export any model family (baseline) or its ALGM form (static or dynamic token mode) to ONNX.
 
-Graph interface: input `image` float32 [B, 3, H, W] (dynamic batch, fixed H, W) and, for a
+Graph interface: input `image` float32 [B, 3, H, W] (dynamic batch, or 1 for a graph exported for
+one image per run, `batch=1`; fixed H, W) and, for a
 dynamic model exported with `threshold_input=True`, `threshold` float32 [B] (CLAP's threshold,
 one per image); outputs `logits` float32 [B, n_cls, H, W] and, for ALGM, `merge_stats` int32
 [B, steps, 2] (merges done, forced merges per merge step; `merging.static.tokens_from_stats`
@@ -26,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from algm_export.core.errors import ConfigError
+from algm_export.core.names import FIXED_BATCHES
 from algm_export.core.progress import stage
 from algm_export.export import functions
 from algm_export.merging import ops  # noqa: F401  (registers torch.ops.algm.*)
@@ -87,17 +89,18 @@ class _ExportAlgmThreshold(_ExportAlgm):
 
 
 def _export_program(module: nn.Module, image_size, batch: int, output_names, opset: int,
-                    threshold_input: bool = False):
+                    threshold_input: bool = False, fixed_batch: bool = False):
+    """fixed_batch: the batch axis is `batch` in the graph (else a dynamic axis, traced at `batch`)."""
     register_schemas()
     H, W = image_size
     args = (torch.randn(batch, 3, H, W),)
-    batch_dim = torch.export.Dim("batch", min=1, max=1024)
-    shapes = ({0: batch_dim},)
+    batch_dim = None if fixed_batch else torch.export.Dim("batch", min=1, max=1024)
+    shapes = ({0: batch_dim} if batch_dim is not None else None,)
     names = ["image"]
     if threshold_input:
         # distinct example thresholds, so that nothing is specialised to one value
         args += (torch.linspace(0.85, 0.95, batch),)
-        shapes += ({0: batch_dim},)
+        shapes += ({0: batch_dim} if batch_dim is not None else None,)
         names.append("threshold")
     table = {torch.ops.algm.clap.default: _clap_translation, torch.ops.algm.gbm.default: _gbm_translation,
              torch.ops.algm.clap_dyn.default: _clap_dyn_translation,
@@ -107,12 +110,28 @@ def _export_program(module: nn.Module, image_size, batch: int, output_names, ops
         prog = torch.onnx.export(
             module.eval(), args, dynamo=True, custom_translation_table=table, opset_version=opset,
             input_names=names, output_names=list(output_names),
-            dynamic_shapes=shapes, optimize=True, verbose=False,
+            dynamic_shapes=None if fixed_batch else shapes, optimize=True, verbose=False,
         )
     for m in module.modules():
         if isinstance(m, AlgmModel):
             m.reset_state()
     return prog.model  # the onnx_ir model: its weights are not serialised yet
+
+
+def check_batch(batch) -> None:
+    """ConfigError unless `batch` is None (a dynamic batch axis) or one of FIXED_BATCHES."""
+    if batch is not None and batch not in FIXED_BATCHES:
+        raise ConfigError(f"--batch {batch}: graphs take a dynamic batch (leave --batch out) or exactly one image "
+                          "per run (--batch 1); runners split larger batches into single images")
+
+
+def graph_batch(model: onnx.ModelProto) -> int | None:
+    """The fixed batch of a graph's `image` input, None for a dynamic batch axis."""
+    for i in model.graph.input:
+        if i.name == "image":
+            d = i.type.tensor_type.shape.dim
+            return int(d[0].dim_value) if d and d[0].HasField("dim_value") else None
+    return None
 
 
 def token_mode_of(model: onnx.ModelProto) -> str | None:
@@ -176,9 +195,11 @@ def check_model(model: onnx.ModelProto, strict: bool = True, saved_at=None) -> o
 
 def export_onnx(model, path: str | os.PathLike, image_size=None, inline: bool = False,
                 opset: int = functions.OPSET_VERSION, example_batch: int = 2,
-                threshold_input: bool = False, weights=None) -> Path:
+                threshold_input: bool = False, weights=None, batch: int | None = None) -> Path:
     """Export a `SegModel` (baseline) or a static / dynamic `AlgmModel` to `path` (atomically).
 
+    batch: None (default): a dynamic batch axis; 1: a graph for one image per run (no padding mask in
+    dynamic token mode, per-image weights as convolutions: docs/decisions.md item 59).
     threshold_input (dynamic token mode only): the graph takes CLAP's threshold as a second
     input `threshold` float32 [B] instead of a constant, so one file serves every threshold.
     weights: an `export.external.WeightStore` of the folder `path` lies in: the graph's large
@@ -206,10 +227,12 @@ def export_onnx(model, path: str | os.PathLike, image_size=None, inline: bool = 
     else:
         raise TypeError(f"cannot export {type(model).__name__}")
     image_size = tuple(image_size or cfg.image_size)
+    check_batch(batch)
     import onnx_ir as ir
 
     with stage(f"{Path(path).name}: torch.export and ONNX translation", announce=False):
-        program = _export_program(module, image_size, example_batch, outputs, opset, threshold_input)
+        program = _export_program(module, image_size, example_batch if batch is None else batch, outputs, opset,
+                                  threshold_input, fixed_batch=batch is not None)
     with stage(f"{Path(path).name}: weights out and serialisation", announce=False):
         if weights is not None:
             if Path(path).resolve().parent != weights.folder.resolve():

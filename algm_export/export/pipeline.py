@@ -18,7 +18,7 @@ import onnx
 
 from algm_export.merging.calibrate import calibrate
 from algm_export.core.errors import ArtifactError, ConfigError
-from algm_export.export.exporter import export_onnx
+from algm_export.export.exporter import check_batch, export_onnx
 from algm_export.export.external import AUTO_BYTES, WeightStore, model_bytes
 from algm_export.export.readiness import check_readiness
 from algm_export.core.lock import LOCK_NAME, folder_lock
@@ -86,7 +86,7 @@ def export_folder(model, source: str, out_dir, thresholds=None, calib_images=Non
                   inline: bool = False, force: bool = False, layers=None, window=None, fp16: bool = False,
                   calib_limit: Optional[int] = None, capacities=None, wait=False, token_mode: str = "static",
                   threshold_input: bool = False, dynamic_thresholds: Optional[Sequence[float]] = None,
-                  external_data: Optional[bool] = None) -> dict:
+                  external_data: Optional[bool] = None, batch: Optional[int] = None) -> dict:
     """Export baseline + settings into out_dir and write out_dir/manifest.json (last, atomically).
 
     token_mode "static" (capacities calibrated per threshold, or given) or "dynamic" (no
@@ -98,7 +98,10 @@ def export_folder(model, source: str, out_dir, thresholds=None, calib_images=Non
     the other stops with FolderInUse (or, with `wait`, waits and then finds the folder taken).
     external_data: store the weights as ONNX external data, once for the whole folder
     (`export.external`: one `weights.bin` that every entry points into); None (default): when the
-    model's weights pass `external.AUTO_BYTES` (protobuf's 2 GiB limit)."""
+    model's weights pass `external.AUTO_BYTES` (protobuf's 2 GiB limit). batch: None (default) for
+    graphs with a dynamic batch axis, 1 for graphs that take one image per run (the manifest's
+    `batch`; docs/decisions.md item 59)."""
+    check_batch(batch)
     if token_mode not in TOKEN_MODES:
         raise ConfigError(f"token mode {token_mode!r} unknown; use one of {TOKEN_MODES}")
     if token_mode == "dynamic" and capacities is not None:
@@ -125,7 +128,8 @@ def export_folder(model, source: str, out_dir, thresholds=None, calib_images=Non
                                 "valid until the new export is complete)")
         with WeightStore(out) if external_data else contextlib.nullcontext() as weights:
             manifest = _export_locked(model, source, out, settings, calib_images, quantile, inline, fp16,
-                                      calib_limit, capacities, token_mode, threshold_input, dyn_settings, weights)
+                                      calib_limit, capacities, token_mode, threshold_input, dyn_settings, weights,
+                                      batch)
             if weights is not None:
                 record = weights.finish()
                 manifest["data_files"] = [record] if record else []
@@ -136,11 +140,13 @@ def export_folder(model, source: str, out_dir, thresholds=None, calib_images=Non
 
 
 def _export_locked(model, source: str, out: Path, settings, calib_images, quantile, inline, fp16,
-                   calib_limit, capacities, token_mode, threshold_input, dyn_settings=(), weights=None) -> dict:
+                   calib_limit, capacities, token_mode, threshold_input, dyn_settings=(), weights=None,
+                   batch=None) -> dict:
     """The entries of the folder (graphs written, weights into `weights`); returns the manifest, not yet saved."""
     manifest = {
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "model": model_info(model, source),
+        "batch": batch,
         "baseline": None,
         "settings": [],
         "engines": [],
@@ -155,11 +161,12 @@ def _export_locked(model, source: str, out: Path, settings, calib_images, quanti
     total = 1 + (1 if threshold_input else len(settings)) + len(dyn_settings)
     with progress_bar(total=total, desc="export", unit="model") as bar:
         with stage("exporting baseline"):
-            entry = _export_entry(model, out / "baseline.onnx", inline, fp16, weights=weights)
+            entry = _export_entry(model, out / "baseline.onnx", inline, fp16, weights=weights, batch=batch)
         manifest["baseline"] = {"name": "baseline", **entry}
         bar.update(1)
         if token_mode == "dynamic":
-            manifest["settings"] = _export_dynamic(model, out, settings, threshold_input, inline, fp16, bar, weights)
+            manifest["settings"] = _export_dynamic(model, out, settings, threshold_input, inline, fp16, bar, weights,
+                                                   batch)
             return manifest
         for s in settings:
             if capacities is not None:
@@ -172,18 +179,18 @@ def _export_locked(model, source: str, out: Path, settings, calib_images, quanti
                         iterable=it, total=len(images), desc=f"calibrate {s.name}", unit="img", leave=False))
             static = apply_algm(model, s, cal["capacities"])
             with stage(f"exporting {s.name}"):
-                entry = _export_entry(static, out / f"{s.name}.onnx", inline, fp16, weights=weights)
+                entry = _export_entry(static, out / f"{s.name}.onnx", inline, fp16, weights=weights, batch=batch)
             manifest["settings"].append({"name": s.name, **s.to_dict(), "token_mode": "static",
                                          "capacities": cal["capacities"], "calibration": cal, **entry})
             bar.update(1)
         if dyn_settings:
             manifest["settings"] += _export_dynamic(model, out, list(dyn_settings), False, inline, fp16, bar,
-                                                    weights)
+                                                    weights, batch)
     return manifest
 
 
 def _export_dynamic(model, out: Path, settings: list, threshold_input: bool, inline: bool, fp16: bool,
-                    bar, weights=None) -> list[dict]:
+                    bar, weights=None, batch=None) -> list[dict]:
     """Dynamic token mode: one entry per threshold, or one threshold-input entry for all."""
     entries = []
     todo = settings[:1] if threshold_input else settings
@@ -192,7 +199,7 @@ def _export_dynamic(model, out: Path, settings: list, threshold_input: bool, inl
         dyn = apply_algm(model, s, token_mode="dynamic")
         with stage(f"exporting {name} (dynamic token mode)"):
             entry = _export_entry(dyn, out / f"{name}.onnx", inline, fp16, threshold_input=threshold_input,
-                                  weights=weights)
+                                  weights=weights, batch=batch)
         record = {"name": name, **s.to_dict(), "token_mode": "dynamic", "capacities": None, "calibration": None,
                   "threshold_input": threshold_input, **entry}
         if threshold_input:
@@ -203,8 +210,10 @@ def _export_dynamic(model, out: Path, settings: list, threshold_input: bool, inl
 
 
 def _export_entry(model, path: Path, inline: bool, fp16: bool, threshold_input: bool = False,
-                  weights=None) -> dict:
+                  weights=None, batch=None) -> dict:
     kw = {"threshold_input": True} if threshold_input else {}
+    if batch is not None:
+        kw["batch"] = batch
     if weights is not None:
         kw["weights"] = weights
     export_onnx(model, path, **kw)

@@ -31,6 +31,7 @@ from algm_export.core.errors import CapacityError, ConfigError, InputError
 from algm_export.merging import reference
 from algm_export.core.setting import AlgmSetting
 from algm_export.merging.static import clap_capacity_bounds, gbm_capacity_min
+from algm_export.models.layers import one_image
 from algm_export.models.base import SegModel, TokenState, unmerge_rows  # noqa: F401  (unmerge_rows re-exported)
 from algm_export.core.names import TOKEN_MODES
 
@@ -197,7 +198,9 @@ class _MergeHook:
         if owner.record_inputs and not torch.compiler.is_compiling():
             self.inputs.append({"x": x.detach().float(), "size": state.size.detach().float()})
         y, size, assign, merges, forced = owner._merge(self.steps[i], x, state.size, state.assign, grid, P)
-        state = state.replace(size, assign, padded=owner.exportable)   # static/dynamic: padding slots
+        # static: padding slots; dynamic: padding where a batch mixes counts, none for one image
+        padded = owner.exportable and not (owner.dynamic and one_image(y))
+        state = state.replace(size, assign, padded=padded)
         self.merges.append(merges)
         self.forced.append(forced)
         self.tokens.append((size[:, P:] > 0).sum(1))

@@ -6,6 +6,7 @@
 * `key_bias_from_size`, `hide_rows`, `floor_scores`: the same for cross-attention (token decoders)
 * `interp_matrix` / `bilinear_upsample`: bilinear resizing (align_corners=False) as matmuls
 * `resize_pos_embed`: the grid part of a position embedding resized, prefix kept
+* `one_image`: whether a batch is known to hold one image (graphs exported for batch 1)
 """
 
 from __future__ import annotations
@@ -69,6 +70,15 @@ class KeyMask:
         first = q @ k[:, :, :1].transpose(-2, -1)                     # q_i . k_0
         low = torch.maximum(own, first) - PAD_MARGIN / scale
         return torch.cat([q, low], dim=-1), torch.cat([k, self._pad_channel(H, k.dtype)], dim=-1), v
+
+
+def one_image(x: torch.Tensor) -> bool:
+    """True when `x`'s batch is known to be 1 while the graph is made: an eager run on one image, or
+    a graph exported for one image per run (`export --batch 1`). Not under a dynamic batch axis (a
+    symbolic size). Then dynamic token mode has no padding slots to mask and per-image weights can
+    be a convolution's (docs/decisions.md item 59)."""
+    b = x.shape[0]
+    return isinstance(b, int) and b == 1
 
 
 def split_heads(qkv: torch.Tensor, heads: int):

@@ -84,6 +84,31 @@ class RunOutput:
         return [(k, getattr(self, k)) for k in self.keys()]
 
 
+def join_outputs(parts: list) -> RunOutput:
+    """The RunOutputs of consecutive slices of one batch as one: arrays joined along the batch; the
+    per-step merge inputs padded on their token axis to the longest slice (padding slots: zero
+    tokens of size 0, as a batch's own padding)."""
+    def cat(arrays):
+        return None if arrays[0] is None else np.concatenate(arrays, axis=0)
+
+    def cat_tokens(arrays):
+        if arrays[0] is None:
+            return None
+        T = max(a.shape[1] for a in arrays)
+        return np.concatenate([np.pad(a, [(0, 0), (0, T - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
+                               for a in arrays], axis=0)
+
+    first = parts[0]
+    out = RunOutput(*(cat([getattr(p, k) for p in parts]) for k in ("logits", "merge_stats", "tokens")))
+    out.labels = cat([p.labels for p in parts])
+    if first.assignments is not None:
+        out.assignments = [cat([p.assignments[s] for p in parts]) for s in range(len(first.assignments))]
+    if first.merge_inputs is not None:
+        out.merge_inputs = [{k: cat_tokens([p.merge_inputs[s][k] for p in parts]) for k in first.merge_inputs[s]}
+                            for s in range(len(first.merge_inputs))]
+    return out
+
+
 def label_dtype(n_cls: int) -> type:
     """The integer type of per-pixel classes: uint8 up to 256 classes, int32 above (what `validate`
     saves and `serve` answers)."""
@@ -113,6 +138,9 @@ class Runner:
     takes_threshold: bool = False
     #: the export folder entry (`artifacts.Entry`) the runner runs, where known
     entry = None
+    #: the most images one run takes (a graph exported for one image, `export --batch 1`; an engine's
+    #: profile), None: any. `infer` runs a larger batch in slices of this size and joins the outputs.
+    max_batch: Optional[int] = None
 
     def infer(self, image, threshold=None) -> RunOutput:
         """`threshold`: a float for the batch or one per image, for graphs that take it (required
@@ -120,10 +148,20 @@ class Runner:
         if threshold is not None and not self.takes_threshold:
             raise ConfigError(f"{self.name}: its threshold is built in (the graph takes no threshold input); "
                               "export with --token-mode dynamic --threshold-input to choose it at run time")
-        out = self._infer(image) if not self.takes_threshold else self._infer(image, threshold)
+        n, B = self.max_batch, int(image.shape[0])
+        if n and B > n:
+            per_image = threshold is not None and np.asarray(
+                threshold.detach().cpu() if hasattr(threshold, "detach") else threshold).size == B
+            out = join_outputs([self._run(image[i:i + n], threshold[i:i + n] if per_image else threshold)
+                                for i in range(0, B, n)])
+        else:
+            out = self._run(image, threshold)
         if out.tokens is None and out.merge_stats is not None and self.token_geometry is not None:
             out.tokens = tokens_from_merge_stats(out.merge_stats, *self.token_geometry)
         return out
+
+    def _run(self, image, threshold) -> RunOutput:
+        return self._infer(image) if not self.takes_threshold else self._infer(image, threshold)
 
     def _infer(self, image, threshold=None) -> RunOutput:  # pragma: no cover - abstract
         raise NotImplementedError

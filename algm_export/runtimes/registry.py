@@ -115,6 +115,8 @@ def make_runner(backend: str, entry, precision: str = "fp32", model=None, mode: 
         else:
             r = torch_runner(model, s, entry.capacities, device=device, name="torch-static", **kw)
         r.entry = entry
+        # a folder exported for one image per run: its PyTorch counterpart runs as its graphs do
+        r.max_batch = getattr(entry.folder, "batch", None) or r.max_batch
         return r
     if backend == "onnxruntime":
         from algm_export.runtimes.onnxruntime import OrtRunner

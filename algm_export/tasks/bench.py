@@ -145,7 +145,8 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
                 e = entries[i]
                 runs = cycles[k] or [list(range(bs))]
                 row = _result(model, e, t, ts, toks, backend, bs, base_med, base_macs, n_patches,
-                              [r % len(runs) for r in range(len(ts))], [len(b) for b in runs])
+                              [r % len(runs) for r in range(len(ts))], [len(b) for b in runs],
+                              per_run=runners[i].max_batch)
                 if e.is_dynamic and bs > 1:
                     row["grouped"] = bool(group)
                     row["batches"] = cycles[k]             # indices into the bench images, in run order
@@ -290,14 +291,15 @@ def bench_served(folder, model, xs, slots, concurrency, requests, repeats, warmu
 
 
 def _result(model, e, threshold, times, tokens, backend, bs, base_med, base_macs, n_patches, groups,
-            sizes=None) -> dict:
+            sizes=None, per_run=None) -> dict:
     """One row of the benchmark: latency figures, GMACs and FLOP ratio, tokens per image.
 
     A dynamic entry ran a different batch per round (`groups`: the batch of each run, `sizes`: the
     images in each batch): its latency is the time of `bs` images at the rate of those batches (the
     sum of each batch's median over the images they hold), and its MACs the mean over the same images,
     so that speed-up and FLOP ratio average the same images (a median over runs of different images
-    would pick one middle image instead)."""
+    would pick one middle image instead). per_run: the most images one run of the graph takes
+    (`Runner.max_batch`): a batch ran in slices of that size, each at its own largest counts."""
     med = float(np.median(times))
     caps = e.capacities
     row = {"backend": backend, "batch": bs, "setting": e.name,
@@ -311,8 +313,10 @@ def _result(model, e, threshold, times, tokens, backend, bs, base_med, base_macs
         tokens = [tk for _, tk in by_batch.values()]          # one token record per distinct batch
         counts = np.concatenate(tokens)                      # [images run, steps]: real counts
         macs = mean_macs(model, e.layers, counts.tolist())["total"]
-        # what the batches computed: each image at its batch's largest counts
-        at_max = sum(len(b) * model_macs(model, e.layers, b.max(0).tolist())["total"] for b in tokens) / len(counts)
+        # what the batches computed: each image at its batch's (or its run's slice's) largest counts
+        m = per_run or max(len(b) for b in tokens)
+        at_max = sum(len(b[i:i + m]) * model_macs(model, e.layers, b[i:i + m].max(0).tolist())["total"]
+                     for b in tokens for i in range(0, len(b), m)) / len(counts)
         row.update({"token_mode": "dynamic", "gmacs_at_batch_max": at_max,
                     "flop_ratio_at_batch_max": base_macs / at_max,
                     "tokens": {"mean": counts.mean(0).round(1).tolist(), "min": counts.min(0).tolist(),

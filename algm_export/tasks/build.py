@@ -91,6 +91,22 @@ def _check_batch(batch: Sequence[int]) -> list[int]:
     return [lo, opt, hi]
 
 
+DEFAULT_PROFILE = (1, 1, 8)
+
+
+def _profile_for(folder: ExportFolder, batch: Sequence[int] | None) -> list[int]:
+    """The profile [min, opt, max] over the batch: `batch`, or the default; a folder exported for a
+    fixed batch n takes only n, n, n."""
+    n = folder.batch
+    if n is None:
+        return _check_batch(DEFAULT_PROFILE if batch is None else batch)
+    if batch is not None and list(_check_batch(batch)) != [n, n, n]:
+        raise ConfigError(f"--batch {','.join(str(b) for b in batch)}: the folder's graphs take exactly {n} image per "
+                          f"run (exported with --batch {n}); drop --batch or give --batch {n}, or export again "
+                          "without --batch for engines over a range of batches")
+    return [n, n, n]
+
+
 def _entries(folder: ExportFolder, only: Iterable[str] | None) -> list[tuple[str, dict]]:
     entries = [(e.name, e.raw) for e in folder.select(only)]
     if not entries:
@@ -184,7 +200,7 @@ def _run_worker(job: dict, env: dict, name: str, work_dir: Path) -> dict:
 @locks_export_folder("build")
 def build_engines(export_dir: str | os.PathLike, backend: str | None = None,
                   plugins: str | os.PathLike | None = None, precision: str = "fp32",
-                  batch: Sequence[int] = (1, 1, 8), compute_capabilities: Iterable | None = None,
+                  batch: Sequence[int] | None = None, compute_capabilities: Iterable | None = None,
                   workspace_mb: int | None = None, progress: bool = True,
                   settings: Iterable[str] | None = None, input_name: str = "image",
                   tf32: bool = False, log_level: str = "error") -> list[dict]:
@@ -192,7 +208,8 @@ def build_engines(export_dir: str | os.PathLike, backend: str | None = None,
 
     backend: "tensorrt", "tensorrt-rtx" or None (tensorrt when importable, else tensorrt-rtx).
     plugins: an algm plugin library (.so); its plugins then implement the algm nodes.
-    precision: "fp32" or "fp16" (see the module doc). batch: (min, opt, max) of the profile.
+    precision: "fp32" or "fp16" (see the module doc). batch: (min, opt, max) of the profile (default
+    1, 1, 8; for a folder of graphs exported for one image per run, `export --batch 1`, only 1, 1, 1).
     compute_capabilities: TensorRT-RTX targets (default [86]); not allowed for full TensorRT,
     which builds for the GPU present. settings: build only these (names; "baseline" included).
     tf32: allow TF32 for fp32 layers (off: fp32 layers, the merge similarity math included,
@@ -205,7 +222,7 @@ def build_engines(export_dir: str | os.PathLike, backend: str | None = None,
     folder = ExportFolder.load(export_dir)
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
-    profile = _check_batch(batch)
+    profile = _profile_for(folder, batch)
     backend = resolve_backend(backend)
     version = backend_version(backend)
     rtx = backend == "tensorrt-rtx"

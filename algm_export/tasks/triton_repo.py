@@ -324,7 +324,7 @@ def _write_model(root: Path, folder, entry, name: str, backend: str, kind, optio
         for _, rec in picked:
             _note_engine(root, rec, summary)
         profile_max = min(int((rec.raw.get("profile") or [1, 1, options.max_batch])[2]) for _, rec in picked)
-        if options.max_batch > profile_max:
+        if options.max_batch > profile_max and folder.batch is None:   # a folder for one image: no batching
             raise ConfigError(f"--max-batch {options.max_batch}: the engines of {entry.name} take batches of at "
                               f"most {profile_max} (their profile); use --max-batch {profile_max} or rebuild with a "
                               "larger batch")

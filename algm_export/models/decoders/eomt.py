@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 
 from algm_export.models.base import Level, TokenDecoder
+from algm_export.models.layers import one_image
 
 
 def num_upscale_blocks(patch_size: int) -> int:
@@ -118,6 +119,10 @@ def semantic_logits(mask_logits: torch.Tensor, class_logits: torch.Tensor, size)
         m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
     B, Q, H, W = m.shape
     probs = class_logits.to(m.dtype).softmax(dim=-1)[..., :-1]               # [B, Q, C]
+    if one_image(m):
+        # one image: a 1x1 convolution with its class weights writes [1, C, H, W] directly (the batched
+        # product's [B, C, H*W] costs ONNX Runtime a copy into the graph output, docs/decisions.md item 59)
+        return F.conv2d(m.sigmoid(), probs[0].transpose(0, 1)[:, :, None, None])
     out = torch.bmm(probs.transpose(1, 2), m.sigmoid().reshape(B, Q, H * W))
     return out.reshape(B, -1, H, W)
 

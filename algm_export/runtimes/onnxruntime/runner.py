@@ -94,6 +94,8 @@ class OrtRunner(Runner):
         #: (H, W) of the images the graph takes, None where a dimension is symbolic
         self.input_size = tuple(d if isinstance(d, int) else None for d in shape[2:4]) if len(shape) == 4 else None
         self.input_names = [i.name for i in inputs]
+        #: a graph exported for a fixed batch (`export --batch 1`) takes that many images per run
+        self.max_batch = shape[0] if shape and isinstance(shape[0], int) else None
 
     @property
     def name(self):

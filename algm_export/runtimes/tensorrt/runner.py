@@ -269,6 +269,10 @@ class HostTrtRunner(Runner):
         self.runner = runner
         self.name = name
         self.backend = runner.backend
+        try:   # the profile's largest batch: `infer` runs larger batches in slices (runtimes.base)
+            self.max_batch = int(runner.profile("image")[2][0])
+        except Exception:  # noqa: BLE001  (an engine without an `image` profile: no slicing)
+            self.max_batch = None
 
     @property
     def takes_threshold(self) -> bool:

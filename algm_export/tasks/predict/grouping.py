@@ -51,6 +51,8 @@ def groups_images(runner, batch_size: int, enabled="auto") -> bool:
         raise ConfigError(f"--grouping {enabled}: use one of {', '.join(GROUPING)}")
     if enabled in ("off", False) or batch_size < 2 or runner is None or not runs_dynamic(runner):
         return False
+    if getattr(runner, "max_batch", None) == 1:     # a graph for one image per run: nothing to group
+        return False
     return enabled in ("on", True) or runs_on_gpu(runner)
 
 
