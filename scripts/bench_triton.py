@@ -64,6 +64,8 @@ def table(report: dict) -> str:
 
 
 def main():
+    from algm_export.core.names import ANSWERS
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="builtin:vit_s16_512")
     ap.add_argument("--out", default="runs/bench-triton")
@@ -76,7 +78,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="ONNX Runtime threads of each model")
     ap.add_argument("--triton-backend", default="onnxruntime")
     ap.add_argument("--images", default=None, help="image folder (default: the bundled sample photos)")
-    ap.add_argument("--answer", choices=("logits", "labels"), default="logits",
+    ap.add_argument("--answer", choices=ANSWERS, default="logits",
                     help="what each request asks for besides merge_stats (default: logits)")
     a = ap.parse_args()
 

@@ -190,3 +190,19 @@ def test_commands_on_a_folder_for_one_image(tmp_path, capsys):
     assert main(["predict", str(images), "--model", str(tmp_path / "ck"), "--engine", str(out / "t0.880_l1-5_dyn.onnx"),
                  "--out", str(tmp_path / "pred"), "--batch-size", "2", "--grouping", "on", "-q"]) == 0
     assert len(list((tmp_path / "pred").glob("*_labels.png"))) == 3
+
+
+@pytest.mark.slow
+def test_tensorrt_rtx_builds_a_folder_for_one_image(folders, tmp_path):
+    """TensorRT-RTX builds every entry of a batch-1 folder (static and dynamic) with the profile 1,1,1."""
+    import shutil
+
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX (tensorrt-rtx-cu13) is not installed")
+    from algm_export.tasks.build import build_engines
+
+    d = tmp_path / "one"
+    shutil.copytree(folders["one"], d)
+    recs = build_engines(d, backend="tensorrt-rtx", compute_capabilities=[86], progress=False)
+    assert [r["setting"] for r in recs] == ["baseline", "t0.880_l1-5", "t0.880_l1-5_dyn"]
+    assert all(r["profile"] == [1, 1, 1] for r in recs)
+    assert all(e["profile"] == [1, 1, 1] for e in json.loads((d / "manifest.json").read_text())["engines"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from algm_export.cli import args as a
+from algm_export.core.names import ANSWERS
 
 
 def add_parser(sub):
@@ -29,7 +30,7 @@ def add_parser(sub):
     p.add_argument("--triton-backend", type=a.backend_type, default="onnxruntime",
                    help="triton: what the served models run on (onnxruntime, tensorrt, tensorrt-rtx; "
                         "default: %(default)s)")
-    p.add_argument("--answer", choices=("logits", "labels"), default="logits",
+    p.add_argument("--answer", choices=ANSWERS, default="logits",
                    help="triton: what each request asks the served models for, besides merge_stats: logits "
                         "(FP32 [n_cls, H, W], default) or labels (each pixel's class, [H, W]: what a client that "
                         "wants the segmentation asks for; the server then does not send the logits)")

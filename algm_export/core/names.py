@@ -9,6 +9,7 @@ TOKEN_MODES = ("static", "dynamic")    # exportable token modes ("reference" is 
 # The fixed batches a graph can be exported for (`export --batch 1`, a manifest's `batch`); None (the
 # default) is a dynamic batch axis. One image per run drops the padding mask of dynamic token mode.
 FIXED_BATCHES = (1,)
+ANSWERS = ("logits", "labels")         # what a request to a served model may ask for (`bench --answer`)
 # Normalisations by name (the published Segmenter `STATS`): what a manifest's `normalization` may name.
 NORMALIZATION = {
     "vit": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},

@@ -47,6 +47,7 @@ import numpy as np
 
 from algm_export.artifacts import ExportFolder, locks_export_folder
 from algm_export.core.errors import BackendUnavailable
+from algm_export.core.names import ANSWERS
 from algm_export.models.flops import mean_macs, model_macs
 from algm_export.core.progress import progress_bar, status
 
@@ -188,10 +189,6 @@ def _dynamic_batches(model, entry, threshold, xs, bs: int, group: bool) -> list[
         return [list(range(s, min(s + bs, n))) for s in range(0, n, bs)]
     setting = entry.setting() if threshold is None else entry.setting().with_threshold(threshold)
     return group_by_tokens([clap_counts(model, setting, x)[0] for x in xs], bs)
-
-
-#: what a served request may ask for (`--answer`)
-ANSWERS = ("logits", "labels")
 
 
 def bench_served(folder, model, xs, slots, concurrency, requests, repeats, warmup, threads, precision,
