@@ -91,6 +91,10 @@ def test_threshold_per_image_is_split_with_the_batch(tmp_path):
     for i, (x, t) in enumerate(zip(xs, ts)):
         np.testing.assert_array_equal(got.merge_stats[i:i + 1], r.infer(x, threshold=t).merge_stats)
     assert not np.array_equal(got.merge_stats, r.infer(torch.cat(xs), threshold=0.95).merge_stats)
+    from algm_export.core.errors import InputError
+
+    with pytest.raises(InputError, match="2 thresholds for 3 images"):    # refused before any slice runs
+        r.infer(torch.cat(xs), threshold=[0.8, 0.9])
 
 
 def test_other_fixed_batches_are_refused(tmp_path, capsys):
@@ -206,3 +210,14 @@ def test_tensorrt_rtx_builds_a_folder_for_one_image(folders, tmp_path):
     assert [r["setting"] for r in recs] == ["baseline", "t0.880_l1-5", "t0.880_l1-5_dyn"]
     assert all(r["profile"] == [1, 1, 1] for r in recs)
     assert all(e["profile"] == [1, 1, 1] for e in json.loads((d / "manifest.json").read_text())["engines"])
+
+
+def test_sliced_batches_name_the_batch_images_in_errors(folders):
+    """NaN in the fourth image of a batch of four is reported as image 3 (not image 0 of its slice)."""
+    from algm_export.core.errors import InputError
+
+    r = OrtRunner(ExportFolder.load(folders["one"]).entry("t0.880_l1-5_dyn").onnx_path())
+    batch = torch.cat(folders["xs"][:4]).clone()
+    batch[3, 0, 5, 5] = float("nan")
+    with pytest.raises(InputError, match=r"images \[3\]"):
+        r.infer(batch)

@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from algm_export.core.errors import ArtifactError, ConfigError
+from algm_export.core.errors import ArtifactError, ConfigError, InputError
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "tensorrt-rtx")
 ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "tensorrt_rtx": "tensorrt-rtx", "rtx": "tensorrt-rtx",
@@ -150,8 +150,15 @@ class Runner:
                               "export with --token-mode dynamic --threshold-input to choose it at run time")
         n, B = self.max_batch, int(image.shape[0])
         if n and B > n:
-            per_image = threshold is not None and np.asarray(
-                threshold.detach().cpu() if hasattr(threshold, "detach") else threshold).size == B
+            # checked on the whole batch first, so that messages name the batch's images, not a slice's
+            from algm_export.merging.driver import check_finite_array
+
+            check_finite_array(image.detach().cpu().numpy() if hasattr(image, "detach") else image)
+            size = None if threshold is None else np.asarray(
+                threshold.detach().cpu() if hasattr(threshold, "detach") else threshold).size
+            if size not in (None, 1, B):
+                raise InputError(f"{size} thresholds for {B} images: give one value, or one per image")
+            per_image = size == B and B > 1
             out = join_outputs([self._run(image[i:i + n], threshold[i:i + n] if per_image else threshold)
                                 for i in range(0, B, n)])
         else:

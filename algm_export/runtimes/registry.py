@@ -115,9 +115,7 @@ def make_runner(backend: str, entry, precision: str = "fp32", model=None, mode: 
         else:
             r = torch_runner(model, s, entry.capacities, device=device, name="torch-static", **kw)
         r.entry = entry
-        # a folder exported for one image per run: its PyTorch counterpart runs as its graphs do
-        r.max_batch = getattr(entry.folder, "batch", None) or r.max_batch
-        return r
+        return _one_image_per_run(r, entry)
     if backend == "onnxruntime":
         from algm_export.runtimes.onnxruntime import OrtRunner
 
@@ -133,7 +131,15 @@ def make_runner(backend: str, entry, precision: str = "fp32", model=None, mode: 
     r.entry = entry
     if model is not None:
         check_input_size(r, model.cfg.image_size, entry.name)
-    return r
+    return _one_image_per_run(r, entry)
+
+
+def _one_image_per_run(runner, entry):
+    """`runner` with `max_batch` 1 when its entry's folder was exported for one image per run (`export
+    --batch 1`): every backend then runs larger batches image by image, as the folder's graphs do."""
+    if getattr(entry.folder, "batch", None) is not None:
+        runner.max_batch = entry.folder.batch
+    return runner
 
 
 def backend_for_file(path) -> str:

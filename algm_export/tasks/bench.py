@@ -110,7 +110,9 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
 
             first = batch_of(0)
             # dynamic slots: the batches they run in turn (indices into xs), every image once
-            cycles = [_dynamic_batches(model, entries[i], t, xs, bs, group) if entries[i].is_dynamic
+            # (a folder for one image per run computes each image alone: nothing to group)
+            grouping = group and folder.batch is None
+            cycles = [_dynamic_batches(model, entries[i], t, xs, bs, grouping) if entries[i].is_dynamic
                       else None for i, t in slots]
             stacked: dict = {}
 
@@ -149,7 +151,7 @@ def bench(export_dir, backends: Optional[Sequence[str]] = None, batches: Sequenc
                               [r % len(runs) for r in range(len(ts))], [len(b) for b in runs],
                               per_run=runners[i].max_batch)
                 if e.is_dynamic and bs > 1:
-                    row["grouped"] = bool(group)
+                    row["grouped"] = bool(grouping)
                     row["batches"] = cycles[k]             # indices into the bench images, in run order
                 results.append(row)
             for r in runners:

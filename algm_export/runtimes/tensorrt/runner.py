@@ -176,6 +176,11 @@ class TrtRunner:
         return cls(engine, backend=rec.backend, record=rec.raw, plugins=lib)
 
     def profile(self, name: str = "image") -> tuple:
+        """(min, opt, max) shapes of input `name`; a fixed-shape input (an engine of a graph for one
+        image, `export --batch 1`) has no profile: its shape three times."""
+        shape = tuple(self.engine.get_tensor_shape(name))
+        if shape and all(d >= 0 for d in shape):
+            return (shape, shape, shape)
         return tuple(tuple(s) for s in self.engine.get_tensor_profile_shape(name, 0))
 
     @property

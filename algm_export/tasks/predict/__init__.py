@@ -423,14 +423,18 @@ def predict_batch(model: SegModel, runner, imgs: Sequence[np.ndarray], names: Se
         for j, img in enumerate(imgs):
             labels.append(labels_at_size(logits[j:j + 1], img.shape[:2]))
     share = (time.perf_counter() - t0) / len(imgs)
-    top = None if out.tokens is None else [int(v) for v in np.asarray(out.tokens).max(0)]
+    # what each image was computed at: its forward's largest counts (a runner that takes fewer images
+    # per run than the batch, `Runner.max_batch`, ran it in slices of that size)
+    step = getattr(runner, "max_batch", None) or len(imgs)
+    tops = None if out.tokens is None else [
+        [int(v) for v in np.asarray(out.tokens)[s:s + step].max(0)] for s in range(0, len(imgs), step)]
     preds = []
     for j, (img, name) in enumerate(zip(imgs, names)):
         p = _prediction(model, name, img.shape[:2], "single", [_window_record(out, j)], {"input_size": list(msize)},
                         _first_view(x, j, out, model.cfg), setting, labels[j], share)
-        p.tokens["batch_images"] = len(imgs)
-        if top is not None and setting is not None:
-            p.tokens["batch_tokens"] = top
+        p.tokens["batch_images"] = min(step, len(imgs) - j // step * step)
+        if tops is not None and setting is not None:
+            p.tokens["batch_tokens"] = tops[j // step]
         preds.append(p)
     return preds
 
@@ -558,7 +562,7 @@ def _engine_stand_in(engine, backend: str):
         runner_for_file(engine, backend)  # the usual error for a missing file or a wrong backend
     listing = ExportFolder.of_file(engine)
     return SimpleNamespace(entry=listing[1] if listing else None, path=Path(engine), takes_threshold=False,
-                           backend=backend)
+                           backend=backend, max_batch=listing[0].batch if listing else None)
 
 
 def run_predict(images: Sequence[Union[str, Path]], options: Optional[PredictOptions] = None,
