@@ -94,13 +94,13 @@ def _export_program(module: nn.Module, image_size, batch: int, output_names, ops
     register_schemas()
     H, W = image_size
     args = (torch.randn(batch, 3, H, W),)
-    batch_dim = None if fixed_batch else torch.export.Dim("batch", min=1, max=1024)
-    shapes = ({0: batch_dim} if batch_dim is not None else None,)
+    batch_dim = torch.export.Dim("batch", min=1, max=1024)
+    shapes = ({0: batch_dim},)
     names = ["image"]
     if threshold_input:
         # distinct example thresholds, so that nothing is specialised to one value
         args += (torch.linspace(0.85, 0.95, batch),)
-        shapes += ({0: batch_dim} if batch_dim is not None else None,)
+        shapes += ({0: batch_dim},)
         names.append("threshold")
     table = {torch.ops.algm.clap.default: _clap_translation, torch.ops.algm.gbm.default: _gbm_translation,
              torch.ops.algm.clap_dyn.default: _clap_dyn_translation,

@@ -158,7 +158,7 @@ class Runner:
                 threshold.detach().cpu() if hasattr(threshold, "detach") else threshold).size
             if size not in (None, 1, B):
                 raise InputError(f"{size} thresholds for {B} images: give one value, or one per image")
-            per_image = size == B and B > 1
+            per_image = size == B            # (B > n >= 1: one per image, not one for all)
             out = join_outputs([self._run(image[i:i + n], threshold[i:i + n] if per_image else threshold)
                                 for i in range(0, B, n)])
         else:

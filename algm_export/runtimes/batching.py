@@ -16,7 +16,7 @@ images, groups them and runs each group as one forward where batching pays (on a
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 Count = Union[int, Sequence[int]]
 
@@ -70,6 +70,13 @@ def padded_counts(counts: Sequence[Count], groups: Sequence[Sequence[int]]) -> l
         for i in g:
             out[i] = top
     return out
+
+
+def runs_of(n_images: int, per_run: Optional[int]) -> list[list[int]]:
+    """The runs a runner makes of a batch of `n_images`: consecutive slices of `per_run` images
+    (`Runner.max_batch`), or the whole batch in one run when `per_run` is None."""
+    m = per_run or max(n_images, 1)
+    return [list(range(s, min(s + m, n_images))) for s in range(0, n_images, m)]
 
 
 def order_of(groups: Sequence[Sequence[int]]) -> list[int]:

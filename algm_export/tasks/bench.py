@@ -312,10 +312,11 @@ def _result(model, e, threshold, times, tokens, backend, bs, base_med, base_macs
         tokens = [tk for _, tk in by_batch.values()]          # one token record per distinct batch
         counts = np.concatenate(tokens)                      # [images run, steps]: real counts
         macs = mean_macs(model, e.layers, counts.tolist())["total"]
-        # what the batches computed: each image at its batch's (or its run's slice's) largest counts
-        m = per_run or max(len(b) for b in tokens)
-        at_max = sum(len(b[i:i + m]) * model_macs(model, e.layers, b[i:i + m].max(0).tolist())["total"]
-                     for b in tokens for i in range(0, len(b), m)) / len(counts)
+        from algm_export.runtimes.batching import padded_counts, runs_of
+
+        # what the batches computed: each image at its run's largest counts (the batch, or its slices)
+        at_max = sum(model_macs(model, e.layers, list(top))["total"]
+                     for b in tokens for top in padded_counts(b, runs_of(len(b), per_run))) / len(counts)
         row.update({"token_mode": "dynamic", "gmacs_at_batch_max": at_max,
                     "flop_ratio_at_batch_max": base_macs / at_max,
                     "tokens": {"mean": counts.mean(0).round(1).tolist(), "min": counts.min(0).tolist(),

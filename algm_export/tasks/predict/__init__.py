@@ -61,6 +61,7 @@ from algm_export.models.registry import DEFAULT_MODEL, resolve_model
 from algm_export.models.inference import sliding_window_logits, window_plan
 from algm_export.models.base import SegModel
 from algm_export.models.layers import interp_matrix
+from algm_export.runtimes.batching import padded_counts, runs_of
 from algm_export.tasks.predict.grouping import groups_images, plan_pool, pools, run_group
 
 SAMPLE_PREFIX = "sample:"
@@ -423,18 +424,18 @@ def predict_batch(model: SegModel, runner, imgs: Sequence[np.ndarray], names: Se
         for j, img in enumerate(imgs):
             labels.append(labels_at_size(logits[j:j + 1], img.shape[:2]))
     share = (time.perf_counter() - t0) / len(imgs)
-    # what each image was computed at: its forward's largest counts (a runner that takes fewer images
-    # per run than the batch, `Runner.max_batch`, ran it in slices of that size)
-    step = getattr(runner, "max_batch", None) or len(imgs)
-    tops = None if out.tokens is None else [
-        [int(v) for v in np.asarray(out.tokens)[s:s + step].max(0)] for s in range(0, len(imgs), step)]
+    # what each image was computed at: its run's largest counts (a runner that takes fewer images per
+    # run than the batch, `Runner.max_batch`, ran it in slices of that size)
+    runs = runs_of(len(imgs), getattr(runner, "max_batch", None))
+    run_of = {i: r for r in runs for i in r}
+    tops = None if out.tokens is None else padded_counts(np.asarray(out.tokens), runs)
     preds = []
     for j, (img, name) in enumerate(zip(imgs, names)):
         p = _prediction(model, name, img.shape[:2], "single", [_window_record(out, j)], {"input_size": list(msize)},
                         _first_view(x, j, out, model.cfg), setting, labels[j], share)
-        p.tokens["batch_images"] = min(step, len(imgs) - j // step * step)
+        p.tokens["batch_images"] = len(run_of[j])
         if tops is not None and setting is not None:
-            p.tokens["batch_tokens"] = tops[j // step]
+            p.tokens["batch_tokens"] = list(tops[j])
         preds.append(p)
     return preds
 
