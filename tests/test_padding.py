@@ -36,18 +36,30 @@ def _qkv(seed=0, B=2, H=3, T=24, hd=8, spread=1.0):
     return [torch.randn(B, H, T, hd, generator=g) * spread for _ in range(3)]
 
 
+def _project(x, H=3, seed=3):
+    """x [B, T, C] -> q, k, v [B, H, T, C // H]: a q/k/v projection with biases (so a hidden zero row
+    gives nonzero q, k and v, as in a real block)."""
+    g = torch.Generator().manual_seed(seed)
+    B, T, C = x.shape
+    w, b = torch.randn(3 * C, C, generator=g) * C ** -0.5, torch.randn(3 * C, generator=g)
+    qkv = (x @ w.T + b).reshape(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)
+    return qkv[0], qkv[1], qkv[2]
+
+
 @pytest.mark.parametrize("garbage", GARBAGE)
 def test_self_attention_ignores_whatever_padding_holds(garbage):
-    q, k, v = _qkv()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 24, 24, generator=g)
     n_real = [17, 9]                                         # real slots first, padding last
     real = torch.arange(24)[None, :] < torch.tensor(n_real)[:, None]
-    for t in (q, k, v):
-        t.masked_fill_(~real[:, None, :, None], garbage)
+    x_bad = x.masked_fill(~real[:, :, None], garbage)
+    mask = KeyMask(real)
+    q, k, v = _project(mask.hide(x_bad))
     scale = 8 ** -0.5
-    q2, k2, v2 = KeyMask(real).attend(q, k, v, scale)
+    q2, k2, v2 = mask.attend(q, k, v, scale)
     a = (q2 @ k2.transpose(-2, -1)) * scale
     out = a.softmax(-1) @ v2
-    for b, (ref, n) in enumerate(zip(_reference(q, k, v, scale, n_real), n_real)):
+    for b, (ref, n) in enumerate(zip(_reference(*_project(x), scale, n_real), n_real)):
         assert torch.isfinite(out[b, :, :n]).all()
         assert (out[b, :, :n] - ref).abs().max() <= 1e-6
     # padded keys: at least PAD_MARGIN below the row maximum, never below exp's normal range
@@ -123,7 +135,7 @@ def test_backbone_blocks_ignore_padding_garbage(build):
         padded = TokenState(torch.cat([state.size, torch.zeros(1, 5)], 1), state.assign, grid, bb.num_prefix,
                             padded=True, merged=True)     # merged: EVA-02 computes rotary positions per slot
         ref = bb.block_mlp(0, bb.block_attn(0, x, state), state)
-        for garbage in (50.0, -1e3, float("nan")):
+        for garbage in (50.0, -1e3, 1e30, float("nan"), float("inf")):
             y = torch.cat([x, torch.full((1, 5, x.shape[-1]), garbage)], 1)
             got = bb.block_mlp(0, bb.block_attn(0, y, padded), padded)
             assert (got[:, : x.shape[1]] - ref).abs().max() <= 1e-5, garbage

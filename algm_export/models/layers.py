@@ -1,6 +1,6 @@
 """Reusable pieces shared by every model family: padding masks, upsampling, position resizing.
 
-* `KeyMask`: hides padding slots from self-attention (docs/algorithm.md, the static form), cheaply (docs/decisions.md item 43)
+* `KeyMask`: hides padding slots from self-attention (docs/algorithm.md, the static form), cheaply (docs/decisions.md items 43 and 60)
 * `split_heads` / `attend`: the written-out self-attention every backbone shares (q/k/v split, the
   `KeyMask` channel, softmax in float32 for float16)
 * `key_bias_from_size`, `hide_rows`, `floor_scores`: the same for cross-attention (token decoders)
@@ -27,15 +27,23 @@ class KeyMask:
 
     Padding slots (size 0) must be invisible to the real tokens whatever they hold, and must not
     push the softmax into `exp` arguments below float32's normal range (ONNX Runtime's CPU softmax
-    takes a several times slower path there, docs/decisions.md items 33 and 43). So instead of a
-    huge additive bias, `attend(q, k, v, scale)` zeroes the padded rows of q, k and v and gives every
-    padded key, in query row i, the score `max(s_ii, s_i0) - PAD_MARGIN`: s_ii (the query's own key)
-    and s_i0 (slot 0, always real: real tokens come first) are real scores of that row, so the padded
-    score lies at least PAD_MARGIN below the row's maximum (weight < e^-32 each, and v is zero there:
-    nothing of a padded slot reaches a real token), and usually within ~55 of it (exp stays normal).
-    The padded score rides in one extra attention channel (q: the per-row value / scale, k: 1 at
-    padded keys, 0 at real ones), so it costs O(T) per block, no pass over the [B, H, T, T] scores,
-    and a real key's score is exactly what it is without padding.
+    takes a several times slower path there, docs/decisions.md items 33 and 43). Two steps:
+
+    * `hide(x)`: the attention's input [B, T, C] with the padded rows set to 0, one select per
+      block, so whatever a slot holds (NaN and Inf included) is gone and every projection of it
+      (a bias, a norm, rotary positions) is finite;
+    * `attend(q, k, v, scale)`: q, k, v computed row by row from `hide(x)`. It zeroes the padded
+      rows of k and v (a product with a 0/1 mask: exact on finite rows, and four times cheaper than
+      a select in ONNX Runtime) and gives every padded key, in query row i, the score
+      `max(s_ii, s_i0) - PAD_MARGIN`: s_ii (the query's own key) and s_i0 (slot 0, always real: real
+      tokens come first; a padded query row uses s_i0 alone) are real scores of that row, so the padded
+      score lies at least PAD_MARGIN below the row's maximum (weight < e^-32 each, and v is zero
+      there: nothing of a padded slot reaches a real token), and usually within ~55 of it (exp
+      stays normal). The padded score rides in one extra attention channel (q: the per-row value /
+      scale, k: 1 at padded keys, 0 at real ones), so it costs O(T) per block, no pass over the
+      [B, H, T, T] scores, and a real key's score is exactly what it is without padding.
+
+    A padded query row computes a finite row of its own; nothing reads it but its own slot.
     """
 
     def __init__(self, real: torch.Tensor):
@@ -54,20 +62,30 @@ class KeyMask:
             self._cache[key] = (~self.real).to(dtype).reshape(B, 1, T, 1).expand(B, heads, T, 1)
         return self._cache[key]
 
-    def _real4(self) -> torch.Tensor:
-        if "real4" not in self._cache:
+    def _keep(self, dtype: torch.dtype) -> torch.Tensor:
+        key = ("keep", dtype)
+        if key not in self._cache:
             B, T = self.real.shape
-            self._cache["real4"] = self.real.reshape(B, 1, T, 1)
-        return self._cache["real4"]
+            self._cache[key] = self.real.to(dtype).reshape(B, 1, T, 1)
+        return self._cache[key]
+
+    def hide(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention input x [B, T, C] with the padded rows set to 0 (a select: whatever a slot
+        holds is gone)."""
+        B, T = self.real.shape
+        return hide_rows(x, self.real.reshape(B, T, 1))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
-        """q, k, v [B, H, T, hd] -> (q', k', v') such that `softmax((q' @ k'^T) * scale) @ v'` is the
-        attention over the real keys only (see the class doc)."""
+        """q, k, v [B, H, T, hd], finite in the padded rows (computed from `hide(x)`) -> (q', k', v')
+        such that `softmax((q' @ k'^T) * scale) @ v'` is the attention over the real keys only (see
+        the class doc)."""
         H = q.shape[1]
-        real = self._real4()
-        q, k, v = hide_rows(q, real), hide_rows(k, real), hide_rows(v, real)
-        own = (q * k).sum(dim=-1, keepdim=True)                      # q_i . k_i
+        keep = self._keep(k.dtype)
+        k, v = k * keep, v * keep
         first = q @ k[:, :, :1].transpose(-2, -1)                     # q_i . k_0
+        own = (q * k).sum(dim=-1, keepdim=True)                      # q_i . k_i (a real row)
+        B, T = self.real.shape
+        own = torch.where(self.real.reshape(B, 1, T, 1), own, first)  # a padded row's own key is no score
         low = torch.maximum(own, first) - PAD_MARGIN / scale
         return torch.cat([q, low], dim=-1), torch.cat([k, self._pad_channel(H, k.dtype)], dim=-1), v
 

@@ -207,6 +207,8 @@ def eva_attention_forward(attn: EvaAttention, x: torch.Tensor, rope: Optional[to
     """
     B, T, C = x.shape
     H = attn.num_heads
+    if key_mask is not None:
+        x = key_mask.hide(x)
     gate = attn.gate(x).sigmoid() if attn.gate is not None else None
     if attn.qkv is not None:
         if attn.q_bias is None:

@@ -141,6 +141,8 @@ def attention(mha: nn.MultiheadAttention, x: torch.Tensor, key_mask: Optional[Ke
     """torch's `MultiheadAttention` (self-attention, eval) written out from its fused weights,
     with the padding mask riding in one extra q/k channel (`KeyMask`); softmax in float32 for fp16."""
     H = mha.num_heads
+    if key_mask is not None:
+        x = key_mask.hide(x)
     q, k, v = split_heads(F.linear(x, mha.in_proj_weight, mha.in_proj_bias), H)
     scale = (x.shape[-1] // H) ** -0.5
     return mha.out_proj(attend(q, k, v, scale, key_mask))

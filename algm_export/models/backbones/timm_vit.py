@@ -32,9 +32,11 @@ def attention_forward(attn: nn.Module, x: torch.Tensor, key_bias=None) -> torch.
     x: [B, T, C]; key_bias: a `KeyMask`, a [B, 1, 1, T] bias (0 for real keys, very negative for
     padding), or None.
     """
+    mask = key_bias if key_bias is None or isinstance(key_bias, KeyMask) else KeyMask.from_bias(key_bias)
+    if mask is not None:
+        x = mask.hide(x)
     q, k, v = split_heads(attn.qkv(x), attn.num_heads)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    mask = key_bias if key_bias is None or isinstance(key_bias, KeyMask) else KeyMask.from_bias(key_bias)
     out = attend(q, k, v, attn.scale, mask)
     norm = getattr(attn, "norm", None)     # timm < 1.0.16 has no post-attention norm (scale_norm)
     if norm is not None:
