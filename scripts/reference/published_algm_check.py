@@ -18,6 +18,9 @@ one: `segm/model/{vit,blocks,decoder,segmenter,utils}.py`, `segm/utils/torch.py`
 folder and imported there, with one stand-in: CLAP's `torch.tensor(threshold).cuda(device)` becomes
 `.to(device)` (the published code runs on a GPU only; this runs it on the CPU).
 
+With --float64 our reference also runs in float64 (row `reference_float64`): where it differs
+from both float32 sides, float32 rounding settles that decision (docs/decisions.md item 61).
+
 The published model is the published `Segmenter(VisionTransformer, DecoderLinear)` built from the
 checkpoint's `variant.yml` (`net_kwargs`) and loaded with its `checkpoint.pth`, patched with
 `apply_patch(model, layers, trace_source=True)` at the threshold given. Each photo is resized to the
@@ -203,6 +206,9 @@ def main():
     ap.add_argument("--export", default=None, help="an export folder of the checkpoint: also its ONNX Runtime entry")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="folder for the JSON result (default: a temporary folder)")
+    ap.add_argument("--float64", action="store_true",
+                    help="also our reference in float64 (the method in exact-enough arithmetic): shows which "
+                         "decisions float32 rounding settles")
     args = ap.parse_args()
     if args.side == "published":
         return published_side(args)
@@ -253,6 +259,17 @@ def main():
                     "inputs": [{k: v.numpy() for k, v in r.items()} for r in ref.merge_inputs]}
             report["photos"][p] = {"reference": compare(p, ours, published(p), setting, model, args.threshold)}
             print(f"ours (reference): {p} done", file=sys.stderr, flush=True)
+        if args.float64:
+            ref64 = apply_algm(model.double(), setting)
+            ref64.record_inputs = True
+            for p in photos:
+                lo = ref64(norm(inputs[p]).double()).numpy()
+                ours = {"logits": lo, "assign": [a.numpy() for a in ref64.assignments],
+                        "inputs": [{k: v.float().numpy() for k, v in r.items()} for r in ref64.merge_inputs]}
+                report["photos"][p]["reference_float64"] = compare(p, ours, published(p), setting, model,
+                                                                   args.threshold)
+                print(f"ours (reference, float64): {p} done", file=sys.stderr, flush=True)
+            model.float()
     if args.export:
         from algm_export.artifacts import ExportFolder
         from algm_export.runtimes.registry import make_runner
