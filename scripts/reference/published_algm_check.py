@@ -6,7 +6,7 @@ Runs in two environments: this script in the project's (PyTorch reference, ONNX 
 itself again as a child in one that has the published code's dependencies (timm 0.4.12, einops):
 
     python3 -m venv /work/ref-algm-venv
-    /work/ref-algm-venv/bin/pip install torch==2.14.1 timm==0.4.12 einops pyyaml
+    /work/ref-algm-venv/bin/pip install torch==2.14.1 timm==0.4.12 einops pyyaml tqdm
     PYTHONPATH=. .venv/bin/python scripts/reference/published_algm_check.py \\
         --algm-git-dir /path/to/algm-segmenter/.git --published-python /work/ref-algm-venv/bin/python \\
         --checkpoint ckpt/vit_l16_640 --threshold 0.95 --layers 1,7 --photos astronaut,coffee,rocket \\
