@@ -142,6 +142,23 @@ def test_triton_repository_of_a_fixed_batch_folder(folders, tmp_path):
         assert "max_batch_size" not in text and "dims: 1\n  dims: 3\n  dims: 128\n  dims: 128\n" in text, text
 
 
+def test_triton_repository_refuses_a_max_batch_for_a_fixed_batch_folder(folders, tmp_path, capsys):
+    """--max-batch 4 on a folder for one image per run would be silently ignored (Triton batches
+    nothing there): refused with the fix, exit 2, nothing written; --max-batch 1 is what it is."""
+    from algm_export.tasks.triton_repo import RepoOptions, write_repository
+
+    with pytest.raises(ConfigError, match="one image per run"):
+        write_repository(folders["one"], tmp_path / "a", RepoOptions(backend="onnxruntime", max_batch=4))
+    assert main(["triton-repo", str(folders["one"]), "--out", str(tmp_path / "b"), "--max-batch", "4"]) == 2
+    assert "leave --max-batch out" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    summary = write_repository(folders["one"], tmp_path / "c", RepoOptions(backend="onnxruntime", max_batch=1))
+    assert all(m["max_batch_size"] == 0 for m in summary["models"])
+    # a folder with a batch axis keeps the default of 8
+    summary = write_repository(folders["any"], tmp_path / "d", RepoOptions(backend="onnxruntime"))
+    assert all(m["max_batch_size"] == 8 for m in summary["models"])
+
+
 def test_join_outputs_pads_merge_inputs_to_the_longest_slice():
     a = RunOutput(np.zeros((1, 2, 4, 4), np.float32), np.ones((1, 2, 2), np.int32))
     b = RunOutput(np.ones((1, 2, 4, 4), np.float32), np.zeros((1, 2, 2), np.int32))

@@ -20,7 +20,9 @@ def add_parser(sub):
     p.add_argument("--backend", type=a.backend_type, default="onnxruntime",
                    help="onnxruntime: every entry's ONNX (default); tensorrt: every entry's TensorRT engine")
     a.precision_arg(p, help="fp32 or fp16: the ONNX files / engines to put in (default: %(default)s)")
-    p.add_argument("--max-batch", type=int, default=8, help="max_batch_size of every model (default: %(default)s)")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="max_batch_size of every model (default: 8; a folder exported with --batch 1 is served "
+                        "without batching and takes no other value)")
     p.add_argument("--max-queue-delay-us", type=int, default=500,
                    help="dynamic_batching max_queue_delay_microseconds (default: %(default)s)")
     p.add_argument("--instances", type=int, default=1, help="instance_group count per model (default: %(default)s)")

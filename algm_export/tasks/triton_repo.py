@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -50,11 +50,14 @@ REPO_BACKENDS = ("onnxruntime", "tensorrt")
 DEVICES = ("auto", "cpu", "gpu")
 
 
+DEFAULT_MAX_BATCH = 8
+
+
 @dataclass
 class RepoOptions:
     backend: str = "onnxruntime"
     precision: str = "fp32"
-    max_batch: int = 8
+    max_batch: Optional[int] = None     # None: DEFAULT_MAX_BATCH (a folder for one image per run: no batching)
     max_queue_delay_us: int = 500
     instances: int = 1
     device: str = "auto"
@@ -241,7 +244,7 @@ def write_repository(export_dir, out, options: RepoOptions = RepoOptions(), prog
     if backend not in REPO_BACKENDS:
         raise ConfigError(f"--backend {backend}: a Triton repository holds {', '.join(REPO_BACKENDS)} models")
     for value, option in ((options.max_batch, "--max-batch"), (options.instances, "--instances")):
-        if value < 1:
+        if value is not None and value < 1:
             raise ConfigError(f"{option} {value}: give at least 1")
     if options.max_queue_delay_us < 0:
         raise ConfigError(f"--max-queue-delay-us {options.max_queue_delay_us}: give 0 or more microseconds")
@@ -258,6 +261,11 @@ def write_repository(export_dir, out, options: RepoOptions = RepoOptions(), prog
                               "choose another --out")
         if not options.force:
             raise ConfigError(f"--out {out} holds an earlier repository; pass --force to replace it")
+    if folder.batch == 1 and options.max_batch not in (None, 1):
+        raise ConfigError(f"--max-batch {options.max_batch}: {folder.path} holds graphs for one image per run "
+                          "(exported with --batch 1), which Triton serves without batching; leave --max-batch out, "
+                          "or re-export without --batch to batch on the server")
+    options = replace(options, max_batch=options.max_batch or DEFAULT_MAX_BATCH)
     entries = folder.select(options.only)
     names = triton_names([e.name for e in entries])
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
