@@ -62,18 +62,26 @@ class KeyMask:
             self._cache[key] = (~self.real).to(dtype).reshape(B, 1, T, 1).expand(B, heads, T, 1)
         return self._cache[key]
 
+    def _real_as(self, layout: str) -> torch.Tensor:
+        """`real` [B, T] viewed as "rows" [B, T, 1] (token rows) or "keys" [B, 1, T, 1] (per head),
+        made once per state: every block of it shares the view (keyed by name: under a dynamic batch
+        axis the sizes are symbolic and cannot key a cache)."""
+        key = ("real", layout)
+        if key not in self._cache:
+            B, T = self.real.shape
+            self._cache[key] = self.real.reshape(B, T, 1) if layout == "rows" else self.real.reshape(B, 1, T, 1)
+        return self._cache[key]
+
     def _keep(self, dtype: torch.dtype) -> torch.Tensor:
         key = ("keep", dtype)
         if key not in self._cache:
-            B, T = self.real.shape
-            self._cache[key] = self.real.to(dtype).reshape(B, 1, T, 1)
+            self._cache[key] = self._real_as("keys").to(dtype)
         return self._cache[key]
 
     def hide(self, x: torch.Tensor) -> torch.Tensor:
         """The attention input x [B, T, C] with the padded rows set to 0 (a select: whatever a slot
         holds is gone)."""
-        B, T = self.real.shape
-        return hide_rows(x, self.real.reshape(B, T, 1))
+        return hide_rows(x, self._real_as("rows"))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
         """q, k, v [B, H, T, hd], finite in the padded rows (computed from `hide(x)`) -> (q', k', v')
@@ -84,8 +92,7 @@ class KeyMask:
         k, v = k * keep, v * keep
         first = q @ k[:, :, :1].transpose(-2, -1)                     # q_i . k_0
         own = (q * k).sum(dim=-1, keepdim=True)                      # q_i . k_i (a real row)
-        B, T = self.real.shape
-        own = torch.where(self.real.reshape(B, 1, T, 1), own, first)  # a padded row's own key is no score
+        own = torch.where(self._real_as("keys"), own, first)          # a padded row's own key is no score
         low = torch.maximum(own, first) - PAD_MARGIN / scale
         return torch.cat([q, low], dim=-1), torch.cat([k, self._pad_channel(H, k.dtype)], dim=-1), v
 

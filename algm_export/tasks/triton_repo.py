@@ -57,7 +57,7 @@ DEFAULT_MAX_BATCH = 8
 class RepoOptions:
     backend: str = "onnxruntime"
     precision: str = "fp32"
-    max_batch: Optional[int] = None     # None: DEFAULT_MAX_BATCH (a folder for one image per run: no batching)
+    max_batch: Optional[int] = None     # None: DEFAULT_MAX_BATCH, or 1 for a folder for one image per run
     max_queue_delay_us: int = 500
     instances: int = 1
     device: str = "auto"
@@ -265,7 +265,7 @@ def write_repository(export_dir, out, options: RepoOptions = RepoOptions(), prog
         raise ConfigError(f"--max-batch {options.max_batch}: {folder.path} holds graphs for one image per run "
                           "(exported with --batch 1), which Triton serves without batching; leave --max-batch out, "
                           "or re-export without --batch to batch on the server")
-    options = replace(options, max_batch=options.max_batch or DEFAULT_MAX_BATCH)
+    options = replace(options, max_batch=options.max_batch or folder.batch or DEFAULT_MAX_BATCH)
     entries = folder.select(options.only)
     names = triton_names([e.name for e in entries])
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -332,7 +332,7 @@ def _write_model(root: Path, folder, entry, name: str, backend: str, kind, optio
         for _, rec in picked:
             _note_engine(root, rec, summary)
         profile_max = min(int((rec.raw.get("profile") or [1, 1, options.max_batch])[2]) for _, rec in picked)
-        if options.max_batch > profile_max and folder.batch is None:   # a folder for one image: no batching
+        if options.max_batch > profile_max:
             raise ConfigError(f"--max-batch {options.max_batch}: the engines of {entry.name} take batches of at "
                               f"most {profile_max} (their profile); use --max-batch {profile_max} or rebuild with a "
                               "larger batch")
